@@ -1,0 +1,154 @@
+"""Thin routers: validate, hand over to the chat use case, shape the HTTP answer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from chatbot.api.deps import Runtime, require_json
+from chatbot.api.errors import ClientDisconnectedError
+from chatbot.core.chat import ChatResult, ChatService
+from chatbot.core.ports import ChatMessage, Turn
+from chatbot.core.prompts import character_messages, office_messages
+from chatbot.domain.schemas import CharacterRequest, OfficeRequest
+
+_ERRORS = {
+    code: {"description": text, "content": {"application/json": {}}}
+    for code, text in {
+        400: "Unknown GPT model name, or malformed JSON", 413: "Body too large",
+        415: "Body is not JSON", 422: "A field is invalid (the error names it)",
+        429: "Queue full; see Retry-After", 503: "Model not loaded / engine unavailable",
+        504: "Generation deadline passed", 500: "Generation failed",
+    }.items()
+}
+_CHAT = dict(response_model=str, responses=_ERRORS, dependencies=[Depends(require_json)])
+
+office = APIRouter(tags=["office"])
+character = APIRouter(tags=["character"])
+common = APIRouter(tags=["operations"])
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _answer(request: Request, rt: Runtime, service: ChatService, body,
+                  build: Callable[[list[Turn]], list[ChatMessage]]) -> JSONResponse:
+    """Run the chat, stopping it if the client disconnects first."""
+    chat = asyncio.ensure_future(service.chat(body.input_data, body.conversation, build))
+    gone = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({chat, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        chat.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if not chat.done():
+        chat.cancel()
+        await asyncio.gather(chat, return_exceptions=True)
+        raise ClientDisconnectedError("The client closed the connection; generation stopped.")
+    result = chat.result()
+    rt.metrics.observe_answer(result)
+    return JSONResponse(result.text, headers=_headers(result))
+
+
+def _headers(r: ChatResult) -> dict[str, str]:
+    timings = [f"queue;dur={r.queue_s * 1000:.1f}"]
+    if r.ttft_s is not None:
+        timings.append(f"ttft;dur={r.ttft_s * 1000:.1f}")
+    timings += [f"gen;dur={r.generation_s * 1000:.1f}", f"total;dur={r.total_s * 1000:.1f}"]
+    if r.fallback_used:
+        timings.append('fallback;desc="non-streaming fallback"')
+    return {
+        "Server-Timing": ", ".join(timings),
+        "X-Generated-Tokens": str(r.tokens),
+        "X-History-Turns": str(r.history_turns),
+    }
+
+
+async def _office(request: Request, rt: Runtime, service: ChatService, body: OfficeRequest):
+    results = await rt.search.search(body.input_data) if body.google_access else []
+    s = rt.settings
+
+    def build(history: list[Turn]) -> list[ChatMessage]:
+        return office_messages(assistant_name=s.assistant_name, role=s.assistant_role,
+                               user_input=body.input_data, history=history, results=results)
+
+    return await _answer(request, rt, service, body, build)
+
+
+async def _character(request: Request, rt: Runtime, service: ChatService, body: CharacterRequest):
+    def build(history: list[Turn]) -> list[ChatMessage]:
+        return character_messages(character_name=body.character_name, greeting=body.greeting,
+                                  context=body.context, user_input=body.input_data,
+                                  history=history)
+
+    return await _answer(request, rt, service, body, build)
+
+
+@office.post("/Llama", summary="Answer a work question with the local Llama model", **_CHAT)
+async def office_llama(body: OfficeRequest, request: Request, rt: Runtime):
+    return await _office(request, rt, rt.service, body)
+
+
+@office.post("/{gpt_set}", summary="Answer a work question with OpenAI (gpt4.1, gpt4.1_mini)",
+             **_CHAT)
+async def office_gpt(gpt_set: str, body: OfficeRequest, request: Request, rt: Runtime):
+    return await _office(request, rt, rt.gpt_service(gpt_set), body)
+
+
+@character.post("/Llama", summary="Reply in character with the local Llama model", **_CHAT)
+async def character_llama(body: CharacterRequest, request: Request, rt: Runtime):
+    return await _character(request, rt, rt.service, body)
+
+
+@character.post("/{gpt_set}", summary="Reply in character with OpenAI (gpt4.1, gpt4.1_mini)",
+                **_CHAT)
+async def character_gpt(gpt_set: str, body: CharacterRequest, request: Request, rt: Runtime):
+    return await _character(request, rt, rt.gpt_service(gpt_set), body)
+
+
+@common.get("/performance", summary="Measured performance of this service")
+async def performance(rt: Runtime) -> dict:
+    service = rt.service
+    engine = service.engine.status()
+    return {
+        **service.stats.snapshot(),
+        "active_connections": service.admission.active,
+        "max_concurrent": service.admission.max_concurrent,
+        "queue_size": service.admission.waiting,
+        "max_queue": service.admission.max_queue,
+        "fallbacks": service.fallbacks,
+        "model": engine.model,
+        "engine_generated_tokens": engine.facts.get("generated_tokens", 0),
+        "engine_generating": engine.facts.get("generating", False),
+    }
+
+
+@common.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@common.get("/readyz", summary="Readiness: the model is loaded (reports GPU offload)")
+async def readyz(rt: Runtime) -> JSONResponse:
+    engine = rt.service.engine.status()
+    facts = {k: v for k, v in engine.facts.items() if k not in ("generated_tokens", "generating")}
+    body = {
+        "status": "ready" if engine.ready else "not ready",
+        "persona": rt.persona.value, "model": engine.model, "detail": engine.detail,
+        "engine": facts, "history": rt.store.status(),
+    }
+    return JSONResponse(body, status_code=200 if engine.ready else 503)
+
+
+@common.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+async def metrics(rt: Runtime) -> PlainTextResponse:
+    return PlainTextResponse(generate_latest(rt.metrics.registry),
+                             media_type=CONTENT_TYPE_LATEST)

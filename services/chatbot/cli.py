@@ -1,0 +1,81 @@
+"""The `chatbot` command: `serve` the personas, write a `tiny-model` for smoke tests."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from chatbot.domain.personas import Persona
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from chatbot.llm.bundled import bundled_model_path
+    from chatbot.server import create_app
+    from chatbot.settings import Settings
+
+    overrides = {}
+    if args.office_model:
+        overrides["office_model"] = args.office_model
+    if args.character_model:
+        overrides["character_model"] = args.character_model
+    settings = Settings(**overrides)
+    personas = [Persona(args.persona)] if args.persona else list(Persona)
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for persona in personas:
+        path = settings.model_path(persona)
+        if path is None:
+            path = bundled_model_path()
+        if not path.is_file() and settings.model_wait_timeout_s == 0:
+            print(f"error: {persona} model file not found: {path}", file=sys.stderr)
+            return 2
+        logging.getLogger("chatbot").info("%s model: %s", persona, path)
+    app = create_app(settings, personas)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level,
+                proxy_headers=True, forwarded_allow_ips=args.forwarded_allow_ips)
+    return 0
+
+
+def _tiny_model(args: argparse.Namespace) -> int:
+    from chatbot.llm.tiny_model import write_tiny_model
+
+    path = write_tiny_model(Path(args.out), quant=args.quant, seed=args.seed)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, {args.quant}, seed {args.seed})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatbot", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve office and character (or one of them)")
+    serve.add_argument("persona", nargs="?", choices=[p.value for p in Persona],
+                       help="serve only this persona, at the root path (as its container does)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8001)
+    serve.add_argument("--office-model", type=Path, help="GGUF file (env CHATBOT_OFFICE_MODEL)")
+    serve.add_argument("--character-model", type=Path,
+                       help="GGUF file (env CHATBOT_CHARACTER_MODEL)")
+    serve.add_argument("--forwarded-allow-ips", default="127.0.0.1",
+                       help="proxies whose X-Forwarded-* headers are trusted")
+    serve.set_defaults(func=_serve)
+
+    tiny = sub.add_parser("tiny-model", help="write a tiny random-weight Llama-3 GGUF")
+    tiny.add_argument("out", help="output .gguf path")
+    tiny.add_argument("--quant", default="Q4_0", choices=["Q4_0", "Q4_1", "F16"])
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_tiny_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

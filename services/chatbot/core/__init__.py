@@ -1,0 +1,1 @@
+"""Use cases: admission, conversation assembly, history replay, performance stats."""

@@ -1,0 +1,171 @@
+"""The chat use case: admit, replay history, prompt, generate (stream, then fallback), remember."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from chatbot.core.admission import Admission
+from chatbot.core.ports import ChatEngine, ChatMessage, HistoryStore, Turn
+from chatbot.core.stats import Outcome, PerformanceStats
+from chatbot.domain.errors import (
+    DeadlineExceededError,
+    EngineUnavailableError,
+    GenerationFailedError,
+    QueueFullError,
+)
+from chatbot.domain.personas import MIN_ANSWER_CHARS, PersonaProfile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChatResult:
+    text: str
+    tokens: int
+    queue_s: float
+    ttft_s: float | None
+    generation_s: float
+    total_s: float
+    fallback_used: bool
+    history_turns: int
+
+
+@dataclass(frozen=True)
+class _Generated:
+    text: str
+    tokens: int
+    ttft_s: float | None
+    fallback_used: bool
+
+
+def _usable(text: str) -> bool:
+    return sum(1 for c in text if not c.isspace()) >= MIN_ANSWER_CHARS
+
+
+class ChatService:
+    """One persona's chat use case over a shared engine, store and admission queue."""
+
+    def __init__(
+        self,
+        profile: PersonaProfile,
+        engine: ChatEngine,
+        store: HistoryStore,
+        admission: Admission,
+        stats: PerformanceStats,
+        deadline_s: float,
+    ) -> None:
+        self.profile = profile
+        self.engine = engine
+        self.store = store
+        self.admission = admission
+        self.stats = stats
+        self.deadline_s = deadline_s
+        self.fallbacks = 0
+
+    async def chat(
+        self,
+        user_input: str,
+        conversation: tuple[str, str] | None,
+        build_messages: Callable[[list[Turn]], list[ChatMessage]],
+    ) -> ChatResult:
+        """Answer `user_input`; `conversation` is (user_id, db_id) when history is wanted."""
+        started = time.monotonic()
+        gen_started = started
+        try:
+            if not self.engine.status().ready:
+                raise EngineUnavailableError(
+                    f"The {self.profile.persona} model is not loaded yet; retry shortly."
+                )
+            async with asyncio.timeout(self.deadline_s):
+                async with self.admission.slot():
+                    gen_started = time.monotonic()
+                    history = await self._history(conversation)
+                    messages = build_messages(history)
+                    generated = await self._generate(messages)
+        except QueueFullError:
+            self.stats.record_rejected()
+            raise
+        except TimeoutError as exc:
+            self._record_failure(started)
+            raise DeadlineExceededError(
+                f"No answer within the {self.deadline_s:g} s deadline; the generation was stopped."
+            ) from exc
+        except BaseException:  # includes cancellation when the client goes away
+            self._record_failure(started)
+            raise
+        finished = time.monotonic()
+        await self._remember(conversation, user_input, generated.text)
+        result = ChatResult(
+            text=generated.text,
+            tokens=generated.tokens,
+            queue_s=gen_started - started,
+            ttft_s=generated.ttft_s,
+            generation_s=finished - gen_started,
+            total_s=finished - started,
+            fallback_used=generated.fallback_used,
+            history_turns=len(history),
+        )
+        self.stats.record(Outcome(True, result.total_s, result.generation_s, result.tokens))
+        return result
+
+    def _record_failure(self, started: float) -> None:
+        self.stats.record(Outcome(ok=False, total_s=time.monotonic() - started))
+
+    async def _history(self, conversation: tuple[str, str] | None) -> list[Turn]:
+        if conversation is None:
+            return []
+        user_id, db_id = conversation
+        try:
+            return await self.store.recent_turns(
+                self.profile.persona, user_id, db_id, self.profile.history_turns
+            )
+        except Exception as exc:  # an unavailable store must not fail the answer
+            log.warning("history read failed, answering without history: %s", exc)
+            return []
+
+    async def _remember(
+        self, conversation: tuple[str, str] | None, user_input: str, answer: str
+    ) -> None:
+        if conversation is None:
+            return
+        user_id, db_id = conversation
+        try:
+            await self.store.append_turn(self.profile.persona, user_id, db_id, user_input, answer)
+        except Exception as exc:
+            log.warning("history write failed for %s/%s: %s", user_id, db_id, exc)
+
+    async def _generate(self, messages: list[ChatMessage]) -> _Generated:
+        started = time.monotonic()
+        pieces: list[str] = []
+        ttft: float | None = None
+        try:
+            async for piece in self.engine.stream(messages, self.profile.generation):
+                if ttft is None:
+                    ttft = time.monotonic() - started
+                pieces.append(piece)
+        except (EngineUnavailableError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.warning("streaming generation failed, falling back: %s", exc)
+        text = "".join(pieces).strip()
+        if _usable(text):
+            return _Generated(text, len(pieces), ttft, fallback_used=False)
+
+        self.fallbacks += 1
+        log.info("streamed answer too short (%d chars); generating without streaming", len(text))
+        try:
+            completion = await self.engine.complete(messages, self.profile.fallback)
+        except (EngineUnavailableError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise GenerationFailedError(f"The model failed to generate an answer: {exc}") from exc
+        text = completion.text.strip()
+        if not text:
+            raise GenerationFailedError("The model produced an empty answer, twice.")
+        if ttft is None:
+            ttft = time.monotonic() - started
+        return _Generated(text, len(pieces) + completion.tokens, ttft, fallback_used=True)

@@ -1,0 +1,94 @@
+"""Ports the use cases depend on; adapters in `chatbot.llm` and `chatbot.stores` implement them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from chatbot.domain.personas import SamplingParams
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens: int
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """What /readyz reports about an engine."""
+
+    ready: bool
+    model: str
+    detail: str = ""
+    facts: dict = field(default_factory=dict)
+
+
+class ChatEngine(Protocol):
+    """Generates assistant replies for chat messages.
+
+    `stream` yields text pieces (one per generated token). Cancelling the consumer, or
+    closing the iterator, stops the generation at the next token.
+    """
+
+    @property
+    def model_name(self) -> str: ...
+
+    def status(self) -> EngineStatus: ...
+
+    def stream(
+        self, messages: list[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[str]: ...
+
+    async def complete(self, messages: list[ChatMessage], params: SamplingParams) -> Completion: ...
+
+
+@dataclass(frozen=True)
+class Turn:
+    index: int
+    input_data: str
+    output_data: str
+    timestamp: str
+
+
+class HistoryStore(Protocol):
+    """Conversation memory: collection `<persona>_log_<user_id>`, one document per db_id."""
+
+    async def recent_turns(
+        self, persona: str, user_id: str, db_id: str, limit: int
+    ) -> list[Turn]: ...
+
+    async def append_turn(
+        self, persona: str, user_id: str, db_id: str, input_data: str, output_data: str
+    ) -> int: ...
+
+    def status(self) -> dict: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    title: str
+    snippet: str
+    link: str
+
+
+class WebSearch(Protocol):
+    """Finds web results for a query; failure means no results, never an exception."""
+
+    async def search(self, query: str) -> list[SearchResult]: ...
+
+
+class NoWebSearch:
+    """The search adapter used when none is configured."""
+
+    async def search(self, query: str) -> list[SearchResult]:
+        return []

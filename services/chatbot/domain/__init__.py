@@ -1,0 +1,1 @@
+"""Domain: request schemas, personas and errors. Imports nothing of the project."""

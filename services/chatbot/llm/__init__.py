@@ -1,0 +1,1 @@
+"""Engines implementing `chatbot.core.ports.ChatEngine`: llama.cpp (and later OpenAI)."""

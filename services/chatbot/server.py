@@ -1,0 +1,118 @@
+"""Composition root: builds engines, stores and per-persona apps from `Settings`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from pathlib import Path
+
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+from starlette.routing import Mount, Route
+
+from chatbot import __version__
+from chatbot.api.deps import PersonaRuntime
+from chatbot.api.errors import install_error_handlers
+from chatbot.api.metrics import PersonaMetrics
+from chatbot.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
+from chatbot.api.routes import character, common, office
+from chatbot.core.admission import Admission
+from chatbot.core.chat import ChatService
+from chatbot.core.ports import HistoryStore, NoWebSearch
+from chatbot.core.stats import PerformanceStats
+from chatbot.domain.personas import PROFILES, Persona
+from chatbot.llm.bundled import bundled_model_path
+from chatbot.settings import Settings
+from chatbot.stores.embedded import EmbeddedHistoryStore
+
+log = logging.getLogger(__name__)
+
+NOT_FOUND_PAGE = files("chatbot.api").joinpath("static/404.html").read_text(encoding="utf-8")
+
+_TITLES = {Persona.OFFICE: "ChatBot AI — office", Persona.CHARACTER: "ChatBot AI — character"}
+
+
+class Engines:
+    """One engine per distinct model file: two personas on the same file share one instance."""
+
+    def __init__(self, settings: Settings, personas: list[Persona]) -> None:
+        from chatbot.llm.llama_engine import LlamaEngine
+
+        self._by_path: dict[Path, LlamaEngine] = {}
+        self.by_persona = {}
+        for persona in personas:
+            path = (settings.model_path(persona) or bundled_model_path()).resolve()
+            if path not in self._by_path:
+                self._by_path[path] = LlamaEngine(
+                    path, settings.persona(persona).model, settings.model_wait_timeout_s)
+            self.by_persona[persona] = self._by_path[path]
+
+    async def load_all(self) -> None:
+        await asyncio.gather(*(e.load() for e in self._by_path.values()))
+
+    async def close(self) -> None:
+        for engine in self._by_path.values():
+            await engine.close()
+
+
+def build_runtime(persona: Persona, settings: Settings, engine, store: HistoryStore) -> PersonaRuntime:
+    ps = settings.persona(persona)
+    profile = PROFILES[persona]
+    profile = profile.model_copy(update={
+        "generation": ps.generation.apply(profile.generation),
+        "fallback": ps.fallback.apply(profile.fallback),
+    })
+    stats = PerformanceStats(prior_service_s=ps.prior_service_s)
+    admission = Admission(ps.max_concurrent, ps.max_queue, stats.mean_service_s)
+    service = ChatService(profile, engine, store, admission, stats, ps.request_timeout_s)
+    metrics = PersonaMetrics(persona.value, admission, engine)
+    return PersonaRuntime(persona, ps, service, metrics, store, NoWebSearch())
+
+
+def persona_app(runtime: PersonaRuntime, root_path: str = "", lifespan=None) -> FastAPI:
+    app = FastAPI(title=_TITLES[runtime.persona], version=__version__, root_path=root_path,
+                  lifespan=lifespan)
+    app.state.runtime = runtime
+    app.include_router(office if runtime.persona is Persona.OFFICE else character)
+    app.include_router(common)
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, observe=runtime.metrics.observe_request)
+    return app
+
+
+async def _not_found(request: Request, exc: Exception | None = None) -> HTMLResponse:
+    return HTMLResponse(NOT_FOUND_PAGE, status_code=404)
+
+
+def create_app(settings: Settings, personas: list[Persona] | None = None):
+    """The ASGI app: both personas under /office and /character, or one persona at the root."""
+    personas = personas or list(Persona)
+    engines = Engines(settings, personas)
+    store = EmbeddedHistoryStore(settings.history_path)
+    runtimes = {p: build_runtime(p, settings, engines.by_persona[p], store) for p in personas}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        loading = asyncio.create_task(engines.load_all())  # serve /healthz while loading
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await engines.close()
+            await store.close()
+
+    if len(personas) == 1:
+        app = persona_app(runtimes[personas[0]], settings.root_path, lifespan)
+    else:
+        mounts = [Mount(f"/{p.value}", app=persona_app(runtimes[p])) for p in personas]
+        app = Starlette(
+            routes=[*mounts, Route("/{path:path}", _not_found,
+                                   methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])],
+            exception_handlers={404: _not_found, 405: _not_found}, lifespan=lifespan,
+        )
+    app.state.engines = engines
+    return RequestIdMiddleware(BodyLimitMiddleware(app, settings.max_body_bytes))

@@ -1,0 +1,94 @@
+"""All configuration, typed, in one place (environment prefix `CHATBOT_`).
+
+Nested fields use `__`: `CHATBOT_OFFICE__MAX_CONCURRENT=2`,
+`CHATBOT_CHARACTER__GENERATION__MAX_TOKENS=128`. Model files: `CHATBOT_OFFICE_MODEL`,
+`CHATBOT_CHARACTER_MODEL` (default: the bundled SmolLM2-135M-Instruct).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chatbot.domain.personas import Persona, SamplingOverrides
+
+
+def _data_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+
+
+class ModelSettings(BaseModel):
+    """How llama.cpp loads a persona's model (the seed's values by default)."""
+
+    n_ctx: int = Field(default=8191, gt=0)
+    n_batch: int = Field(default=2048, gt=0)
+    n_gpu_layers: int = Field(default=-1, ge=-1)
+    main_gpu: int = Field(default=0, ge=0)
+    flash_attn: bool = True
+    kv_cache_type: Literal["f16", "q8_0", "f32"] = "f16"
+    n_threads: int | None = Field(default=None, gt=0, description="default: all cores")
+    use_mmap: bool = True
+    use_mlock: bool = False
+    # RoPE stays at the model's own values unless both are configured.
+    rope_scaling_type: int | None = None
+    rope_freq_scale: float | None = None
+    seed: int | None = None
+
+
+class PersonaSettings(BaseModel):
+    max_concurrent: int = Field(default=1, ge=1)
+    max_queue: int = Field(default=16, ge=0, description="requests waiting beyond max_concurrent")
+    request_timeout_s: float = Field(default=300.0, gt=0)
+    prior_service_s: float = Field(
+        default=20.0, gt=0, description="service time assumed for Retry-After until measured"
+    )
+    model: ModelSettings = ModelSettings()
+    generation: SamplingOverrides = SamplingOverrides()
+    fallback: SamplingOverrides = SamplingOverrides()
+
+
+class OfficeSettings(PersonaSettings):
+    max_concurrent: int = Field(default=1, ge=1)
+    assistant_name: str = "TreeNut 오피스"
+    assistant_role: str = (
+        "사용자의 업무 질문에 정확하고 실용적인 답변을 제공하는 업무 지원 AI 어시스턴트"
+    )
+    model: ModelSettings = ModelSettings(n_gpu_layers=-1)
+
+
+class CharacterSettings(PersonaSettings):
+    max_concurrent: int = Field(default=2, ge=1)
+    model: ModelSettings = ModelSettings(n_gpu_layers=50)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHATBOT_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    office_model: Path | None = None
+    character_model: Path | None = None
+    office: OfficeSettings = OfficeSettings()
+    character: CharacterSettings = CharacterSettings()
+
+    history_path: Path = Field(
+        default_factory=lambda: _data_home() / "chatbot" / "history.sqlite3",
+        description="embedded history store; ':memory:' keeps nothing across restarts",
+    )
+    model_wait_timeout_s: float = Field(
+        default=0.0, ge=0,
+        description="wait this long for a missing model file to appear (0: fail at once)",
+    )
+    max_body_bytes: int = Field(default=64 * 1024, gt=0)
+    root_path: str = Field(default="", description="path prefix a proxy strips, e.g. /office")
+    log_level: str = "info"
+
+    def persona(self, persona: Persona) -> PersonaSettings:
+        return self.office if persona is Persona.OFFICE else self.character
+
+    def model_path(self, persona: Persona) -> Path | None:
+        return self.office_model if persona is Persona.OFFICE else self.character_model

@@ -1,0 +1,1 @@
+"""History store adapters (the `HistoryStore` port of `chatbot.core.ports`)."""
