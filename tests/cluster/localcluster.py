@@ -27,7 +27,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -258,7 +257,10 @@ def _recipe(comp: Component) -> _Recipe:
             mod,
             [f"{mod}/cmd/helm"],
             ["helm"],
-            [f"-X {mod}/internal/version.version={v}", f"-X {mod}/internal/version.gitTreeState=clean"],
+            [
+                f"-X {mod}/internal/version.version={v}",
+                f"-X {mod}/internal/version.gitTreeState=clean",
+            ],
         )
     if comp.name == "ferretdb":
         return _Recipe(
@@ -395,12 +397,18 @@ def build_all(names: list[str] | None = None) -> dict[str, float]:
 NODES: list[dict] = [
     {
         "name": "gpu-2080",
-        "labels": {"nvidia.com/gpu.product": "NVIDIA-GeForce-RTX-2080", "nvidia.com/gpu.present": "true"},
+        "labels": {
+            "nvidia.com/gpu.product": "NVIDIA-GeForce-RTX-2080",
+            "nvidia.com/gpu.present": "true",
+        },
         "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110", "nvidia.com/gpu": "1"},
     },
     {
         "name": "gpu-3060",
-        "labels": {"nvidia.com/gpu.product": "NVIDIA-GeForce-RTX-3060", "nvidia.com/gpu.present": "true"},
+        "labels": {
+            "nvidia.com/gpu.product": "NVIDIA-GeForce-RTX-3060",
+            "nvidia.com/gpu.present": "true",
+        },
         "capacity": {"cpu": "8", "memory": "32Gi", "pods": "110", "nvidia.com/gpu": "1"},
     },
     {
@@ -826,7 +834,7 @@ class LocalCluster:
             if not any(self._pid_alive(pid) for pid in pids.values()):
                 break
             time.sleep(0.1)
-        for name, pid in pids.items():
+        for pid in pids.values():
             if self._pid_alive(pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
