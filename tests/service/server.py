@@ -1,0 +1,69 @@
+"""Starts real `chatbot serve` processes (uvicorn) on loopback for the service tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ChatbotServer:
+    """One `chatbot serve` process; `url` is its base URL, `log` its combined output."""
+
+    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / f"server-{self.port}.log"
+        full_env = {**os.environ, "CHATBOT_HISTORY_PATH": str(workdir / f"h-{self.port}.db")}
+        full_env.update(env or {})
+        chatbot = shutil.which("chatbot", path=str(Path(sys.executable).parent)) or "chatbot"
+        self._out = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [chatbot, "serve", *args, "--port", str(self.port)],
+            env=full_env, stdout=self._out, stderr=subprocess.STDOUT,
+        )
+
+    def client(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60), **kwargs)
+
+    def wait_until(self, path: str, status: int = 200, timeout: float = 60) -> httpx.Response:
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                last = httpx.get(self.url + path, timeout=5)
+                if last.status_code == status:
+                    return last
+            except httpx.TransportError as exc:
+                last = exc
+            time.sleep(0.05)
+        raise TimeoutError(f"{path} never answered {status} (last: {last})\n{self.output()}")
+
+    def output(self) -> str:
+        self._out.flush()
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()

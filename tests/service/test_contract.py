@@ -1,0 +1,132 @@
+"""The seed's API contract, over HTTP against a real `chatbot serve` on tiny models."""
+
+from __future__ import annotations
+
+import re
+
+OFFICE_BODY = {"input_data": "회의록을 잘 쓰는 방법을 알려주세요."}
+CHARACTER_BODY = {
+    "input_data": "*I wave at Rachel with a smile.*",
+    "character_name": "Rachel",
+    "greeting": "*Rachel stands nervously at the lectern, adjusting her notes...*",
+    "context": "Rachel is a shy 19 year old student who loves astronomy.",
+}
+
+
+def test_office_answers_with_a_json_string_and_timing_headers(gateway):
+    with gateway.client() as http:
+        r = http.post("/office/Llama", json=OFFICE_BODY)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    answer = r.json()
+    assert isinstance(answer, str) and answer.strip()
+    assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
+    timing = r.headers["server-timing"]
+    for metric in ("queue;dur=", "ttft;dur=", "gen;dur=", "total;dur="):
+        assert metric in timing
+    assert int(r.headers["x-generated-tokens"]) > 0
+
+
+def test_character_answers_with_a_json_string(gateway):
+    with gateway.client() as http:
+        r = http.post("/character/Llama", json=CHARACTER_BODY)
+    assert r.status_code == 200, r.text
+    assert isinstance(r.json(), str) and r.json().strip()
+
+
+def test_a_callers_request_id_is_echoed_and_a_bad_one_replaced(gateway):
+    with gateway.client() as http:
+        mine = http.get("/office/healthz", headers={"X-Request-ID": "trace-123"})
+        bad = http.get("/office/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert mine.headers["x-request-id"] == "trace-123"
+    assert re.fullmatch(r"[0-9a-f]{32}", bad.headers["x-request-id"])
+
+
+def test_gateway_routes_each_prefix_to_its_persona(gateway):
+    with gateway.client() as http:
+        for persona in ("office", "character"):
+            assert http.get(f"/{persona}/healthz").json() == {"status": "ok"}
+            ready = http.get(f"/{persona}/readyz").json()
+            assert ready["persona"] == persona
+        assert http.get("/office/readyz").json()["model"] == "tiny-office.Q4_1.gguf"
+        assert http.get("/character/readyz").json()["model"] == "tiny-character.Q4_0.gguf"
+
+
+def test_unmatched_paths_get_the_html_404_page(gateway):
+    with gateway.client() as http:
+        for path in ("/", "/nope", "/officex/Llama", "/v1/chat", "/office_Llama"):
+            r = http.get(path)
+            assert r.status_code == 404, path
+            assert r.headers["content-type"].startswith("text/html")
+            assert "404 - 없는 페이지입니다" in r.text and "Page not found" in r.text
+        assert http.post("/Llama", json=OFFICE_BODY).status_code == 404
+
+
+def test_a_services_own_errors_stay_json(gateway):
+    with gateway.client() as http:
+        missing = http.get("/office/no/such/thing")
+        wrong_method = http.get("/character/Llama")
+    assert missing.status_code == 404 and wrong_method.status_code == 405
+    for r in (missing, wrong_method):
+        assert r.headers["content-type"] == "application/json"
+        assert r.json()["detail"]
+
+
+def test_docs_work_behind_the_prefixes(gateway):
+    with gateway.client() as http:
+        for persona in ("office", "character"):
+            docs = http.get(f"/{persona}/docs")
+            assert docs.status_code == 200
+            assert f"/{persona}/openapi.json" in docs.text
+            spec = http.get(f"/{persona}/openapi.json").json()
+            assert "/Llama" in spec["paths"] and "/performance" in spec["paths"]
+
+
+def test_one_persona_at_the_root_keeps_docs_behind_a_stripping_proxy(start_server):
+    server = start_server("office", env={"CHATBOT_ROOT_PATH": "/office"})
+    with server.client() as http:
+        assert http.post("/Llama", json=OFFICE_BODY).status_code == 200
+        assert "/office/openapi.json" in http.get("/docs").text
+        assert http.get("/character/healthz").status_code == 404
+
+
+def test_readyz_reports_gpu_offload(gateway):
+    with gateway.client() as http:
+        office = http.get("/office/readyz").json()["engine"]
+        character = http.get("/character/readyz").json()["engine"]
+    assert office["gpu_layers_requested"] == -1 and character["gpu_layers_requested"] == 50
+    # This machine's llama.cpp has no GPU backend, so nothing is really offloaded.
+    assert office["gpu_offload_supported"] is False and office["gpu_layers_offloaded"] == 0
+    assert office["n_ctx"] >= 8191 and office["n_batch"] == 2048 and office["flash_attn"] is True
+
+
+def test_metrics_expose_latency_queue_inflight_tokens_and_ttft(gateway):
+    with gateway.client() as http:
+        assert http.post("/character/Llama", json=CHARACTER_BODY).status_code == 200
+        text = http.get("/character/metrics").text
+    for name in ("chatbot_request_duration_seconds_bucket", "chatbot_queue_depth",
+                 "chatbot_requests_in_flight", "chatbot_generated_tokens_total",
+                 "chatbot_time_to_first_token_seconds_count", "chatbot_engine_generated_tokens"):
+        assert name in text, name
+    assert 'route="/Llama"' in text and 'persona="character"' in text
+
+
+def test_performance_numbers_match_the_traffic_sent(start_server):
+    server = start_server()  # a fresh process: counters start at zero
+    latencies = []
+    with server.client() as http:
+        before = http.get("/office/performance").json()
+        assert before["total_requests"] == 0
+        for _ in range(3):
+            r = http.post("/office/Llama", json=OFFICE_BODY)
+            assert r.status_code == 200
+            latencies.append(r.elapsed.total_seconds())
+        assert http.post("/office/Llama", json={"input_data": ""}).status_code == 422
+        perf = http.get("/office/performance").json()
+    assert perf["total_requests"] == 3  # invalid bodies are not service traffic
+    assert perf["success_rate"] == 100.0
+    assert perf["max_concurrent"] == 1 and perf["active_connections"] == 0
+    assert 0 < perf["avg_response_time"] <= max(latencies)
+    assert perf["p50_response_time"] <= perf["p95_response_time"] <= max(latencies)
+    assert perf["tokens_per_second"] > 0 and perf["generated_tokens"] > 0
+    assert perf["model"] == "tiny-office.Q4_1.gguf" and perf["queue_size"] == 0
