@@ -511,7 +511,7 @@ class LocalCluster:
     """
 
     def __init__(self, dir: Path | str | None = None):
-        self.dir = Path(dir) if dir else default_cluster_dir()
+        self.dir = (Path(dir) if dir else default_cluster_dir()).resolve()
         self.pki = self.dir / "pki"
         self.logs = self.dir / "logs"
         self.state_file = self.dir / "state.json"

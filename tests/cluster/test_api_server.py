@@ -1,5 +1,7 @@
 """Things only a real API server does: CEL validation, schema checks, SSA, RBAC."""
 
+import json
+
 import pytest
 
 kubernetes = pytest.importorskip("kubernetes")
@@ -124,7 +126,7 @@ def test_server_side_apply_tracks_field_managers_and_conflicts(kube_api, namespa
             query_params=[("fieldManager", manager), ("force", "true" if force else "false")],
             header_params={"Content-Type": "application/apply-patch+yaml",
                            "Accept": "application/json"},
-            body=body, response_type="object", auth_settings=["BearerToken"],
+            body=json.dumps(body), response_type="object", auth_settings=["BearerToken"],
             _return_http_data_only=True)
 
     apply("operator", {"model": "smollm2"})

@@ -88,7 +88,7 @@ def test_ferretdb_serves_mongodb_wire_protocol_on_loopback_with_sqlite(tmp_path)
     proc = subprocess.Popen(
         [ferretdb, "--handler=sqlite", f"--sqlite-url=file:{data}/",
          f"--listen-addr=127.0.0.1:{port}", f"--debug-addr=127.0.0.1:{debug_port}",
-         "--telemetry=disable", "--log-level=warn"],
+         f"--state-dir={tmp_path}", "--telemetry=disable", "--log-level=warn"],
         stdout=log, stderr=subprocess.STDOUT)
     try:
         def ping():
