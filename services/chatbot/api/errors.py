@@ -9,7 +9,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from chatbot.api.middleware import BodyTooLargeError, body_too_large
 from chatbot.domain.errors import (
     DeadlineExceededError,
     EngineUnavailableError,
@@ -81,10 +80,6 @@ async def _http(request: Request, exc: HTTPException) -> JSONResponse:
                         headers=getattr(exc, "headers", None))
 
 
-async def _body_too_large(request: Request, exc: BodyTooLargeError) -> JSONResponse:
-    return JSONResponse(body_too_large(exc.max_bytes), status_code=413)
-
-
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     request_id = getattr(request.state, "request_id", "-")
     log.exception("unhandled error in request %s", request_id)
@@ -99,7 +94,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(QueueFullError, _queue_full)
     app.add_exception_handler(InvalidModelNameError, _invalid_model)
     app.add_exception_handler(HTTPException, _http)
-    app.add_exception_handler(BodyTooLargeError, _body_too_large)
     app.add_exception_handler(DeadlineExceededError, _simple(504, "DEADLINE_EXCEEDED"))
     app.add_exception_handler(EngineUnavailableError, _simple(503, "ENGINE_UNAVAILABLE"))
     app.add_exception_handler(GenerationFailedError, _simple(500, "GENERATION_FAILED"))

@@ -35,20 +35,17 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-class BodyTooLargeError(Exception):
-    """Raised from `receive` when a streamed body passes the limit."""
-
-    def __init__(self, max_bytes: int) -> None:
-        super().__init__(f"body: the request body is larger than {max_bytes} bytes")
-        self.max_bytes = max_bytes
-
-
 def body_too_large(max_bytes: int) -> dict:
-    return {"detail": str(BodyTooLargeError(max_bytes)), "code": "BODY_TOO_LARGE"}
+    return {"detail": f"body: the request body is larger than {max_bytes} bytes",
+            "code": "BODY_TOO_LARGE"}
 
 
 class BodyLimitMiddleware:
-    """Answers 413 (JSON) for bodies over `max_bytes`, by Content-Length or while streaming."""
+    """Answers 413 (JSON) for bodies over `max_bytes`, by Content-Length or while streaming.
+
+    A streamed body that passes the limit is answered at once; the app then sees the
+    client as gone and whatever it tries to send is dropped.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -62,27 +59,29 @@ class BodyLimitMiddleware:
             return await self._reject(send)
 
         seen = 0
-        started = False
+        started = rejected = False
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLargeError(self.max_bytes)
+                if seen > self.max_bytes and not started:
+                    rejected = True
+                    await self._reject(send)
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if rejected:
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLargeError:
-            if not started:
-                await self._reject(send)
+        await self.app(scope, counting_receive, tracking_send)
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps(body_too_large(self.max_bytes)).encode()
