@@ -26,6 +26,46 @@ from chatbot.settings import ModelSettings
 log = logging.getLogger(__name__)
 
 _END = object()
+_RELAY_INTERVAL_S = 0.05
+
+
+class _Relay:
+    """Hands pieces from the decode thread to the event loop, waking it sparingly.
+
+    Waking the loop for every token makes the Python thread compete with llama.cpp's
+    worker threads for the same cores; here the first piece and the last wake it at once,
+    the rest at most every 50 ms.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._ready = asyncio.Event()
+        self._lock = threading.Lock()
+        self._items: list = []
+        self._wake_pending = False
+        self._last_wake = 0.0
+        self._woken_once = False
+
+    def put(self, item, flush: bool = False) -> None:
+        with self._lock:
+            self._items.append(item)
+            now = time.monotonic()
+            due = flush or not self._woken_once or now - self._last_wake >= _RELAY_INTERVAL_S
+            if self._wake_pending or not due:
+                return
+            self._wake_pending, self._woken_once, self._last_wake = True, True, now
+        try:
+            self._loop.call_soon_threadsafe(self._ready.set)
+        except RuntimeError:  # the event loop is gone (shutdown)
+            pass
+
+    async def drain(self) -> list:
+        await self._ready.wait()
+        with self._lock:
+            items, self._items = self._items, []
+            self._wake_pending = False
+            self._ready.clear()
+        return items
 
 
 class LlamaEngine:
@@ -133,14 +173,8 @@ class LlamaEngine:
         llm = self._require()
         kwargs = self._kwargs(messages, params)
         loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue = asyncio.Queue()
+        relay = _Relay(loop)
         cancel = threading.Event()
-
-        def push(item) -> None:
-            try:
-                loop.call_soon_threadsafe(pieces.put_nowait, item)
-            except RuntimeError:  # the event loop is gone (shutdown)
-                cancel.set()
 
         def run() -> None:
             if cancel.is_set():  # cancelled while waiting for the decode thread
@@ -153,19 +187,22 @@ class LlamaEngine:
                     text = chunk["choices"][0]["delta"].get("content")
                     if text:
                         self.generated_tokens += 1
-                        push(text)
-                push(_END)
+                        relay.put(text)
+                relay.put(_END, flush=True)
             except Exception as exc:
-                push(exc)
+                relay.put(exc, flush=True)
             finally:
                 self._generating = False
 
         self._executor.submit(run)
         try:
-            while (item := await pieces.get()) is not _END:
-                if isinstance(item, Exception):
-                    raise item
-                yield item
+            while True:
+                for item in await relay.drain():
+                    if item is _END:
+                        return
+                    if isinstance(item, Exception):
+                        raise item
+                    yield item
         finally:
             cancel.set()
 
