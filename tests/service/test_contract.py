@@ -130,3 +130,16 @@ def test_performance_numbers_match_the_traffic_sent(start_server):
     assert perf["p50_response_time"] <= perf["p95_response_time"] <= max(latencies)
     assert perf["tokens_per_second"] > 0 and perf["generated_tokens"] > 0
     assert perf["model"] == "tiny-office.Q4_1.gguf" and perf["queue_size"] == 0
+
+
+def test_two_personas_on_the_same_file_share_one_model_instance(start_server, tiny_models):
+    model = str(tiny_models["office"])
+    server = start_server(env={"CHATBOT_OFFICE_MODEL": model, "CHATBOT_CHARACTER_MODEL": model})
+    with server.client() as http:
+        before = http.get("/character/performance").json()["engine_generated_tokens"]
+        assert http.post("/office/Llama", json=OFFICE_BODY).status_code == 200
+        after = http.get("/character/performance").json()["engine_generated_tokens"]
+        office_ready = http.get("/office/readyz").json()["engine"]
+        character_ready = http.get("/character/readyz").json()["engine"]
+    assert after > before  # office's tokens came from the instance character uses too
+    assert office_ready == character_ready

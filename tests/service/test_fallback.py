@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 def test_a_too_short_streamed_answer_falls_back_to_a_full_one(start_server):
-    # One streamed token cannot make a usable answer, so the fallback must produce it.
+    # One streamed token cannot make a usable answer (the tiny vocabulary's longest token
+    # has 8 non-space characters), so the fallback must produce it.
     server = start_server(env={"CHATBOT_CHARACTER__GENERATION__MAX_TOKENS": "1"})
     body = {"input_data": "Tell me about the stars.", "character_name": "Rachel",
             "greeting": "Hello!", "context": "A student who loves astronomy."}

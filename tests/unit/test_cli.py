@@ -1,0 +1,32 @@
+"""The `chatbot` command line, as a user runs it."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+CHATBOT = str(Path(sys.executable).parent / "chatbot")
+
+
+def test_tiny_model_writes_a_deterministic_gguf(tmp_path):
+    outs = []
+    for name in ("a.gguf", "b.gguf"):
+        run = subprocess.run([CHATBOT, "tiny-model", str(tmp_path / name), "--quant", "Q4_1"],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert "Q4_1" in run.stdout
+        outs.append(hashlib.sha256((tmp_path / name).read_bytes()).hexdigest())
+    assert outs[0] == outs[1]
+    assert (tmp_path / "a.gguf").read_bytes()[:4] == b"GGUF"
+
+
+def test_unknown_quant_and_persona_are_usage_errors(tmp_path):
+    bad_quant = subprocess.run([CHATBOT, "tiny-model", str(tmp_path / "x.gguf"), "--quant", "Q2"],
+                               capture_output=True, text=True, timeout=60)
+    bad_persona = subprocess.run([CHATBOT, "serve", "lawyer"], capture_output=True, text=True,
+                                 timeout=60)
+    assert bad_quant.returncode == 2 and "--quant" in bad_quant.stderr
+    assert bad_persona.returncode == 2 and "office" in bad_persona.stderr
+    assert not (tmp_path / "x.gguf").exists()
