@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -60,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--office-model", type=Path, help="GGUF file (env CHATBOT_OFFICE_MODEL)")
     serve.add_argument("--character-model", type=Path,
                        help="GGUF file (env CHATBOT_CHARACTER_MODEL)")
-    serve.add_argument("--forwarded-allow-ips", default="127.0.0.1",
-                       help="proxies whose X-Forwarded-* headers are trusted")
+    serve.add_argument("--forwarded-allow-ips",
+                       default=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+                       help="proxies whose X-Forwarded-* headers are trusted "
+                            "(env FORWARDED_ALLOW_IPS)")
     serve.set_defaults(func=_serve)
 
     tiny = sub.add_parser("tiny-model", help="write a tiny random-weight Llama-3 GGUF")

@@ -52,7 +52,8 @@ class Engines:
             self.by_persona[persona] = self._by_path[path]
 
     async def load_all(self) -> None:
-        await asyncio.gather(*(e.load() for e in self._by_path.values()))
+        for engine in self._by_path.values():  # one at a time: llama.cpp's log hook is global
+            await engine.load()
 
     async def close(self) -> None:
         for engine in self._by_path.values():

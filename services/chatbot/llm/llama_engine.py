@@ -9,7 +9,9 @@ this one behind the same port.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +28,33 @@ from chatbot.settings import ModelSettings
 log = logging.getLogger(__name__)
 
 _END = object()
+_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+
+
+class _LlamaLogCapture:
+    """Collects llama.cpp's log lines while a model loads (models load one at a time)."""
+
+    def __enter__(self) -> list[str]:
+        import llama_cpp
+        from llama_cpp import _logger
+
+        self.lines: list[str] = []
+        forward = _logger.llama_log_callback
+
+        @llama_cpp.llama_log_callback
+        def capture(level, text, user_data):
+            self.lines.append(text.decode("utf-8", "replace"))
+            forward(level, text, user_data)
+
+        self._callback = capture  # keep a reference while llama.cpp may call it
+        self._restore = forward
+        llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
+        return self.lines
+
+    def __exit__(self, *exc) -> None:
+        import llama_cpp
+
+        llama_cpp.llama_log_set(self._restore, ctypes.c_void_p(0))
 _RELAY_INTERVAL_S = 0.05
 
 
@@ -132,15 +161,15 @@ class LlamaEngine:
             kwargs["seed"] = s.seed
         if s.rope_scaling_type is not None and s.rope_freq_scale is not None:
             kwargs.update(rope_scaling_type=s.rope_scaling_type, rope_freq_scale=s.rope_freq_scale)
-        llm = llama_cpp.Llama(**kwargs)
+        with _LlamaLogCapture() as log_lines:
+            llm = llama_cpp.Llama(**kwargs)
         meta = llm.metadata
         arch = meta.get("general.architecture", "llama")
         n_layer = int(meta.get(f"{arch}.block_count", 0))
+        # llama.cpp's own account of what it offloaded; CPU-only builds offload nothing.
+        found = [m for line in log_lines if (m := _OFFLOADED.search(line))]
+        offloaded = int(found[-1].group(1)) if found else 0
         requested = s.n_gpu_layers
-        offloaded = 0
-        if llama_cpp.llama_supports_gpu_offload():
-            # llama.cpp counts the output layer as one more offloadable layer.
-            offloaded = n_layer + 1 if requested < 0 else min(requested, n_layer + 1)
         self._facts = {
             "n_ctx": llm.n_ctx(), "n_batch": s.n_batch, "n_layer": n_layer,
             "gpu_offload_supported": bool(llama_cpp.llama_supports_gpu_offload()),
