@@ -27,6 +27,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -658,9 +659,10 @@ class LocalCluster:
             raise ClusterError(f"a cluster is already running in {self.dir} "
                                f"(pids {self.running()}); run `local-cluster down` first")
         started = time.monotonic()
-        if self.dir.exists():
-            shutil.rmtree(self.dir)
-        self.dir.mkdir(parents=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for old in self.dir.iterdir():  # a previous run's state; keeper.log is ours
+            if old.name != "keeper.log":
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
         self.logs.mkdir()
         self._procs: dict[str, subprocess.Popen] = {}
         _make_pki(self.pki)
@@ -826,32 +828,46 @@ class LocalCluster:
         self._wait("ServiceAccount default/default", default_sa, timeout, all_procs)
 
     def down(self, *, remove: bool = False, timeout: float = 15) -> list[str]:
-        """Stop every process of this cluster; return the names that were running."""
+        """Stop every process of this cluster; return the names that were running.
+
+        Components are stopped one by one in reverse start order (kwok first, etcd
+        last) with SIGTERM to their process group, escalating to SIGKILL after
+        ``timeout`` seconds each.
+        """
         state = self._load_state()
         pids: dict[str, int] = state.get("pids", {})
+        procs = getattr(self, "_procs", {})
         stopped = []
-        # Reverse start order: kwok, scheduler, controller-manager, apiserver, etcd.
+
+        def gone(pid: int) -> bool:
+            for p in procs.values():
+                p.poll()  # reap our own children so that they do not linger as zombies
+            return not self._pid_alive(pid)
+
         for name, pid in reversed(list(pids.items())):
-            if not self._pid_alive(pid):
+            if gone(pid):
                 continue
             stopped.append(name)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        procs = getattr(self, "_procs", {})
-        while time.monotonic() < deadline:
-            for p in procs.values():
-                p.poll()  # reap our own children so they do not linger as zombies
-            if not any(self._pid_alive(pid) for pid in pids.values()):
-                break
-            time.sleep(0.1)
-        for pid in pids.values():
-            if self._pid_alive(pid):
+            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
+                    os.killpg(pid, sig)
+                deadline = time.monotonic() + wait
+                while time.monotonic() < deadline and not gone(pid):
+                    time.sleep(0.05)
+                if gone(pid):
+                    break
         for p in procs.values():
             with contextlib.suppress(Exception):
                 p.wait(timeout=5)
+        keeper = state.get("keeper")
+        if keeper and keeper != os.getpid():
+            # The keeper exits by itself once its children are gone.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and self._pid_alive(keeper):
+                time.sleep(0.05)
+            if self._pid_alive(keeper):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(keeper, signal.SIGKILL)
         if state:
             state["pids"] = {}
             self._save_state(state)
@@ -860,3 +876,81 @@ class LocalCluster:
         elif (self.dir / "etcd").exists():
             shutil.rmtree(self.dir / "etcd", ignore_errors=True)
         return stopped
+
+
+# --------------------------------------------------------------------------- detached mode
+
+READY_PREFIX = "READY "
+FAILED_PREFIX = "FAILED "
+
+
+def _serve(cluster_dir: str, timeout: float) -> int:
+    """Keeper process for ``local-cluster up``: parent (and reaper) of the components.
+
+    It starts the cluster, reports READY/FAILED on stdout (a pipe to ``up``), then
+    reaps its children until all have exited (``down`` stops them), so that no
+    zombies are left for an init that does not reap.
+    """
+    cluster = LocalCluster(cluster_dir)
+
+    def say(msg: str) -> None:
+        print(msg, flush=True)
+
+    try:
+        kubeconfig = cluster.up(timeout=timeout, progress=say)
+    except Exception as exc:  # noqa: BLE001 - reported to the `up` front-end
+        say(FAILED_PREFIX + str(exc).replace("\n", "\n  "))
+        return 1
+    state = cluster._load_state()
+    state["keeper"] = os.getpid()
+    cluster._save_state(state)
+    say(READY_PREFIX + str(kubeconfig))
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 1)
+    signal.signal(signal.SIGTERM, lambda *_: cluster.down())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
+        names = {v: k for k, v in cluster._load_state().get("pids", {}).items()}
+        print(f"{time.ctime()}: {names.get(pid, pid)} exited with status {status}",
+              file=sys.stderr, flush=True)
+
+
+def up_detached(cluster_dir: Path | str | None, timeout: float, progress) -> Path:
+    """Start the cluster in a detached keeper process; return the kubeconfig path."""
+    cluster = LocalCluster(cluster_dir)
+    if cluster.running():
+        raise ClusterError(f"a cluster is already running in {cluster.dir} "
+                           f"(pids {cluster.running()}); run `local-cluster down` first")
+    cluster.dir.mkdir(parents=True, exist_ok=True)
+    keeper_log = cluster.dir / "keeper.log"
+    with open(keeper_log, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "_serve", str(cluster.dir),
+             str(timeout)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+            start_new_session=True, text=True,
+        )
+    assert proc.stdout is not None
+    failure: list[str] = []
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        if line.startswith(READY_PREFIX):
+            proc.stdout.close()
+            return Path(line[len(READY_PREFIX):])
+        if line.startswith(FAILED_PREFIX) or failure:
+            failure.append(line.removeprefix(FAILED_PREFIX))
+        else:
+            progress(line)
+    proc.wait()
+    raise ClusterError("\n".join(failure) or f"keeper exited with {proc.returncode}; "
+                       f"see {keeper_log} and {cluster.logs}")
+
+
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "_serve":
+    sys.exit(_serve(sys.argv[2], float(sys.argv[3])))
