@@ -39,6 +39,7 @@ class _Generated:
     text: str
     tokens: int
     ttft_s: float | None
+    seconds: float  # time spent in the engine, streamed and fallback together
     fallback_used: bool
 
 
@@ -104,7 +105,7 @@ class ChatService:
             tokens=generated.tokens,
             queue_s=gen_started - started,
             ttft_s=generated.ttft_s,
-            generation_s=finished - gen_started,
+            generation_s=generated.seconds,
             total_s=finished - started,
             fallback_used=generated.fallback_used,
             history_turns=len(history),
@@ -153,7 +154,7 @@ class ChatService:
             log.warning("streaming generation failed, falling back: %s", exc)
         text = "".join(pieces).strip()
         if _usable(text):
-            return _Generated(text, len(pieces), ttft, fallback_used=False)
+            return _Generated(text, len(pieces), ttft, time.monotonic() - started, False)
 
         self.fallbacks += 1
         log.info("streamed answer too short (%d chars); generating without streaming", len(text))
@@ -168,4 +169,5 @@ class ChatService:
             raise GenerationFailedError("The model produced an empty answer, twice.")
         if ttft is None:
             ttft = time.monotonic() - started
-        return _Generated(text, len(pieces) + completion.tokens, ttft, fallback_used=True)
+        return _Generated(text, len(pieces) + completion.tokens, ttft,
+                          time.monotonic() - started, True)
