@@ -60,7 +60,9 @@ class Engines:
             await engine.close()
 
 
-def build_runtime(persona: Persona, settings: Settings, engine, store: HistoryStore) -> PersonaRuntime:
+def build_runtime(
+    persona: Persona, settings: Settings, engine, store: HistoryStore
+) -> PersonaRuntime:
     ps = settings.persona(persona)
     profile = PROFILES[persona]
     profile = profile.model_copy(update={

@@ -113,7 +113,8 @@ def bench(model: Path, runs: int, workdir: Path) -> dict:
     d_tps = med(tok / wall for wall, _, tok in d)
     h_tps = med(x[2] / x[0] for x in h)
     return {"model": model.name, "direct_tps": d_tps, "http_tps": h_tps, "ratio": h_tps / d_tps,
-            "direct_ttft_ms": med(x[1] for x in d) * 1000, "http_ttft_ms": med(x[1] for x in h) * 1000,
+            "direct_ttft_ms": med(x[1] for x in d) * 1000,
+            "http_ttft_ms": med(x[1] for x in h) * 1000,
             "overhead_ms": med(x[3] for x in h) * 1000, "server_ms": med(x[4] for x in h) * 1000,
             "floor_ms": floor * 1000,
             "tokens": med(x[2] for x in h)}

@@ -1,14 +1,11 @@
 """Things only a real API server does: CEL validation, schema checks, SSA, RBAC."""
 
-import json
-
 import pytest
 
 kubernetes = pytest.importorskip("kubernetes")
 
-from kubernetes.client import ApiException  # noqa: E402
-
 from cluster_helpers import wait_for  # noqa: E402
+from kubernetes.client import ApiException  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 
@@ -121,13 +118,9 @@ def test_server_side_apply_tracks_field_managers_and_conflicts(kube_api, namespa
     def apply(manager, data, force=False):
         body = {"apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": "ssa", "namespace": namespace}, "data": data}
-        return kube_api.call_api(
-            f"/api/v1/namespaces/{namespace}/configmaps/ssa", "PATCH",
-            query_params=[("fieldManager", manager), ("force", "true" if force else "false")],
-            header_params={"Content-Type": "application/apply-patch+yaml",
-                           "Accept": "application/json"},
-            body=json.dumps(body), response_type="object", auth_settings=["BearerToken"],
-            _return_http_data_only=True)
+        return core.patch_namespaced_config_map(
+            "ssa", namespace, body, field_manager=manager, force=force or None,
+            _content_type="application/apply-patch+yaml")
 
     apply("operator", {"model": "smollm2"})
     apply("chart", {"replicas": "2"})

@@ -7,9 +7,8 @@ import pytest
 kubernetes = pytest.importorskip("kubernetes")
 pytest.importorskip("kopf")
 
-from kubernetes.client import ApiException  # noqa: E402
-
 from cluster_helpers import wait_for  # noqa: E402
+from kubernetes.client import ApiException  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 

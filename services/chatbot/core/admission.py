@@ -45,7 +45,7 @@ class Admission:
         return QueueInfo(self._active, self.waiting, self.max_concurrent, self.max_queue)
 
     def retry_after_s(self) -> int:
-        """Seconds until a slot is likely free: everyone ahead, served `max_concurrent` at a time."""
+        """Seconds until a slot is likely free: all ahead, `max_concurrent` at a time."""
         ahead = self._active + self.waiting
         rounds = math.ceil(ahead / self.max_concurrent)
         return max(1, math.ceil(rounds * self._mean_service_s()))

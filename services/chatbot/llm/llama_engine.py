@@ -198,7 +198,9 @@ class LlamaEngine:
             presence_penalty=params.presence_penalty, stop=list(STOP_STRINGS), seed=seed,
         )
 
-    async def stream(self, messages: list[ChatMessage], params: SamplingParams) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: list[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[str]:
         llm = self._require()
         kwargs = self._kwargs(messages, params)
         loop = asyncio.get_running_loop()

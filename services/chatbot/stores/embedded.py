@@ -46,7 +46,8 @@ class EmbeddedHistoryStore:
             self._db.executescript(_SCHEMA)
 
     async def recent_turns(self, persona: str, user_id: str, db_id: str, limit: int) -> list[Turn]:
-        return await asyncio.to_thread(self._recent, collection_name(persona, user_id), db_id, limit)
+        collection = collection_name(persona, user_id)
+        return await asyncio.to_thread(self._recent, collection, db_id, limit)
 
     async def append_turn(
         self, persona: str, user_id: str, db_id: str, input_data: str, output_data: str
