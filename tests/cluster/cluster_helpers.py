@@ -149,10 +149,12 @@ class KopfOperator:
     before). ``namespace=None`` runs cluster-wide. Credentials come only from
     ``kubeconfig`` (a login handler is added; the environment's KUBECONFIG is not
     used by kopf itself). While it runs, ``os.environ["KUBECONFIG"]`` points at
-    ``kubeconfig`` too (``set_kubeconfig_env=False`` to opt out), so that handlers
-    that build their own ``kubernetes`` client with ``load_kube_config()`` /
-    ``new_client_from_config()`` get the same (possibly restricted) identity; it is
-    restored on stop. ``settings`` may tweak ``kopf.OperatorSettings`` before the start.
+    ``kubeconfig`` too, and so does the ``kubernetes`` client's default kubeconfig
+    location (``set_kubeconfig_env=False`` to opt out), so that handlers that build
+    their own client with ``load_kube_config()`` / ``new_client_from_config()`` get
+    the same (possibly restricted) identity; both are restored on stop. That is
+    process-wide: run one such operator at a time. ``settings`` may tweak
+    ``kopf.OperatorSettings`` before the start.
     """
 
     def __init__(
@@ -169,6 +171,7 @@ class KopfOperator:
     ):
         self.set_kubeconfig_env = set_kubeconfig_env
         self._saved_env: str | None = None
+        self._saved_default: str = ""
         self.module = module
         self.kubeconfig = Path(kubeconfig)
         if isinstance(namespace, str):
@@ -216,8 +219,7 @@ class KopfOperator:
             kwargs["namespaces"] = self.namespaces
 
         if self.set_kubeconfig_env:
-            self._saved_env = os.environ.get("KUBECONFIG")
-            os.environ["KUBECONFIG"] = str(self.kubeconfig)
+            self._set_kubeconfig_env()
 
         def run() -> None:
             try:
@@ -238,6 +240,27 @@ class KopfOperator:
             ) from self.exception
         return self
 
+    def _set_kubeconfig_env(self) -> None:
+        import kubernetes.config.kube_config as kc
+
+        self._saved_env = os.environ.get("KUBECONFIG")
+        self._saved_default = kc.KUBE_CONFIG_DEFAULT_LOCATION
+        os.environ["KUBECONFIG"] = str(self.kubeconfig)
+        # The kubernetes client reads $KUBECONFIG once, at import; make its
+        # argument-less load_kube_config()/new_client_from_config() follow too.
+        kc.KUBE_CONFIG_DEFAULT_LOCATION = str(self.kubeconfig)
+
+    def _restore_kubeconfig_env(self) -> None:
+        import kubernetes.config.kube_config as kc
+
+        if os.environ.get("KUBECONFIG") == str(self.kubeconfig):
+            if self._saved_env is None:
+                os.environ.pop("KUBECONFIG", None)
+            else:
+                os.environ["KUBECONFIG"] = self._saved_env
+        if kc.KUBE_CONFIG_DEFAULT_LOCATION == str(self.kubeconfig):
+            kc.KUBE_CONFIG_DEFAULT_LOCATION = self._saved_default
+
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -248,11 +271,8 @@ class KopfOperator:
         if not self._stop.done():
             self._stop.set_result(None)
         self._thread.join(self.stop_timeout)
-        if self.set_kubeconfig_env and os.environ.get("KUBECONFIG") == str(self.kubeconfig):
-            if self._saved_env is None:
-                os.environ.pop("KUBECONFIG", None)
-            else:
-                os.environ["KUBECONFIG"] = self._saved_env
+        if self.set_kubeconfig_env:
+            self._restore_kubeconfig_env()
         if self._thread.is_alive():
             raise RuntimeError(f"kopf operator {self.module} did not stop in {self.stop_timeout}s")
 
@@ -306,6 +326,7 @@ def service_account_kubeconfig(
         core.create_namespaced_service_account(
             namespace, V1ServiceAccount(metadata=V1ObjectMeta(name=name))
         )
+    cluster_roles, roles = list(cluster_roles), list(roles)
     subject = {"kind": "ServiceAccount", "name": name, "namespace": namespace}
     crbs: list[str] = []
     for role in cluster_roles:
@@ -324,6 +345,8 @@ def service_account_kubeconfig(
             "metadata": {"name": f"{name}-{role}"[:253]},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
             "subjects": [subject]})
+    _wait_until_authorized(admin, namespace, name, cluster_roles, roles,
+                           cluster_role_bindings_namespaced)
     tr = core.create_namespaced_service_account_token(
         name, namespace,
         AuthenticationV1TokenRequest(spec=V1TokenRequestSpec(
@@ -355,3 +378,43 @@ def service_account_kubeconfig(
     out.chmod(0o600)
     admin.close()
     return out, crbs
+
+
+def _wait_until_authorized(admin, namespace: str, name: str, cluster_roles: list[str],
+                           roles: list[str], namespaced: bool, timeout: float = 30) -> None:
+    """Bindings reach the RBAC authorizer through an informer: wait until they count.
+
+    For the first rule of every bound role, a SubjectAccessReview for the
+    ServiceAccount must say "allowed".
+    """
+    import kubernetes
+
+    rbac = kubernetes.client.RbacAuthorizationV1Api(admin)
+    authz = kubernetes.client.AuthorizationV1Api(admin)
+    checks = []
+    for role in cluster_roles:
+        try:
+            rules = rbac.read_cluster_role(role).rules or []
+        except kubernetes.client.ApiException:
+            continue
+        checks += [(r, namespace if namespaced else None) for r in rules[:1]]
+    for role in roles:
+        try:
+            rules = rbac.read_namespaced_role(role, namespace).rules or []
+        except kubernetes.client.ApiException:
+            continue
+        checks += [(r, namespace) for r in rules[:1]]
+    for rule, ns in checks:
+        if not rule.resources or not rule.verbs:
+            continue  # nonResourceURLs rules
+        attrs = {"verb": rule.verbs[0], "group": (rule.api_groups or [""])[0],
+                 "resource": rule.resources[0]}
+        if ns:
+            attrs["namespace"] = ns
+        review = {"spec": {
+            "user": f"system:serviceaccount:{namespace}:{name}",
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}",
+                       "system:authenticated"],
+            "resourceAttributes": attrs}}
+        wait_for(lambda review=review: authz.create_subject_access_review(review).status.allowed,
+                 timeout=timeout, desc=f"RBAC for {name}: {attrs}")

@@ -30,7 +30,7 @@ def echo(body, name, namespace, patch, logger, memo: kopf.Memo, **_):
         "metadata": {"name": f"{name}-echo"},
         "data": {**(body.get("data") or {}), "secrets": secrets},
     }
-    kopf.adopt(child)
+    kopf.append_owner_reference(child, owner=body)  # not adopt(): it copies labels
     core.create_namespaced_config_map(namespace, child)
     patch.metadata.annotations["chatbot-test/echoed"] = f"{name}-echo"
     logger.info("echoed %s", name)

@@ -45,9 +45,10 @@ def _crd(plural, kind, rule=None, message=CEL_MESSAGE):
     }
 
 
-@pytest.fixture
-def scaler_crd(kube_api):
-    ext = kubernetes.client.ApiextensionsV1Api(kube_api)
+@pytest.fixture(scope="module")
+def scaler_crd(kube_cluster):
+    client = kube_cluster.api_client()
+    ext = kubernetes.client.ApiextensionsV1Api(client)
     body = _crd("celscalers", "CelScaler", rule="self.minReplicas <= self.maxReplicas")
     name = body["metadata"]["name"]
     ext.create_custom_resource_definition(body)
@@ -57,12 +58,21 @@ def scaler_crd(kube_api):
         return any(c.type == "Established" and c.status == "True" for c in conds)
 
     wait_for(established, timeout=30, desc=f"CRD {name} Established")
-    custom = kubernetes.client.CustomObjectsApi(kube_api)
+    custom = kubernetes.client.CustomObjectsApi(client)
     # Established is not quite "served": wait until the resource answers a list.
     wait_for(lambda: custom.list_cluster_custom_object(GROUP, "v1", "celscalers") is not None,
              timeout=30, desc="celscalers served")
     yield custom
     ext.delete_custom_resource_definition(name)
+
+    def deleted():
+        try:
+            ext.read_custom_resource_definition(name)
+            return False
+        except ApiException as exc:
+            return exc.status == 404
+
+    wait_for(deleted, timeout=60, desc=f"CRD {name} deleted")
 
 
 def _scaler(name, lo, hi, model="smollm2"):

@@ -14,6 +14,14 @@ pytestmark = pytest.mark.cluster
 
 OPERATOR = str(Path(__file__).with_name("kopf_echo_operator.py"))
 
+# What kopf itself needs cluster-wide (see kopf's docs on RBAC): it looks up CRDs
+# and namespaces even when it serves a single namespace.
+KOPF_CLUSTER_RULES = [
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+     "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+]
+
 OPERATOR_RULES = [
     {"apiGroups": [""], "resources": ["configmaps"],
      "verbs": ["get", "list", "watch", "create", "patch", "update"]},
@@ -36,12 +44,16 @@ def _source(name):
 
 
 def test_operator_runs_in_process_with_a_service_account_token(
-        kube_api, namespace, kopf_operator, sa_kubeconfig):
+        kube_api, namespace, kopf_operator, sa_kubeconfig, request):
     core = kubernetes.client.CoreV1Api(kube_api)
     rbac = kubernetes.client.RbacAuthorizationV1Api(kube_api)
     rbac.create_namespaced_role(namespace, {"metadata": {"name": "echo-operator"},
                                             "rules": OPERATOR_RULES})
-    kc = sa_kubeconfig(namespace, "echo-operator", roles=["echo-operator"])
+    cluster_role = f"{namespace}-kopf"
+    rbac.create_cluster_role({"metadata": {"name": cluster_role}, "rules": KOPF_CLUSTER_RULES})
+    request.addfinalizer(lambda: rbac.delete_cluster_role(cluster_role))
+    kc = sa_kubeconfig(namespace, "echo-operator", roles=["echo-operator"],
+                       cluster_roles=[cluster_role])
 
     with kopf_operator(OPERATOR, namespace=namespace, kubeconfig=kc) as op:
         core.create_namespaced_config_map(namespace, _source("first"))
