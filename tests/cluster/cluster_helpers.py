@@ -30,6 +30,17 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+REQUIRE_ENV = "CHATBOT_REQUIRE_CLUSTER"
+
+
+def require_cluster() -> bool:
+    """Whether missing cluster binaries are an error (CI) rather than a reason to skip."""
+    flag = os.environ.get(REQUIRE_ENV, "").strip().lower()
+    if flag:
+        return flag not in ("0", "false", "no")
+    return bool(os.environ.get("CI"))
+
+
 class WaitTimeout(AssertionError):
     pass
 

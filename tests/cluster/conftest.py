@@ -35,7 +35,6 @@ import cluster_helpers  # noqa: E402
 import localcluster  # noqa: E402
 
 EXTERNAL_ENV = "CHATBOT_TEST_KUBECONFIG"
-REQUIRE_ENV = "CHATBOT_REQUIRE_CLUSTER"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -43,13 +42,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if here in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.cluster)
-
-
-def _require_cluster() -> bool:
-    flag = os.environ.get(REQUIRE_ENV, "").strip().lower()
-    if flag:
-        return flag not in ("0", "false", "no")
-    return bool(os.environ.get("CI"))
 
 
 @dataclass
@@ -108,7 +100,7 @@ def kube_cluster(tmp_path_factory) -> Iterator[KubeCluster]:
     if missing:
         msg = (f"Kubernetes binaries not built ({', '.join(missing)}): run "
                f"tests/cluster/build-binaries, or set {EXTERNAL_ENV} to use an existing cluster")
-        if _require_cluster():
+        if cluster_helpers.require_cluster():
             pytest.fail(msg)
         pytest.skip(msg)
 

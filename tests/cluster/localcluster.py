@@ -126,13 +126,14 @@ def _fmt(seconds: float) -> str:
 def go_env() -> dict[str, str]:
     env = dict(os.environ)
     go_root = cache_root() / "go"
-    env.setdefault("GOMODCACHE", str(go_root / "mod"))
-    env.setdefault("GOCACHE", str(go_root / "build"))
+    # Always our own caches (not a GOCACHE/GOMODCACHE from the environment), so that
+    # CI and later runs on this machine find them where build-binaries left them.
+    env["GOMODCACHE"] = str(go_root / "mod")
+    env["GOCACHE"] = str(go_root / "build")
     # Use the machine's Go; never download a toolchain behind the user's back.
     env.setdefault("GOTOOLCHAIN", "local")
     env["CGO_ENABLED"] = "0"
     env["GOFLAGS"] = "-mod=mod"
-    env.pop("GOWORK", None)
     env["GOWORK"] = "off"
     return env
 
@@ -313,6 +314,7 @@ def build_component(comp: Component, *, started_all: float | None = None) -> flo
         f"{comp.name} (resolve modules)",
         started,
     )
+    _log(f"  {comp.name}: modules resolved/downloaded after {_fmt(time.monotonic() - started)}")
     staging_out = work / "out"
     staging_out.mkdir()
     args = ["build", "-trimpath", "-v", "-ldflags", " ".join(["-s", "-w", *recipe.ldflags])]

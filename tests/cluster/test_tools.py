@@ -6,7 +6,7 @@ import subprocess
 
 import localcluster
 import pytest
-from cluster_helpers import wait_for
+from cluster_helpers import require_cluster, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -14,7 +14,10 @@ pytestmark = pytest.mark.cluster
 def _need(component):
     comp = localcluster.COMPONENTS[component]
     if not comp.is_built():
-        pytest.skip(f"{component} not built: run tests/cluster/build-binaries {component}")
+        msg = f"{component} not built: run tests/cluster/build-binaries {component}"
+        if require_cluster():
+            pytest.fail(msg)
+        pytest.skip(msg)
     return comp
 
 
