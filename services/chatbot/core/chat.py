@@ -75,7 +75,7 @@ class ChatService:
     ) -> ChatResult:
         """Answer `user_input`; `conversation` is (user_id, db_id) when history is wanted."""
         started = time.monotonic()
-        gen_started = started
+        admitted = started
         try:
             if not self.engine.status().ready:
                 raise EngineUnavailableError(
@@ -83,7 +83,7 @@ class ChatService:
                 )
             async with asyncio.timeout(self.deadline_s):
                 async with self.admission.slot():
-                    gen_started = time.monotonic()
+                    admitted = time.monotonic()
                     history = await self._history(conversation)
                     messages = build_messages(history)
                     generated = await self._generate(messages)
@@ -98,12 +98,12 @@ class ChatService:
         except BaseException:  # includes cancellation when the client goes away
             self._record_failure(started)
             raise
-        finished = time.monotonic()
         await self._remember(conversation, user_input, generated.text)
+        finished = time.monotonic()
         result = ChatResult(
             text=generated.text,
             tokens=generated.tokens,
-            queue_s=gen_started - started,
+            queue_s=admitted - started,
             ttft_s=generated.ttft_s,
             generation_s=generated.seconds,
             total_s=finished - started,

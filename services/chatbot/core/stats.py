@@ -19,7 +19,8 @@ class Outcome:
 
 
 class PerformanceStats:
-    """Counters since start plus a sliding window of recent requests for means and percentiles."""
+    """Counters since start, and a sliding window of recent successful answers for the mean
+    and percentiles of response time and for tokens per second."""
 
     def __init__(self, window: int = 1000, prior_service_s: float = 20.0) -> None:
         self.total_requests = 0
@@ -38,10 +39,10 @@ class PerformanceStats:
 
     def record(self, outcome: Outcome) -> None:
         self.total_requests += 1
-        self._latencies.append(outcome.total_s)
         self.generated_tokens += outcome.tokens
         if outcome.ok:
             self.succeeded += 1
+            self._latencies.append(outcome.total_s)
             self._service.append(outcome.generation_s)
             self._gen.append((outcome.tokens, outcome.generation_s))
         else:
