@@ -41,6 +41,19 @@ def require_cluster() -> bool:
     return bool(os.environ.get("CI"))
 
 
+def importorskip(modname: str):
+    """``pytest.importorskip``, but a hard failure when the cluster is required (CI)."""
+    import pytest
+
+    try:
+        return importlib.import_module(modname)
+    except ImportError as exc:
+        msg = f"{modname} is not installed (pip install -e '.[operator,dev]'): {exc}"
+        if require_cluster():
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg, allow_module_level=True)
+
+
 class WaitTimeout(AssertionError):
     pass
 

@@ -85,7 +85,7 @@ class KubeCluster:
 
 @pytest.fixture(scope="session")
 def kube_cluster(tmp_path_factory) -> Iterator[KubeCluster]:
-    pytest.importorskip("kubernetes")
+    cluster_helpers.importorskip("kubernetes")
     external = os.environ.get(EXTERNAL_ENV)
     if external:
         path = Path(external).expanduser()

@@ -4,11 +4,14 @@ from pathlib import Path
 
 import pytest
 
-kubernetes = pytest.importorskip("kubernetes")
-pytest.importorskip("kopf")
+from cluster_helpers import importorskip
+
+kubernetes = importorskip("kubernetes")
+importorskip("kopf")
+
+from kubernetes.client import ApiException  # noqa: E402
 
 from cluster_helpers import wait_for  # noqa: E402
-from kubernetes.client import ApiException  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 

@@ -2,10 +2,13 @@
 
 import pytest
 
-kubernetes = pytest.importorskip("kubernetes")
+from cluster_helpers import importorskip
+
+kubernetes = importorskip("kubernetes")
+
+from kubernetes.client import ApiException  # noqa: E402
 
 from cluster_helpers import wait_for  # noqa: E402
-from kubernetes.client import ApiException  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 

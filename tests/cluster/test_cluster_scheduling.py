@@ -2,7 +2,9 @@
 
 import pytest
 
-kubernetes = pytest.importorskip("kubernetes")
+from cluster_helpers import importorskip
+
+kubernetes = importorskip("kubernetes")
 
 from cluster_helpers import wait_for  # noqa: E402
 

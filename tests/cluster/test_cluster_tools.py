@@ -4,9 +4,10 @@ import socket
 import struct
 import subprocess
 
-import localcluster
 import pytest
-from cluster_helpers import require_cluster, wait_for
+
+import localcluster
+from cluster_helpers import importorskip, require_cluster, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -22,7 +23,7 @@ def _need(component):
 
 
 def test_helm_is_pinned_version_and_installs_a_chart(kube_cluster, namespace, tmp_path):
-    kubernetes = pytest.importorskip("kubernetes")
+    kubernetes = importorskip("kubernetes")
     comp = _need("helm")
     helm = str(localcluster.binary("helm"))
     out = subprocess.run([helm, "version", "--short"], capture_output=True, text=True, check=True)
