@@ -1,14 +1,12 @@
 """The garbage collector (kube-controller-manager) deletes dependents of deleted owners."""
 
 import pytest
-
 from cluster_helpers import importorskip
 
 kubernetes = importorskip("kubernetes")
 
-from kubernetes.client import ApiException  # noqa: E402
-
 from cluster_helpers import wait_for  # noqa: E402
+from kubernetes.client import ApiException  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 

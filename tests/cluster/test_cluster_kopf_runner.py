@@ -3,15 +3,13 @@
 from pathlib import Path
 
 import pytest
-
 from cluster_helpers import importorskip
 
 kubernetes = importorskip("kubernetes")
 importorskip("kopf")
 
-from kubernetes.client import ApiException  # noqa: E402
-
 from cluster_helpers import wait_for  # noqa: E402
+from kubernetes.client import ApiException  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 

@@ -1,7 +1,6 @@
 """The scheduler and kwok: nodeSelector placement, extended-resource capacity, readiness."""
 
 import pytest
-
 from cluster_helpers import importorskip
 
 kubernetes = importorskip("kubernetes")

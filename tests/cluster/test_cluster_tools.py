@@ -4,9 +4,8 @@ import socket
 import struct
 import subprocess
 
-import pytest
-
 import localcluster
+import pytest
 from cluster_helpers import importorskip, require_cluster, wait_for
 
 pytestmark = pytest.mark.cluster
