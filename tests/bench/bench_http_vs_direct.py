@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Single-stream generation through `POST /office/Llama` against a direct llama_cpp call.
+"""Single-stream generation: our `POST /office/Llama` against a direct llama_cpp call and
+against llama-cpp-python's own server (`llama_cpp.server`, `POST /v1/chat/completions`).
 
-Same GGUF, same messages, same sampling, same threads, 128 generated tokens; runs
-alternate (direct, HTTP, direct, ...) so machine noise hits both. Prints a table:
-tokens/s, time to first token, and the service's overhead per request.
+Same GGUF, same messages, same sampling, same threads, at most 128 generated tokens; the
+three run in turn (direct, ours, peer, direct, ...) so machine noise hits all of them, and
+every request carries a new question so no whole prompt is served from the cache.
 
     .venv/bin/python tests/bench/bench_http_vs_direct.py [--runs 5] [--model PATH ...]
 
@@ -13,11 +14,14 @@ Without --model it measures the bundled SmolLM2 and a tiny Q4_0 model.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -29,13 +33,51 @@ from chatbot.domain.personas import OFFICE, STOP_STRINGS  # noqa: E402
 from chatbot.llm.bundled import bundled_model_path  # noqa: E402
 from chatbot.llm.tiny_model import write_tiny_model  # noqa: E402
 from chatbot.settings import OfficeSettings  # noqa: E402
-from tests.service.server import ChatbotServer  # noqa: E402
+from tests.service.server import ChatbotServer, free_port  # noqa: E402
 
 TOKENS = 128
 QUESTION = "Explain in a few sentences how to write good meeting notes."
+THREADS = len(os.sched_getaffinity(0))
+SEED = 7
+PAUSE_S = 0.3
 
 
-def _timing(header: str) -> dict[str, float]:
+@dataclass
+class Sample:
+    wall: float
+    ttft: float
+    tokens: int
+    outside_engine: float = 0.0  # ours only: client latency - engine time
+    in_server: float = 0.0  # ours only: Server-Timing total - queue - gen
+
+
+def _messages(question: str) -> list[dict]:
+    s = OfficeSettings()
+    msgs = office_messages(assistant_name=s.assistant_name, role=s.assistant_role,
+                           user_input=question, history=[], results=[])
+    return [{"role": m.role, "content": m.content} for m in msgs]
+
+
+def _sampling() -> dict:
+    g = OFFICE.generation
+    return dict(max_tokens=TOKENS, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
+                min_p=g.min_p, repeat_penalty=g.repeat_penalty,
+                frequency_penalty=g.frequency_penalty, presence_penalty=g.presence_penalty,
+                seed=SEED, stop=list(STOP_STRINGS))
+
+
+def direct(llm, question: str) -> Sample:
+    started = time.perf_counter()
+    first, tokens = 0.0, 0
+    for chunk in llm.create_chat_completion(messages=_messages(question), stream=True,
+                                            **_sampling()):
+        if chunk["choices"][0]["delta"].get("content"):
+            tokens += 1
+            first = first or time.perf_counter() - started
+    return Sample(time.perf_counter() - started, first, tokens)
+
+
+def _server_timing(header: str) -> dict[str, float]:
     out = {}
     for part in header.split(","):
         name, _, rest = part.strip().partition(";")
@@ -44,31 +86,30 @@ def _timing(header: str) -> dict[str, float]:
     return out
 
 
-def direct_run(llm, params: dict, question: str) -> tuple[float, float, int]:
-    s = OfficeSettings()
-    messages = office_messages(assistant_name=s.assistant_name, role=s.assistant_role,
-                               user_input=question, history=[], results=[])
-    started = time.perf_counter()
-    first, tokens = None, 0
-    for chunk in llm.create_chat_completion(
-            messages=[{"role": m.role, "content": m.content} for m in messages],
-            stream=True, stop=list(STOP_STRINGS), **params):
-        if chunk["choices"][0]["delta"].get("content"):
-            tokens += 1
-            first = first or time.perf_counter() - started
-    return time.perf_counter() - started, first or 0.0, tokens
-
-
-def http_run(http: httpx.Client, question: str) -> tuple[float, float, int, float, float]:
-    """wall, ttft, tokens, overhead outside the engine (client view), server-side share."""
+def ours(http: httpx.Client, question: str) -> Sample:
     started = time.perf_counter()
     r = http.post("/Llama", json={"input_data": question})
     wall = time.perf_counter() - started
     r.raise_for_status()
-    t = _timing(r.headers["server-timing"])
-    server_side = t["total"] - t["queue"] - t["gen"]
-    return wall, t.get("ttft", 0.0), int(r.headers["x-generated-tokens"]), wall - t["gen"], \
-        server_side
+    t = _server_timing(r.headers["server-timing"])
+    return Sample(wall, t.get("ttft", 0.0), int(r.headers["x-generated-tokens"]),
+                  wall - t["gen"], t["total"] - t["queue"] - t["gen"])
+
+
+def peer(http: httpx.Client, question: str) -> Sample:
+    """llama_cpp.server, streamed so its time to first token is seen by the client."""
+    body = {"messages": _messages(question), "stream": True, **_sampling()}
+    started = time.perf_counter()
+    first, tokens = 0.0, 0
+    with http.stream("POST", "/v1/chat/completions", json=body) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            if json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                tokens += 1
+                first = first or time.perf_counter() - started
+    return Sample(time.perf_counter() - started, first, tokens)
 
 
 def http_floor(http: httpx.Client, n: int = 50) -> float:
@@ -81,43 +122,59 @@ def http_floor(http: httpx.Client, n: int = 50) -> float:
     return statistics.median(times)
 
 
-def bench(model: Path, runs: int, workdir: Path) -> dict:
+def _start_peer(model: Path, workdir: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    log = open(workdir / f"llama_cpp_server-{port}.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--port", str(port),
+         "--n_ctx", "8191", "--n_batch", "2048", "--n_threads", str(THREADS),
+         "--n_threads_batch", str(THREADS), "--flash_attn", "True",
+         "--interrupt_requests", "False"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("llama_cpp.server did not start; see " + log.name)
+
+
+def bench(model: Path, runs: int, workdir: Path) -> dict[str, list[Sample] | float]:
     import llama_cpp
 
-    threads = len(os.sched_getaffinity(0))
-    gen = OFFICE.generation
-    params = dict(max_tokens=TOKENS, temperature=gen.temperature, top_p=gen.top_p,
-                  top_k=gen.top_k, min_p=gen.min_p, repeat_penalty=gen.repeat_penalty,
-                  frequency_penalty=gen.frequency_penalty,
-                  presence_penalty=gen.presence_penalty, seed=7)
     server = ChatbotServer(workdir, "office", env={
         "CHATBOT_OFFICE_MODEL": str(model), "CHATBOT_OFFICE__GENERATION__MAX_TOKENS": str(TOKENS),
-        "CHATBOT_OFFICE__GENERATION__SEED": "7", "CHATBOT_HISTORY_PATH": ":memory:"})
+        "CHATBOT_OFFICE__GENERATION__SEED": str(SEED), "CHATBOT_HISTORY_PATH": ":memory:"})
+    peer_proc, peer_url = _start_peer(model, workdir)
     llm = llama_cpp.Llama(model_path=str(model), n_ctx=8191, n_batch=2048, flash_attn=True,
-                          n_threads=threads, n_threads_batch=threads, verbose=False)
+                          n_threads=THREADS, n_threads_batch=THREADS, verbose=False)
+    samples: dict[str, list[Sample]] = {"direct": [], "ours": [], "peer": []}
     try:
         server.wait_until("/readyz", timeout=120)
-        d, h = [], []
-        with httpx.Client(base_url=server.url, timeout=300) as http:
-            http_run(http, QUESTION), direct_run(llm, params, QUESTION)  # warm-up both
+        with httpx.Client(base_url=server.url, timeout=300) as http, \
+                httpx.Client(base_url=peer_url, timeout=300) as peer_http:
+            direct(llm, QUESTION), ours(http, QUESTION), peer(peer_http, QUESTION)  # warm-up
             floor = http_floor(http)
             for i in range(runs):
-                question = f"{QUESTION} (request {i})"  # no whole-prompt cache hits
-                d.append(direct_run(llm, params, question))
-                h.append(http_run(http, question))
+                question = f"{QUESTION} (request {i})"
+                # A pause between contenders lets the previous one's llama.cpp threads stop
+                # spin-waiting, which would otherwise steal the next one's cores.
+                samples["direct"].append(direct(llm, question))
+                time.sleep(PAUSE_S)
+                samples["ours"].append(ours(http, question))
+                time.sleep(PAUSE_S)
+                samples["peer"].append(peer(peer_http, question))
+                time.sleep(PAUSE_S)
                 print(f"  {model.name}: run {i + 1}/{runs}", file=sys.stderr)
     finally:
         server.stop()
+        peer_proc.terminate()
+        peer_proc.wait(timeout=30)
         llm.close()
-    med = statistics.median
-    d_tps = med(tok / wall for wall, _, tok in d)
-    h_tps = med(x[2] / x[0] for x in h)
-    return {"model": model.name, "direct_tps": d_tps, "http_tps": h_tps, "ratio": h_tps / d_tps,
-            "direct_ttft_ms": med(x[1] for x in d) * 1000,
-            "http_ttft_ms": med(x[1] for x in h) * 1000,
-            "overhead_ms": med(x[3] for x in h) * 1000, "server_ms": med(x[4] for x in h) * 1000,
-            "floor_ms": floor * 1000,
-            "tokens": med(x[2] for x in h)}
+    return {**samples, "floor": floor}
 
 
 def main() -> int:
@@ -125,25 +182,37 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--model", type=Path, action="append")
     args = parser.parse_args()
+    med = statistics.median
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         models = args.model or [bundled_model_path(),
                                 write_tiny_model(work / "tiny.Q4_0.gguf", quant="Q4_0")]
-        rows = [bench(m, args.runs, work) for m in models]
-    print(f"\nsingle stream, {TOKENS} tokens max, office sampling, median of {args.runs} runs")
-    print(f"{'model':<36} {'direct tok/s':>12} {'HTTP tok/s':>11} {'HTTP/direct':>11} "
-          f"{'TTFT direct':>11} {'TTFT HTTP':>10} {'overhead':>9} {'in server':>9} "
-          f"{'HTTP floor':>10}")
-    for r in rows:
-        print(f"{r['model']:<36} {r['direct_tps']:>12.1f} {r['http_tps']:>11.1f} "
-              f"{r['ratio']:>11.2f} {r['direct_ttft_ms']:>9.1f}ms {r['http_ttft_ms']:>8.1f}ms "
-              f"{r['overhead_ms']:>7.2f}ms {r['server_ms']:>7.2f}ms {r['floor_ms']:>8.2f}ms")
+        results = {m.name: bench(m, args.runs, work) for m in models}
+
+    print(f"\nsingle stream, <= {TOKENS} tokens, office sampling, {THREADS} threads, "
+          f"median of {args.runs} runs")
+    print(f"{'model':<34} {'contender':<34} {'tok/s':>8} {'vs direct':>9} {'TTFT':>9}")
+    names = {"direct": "direct llama_cpp (in-process)", "ours": "ours: POST /office/Llama",
+             "peer": "llama_cpp.server /v1/chat/compl."}
+    for model, res in results.items():
+        base = med(s.tokens / s.wall for s in res["direct"])
+        for key, label in names.items():
+            tps = med(s.tokens / s.wall for s in res[key])
+            ttft = med(s.ttft for s in res[key]) * 1000
+            print(f"{model:<34} {label:<34} {tps:>8.1f} {tps / base:>9.2f} {ttft:>7.1f}ms")
+        ours_ = res["ours"]
+        peer_tps = med(s.tokens / s.wall for s in res["peer"])
+        vs_peer = med(s.tokens / s.wall for s in ours_) / peer_tps
+        print(f"{'':<34} ours vs llama_cpp.server: {vs_peer:.2f}x tok/s; overhead outside the "
+              f"engine {med(s.outside_engine for s in ours_) * 1000:.2f} ms (in the service "
+              f"{med(s.in_server for s in ours_) * 1000:.2f} ms, HTTP floor "
+              f"{res['floor'] * 1000:.2f} ms)")
     print("""
-target: HTTP/direct >= 0.95 (tok/s = generated tokens / request wall time).
-overhead  = client latency - engine time: HTTP, JSON, admission, history, prompt assembly.
-in server = the service's own share of it (Server-Timing total - queue - gen).
-HTTP floor = GET /healthz round trip, client included.
-Peers (llama-server, llama_cpp.server) on this machine: shared/design/PERFORMANCE.md.""")
+target: ours >= 0.95x direct. tok/s = generated tokens / request wall time.
+overhead outside the engine = client latency - engine time (HTTP, JSON, admission, history,
+prompt assembly); "in the service" is the part inside the process (Server-Timing total -
+queue - gen); the HTTP floor is a GET /healthz round trip, client included.
+More peers (llama-server) on this machine: shared/design/PERFORMANCE.md.""")
     return 0
 
 
