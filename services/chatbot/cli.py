@@ -13,6 +13,7 @@ from chatbot.domain.personas import Persona
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
     from chatbot.llm.bundled import bundled_model_path
     from chatbot.server import create_app
@@ -23,7 +24,15 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["office_model"] = args.office_model
     if args.character_model:
         overrides["character_model"] = args.character_model
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        for error in exc.errors():
+            path = [str(p) for p in error["loc"]]
+            env = "CHATBOT_" + "__".join(path).upper()
+            print(f"error: configuration {'.'.join(path)} (env {env}): {error['msg']}"
+                  f" (got {error.get('input')!r})", file=sys.stderr)
+        return 2
     personas = [Persona(args.persona)] if args.persona else list(Persona)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -30,3 +30,14 @@ def test_unknown_quant_and_persona_are_usage_errors(tmp_path):
     assert bad_quant.returncode == 2 and "--quant" in bad_quant.stderr
     assert bad_persona.returncode == 2 and "office" in bad_persona.stderr
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_bad_configuration_is_a_clear_error_naming_the_variable():
+    import os
+
+    env = {**os.environ, "CHATBOT_OFFICE__MODEL__N_THREADS": "lots"}
+    run = subprocess.run([CHATBOT, "serve", "--port", "1"], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert run.returncode == 2
+    assert "CHATBOT_OFFICE__MODEL__N_THREADS" in run.stderr and "'lots'" in run.stderr
+    assert "Traceback" not in run.stderr
