@@ -46,7 +46,8 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("chatbot").info("%s model: %s", persona, path)
     app = create_app(settings, personas)
     uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level,
-                proxy_headers=True, forwarded_allow_ips=args.forwarded_allow_ips)
+                proxy_headers=True, forwarded_allow_ips=args.forwarded_allow_ips,
+                timeout_graceful_shutdown=settings.shutdown_grace_s)
     return 0
 
 

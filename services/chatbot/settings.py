@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     )
     max_body_bytes: int = Field(default=64 * 1024, gt=0)
     root_path: str = Field(default="", description="path prefix a proxy strips, e.g. /office")
+    shutdown_grace_s: float = Field(
+        default=20.0, gt=0, description="on SIGTERM, in-flight answers get this long to finish"
+    )
     log_level: str = "info"
 
     def persona(self, persona: Persona) -> PersonaSettings:

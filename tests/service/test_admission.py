@@ -85,3 +85,33 @@ def test_clients_that_disconnect_free_their_slot_and_never_generate(start_server
     assert after["engine_generated_tokens"] == idle["engine_generated_tokens"]
     assert after["queue_size"] == 0 and after["active_connections"] == 0
     assert after["failed"] == 2
+
+
+def test_shutdown_stops_a_long_generation_within_the_grace_period(start_server):
+    import signal
+    import threading
+
+    server = start_server(env={"CHATBOT_OFFICE__GENERATION__MAX_TOKENS": "6000",
+                               "CHATBOT_SHUTDOWN_GRACE_S": "1"})
+    outcome = {}
+
+    def ask() -> None:
+        try:
+            outcome["status"] = httpx.post(server.url + "/office/Llama", json=LONG,
+                                           timeout=60).status_code
+        except httpx.HTTPError as exc:
+            outcome["error"] = type(exc).__name__
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    deadline = time.monotonic() + 10
+    while not _perf(server)["engine_generating"]:
+        assert time.monotonic() < deadline, "the generation never started"
+        time.sleep(0.05)
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(timeout=30)
+    asker.join(timeout=30)
+    assert time.monotonic() - started < 10
+    assert server.proc.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
+    assert outcome.get("status") != 200  # cut short, never a half answer in a 200
