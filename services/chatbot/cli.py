@@ -15,8 +15,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from chatbot.llm.bundled import bundled_model_path
-    from chatbot.server import create_app
+    from chatbot.server import create_app, model_file
     from chatbot.settings import Settings
 
     overrides = {}
@@ -37,9 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for persona in personas:
-        path = settings.model_path(persona)
-        if path is None:
-            path = bundled_model_path()
+        path = model_file(settings, persona)
         if not path.is_file() and settings.model_wait_timeout_s == 0:
             print(f"error: {persona} model file not found: {path}", file=sys.stderr)
             return 2

@@ -36,6 +36,11 @@ NOT_FOUND_PAGE = files("chatbot.api").joinpath("static/404.html").read_text(enco
 _TITLES = {Persona.OFFICE: "ChatBot AI — office", Persona.CHARACTER: "ChatBot AI — character"}
 
 
+def model_file(settings: Settings, persona: Persona) -> Path:
+    """The persona's configured GGUF, or the bundled SmolLM2."""
+    return settings.model_path(persona) or bundled_model_path()
+
+
 class Engines:
     """One engine per distinct model file: two personas on the same file share one instance."""
 
@@ -45,7 +50,7 @@ class Engines:
         self._by_path: dict[Path, LlamaEngine] = {}
         self.by_persona = {}
         for persona in personas:
-            path = (settings.model_path(persona) or bundled_model_path()).resolve()
+            path = model_file(settings, persona).resolve()
             if path not in self._by_path:
                 self._by_path[path] = LlamaEngine(
                     path, settings.persona(persona).model, settings.model_wait_timeout_s)
@@ -73,7 +78,7 @@ def build_runtime(
     admission = Admission(ps.max_concurrent, ps.max_queue, stats.mean_service_s)
     service = ChatService(profile, engine, store, admission, stats, ps.request_timeout_s)
     metrics = PersonaMetrics(persona.value, admission, engine)
-    return PersonaRuntime(persona, ps, service, metrics, store, NoWebSearch())
+    return PersonaRuntime(persona, ps, service, metrics, NoWebSearch())
 
 
 def persona_app(runtime: PersonaRuntime, root_path: str = "", lifespan=None) -> FastAPI:

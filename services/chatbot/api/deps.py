@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 
 from chatbot.api.metrics import PersonaMetrics
 from chatbot.core.chat import ChatService
-from chatbot.core.ports import HistoryStore, WebSearch
+from chatbot.core.ports import WebSearch
 from chatbot.domain.errors import EngineUnavailableError, InvalidModelNameError
 from chatbot.domain.personas import GPT_MODELS, Persona
 from chatbot.settings import PersonaSettings
@@ -22,7 +22,6 @@ class PersonaRuntime:
     settings: PersonaSettings
     service: ChatService
     metrics: PersonaMetrics
-    store: HistoryStore
     search: WebSearch
     gpt_services: dict[str, ChatService] = field(default_factory=dict)
 

@@ -143,7 +143,7 @@ async def readyz(rt: Runtime) -> JSONResponse:
     body = {
         "status": "ready" if engine.ready else "not ready",
         "persona": rt.persona.value, "model": engine.model, "detail": engine.detail,
-        "engine": facts, "history": rt.store.status(),
+        "engine": facts, "history": rt.service.store.status(),
     }
     return JSONResponse(body, status_code=200 if engine.ready else 503)
 

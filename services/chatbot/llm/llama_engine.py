@@ -104,7 +104,6 @@ class LlamaEngine:
         self.wait_timeout_s = wait_timeout_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-decode")
         self._llm = None
-        self._state = "loading"
         self._detail = f"waiting to load {self.path}"
         self._facts: dict = {}
         self.generated_tokens = 0
@@ -130,10 +129,10 @@ class LlamaEngine:
             started = time.monotonic()
             self._llm = await loop.run_in_executor(self._executor, self._load_blocking)
             self._facts["load_seconds"] = round(time.monotonic() - started, 3)
-            self._state, self._detail = "ready", "model loaded"
+            self._detail = "model loaded"
             log.info("loaded %s in %.2fs: %s", self.path, self._facts["load_seconds"], self._facts)
         except Exception as exc:
-            self._state, self._detail = "failed", f"model load failed: {exc}"
+            self._detail = f"model load failed: {exc}"
             log.error("%s", self._detail)
 
     async def _wait_for_file(self) -> None:
@@ -150,11 +149,12 @@ class LlamaEngine:
         s = self.settings
         kv_type = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0,
                    "f32": llama_cpp.GGML_TYPE_F32}[s.kv_cache_type]
+        threads = s.n_threads or _cpu_count()
         kwargs = dict(
             model_path=str(self.path), n_ctx=s.n_ctx, n_batch=s.n_batch,
             n_gpu_layers=s.n_gpu_layers, main_gpu=s.main_gpu, flash_attn=s.flash_attn,
             type_k=kv_type, type_v=kv_type, use_mmap=s.use_mmap, use_mlock=s.use_mlock,
-            n_threads=s.n_threads or _cpu_count(), n_threads_batch=s.n_threads or _cpu_count(),
+            n_threads=threads, n_threads_batch=threads,
             verbose=False,
         )
         if s.seed is not None:
