@@ -24,14 +24,14 @@ def start_server(tiny_models, tmp_path_factory):
         server = ChatbotServer(workdir, *args, env={**base, **(env or {})})
         started.append(server)
         if ready:
-            server.wait_until("/office/readyz" if not args else "/readyz")
+            # The gateway loads its models one after the other: wait for every persona.
+            for path in (["/office/readyz", "/character/readyz"] if not args else ["/readyz"]):
+                server.wait_until(path)
         return server
 
     yield start
     for server in started:
         server.stop()
-
-
 
 
 @pytest.fixture(scope="session")
