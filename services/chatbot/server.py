@@ -19,12 +19,13 @@ from chatbot.api.deps import PersonaRuntime
 from chatbot.api.errors import install_error_handlers
 from chatbot.api.metrics import PersonaMetrics
 from chatbot.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
+from chatbot.api.openai_compat import router as openai_compat
 from chatbot.api.routes import character, common, office
 from chatbot.core.admission import Admission
 from chatbot.core.chat import ChatService
-from chatbot.core.ports import HistoryStore, NoWebSearch
+from chatbot.core.ports import HistoryStore, NoWebSearch, WebSearch
 from chatbot.core.stats import PerformanceStats
-from chatbot.domain.personas import PROFILES, Persona
+from chatbot.domain.personas import GPT_MODELS, GPT_SAMPLING, PROFILES, Persona
 from chatbot.llm.bundled import bundled_model_path
 from chatbot.settings import Settings
 from chatbot.stores.embedded import EmbeddedHistoryStore
@@ -65,8 +66,52 @@ class Engines:
             await engine.close()
 
 
+def build_store(settings: Settings) -> HistoryStore:
+    """MongoDB when `MONGO_URL` is set, else the embedded SQLite store (same semantics)."""
+    if settings.mongo_url is not None:
+        from chatbot.stores.mongo import MongoHistoryStore
+
+        return MongoHistoryStore(settings.mongo_url.get_secret_value(), settings.mongo_database,
+                                 settings.mongo_timeout_s)
+    return EmbeddedHistoryStore(settings.history_path)
+
+
+def build_search(settings: Settings) -> WebSearch:
+    if settings.search == "ddgs":
+        from chatbot.search.ddgs_search import DdgsSearch
+
+        return DdgsSearch(settings.search_timeout_s)
+    if settings.search == "recorded":
+        from chatbot.search.recorded import RecordedSearch
+
+        if settings.search_recorded_path is None:
+            raise ValueError("CHATBOT_SEARCH=recorded needs CHATBOT_SEARCH_RECORDED_PATH")
+        return RecordedSearch(settings.search_recorded_path)
+    return NoWebSearch()
+
+
+def build_gpt_services(persona: Persona, settings: Settings, store: HistoryStore,
+                       base: ChatService) -> dict[str, ChatService]:
+    """The GPT routes' services (one per model name), or none without `OPENAI_API_KEY`."""
+    if settings.openai_api_key is None:
+        return {}
+    from chatbot.llm.openai_engine import OpenAIEngine, openai_client
+
+    client = openai_client(settings.openai_api_key.get_secret_value(), settings.openai_base_url,
+                           settings.openai_timeout_s, settings.openai_max_retries)
+    profile = base.profile.model_copy(
+        update={"generation": GPT_SAMPLING[persona], "fallback": GPT_SAMPLING[persona]})
+    stats = PerformanceStats(prior_service_s=settings.persona(persona).prior_service_s)
+    admission = Admission(settings.openai_max_concurrent, settings.openai_max_queue,
+                          stats.mean_service_s)
+    return {name: ChatService(profile, OpenAIEngine(client, model), store, admission, stats,
+                              base.deadline_s)
+            for name, model in GPT_MODELS.items()}
+
+
 def build_runtime(
-    persona: Persona, settings: Settings, engine, store: HistoryStore
+    persona: Persona, settings: Settings, engine, store: HistoryStore,
+    search: WebSearch | None = None,
 ) -> PersonaRuntime:
     ps = settings.persona(persona)
     profile = PROFILES[persona]
@@ -78,7 +123,10 @@ def build_runtime(
     admission = Admission(ps.max_concurrent, ps.max_queue, stats.mean_service_s)
     service = ChatService(profile, engine, store, admission, stats, ps.request_timeout_s)
     metrics = PersonaMetrics(persona.value, admission, engine)
-    return PersonaRuntime(persona, ps, service, metrics, NoWebSearch())
+    gpt = build_gpt_services(persona, settings, store, service)
+    search = search or NoWebSearch()
+    metrics.watch_dependencies(lambda: [service, *gpt.values()], store, search)
+    return PersonaRuntime(persona, ps, service, metrics, search, gpt)
 
 
 def persona_app(runtime: PersonaRuntime, root_path: str = "", lifespan=None) -> FastAPI:
@@ -87,6 +135,7 @@ def persona_app(runtime: PersonaRuntime, root_path: str = "", lifespan=None) -> 
     app.state.runtime = runtime
     app.include_router(office if runtime.persona is Persona.OFFICE else character)
     app.include_router(common)
+    app.include_router(openai_compat)
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, observe=runtime.metrics.observe_request)
     return app
@@ -100,12 +149,15 @@ def create_app(settings: Settings, personas: list[Persona] | None = None):
     """The ASGI app: both personas under /office and /character, or one persona at the root."""
     personas = personas or list(Persona)
     engines = Engines(settings, personas)
-    store = EmbeddedHistoryStore(settings.history_path)
-    runtimes = {p: build_runtime(p, settings, engines.by_persona[p], store) for p in personas}
+    store = build_store(settings)
+    search = build_search(settings)
+    runtimes = {p: build_runtime(p, settings, engines.by_persona[p], store, search)
+                for p in personas}
 
     @asynccontextmanager
     async def lifespan(app):
         loading = asyncio.create_task(engines.load_all())  # serve /healthz while loading
+        await store.start()  # connects in the background; MongoDB may be down
         try:
             yield
         finally:

@@ -3,6 +3,9 @@
 Nested fields use `__`: `CHATBOT_OFFICE__MAX_CONCURRENT=2`,
 `CHATBOT_CHARACTER__GENERATION__MAX_TOKENS=128`. Model files: `CHATBOT_OFFICE_MODEL`,
 `CHATBOT_CHARACTER_MODEL` (default: the bundled SmolLM2-135M-Instruct).
+
+The conventional names of the outside services are read without the prefix: `MONGO_URL`,
+`MONGO_DATABASE`, `OPENAI_API_KEY`, `OPENAI_BASE_URL` (the `CHATBOT_` forms work too).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatbot.domain.personas import Persona, SamplingOverrides
@@ -89,6 +92,36 @@ class Settings(BaseSettings):
         default=20.0, gt=0, description="on SIGTERM, in-flight answers get this long to finish"
     )
     log_level: str = "info"
+
+    # Conversation memory in MongoDB; without a URL the embedded store above is used.
+    mongo_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("MONGO_URL", "CHATBOT_MONGO_URL"),
+        description="a standard mongodb:// connection string (may hold credentials)")
+    mongo_database: str = Field(
+        default="chatbot", min_length=1,
+        validation_alias=AliasChoices("MONGO_DATABASE", "CHATBOT_MONGO_DATABASE"))
+    mongo_timeout_s: float = Field(
+        default=2.0, gt=0, description="bound on every MongoDB operation; then no history")
+
+    # The GPT routes (OpenAI). Without a key they answer 503.
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "CHATBOT_OPENAI_API_KEY"))
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "CHATBOT_OPENAI_BASE_URL"),
+        description="another OpenAI-compatible endpoint, e.g. http://host/office/v1")
+    openai_timeout_s: float = Field(default=120.0, gt=0, description="per OpenAI call")
+    openai_max_retries: int = Field(default=2, ge=0, description="the openai client's retries")
+    openai_max_concurrent: int = Field(default=8, ge=1, description="GPT calls at once")
+    openai_max_queue: int = Field(default=32, ge=0)
+
+    # Web search for office answers with google_access=true.
+    search: Literal["ddgs", "recorded", "none"] = Field(
+        default="ddgs",
+        description="ddgs: DuckDuckGo via the ddgs library; recorded: results from "
+                    "search_recorded_path (tests, offline demos); none: never search")
+    search_timeout_s: float = Field(default=8.0, gt=0)
+    search_recorded_path: Path | None = Field(
+        default=None, description="JSON list of ddgs-shaped results {title, href, body}")
 
     def persona(self, persona: Persona) -> PersonaSettings:
         return self.office if persona is Persona.OFFICE else self.character

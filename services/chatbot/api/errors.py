@@ -15,6 +15,8 @@ from chatbot.domain.errors import (
     GenerationFailedError,
     InvalidModelNameError,
     QueueFullError,
+    UpstreamError,
+    UpstreamTimeoutError,
 )
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,11 @@ async def _invalid_model(request: Request, exc: InvalidModelNameError) -> JSONRe
     return JSONResponse({"detail": "Invalid model name."}, status_code=400)
 
 
+async def _upstream(request: Request, exc: UpstreamError) -> JSONResponse:
+    return JSONResponse({"detail": exc.message, "code": "UPSTREAM_ERROR",
+                         "upstream_status": exc.upstream_status}, status_code=502)
+
+
 async def _http(request: Request, exc: HTTPException) -> JSONResponse:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))
@@ -97,5 +104,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DeadlineExceededError, _simple(504, "DEADLINE_EXCEEDED"))
     app.add_exception_handler(EngineUnavailableError, _simple(503, "ENGINE_UNAVAILABLE"))
     app.add_exception_handler(GenerationFailedError, _simple(500, "GENERATION_FAILED"))
+    app.add_exception_handler(UpstreamError, _upstream)
+    app.add_exception_handler(UpstreamTimeoutError, _simple(504, "UPSTREAM_TIMEOUT"))
     app.add_exception_handler(ClientDisconnectedError, _simple(499, "CLIENT_DISCONNECTED"))
     app.add_exception_handler(Exception, _unexpected)

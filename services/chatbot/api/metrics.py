@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from chatbot.core.admission import Admission
 from chatbot.core.chat import ChatResult
@@ -25,6 +25,33 @@ class _EngineTokens:
             labels=["persona"])
         family.add_metric([self.persona], self.engine.status().facts.get("generated_tokens", 0))
         yield family
+
+
+class _DegradedDependencies:
+    """History-store and web-search failures (answered without them), read live."""
+
+    def __init__(self, persona: str, services, store, search) -> None:
+        self.persona, self.services, self.store, self.search = persona, services, store, search
+
+    def collect(self):
+        history = CounterMetricFamily(
+            "chatbot_history_failures",
+            "History reads/writes that failed (store down or slow); answered without history",
+            labels=["persona", "operation"])
+        for operation in ("read", "write"):
+            history.add_metric([self.persona, operation],
+                               sum(s.history_failures[operation] for s in self.services()))
+        yield history
+        degraded = GaugeMetricFamily(
+            "chatbot_history_store_degraded", "1 while the history store is unavailable",
+            labels=["persona"])
+        degraded.add_metric([self.persona], float(self.store.status().get("state") != "ok"))
+        yield degraded
+        search = CounterMetricFamily(
+            "chatbot_search_failures", "Web searches that failed; answered without results",
+            labels=["persona"])
+        search.add_metric([self.persona], getattr(self.search, "failures", 0))
+        yield search
 
 
 class PersonaMetrics:
@@ -52,6 +79,10 @@ class PersonaMetrics:
               registry=r).labels(persona).set_function(lambda: admission.active)
         r.register(_EngineTokens(engine, persona))
         self.persona = persona
+
+    def watch_dependencies(self, services, store, search) -> None:
+        """Export history/search failures; `services()` lists the persona's chat services."""
+        self.registry.register(_DegradedDependencies(self.persona, services, store, search))
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.latency.labels(self.persona, method, route, str(status)).observe(seconds)

@@ -58,6 +58,14 @@ class Admission:
         finally:
             self._release()
 
+    async def acquire(self) -> None:
+        """Take a slot for work that outlives one block (a streamed response); pair with
+        `release()`. Raises `QueueFullError` at once when the queue is full."""
+        await self._acquire()
+
+    def release(self) -> None:
+        self._release()
+
     async def _acquire(self) -> None:
         if self._active < self.max_concurrent and not self._waiters:
             self._active += 1

@@ -16,6 +16,8 @@ from chatbot.domain.errors import (
     EngineUnavailableError,
     GenerationFailedError,
     QueueFullError,
+    UpstreamError,
+    UpstreamTimeoutError,
 )
 from chatbot.domain.personas import MIN_ANSWER_CHARS, PersonaProfile
 
@@ -43,6 +45,11 @@ class _Generated:
     fallback_used: bool
 
 
+# Failures the non-streaming fallback would only repeat (or must not mask).
+_NOT_RETRIED = (EngineUnavailableError, UpstreamError, UpstreamTimeoutError,
+                asyncio.CancelledError)
+
+
 def _usable(text: str) -> bool:
     return sum(1 for c in text if not c.isspace()) >= MIN_ANSWER_CHARS
 
@@ -66,6 +73,8 @@ class ChatService:
         self.stats = stats
         self.deadline_s = deadline_s
         self.fallbacks = 0
+        # History reads/writes that failed (store down or slow); the answer went on without.
+        self.history_failures = {"read": 0, "write": 0}
 
     async def chat(
         self,
@@ -125,6 +134,7 @@ class ChatService:
                 self.profile.persona, user_id, db_id, self.profile.history_turns
             )
         except Exception as exc:  # an unavailable store must not fail the answer
+            self.history_failures["read"] += 1
             log.warning("history read failed, answering without history: %s", exc)
             return []
 
@@ -137,6 +147,7 @@ class ChatService:
         try:
             await self.store.append_turn(self.profile.persona, user_id, db_id, user_input, answer)
         except Exception as exc:
+            self.history_failures["write"] += 1
             log.warning("history write failed for %s/%s: %s", user_id, db_id, exc)
 
     async def _generate(self, messages: list[ChatMessage]) -> _Generated:
@@ -148,7 +159,7 @@ class ChatService:
                 if ttft is None:
                     ttft = time.monotonic() - started
                 pieces.append(piece)
-        except (EngineUnavailableError, asyncio.CancelledError):
+        except _NOT_RETRIED:
             raise
         except Exception as exc:
             log.warning("streaming generation failed, falling back: %s", exc)
@@ -160,7 +171,7 @@ class ChatService:
         log.info("streamed answer too short (%d chars); generating without streaming", len(text))
         try:
             completion = await self.engine.complete(messages, self.profile.fallback)
-        except (EngineUnavailableError, asyncio.CancelledError):
+        except _NOT_RETRIED:
             raise
         except Exception as exc:
             raise GenerationFailedError(f"The model failed to generate an answer: {exc}") from exc

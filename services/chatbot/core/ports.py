@@ -19,6 +19,7 @@ class ChatMessage:
 class Completion:
     text: str
     tokens: int
+    prompt_tokens: int | None = None  # when the engine knows it
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class HistoryStore(Protocol):
     ) -> int: ...
 
     def status(self) -> dict: ...
+
+    async def start(self) -> None:
+        """Begin connecting in the background; never raises (an absent server is fine)."""
 
     async def close(self) -> None: ...
 

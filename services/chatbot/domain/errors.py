@@ -46,3 +46,15 @@ class GenerationFailedError(ChatError):
 class InvalidModelNameError(ChatError):
     def __init__(self) -> None:
         super().__init__("Invalid model name.")
+
+
+class UpstreamError(ChatError):
+    """The remote model API (OpenAI) answered with an error status or could not be reached."""
+
+    def __init__(self, message: str, upstream_status: int | None = None) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+
+
+class UpstreamTimeoutError(ChatError):
+    """The remote model API (OpenAI) did not answer within its timeout."""

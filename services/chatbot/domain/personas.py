@@ -86,3 +86,9 @@ MIN_ANSWER_CHARS = 10
 
 # GPT routes: path name -> OpenAI model.
 GPT_MODELS = {"gpt4.1": "gpt-4.1", "gpt4.1_mini": "gpt-4.1-mini"}
+
+# The reference implementation's OpenAI settings (v1.7.4), per persona.
+GPT_SAMPLING = {
+    Persona.OFFICE: SamplingParams(max_tokens=1000, temperature=0.82, top_p=0.95),
+    Persona.CHARACTER: SamplingParams(max_tokens=1000, temperature=1.2, top_p=0.8),
+}

@@ -66,6 +66,9 @@ class EmbeddedHistoryStore:
     def status(self) -> dict:
         return {"kind": "embedded", "path": self.path, "state": "ok"}
 
+    async def start(self) -> None:
+        pass
+
     async def close(self) -> None:
         with self._lock:
             self._db.close()

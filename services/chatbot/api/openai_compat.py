@@ -1,0 +1,121 @@
+"""`POST /v1/chat/completions`: the persona's local model behind OpenAI's chat API.
+
+Non-streaming answers a `chat.completion` object; `stream: true` answers Server-Sent Events
+of `chat.completion.chunk` objects ending with `data: [DONE]`. Requests wait in the same
+admission queue as the persona's chat routes (429 + Retry-After when it is full).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from chatbot.api.deps import Runtime, require_json
+from chatbot.api.errors import ClientDisconnectedError
+from chatbot.core import completions
+from chatbot.core.ports import ChatMessage
+from chatbot.domain.chat_completions import ChatCompletionRequest
+from chatbot.domain.errors import ChatError
+
+router = APIRouter(tags=["OpenAI-compatible"])
+
+
+def _messages(body: ChatCompletionRequest) -> list[ChatMessage]:
+    return [ChatMessage(m.chat_role, m.text) for m in body.messages]
+
+
+def _usage(prompt_tokens: int | None, completion_tokens: int) -> dict:
+    prompt = prompt_tokens or 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
+            "total_tokens": prompt + completion_tokens}
+
+
+def _finish_reason(tokens: int, max_tokens: int) -> str:
+    return "length" if tokens >= max_tokens else "stop"
+
+
+async def _until_disconnect(request: Request, work: asyncio.Future):
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    gone = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        work.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if not work.done():
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
+        raise ClientDisconnectedError("The client closed the connection; generation stopped.")
+    return work.result()
+
+
+@router.post(
+    "/v1/chat/completions", dependencies=[Depends(require_json)],
+    summary="OpenAI-compatible chat completions on this persona's local model",
+    responses={422: {"description": "A field is invalid (the error names it)"},
+               429: {"description": "Queue full; see Retry-After"},
+               503: {"description": "Model not loaded"}},
+)
+async def chat_completions(body: ChatCompletionRequest, request: Request, rt: Runtime):
+    service = rt.service
+    params = body.sampling(service.profile.generation)
+    messages = _messages(body)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    model = service.engine.model_name
+    if body.stream:
+        pieces = completions.stream(service, messages, params)
+        await anext(pieces)  # admitted: a full queue has raised 429 before the response starts
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _sse(pieces, completion_id, created, model, params.max_tokens, include_usage)
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    work = asyncio.ensure_future(completions.complete(service, messages, params))
+    result = await _until_disconnect(request, work)
+    return JSONResponse({
+        "id": completion_id, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+                     "logprobs": None,
+                     "finish_reason": _finish_reason(result.tokens, params.max_tokens)}],
+        "usage": _usage(result.prompt_tokens, result.tokens),
+    }, headers={"X-Generated-Tokens": str(result.tokens)})
+
+
+async def _sse(pieces: AsyncIterator[str], completion_id: str, created: int, model: str,
+               max_tokens: int, include_usage: bool) -> AsyncIterator[str]:
+    def event(delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
+        chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                 "model": model,
+                 "choices": [] if delta is None else
+                 [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        if usage is not None:
+            chunk["usage"] = usage
+        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+    tokens = 0
+    try:
+        yield event({"role": "assistant", "content": ""})
+        async for piece in pieces:
+            tokens += 1
+            yield event({"content": piece})
+        yield event({}, _finish_reason(tokens, max_tokens))
+        if include_usage:
+            yield event(None, usage=_usage(None, tokens))
+    except ChatError as exc:  # the status line is sent; report the error the way OpenAI does
+        error = {"message": exc.message, "type": type(exc).__name__}
+        yield f"data: {json.dumps({'error': error}, ensure_ascii=False)}\n\n"
+    finally:
+        await pieces.aclose()
+    yield "data: [DONE]\n\n"

@@ -1,0 +1,95 @@
+"""Caller-supplied messages on a persona's engine (the OpenAI-compatible endpoint).
+
+Same admission queue, deadline and statistics as the persona's chat routes; no persona
+prompt, no history, no fallback: the caller owns the conversation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from chatbot.core.chat import ChatService
+from chatbot.core.ports import ChatMessage, Completion
+from chatbot.core.stats import Outcome
+from chatbot.domain.errors import DeadlineExceededError, EngineUnavailableError, QueueFullError
+from chatbot.domain.personas import SamplingParams
+
+
+def _require_ready(service: ChatService) -> None:
+    if not service.engine.status().ready:
+        raise EngineUnavailableError(
+            f"The {service.profile.persona} model is not loaded yet; retry shortly.")
+
+
+def _deadline_error(service: ChatService) -> DeadlineExceededError:
+    return DeadlineExceededError(
+        f"No answer within the {service.deadline_s:g} s deadline; the generation was stopped.")
+
+
+async def complete(
+    service: ChatService, messages: list[ChatMessage], params: SamplingParams
+) -> Completion:
+    started = time.monotonic()
+    _require_ready(service)
+    try:
+        async with asyncio.timeout(service.deadline_s):
+            async with service.admission.slot():
+                gen_started = time.monotonic()
+                completion = await service.engine.complete(messages, params)
+    except QueueFullError:
+        service.stats.record_rejected()
+        raise
+    except TimeoutError as exc:
+        service.stats.record(Outcome(ok=False, total_s=time.monotonic() - started))
+        raise _deadline_error(service) from exc
+    except BaseException:
+        service.stats.record(Outcome(ok=False, total_s=time.monotonic() - started))
+        raise
+    finished = time.monotonic()
+    service.stats.record(Outcome(True, finished - started, finished - gen_started,
+                                 completion.tokens))
+    return completion
+
+
+async def stream(
+    service: ChatService, messages: list[ChatMessage], params: SamplingParams
+) -> AsyncIterator[str]:
+    """Yields "" once admitted (so a full queue raises before any response starts), then
+    the generated pieces. The slot is held until the generator finishes or is closed."""
+    started = time.monotonic()
+    deadline = asyncio.get_running_loop().time() + service.deadline_s
+    _require_ready(service)
+    ok = False
+    tokens = 0
+    try:
+        async with asyncio.timeout_at(deadline):
+            await service.admission.acquire()
+    except QueueFullError:
+        service.stats.record_rejected()
+        raise
+    except TimeoutError as exc:
+        service.stats.record(Outcome(ok=False, total_s=time.monotonic() - started))
+        raise _deadline_error(service) from exc
+    gen_started = time.monotonic()
+    pieces = service.engine.stream(messages, params)
+    try:
+        yield ""
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    piece = await anext(pieces)
+            except StopAsyncIteration:
+                break
+            except TimeoutError as exc:
+                raise _deadline_error(service) from exc
+            tokens += 1
+            yield piece
+        ok = True
+    finally:
+        await pieces.aclose()
+        service.admission.release()
+        finished = time.monotonic()
+        service.stats.record(Outcome(ok, finished - started, finished - gen_started, tokens)
+                             if ok else Outcome(ok=False, total_s=finished - started))

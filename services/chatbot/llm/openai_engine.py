@@ -1,0 +1,92 @@
+"""The OpenAI engine (`openai.AsyncOpenAI`) behind the `ChatEngine` port: the GPT routes.
+
+Works against any OpenAI-compatible endpoint (`OPENAI_BASE_URL`), including this project's
+own `/v1/chat/completions`. Upstream failures become domain errors that name the upstream
+status: a timeout -> `UpstreamTimeoutError` (504), an error status or an unreachable
+endpoint -> `UpstreamError` (502).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import openai
+from openai import AsyncOpenAI
+
+from chatbot.core.ports import ChatMessage, Completion, EngineStatus
+from chatbot.domain.errors import UpstreamError, UpstreamTimeoutError
+from chatbot.domain.personas import SamplingParams
+
+
+def openai_client(api_key: str, base_url: str | None, timeout_s: float,
+                  max_retries: int) -> AsyncOpenAI:
+    return AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s,
+                       max_retries=max_retries)
+
+
+class OpenAIEngine:
+    def __init__(self, client: AsyncOpenAI, model: str) -> None:
+        self.client = client
+        self.model = model
+        self.generated_tokens = 0
+
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(True, self.model, "OpenAI API",
+                            {"generated_tokens": self.generated_tokens,
+                             "base_url": str(self.client.base_url)})
+
+    def _request(self, messages: list[ChatMessage], params: SamplingParams) -> dict:
+        request = dict(
+            model=self.model,
+            messages=[{"role": m.role, "content": m.content} for m in messages],
+            max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
+        )
+        if params.seed is not None:
+            request["seed"] = params.seed
+        return request
+
+    async def stream(
+        self, messages: list[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[str]:
+        try:
+            chunks = await self.client.chat.completions.create(
+                stream=True, **self._request(messages, params))
+            async with chunks:
+                async for chunk in chunks:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        self.generated_tokens += 1
+                        yield chunk.choices[0].delta.content
+        except openai.OpenAIError as exc:
+            raise self._upstream(exc) from exc
+
+    async def complete(self, messages: list[ChatMessage], params: SamplingParams) -> Completion:
+        try:
+            out = await self.client.chat.completions.create(
+                stream=False, **self._request(messages, params))
+        except openai.OpenAIError as exc:
+            raise self._upstream(exc) from exc
+        text = (out.choices[0].message.content or "") if out.choices else ""
+        tokens = out.usage.completion_tokens if out.usage else 0
+        self.generated_tokens += tokens
+        return Completion(text, tokens)
+
+    def _upstream(self, exc: openai.OpenAIError) -> Exception:
+        where = f"OpenAI ({self.model} at {self.client.base_url})"
+        if isinstance(exc, openai.APITimeoutError):
+            return UpstreamTimeoutError(
+                f"{where} did not answer within {self.client.timeout} s.")
+        if isinstance(exc, openai.APIStatusError):
+            return UpstreamError(
+                f"{where} answered HTTP {exc.status_code}: {_short(exc.message)}",
+                exc.status_code)
+        if isinstance(exc, openai.APIConnectionError):
+            return UpstreamError(f"{where} could not be reached: {_short(str(exc))}")
+        return UpstreamError(f"{where} failed: {type(exc).__name__}: {_short(str(exc))}")
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"

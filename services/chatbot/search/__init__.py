@@ -1,0 +1,1 @@
+"""Web search adapters (the `WebSearch` port of `chatbot.core.ports`)."""

@@ -1,0 +1,34 @@
+"""A search adapter that answers every query with results recorded in a JSON file.
+
+For tests and offline demos only (there is no internet in CI): the file holds a list of
+ddgs-shaped results `[{"title", "href", "body"}, ...]`, as `DDGS().text()` returns them.
+Select it with `CHATBOT_SEARCH=recorded` and `CHATBOT_SEARCH_RECORDED_PATH=<file>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+from chatbot.core.ports import SearchResult
+from chatbot.search.ddgs_search import MAX_RESULTS, results_from_ddgs
+
+log = logging.getLogger(__name__)
+
+
+class RecordedSearch:
+    def __init__(self, path: Path, max_results: int = MAX_RESULTS) -> None:
+        self.path = Path(path)
+        self.max_results = max_results
+        self.failures = 0
+
+    async def search(self, query: str) -> list[SearchResult]:
+        try:
+            raw = json.loads(await asyncio.to_thread(self.path.read_text, encoding="utf-8"))
+            return results_from_ddgs(raw, self.max_results)
+        except (OSError, ValueError, AttributeError, TypeError) as exc:
+            self.failures += 1
+            log.warning("recorded search results unreadable (%s): %s", self.path, exc)
+            return []
