@@ -4,10 +4,16 @@ Collection `<persona>_log_<user_id>` holds one document per conversation:
 `{id: <db_id>, turns: <last index>, value: [{index, input_data, output_data, timestamp}, ...]}`.
 
 A turn is written with one atomic upsert + `$push` that also advances `turns`, guarded by
-the `turns` value it read (compare-and-set). Two concurrent turns of one conversation
-therefore never share an index: the loser's filter no longer matches (or its upsert hits
-the unique index on `id`) and it retries with the next index. A write that fails leaves
-nothing behind.
+the `turns` value it read (compare-and-set). On MongoDB two concurrent turns of one
+conversation therefore never share an index, even from different replicas: the loser's
+filter no longer matches (or its upsert hits the unique index on `id`) and it retries with
+the next index. A write that fails leaves nothing behind.
+
+Writes of one conversation are also serialized inside the process. Besides saving the
+retries, this is what keeps them correct on FerretDB v1 with SQLite (the server of the
+test suite), whose updates are not atomic: it reads and writes the document in separate
+steps, so concurrent updates of one document are lost (FerretDB/FerretDB#3040; measured:
+20 concurrent `$push` kept 1).
 
 MongoDB being down or slow never fails an answer: every operation is bounded by
 `timeout_s` (pymongo's client-side timeout), failures are counted, `status()` reports
@@ -18,6 +24,7 @@ pymongo reconnects by itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from datetime import UTC, datetime
@@ -57,6 +64,7 @@ class MongoHistoryStore:
         self._last_error = ""
         self._indexed: set[str] = set()
         self._probe: asyncio.Task | None = None
+        self._writing: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
 
     async def start(self) -> None:
         """Check the server once in the background; never raises."""
@@ -85,7 +93,8 @@ class MongoHistoryStore:
     ) -> int:
         name = collection_name(persona, user_id)
         try:
-            index = await self._append(name, db_id, input_data, output_data)
+            async with self._conversation_lock(name, db_id):
+                index = await self._append(name, db_id, input_data, output_data)
         except PyMongoError as exc:
             self._failed("write", exc)
             raise
@@ -109,6 +118,21 @@ class MongoHistoryStore:
             self._probe.cancel()
             await asyncio.gather(self._probe, return_exceptions=True)
         await self._client.close()
+
+    @contextlib.asynccontextmanager
+    async def _conversation_lock(self, name: str, db_id: str):
+        key = (name, db_id)
+        lock, users = self._writing.get(key, (asyncio.Lock(), 0))
+        self._writing[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._writing[key]
+            if users == 1:
+                del self._writing[key]
+            else:
+                self._writing[key] = (lock, users - 1)
 
     async def _append(self, name: str, db_id: str, input_data: str, output_data: str) -> int:
         collection = self._db[name]
