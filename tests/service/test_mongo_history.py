@@ -1,0 +1,139 @@
+"""Conversation memory in MongoDB through the real service: `chatbot serve` with MONGO_URL
+pointing at FerretDB v1 (SQLite backend, see tests/ferretdb.py), over real HTTP.
+
+What the prompt carries is read at a tiny real OpenAI-compatible upstream
+(tests/service/upstreams.py) that the GPT route sends its messages to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+
+import httpx
+from pymongo import MongoClient
+
+from tests.service.server import free_port
+from tests.service.upstreams import RecordingUpstream
+
+CHAR = {"character_name": "Rachel", "greeting": "Hello!", "context": "A shy student."}
+
+
+def _mongo_env(url: str, database: str, **extra: str) -> dict[str, str]:
+    return {"MONGO_URL": url, "MONGO_DATABASE": database, "CHATBOT_SEARCH": "none",
+            "CHATBOT_MONGO_TIMEOUT_S": "0.5", **extra}
+
+
+def _document(url: str, database: str, collection: str, db_id: str) -> dict | None:
+    with MongoClient(url, serverSelectionTimeoutMS=5000) as client:
+        return client[database][collection].find_one({"id": db_id}, {"_id": 0})
+
+
+def _metric(server, persona: str, name: str, **labels: str) -> float:
+    text = httpx.get(f"{server.url}/{persona}/metrics", timeout=10).text
+    want = {"persona": persona, **labels}
+    for line in text.splitlines():
+        match = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
+        if match and dict(re.findall(r'(\w+)="([^"]*)"', match.group(1))) == want:
+            return float(match.group(2))
+    raise AssertionError(f"{name}{want} not in /metrics")
+
+
+def _wait_history_state(server, persona: str, state: str, timeout: float = 20) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = httpx.get(f"{server.url}/{persona}/readyz", timeout=10).json()
+        if body["history"]["state"] == state:
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.1)
+
+
+def test_a_multi_turn_conversation_replays_earlier_turns_from_mongodb(start_server, ferretdb):
+    database = f"chat_{uuid.uuid4().hex[:8]}"
+    ref = {"db_id": str(uuid.uuid4()), "user_id": "mongo-user"}
+    with RecordingUpstream() as upstream:
+        server = start_server(env=_mongo_env(ferretdb.url, database, OPENAI_API_KEY="k",
+                                             OPENAI_BASE_URL=upstream.url))
+        with server.client() as http:
+            llama = [http.post("/office/Llama", json={"input_data": f"질문 {i}", **ref})
+                     for i in range(1, 4)]
+            gpt = http.post("/office/gpt4.1", json={"input_data": "질문 4", **ref})
+            other = http.post("/office/Llama", json={"input_data": "다른 사용자",
+                                                     "db_id": ref["db_id"], "user_id": "other"})
+        server.stop()
+    assert [r.status_code for r in [*llama, gpt, other]] == [200] * 5
+    assert [r.headers["x-history-turns"] for r in [*llama, gpt]] == ["0", "1", "2", "3"]
+    assert other.headers["x-history-turns"] == "0"  # per-user collections
+    sent = upstream.messages()[1:]
+    assert [m["content"] for m in sent[0::2]] == ["질문 1", "질문 2", "질문 3", "질문 4"]
+    assert [m["content"] for m in sent[1::2]] == [r.json() for r in llama]
+
+    doc = _document(ferretdb.url, database, "office_log_mongo-user", ref["db_id"])
+    assert [t["index"] for t in doc["value"]] == [1, 2, 3, 4]
+    assert [t["output_data"] for t in doc["value"]] == [*(r.json() for r in llama), gpt.json()]
+    assert _document(ferretdb.url, database, "office_log_other", ref["db_id"])["value"][0][
+        "input_data"] == "다른 사용자"
+
+
+def test_two_concurrent_turns_of_one_conversation_both_land(start_server, ferretdb):
+    database = f"chat_{uuid.uuid4().hex[:8]}"
+    db_id = str(uuid.uuid4())
+    server = start_server(env=_mongo_env(ferretdb.url, database))
+
+    async def both() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
+            return await asyncio.gather(*(
+                http.post("/character/Llama", json={**CHAR, "input_data": f"동시 {i}",
+                                                    "db_id": db_id, "user_id": "racer"})
+                for i in range(2)))
+
+    responses = asyncio.run(both())
+    server.stop()
+    assert [r.status_code for r in responses] == [200, 200]
+    doc = _document(ferretdb.url, database, "character_log_racer", db_id)
+    assert sorted(t["index"] for t in doc["value"]) == [1, 2]
+    assert sorted(t["input_data"] for t in doc["value"]) == ["동시 0", "동시 1"]
+
+
+def test_mongodb_outage_degrades_to_no_history_and_recovers_by_itself(start_server,
+                                                                      fresh_ferretdb):
+    database = "outage"
+    ref = {"db_id": str(uuid.uuid4()), "user_id": "outage-user"}
+    server = start_server(env=_mongo_env(fresh_ferretdb.url, database))
+    _wait_history_state(server, "office", "ok")
+    with server.client() as http:
+        assert http.post("/office/Llama", json={"input_data": "before", **ref}).status_code == 200
+
+        fresh_ferretdb.kill()
+        during = http.post("/office/Llama", json={"input_data": "during", **ref})
+        assert during.status_code == 200 and during.headers["x-history-turns"] == "0"
+        ready = _wait_history_state(server, "office", "degraded")
+        assert http.get("/office/readyz").status_code == 200  # the model still answers
+        assert ready["history"]["failures"]["read"] >= 1
+        assert _metric(server, "office", "chatbot_history_failures_total", operation="read") >= 1
+        assert _metric(server, "office", "chatbot_history_failures_total", operation="write") >= 1
+        assert _metric(server, "office", "chatbot_history_store_degraded") == 1
+
+        fresh_ferretdb.start()  # same port, same data; the service is not restarted
+        _wait_history_state(server, "office", "ok")
+        after = http.post("/office/Llama", json={"input_data": "after", **ref})
+    server.stop()
+    assert after.status_code == 200 and after.headers["x-history-turns"] == "1"
+    doc = _document(fresh_ferretdb.url, database, "office_log_outage-user", ref["db_id"])
+    assert [t["input_data"] for t in doc["value"]] == ["before", "after"]  # "during" not kept
+    assert [t["index"] for t in doc["value"]] == [1, 2]
+
+
+def test_start_up_with_mongodb_down_answers_without_history(start_server):
+    server = start_server(env=_mongo_env(f"mongodb://127.0.0.1:{free_port()}/", "down"))
+    ready = _wait_history_state(server, "character", "degraded")
+    with server.client() as http:
+        r = http.post("/character/Llama", json={**CHAR, "input_data": "hi",
+                                                "db_id": str(uuid.uuid4()), "user_id": "u"})
+    server.stop()
+    assert ready["status"] == "ready" and ready["history"]["kind"] == "mongodb"
+    assert "ping failed" in ready["history"]["detail"]
+    assert r.status_code == 200 and r.headers["x-history-turns"] == "0"
