@@ -28,9 +28,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         for error in exc.errors():
             path = [str(p) for p in error["loc"]]
-            env = "CHATBOT_" + "__".join(path).upper()
-            print(f"error: configuration {'.'.join(path)} (env {env}): {error['msg']}"
-                  f" (got {error.get('input')!r})", file=sys.stderr)
+            # Fields read under their conventional names (MONGO_URL...) report that name.
+            env = path[0] if path[0].isupper() else "CHATBOT_" + "__".join(path).upper()
+            secret = any(word in env for word in ("URL", "KEY", "SECRET", "PASSWORD", "TOKEN"))
+            got = "" if secret else f" (got {error.get('input')!r})"
+            print(f"error: configuration {'.'.join(path)} (env {env}): {error['msg']}{got}",
+                  file=sys.stderr)
         return 2
     personas = [Persona(args.persona)] if args.persona else list(Persona)
     logging.basicConfig(level=settings.log_level.upper(),

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatbot.domain.personas import Persona, SamplingOverrides
@@ -122,6 +122,15 @@ class Settings(BaseSettings):
     search_timeout_s: float = Field(default=8.0, gt=0)
     search_recorded_path: Path | None = Field(
         default=None, description="JSON list of ddgs-shaped results {title, href, body}")
+
+    @field_validator("mongo_url")
+    @classmethod
+    def _mongodb_scheme(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(
+                ("mongodb://", "mongodb+srv://")):
+            raise ValueError("must be a connection string starting with mongodb:// or "
+                             "mongodb+srv://")
+        return url
 
     def persona(self, persona: Persona) -> PersonaSettings:
         return self.office if persona is Persona.OFFICE else self.character

@@ -1,0 +1,41 @@
+"""Settings of the outside services, read under their conventional names."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from chatbot.settings import Settings
+
+CHATBOT = str(Path(sys.executable).parent / "chatbot")
+
+
+def test_mongo_and_openai_settings_come_from_their_usual_variables(monkeypatch):
+    monkeypatch.setenv("MONGO_URL", "mongodb://user:pw@db.example:27017/?authSource=admin")
+    monkeypatch.setenv("MONGO_DATABASE", "chat_prod")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://gateway/office/v1")
+    s = Settings()
+    assert s.mongo_url.get_secret_value().startswith("mongodb://user:pw@")
+    assert s.mongo_database == "chat_prod" and s.openai_base_url == "http://gateway/office/v1"
+    assert s.openai_api_key.get_secret_value() == "sk-test"
+    assert "pw" not in repr(s) and "sk-test" not in repr(s)  # secrets stay out of logs
+
+
+def test_defaults_without_them(monkeypatch):
+    for name in ("MONGO_URL", "MONGO_DATABASE", "OPENAI_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings()
+    assert s.mongo_url is None and s.mongo_database == "chatbot" and s.openai_api_key is None
+    assert s.search == "ddgs"
+
+
+def test_a_bad_mongo_url_is_a_clear_error_that_does_not_echo_it():
+    env = {**os.environ, "MONGO_URL": "db.example:27017?password=hunter2"}
+    run = subprocess.run([CHATBOT, "serve", "--port", "1"], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert run.returncode == 2
+    assert "MONGO_URL" in run.stderr and "mongodb://" in run.stderr
+    assert "hunter2" not in run.stderr and "Traceback" not in run.stderr
