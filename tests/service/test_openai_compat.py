@@ -87,6 +87,14 @@ def test_it_waits_in_the_personas_queue_and_gets_429_when_full(start_server):
                 time.sleep(0.02)
             blocked = [http.post("/office/v1/chat/completions", json={"messages": MESSAGES}),
                        http.post("/office/Llama", json={"input_data": "안녕하세요"})]
+        # Closing the stream stops the generation and frees the slot.
+        deadline = time.monotonic() + 10
+        while http.get("/office/performance").json()["active_connections"] != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        after = http.post("/office/v1/chat/completions",
+                          json={"messages": MESSAGES, "max_tokens": 4})
+    assert after.status_code == 200, after.text
     for r in blocked:
         assert r.status_code == 429, r.text
         assert int(r.headers["retry-after"]) >= 1 and r.json()["code"] == "QUEUE_OVERLOADED"
