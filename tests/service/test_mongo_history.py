@@ -16,7 +16,7 @@ import httpx
 from pymongo import MongoClient
 
 from tests.service.server import free_port
-from tests.service.upstreams import RecordingUpstream
+from tests.service.upstreams import FailingUpstream, RecordingUpstream
 
 CHAR = {"character_name": "Rachel", "greeting": "Hello!", "context": "A shy student."}
 
@@ -137,3 +137,19 @@ def test_start_up_with_mongodb_down_answers_without_history(start_server):
     assert ready["status"] == "ready" and ready["history"]["kind"] == "mongodb"
     assert "ping failed" in ready["history"]["detail"]
     assert r.status_code == 200 and r.headers["x-history-turns"] == "0"
+
+
+def test_nothing_is_written_for_a_failed_generation(start_server, ferretdb):
+    database = f"chat_{uuid.uuid4().hex[:8]}"
+    ref = {"db_id": str(uuid.uuid4()), "user_id": "failing"}
+    with FailingUpstream() as upstream:
+        server = start_server(env=_mongo_env(
+            ferretdb.url, database, OPENAI_API_KEY="k", OPENAI_BASE_URL=upstream.url,
+            CHATBOT_OPENAI_MAX_RETRIES="0", CHATBOT_OFFICE__REQUEST_TIMEOUT_S="0.4",
+            CHATBOT_OFFICE__GENERATION__MAX_TOKENS="6000"))
+        with server.client() as http:
+            upstream_failed = http.post("/office/gpt4.1", json={"input_data": "q", **ref})
+            too_slow = http.post("/office/Llama", json={"input_data": "긴 보고서", **ref})
+        server.stop()
+    assert (upstream_failed.status_code, too_slow.status_code) == (502, 504)
+    assert _document(ferretdb.url, database, "office_log_failing", ref["db_id"]) is None
