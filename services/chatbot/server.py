@@ -99,8 +99,8 @@ def build_gpt_services(persona: Persona, settings: Settings, store: HistoryStore
 
     client = openai_client(settings.openai_api_key.get_secret_value(), settings.openai_base_url,
                            settings.openai_timeout_s, settings.openai_max_retries)
-    profile = base.profile.model_copy(
-        update={"generation": GPT_SAMPLING[persona], "fallback": GPT_SAMPLING[persona]})
+    sampling = settings.persona(persona).gpt.apply(GPT_SAMPLING[persona])
+    profile = base.profile.model_copy(update={"generation": sampling, "fallback": sampling})
     stats = PerformanceStats(prior_service_s=settings.persona(persona).prior_service_s)
     admission = Admission(settings.openai_max_concurrent, settings.openai_max_queue,
                           stats.mean_service_s)

@@ -52,6 +52,8 @@ class PersonaSettings(BaseModel):
     model: ModelSettings = ModelSettings()
     generation: SamplingOverrides = SamplingOverrides()
     fallback: SamplingOverrides = SamplingOverrides()
+    gpt: SamplingOverrides = Field(
+        default=SamplingOverrides(), description="the GPT routes' sampling (OpenAI)")
 
 
 class OfficeSettings(PersonaSettings):

@@ -20,7 +20,9 @@ CHAR = {"input_data": "*I wave.*", "character_name": "Rachel", "greeting": "Hell
 
 def _gpt_env(base_url: str, **extra: str) -> dict[str, str]:
     return {"OPENAI_API_KEY": "test-key", "OPENAI_BASE_URL": base_url,
-            "CHATBOT_OPENAI_MAX_RETRIES": "0", "CHATBOT_SEARCH": "none", **extra}
+            "CHATBOT_OPENAI_MAX_RETRIES": "0", "CHATBOT_SEARCH": "none",
+            "CHATBOT_OFFICE__GPT__MAX_TOKENS": "24", "CHATBOT_CHARACTER__GPT__MAX_TOKENS": "24",
+            **extra}
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +67,7 @@ def test_gpt_routes_send_model_persona_history_and_sampling(start_server, tmp_pa
     assert office_last["model"] == "gpt-4.1-mini" and character["model"] == "gpt-4.1"
     assert (office_last["temperature"], office_last["top_p"]) == (0.82, 0.95)
     assert (character["temperature"], character["top_p"]) == (1.2, 0.8)
+    assert office_last["max_tokens"] == 24  # CHATBOT_OFFICE__GPT__MAX_TOKENS
     roles = [m["role"] for m in office_last["messages"]]
     assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
     texts = [m["content"] for m in office_last["messages"][1:]]
