@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -98,3 +99,18 @@ def test_it_waits_in_the_personas_queue_and_gets_429_when_full(start_server):
     for r in blocked:
         assert r.status_code == 429, r.text
         assert int(r.headers["retry-after"]) >= 1 and r.json()["code"] == "QUEUE_OVERLOADED"
+
+
+def test_the_deadline_ends_a_stream_with_an_error_event_and_a_plain_request_with_504(
+        start_server):
+    server = start_server(env={"CHATBOT_CHARACTER__REQUEST_TIMEOUT_S": "0.4"})
+    body = {"messages": MESSAGES, "max_tokens": 4000}
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        plain = http.post("/character/v1/chat/completions", json=body)
+        with http.stream("POST", "/character/v1/chat/completions",
+                         json={**body, "stream": True}) as r:
+            events = [line for line in r.iter_lines() if line]
+    assert plain.status_code == 504 and plain.json()["code"] == "DEADLINE_EXCEEDED"
+    assert events[-1] == "data: [DONE]"
+    error = json.loads(events[-2].removeprefix("data: "))["error"]
+    assert error["type"] == "DeadlineExceededError" and "deadline" in error["message"]

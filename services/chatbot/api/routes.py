@@ -21,8 +21,11 @@ _ERRORS = {
     for code, text in {
         400: "Unknown GPT model name, or malformed JSON", 413: "Body too large",
         415: "Body is not JSON", 422: "A field is invalid (the error names it)",
-        429: "Queue full; see Retry-After", 503: "Model not loaded / engine unavailable",
-        504: "Generation deadline passed", 500: "Generation failed",
+        429: "Queue full; see Retry-After",
+        503: "Model not loaded / OpenAI not configured (OPENAI_API_KEY)",
+        504: "Generation deadline passed (GPT routes: OpenAI timed out)",
+        502: "GPT routes: OpenAI answered an error (its status is named)",
+        500: "Generation failed",
     }.items()
 }
 _CHAT = dict(response_model=str, responses=_ERRORS, dependencies=[Depends(require_json)])
@@ -136,7 +139,8 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@common.get("/readyz", summary="Readiness: the model is loaded (reports GPU offload)")
+@common.get("/readyz", summary="Readiness: the model is loaded (reports GPU offload and "
+                               "whether the history store is degraded)")
 async def readyz(rt: Runtime) -> JSONResponse:
     engine = rt.service.engine.status()
     facts = {k: v for k, v in engine.facts.items() if k not in ("generated_tokens", "generating")}
