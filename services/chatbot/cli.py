@@ -29,6 +29,9 @@ def _serve(args: argparse.Namespace) -> int:
         for error in exc.errors():
             path = [str(p) for p in error["loc"]]
             # Fields read under their conventional names (MONGO_URL...) report that name.
+            if not path:  # a rule across several settings; the message names them
+                print(f"error: configuration: {error['msg']}", file=sys.stderr)
+                continue
             env = path[0] if path[0].isupper() else "CHATBOT_" + "__".join(path).upper()
             secret = any(word in env for word in ("URL", "KEY", "SECRET", "PASSWORD", "TOKEN"))
             got = "" if secret else f" (got {error.get('input')!r})"

@@ -84,8 +84,6 @@ def build_search(settings: Settings) -> WebSearch:
     if settings.search == "recorded":
         from chatbot.search.recorded import RecordedSearch
 
-        if settings.search_recorded_path is None:
-            raise ValueError("CHATBOT_SEARCH=recorded needs CHATBOT_SEARCH_RECORDED_PATH")
         return RecordedSearch(settings.search_recorded_path)
     return NoWebSearch()
 
@@ -164,6 +162,9 @@ def create_app(settings: Settings, personas: list[Persona] | None = None):
             loading.cancel()
             await engines.close()
             await store.close()
+            for runtime in runtimes.values():
+                for gpt in runtime.gpt_services.values():
+                    await gpt.engine.close()
 
     if len(personas) == 1:
         app = persona_app(runtimes[personas[0]], settings.root_path, lifespan)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatbot.domain.personas import Persona, SamplingOverrides
@@ -133,6 +133,12 @@ class Settings(BaseSettings):
             raise ValueError("must be a connection string starting with mongodb:// or "
                              "mongodb+srv://")
         return url
+
+    @model_validator(mode="after")
+    def _recorded_search_has_a_file(self):
+        if self.search == "recorded" and self.search_recorded_path is None:
+            raise ValueError("search=recorded needs CHATBOT_SEARCH_RECORDED_PATH")
+        return self
 
     def persona(self, persona: Persona) -> PersonaSettings:
         return self.office if persona is Persona.OFFICE else self.character

@@ -39,3 +39,12 @@ def test_a_bad_mongo_url_is_a_clear_error_that_does_not_echo_it():
     assert run.returncode == 2
     assert "MONGO_URL" in run.stderr and "mongodb://" in run.stderr
     assert "hunter2" not in run.stderr and "Traceback" not in run.stderr
+
+
+def test_recorded_search_without_a_file_is_a_clear_configuration_error():
+    env = {**os.environ, "CHATBOT_SEARCH": "recorded"}
+    env.pop("CHATBOT_SEARCH_RECORDED_PATH", None)
+    run = subprocess.run([CHATBOT, "serve", "--port", "1"], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert run.returncode == 2
+    assert "CHATBOT_SEARCH_RECORDED_PATH" in run.stderr and "Traceback" not in run.stderr

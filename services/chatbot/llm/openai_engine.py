@@ -74,6 +74,9 @@ class OpenAIEngine:
         self.generated_tokens += tokens
         return Completion(text, tokens)
 
+    async def close(self) -> None:
+        await self.client.close()  # idempotent; the persona's GPT engines share it
+
     def _upstream(self, exc: openai.OpenAIError) -> Exception:
         where = f"OpenAI ({self.model} at {self.client.base_url})"
         if isinstance(exc, openai.APITimeoutError):
