@@ -39,7 +39,8 @@ def _persona(defaults: dict, what: str) -> dict:
     return {
         "type": "object",
         "description": f"the {what} persona's Deployment",
-        "default": {},
+        # A default object is checked against the rules as it stands: give it in full.
+        "default": {**defaults, "contextSize": 8191, "batchSize": 2048, "replicas": 1},
         "properties": {
             "file": {"type": "string", "default": defaults["file"], "maxLength": 512,
                      "description": "GGUF file (path inside the source)"},
@@ -90,7 +91,7 @@ def spec_schema() -> dict:
         "default": {},
         "properties": {
             "source": {
-                "type": "object", "default": {},
+                "type": "object", "default": {"uri": DEFAULT_SOURCE, "revision": "main"},
                 "properties": {
                     "uri": {"type": "string", "default": DEFAULT_SOURCE, "maxLength": 2048,
                             "description": "hf://owner/repo, https://host/dir or "
@@ -126,7 +127,7 @@ def spec_schema() -> dict:
                 },
             },
             "route": {
-                "type": "object", "default": {},
+                "type": "object", "default": {"kind": "Ingress", "ingressClassName": "nginx"},
                 "properties": {
                     "kind": {"type": "string", "default": "Ingress",
                              "enum": ["Ingress", "HTTPRoute", "None"]},
@@ -215,6 +216,11 @@ def crd() -> dict:
                         "spec": spec_schema(),
                         "status": status_schema(),
                     },
+                    "x-kubernetes-validations": [{
+                        "rule": "size(self.metadata.name) <= 40",
+                        "message": "metadata.name must be at most 40 characters (children "
+                                   "are named <name>-character-fetch-<hash>)",
+                    }],
                 }},
             }],
         },

@@ -1,0 +1,100 @@
+"""Shared pieces for the operator's cluster tests: CRD install, RBAC from the chart's file,
+persistent volumes for the model claims (the local cluster has no storage provisioner)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import kubernetes
+import yaml
+from cluster_helpers import wait_for
+from kubernetes.client import ApiException
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_FILE = ROOT / "charts/chatbot/crds/chatbotmodels.yaml"
+RBAC_FILE = ROOT / "charts/chatbot/files/operator-rbac.yaml"
+EXAMPLE = ROOT / "operator/examples/chatbotmodel.yaml"
+GROUP, VERSION, PLURAL = "chatbot.treenut.ai", "v1alpha1", "chatbotmodels"
+OPERATOR_MODULE = "chatbot_operator.handlers"
+
+
+def install_crd(api) -> None:
+    ext = kubernetes.client.ApiextensionsV1Api(api)
+    body = yaml.safe_load(CRD_FILE.read_text())
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        current = ext.read_custom_resource_definition(body["metadata"]["name"])
+        body["metadata"]["resourceVersion"] = current.metadata.resource_version
+        ext.replace_custom_resource_definition(body["metadata"]["name"], body)
+
+    def established():
+        crd = ext.read_custom_resource_definition(body["metadata"]["name"])
+        return any(c.type == "Established" and c.status == "True"
+                   for c in crd.status.conditions or [])
+
+    wait_for(established, timeout=30, desc="CRD Established")
+    custom = kubernetes.client.CustomObjectsApi(api)
+    # The discovery/storage for the new kind is ready a moment after Established.
+    wait_for(lambda: custom.list_cluster_custom_object(GROUP, VERSION, PLURAL) is not None,
+             timeout=30, desc="ChatbotModel served")
+
+
+def operator_cluster_role(api, name: str) -> str:
+    rbac = kubernetes.client.RbacAuthorizationV1Api(api)
+    rules = yaml.safe_load(RBAC_FILE.read_text())["rules"]
+    with contextlib.suppress(ApiException):
+        rbac.delete_cluster_role(name)
+    rbac.create_cluster_role({"metadata": {"name": name}, "rules": rules})
+    return name
+
+
+def example(name: str = "chatbot") -> dict:
+    body = yaml.safe_load(EXAMPLE.read_text())
+    body["metadata"]["name"] = name
+    return body
+
+
+def model_volumes(api, namespace: str, name: str) -> list[str]:
+    """One pre-bound PersistentVolume per persona claim (static provisioning)."""
+    core = kubernetes.client.CoreV1Api(api)
+    created = []
+    for persona in ("office", "character"):
+        pv = f"{namespace}-{persona}"[:63]
+        core.create_persistent_volume({
+            "metadata": {"name": pv},
+            "spec": {"capacity": {"storage": "20Gi"}, "accessModes": ["ReadWriteOnce"],
+                     "hostPath": {"path": f"/tmp/{pv}"},
+                     "persistentVolumeReclaimPolicy": "Delete",
+                     "storageClassName": "",
+                     "claimRef": {"namespace": namespace, "name": f"{name}-{persona}-models"}},
+        })
+        created.append(pv)
+    return created
+
+
+def delete_volumes(api, names: list[str]) -> None:
+    core = kubernetes.client.CoreV1Api(api)
+    for pv in names:
+        with contextlib.suppress(ApiException):
+            core.delete_persistent_volume(pv)
+
+
+def get_cbm(api, namespace: str, name: str) -> dict | None:
+    custom = kubernetes.client.CustomObjectsApi(api)
+    try:
+        return custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def condition(obj: dict | None, type_: str) -> dict:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == type_:
+            return c
+    return {}
