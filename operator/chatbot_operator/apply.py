@@ -6,7 +6,9 @@ nothing and the operator owns exactly the fields it sets.
 
 from __future__ import annotations
 
+import datetime
 import json
+import logging
 
 import kopf
 import kubernetes
@@ -28,6 +30,8 @@ _KINDS: dict[tuple[str, str], tuple[str, str]] = {
         ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
 }
 
+log = logging.getLogger(__name__)
+
 RETRYABLE = {409, 429, 500, 502, 503, 504}
 
 
@@ -48,10 +52,15 @@ class Cluster:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        resp = self.api.call_api(path, method, query_params=query or [], header_params=headers,
-                                 body=body, auth_settings=["BearerToken"],
-                                 _preload_content=False, _return_http_data_only=True)
-        data = resp.data
+        method, url, headers, body, post = self.api.param_serialize(
+            method, path, query_params=query or [], header_params=headers, body=body,
+            auth_settings=["BearerToken"])
+        resp = self.api.call_api(method, url, header_params=headers, body=body,
+                                 post_params=post, _request_timeout=30)
+        data = resp.read()
+        if not 200 <= resp.status < 300:
+            raise ApiException(status=resp.status, reason=resp.reason,
+                               body=data.decode(errors="replace") if data else None)
         return json.loads(data) if data else None
 
     def apply(self, obj: dict) -> dict:
@@ -94,6 +103,28 @@ class Cluster:
             if exc.status == 404:
                 return None
             raise
+
+
+    def event(self, obj: dict, type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event about ``obj`` (kopf's own posting only carries its warnings)."""
+        meta = obj["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+                               "name": meta["name"], "namespace": meta["namespace"],
+                               "uid": meta["uid"]},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "source": {"component": self.field_manager},
+            "reportingComponent": self.field_manager, "reportingInstance": self.field_manager,
+            "firstTimestamp": now[:19] + "Z", "lastTimestamp": now[:19] + "Z",
+            "eventTime": now, "action": reason, "count": 1,
+        }
+        try:
+            self._call("POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=body)
+        except ApiException as exc:  # an Event is never worth failing a reconcile for
+            log.warning("could not post event %s: %s", reason, exc.status)
 
 
 def as_kopf_error(exc: ApiException, what: str) -> Exception:

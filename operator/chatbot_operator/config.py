@@ -12,8 +12,6 @@ class OperatorConfig(BaseSettings):
     field_manager: str = "chatbot-operator"
     fetch_image: str = Field(default="ghcr.io/treenut/chatbot-operator:2.0.0",
                              description="image of the model-fetch Job (the operator's image)")
-    resync_interval_s: float = Field(default=10.0, gt=0,
-                                     description="how often children's state is re-read")
     model_wait_timeout_s: float = Field(default=1800.0, ge=0,
                                         description="a pod waits this long for its model file")
     hf_endpoint: str | None = Field(default=None, description="Hugging Face mirror for hf://")

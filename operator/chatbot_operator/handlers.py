@@ -1,7 +1,10 @@
 """kopf handlers: small wrappers around reconcile(); all state lives in the cluster.
 
-create/update/resume react at once to spec changes and restarts; the resync timer follows
-what the children do (Job done, pods ready) and repairs drift.
+create/update/resume react to spec changes and restarts (with kopf's retries and backoff);
+watch events of the children (fetch Job done, Deployment ready, a child edited or deleted
+by hand) and of the resource's status (download progress) reconcile their owner again.
+No timer: kopf would put a finalizer on every resource for it, and deleting one would then
+wait for a running operator.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from chatbot_operator.apply import Cluster
 from chatbot_operator.config import OperatorConfig
 from chatbot_operator.profiles import load_profiles
 from chatbot_operator.reconcile import reconcile
-from chatbot_operator.spec import GROUP, PLURAL, VERSION
+from chatbot_operator.spec import GROUP, KIND, PLURAL, VERSION
 
 CONFIG = OperatorConfig()
 
@@ -28,17 +31,12 @@ def _api_client() -> kubernetes.client.ApiClient:
         return kubernetes.config.new_client_from_config()
 
 
-def _post_event(body: dict, type_: str, reason: str, message: str) -> None:
-    poster = kopf.warn if type_ == "Warning" else kopf.info
-    poster(body, reason=reason, message=message[:1000])
-
-
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_):
     global CONFIG
     CONFIG = OperatorConfig()
-    # Our own Events say what happened; kopf's per-handler chatter would repeat on every
-    # resync tick.
+    # reconcile posts its own Events for what happened; kopf's per-handler chatter would
+    # repeat on every resync tick, so only its warnings and errors become Events.
     settings.posting.level = logging.WARNING
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     memo.cluster = Cluster(_api_client(), CONFIG.field_manager)
@@ -54,7 +52,7 @@ def cleanup(memo: kopf.Memo, **_):
 
 
 def _run(memo: kopf.Memo, namespace: str, name: str) -> None:
-    reconcile(memo.cluster, CONFIG, memo.profiles, namespace, name, _post_event)
+    reconcile(memo.cluster, CONFIG, memo.profiles, namespace, name, memo.cluster.event)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -64,6 +62,18 @@ def on_change(memo: kopf.Memo, namespace: str, name: str, **_):
     _run(memo, namespace, name)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=CONFIG.resync_interval_s, sharp=False)
-def resync(memo: kopf.Memo, namespace: str, name: str, **_):
-    _run(memo, namespace, name)
+MANAGED = {"app.kubernetes.io/managed-by": "chatbot-operator"}
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+def on_child_event(body, namespace: str, memo: kopf.Memo, **_):
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+            _run(memo, namespace, ref["name"])
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, field="status.download")
+def on_download_progress(type: str, namespace: str, name: str, memo: kopf.Memo, **_):
+    if type in ("ADDED", "MODIFIED"):
+        _run(memo, namespace, name)

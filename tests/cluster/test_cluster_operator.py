@@ -48,7 +48,6 @@ def crd(kube_cluster):
 @pytest.fixture
 def operator(crd, kube_api, namespace, kopf_operator, sa_kubeconfig, monkeypatch, request):
     """Factory: start the operator as ServiceAccount chatbot-operator (chart RBAC only)."""
-    monkeypatch.setenv("CHATBOT_OPERATOR_RESYNC_INTERVAL_S", "1")
     monkeypatch.setenv("CHATBOT_OPERATOR_FETCH_IMAGE", "chatbot-operator:test")
     rbac = kubernetes.client.RbacAuthorizationV1Api(kube_api)
     role = operator_cluster_role(kube_api, f"chatbot-operator-{secrets.token_hex(3)}")
@@ -156,7 +155,6 @@ def test_example_reaches_ready_with_pods_on_their_gpu_nodes(
     before = _children(kube_api, namespace)
     with operator():
         wait_for(lambda: _ready(kube_api, namespace), timeout=30, desc="still Ready")
-        # Several resync passes (1 s apart) run while we wait.
         with pytest.raises(AssertionError):
             wait_for(lambda: _children(kube_api, namespace) != before, timeout=5,
                      desc="a change in the children")
