@@ -371,7 +371,7 @@ def not_found_deployment(owner: Owner, spec: ChatbotModelSpec) -> dict:
                         "ports": [{"name": "http", "containerPort": HTTP_PORT}],
                         "resources": {"requests": {"cpu": "10m", "memory": "64Mi"},
                                       "limits": {"memory": "256Mi"}},
-                        "readinessProbe": _probe("/healthz", periodSeconds=10),
+                        "readinessProbe": _probe("/__healthz", periodSeconds=10),
                         "securityContext": _container_security(),
                     }],
                 },
