@@ -172,7 +172,7 @@ def model_pvc(owner: Owner, spec: ChatbotModelSpec, persona: str) -> dict:
 
 
 def fetch_rbac(owner: Owner) -> list[dict]:
-    """The fetch Job's identity: it may only read and patch this resource's status."""
+    """The fetch Job's identity: it may only patch this resource's status."""
     name = fetch_account_name(owner)
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount",
@@ -180,7 +180,7 @@ def fetch_rbac(owner: Owner) -> list[dict]:
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
          "metadata": _meta(owner, name, "model-fetch"),
          "rules": [{"apiGroups": [GROUP], "resources": ["chatbotmodels/status"],
-                    "resourceNames": [owner.name], "verbs": ["get", "patch"]}]},
+                    "resourceNames": [owner.name], "verbs": ["patch"]}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
          "metadata": _meta(owner, name, "model-fetch"),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},

@@ -169,7 +169,7 @@ def test_fetch_job_downloads_into_the_persona_volume_and_reports_status():
     role = builders.fetch_rbac(OWNER)[1]
     assert role["rules"] == [{"apiGroups": ["chatbot.treenut.ai"],
                               "resources": ["chatbotmodels/status"],
-                              "resourceNames": ["chat"], "verbs": ["get", "patch"]}]
+                              "resourceNames": ["chat"], "verbs": ["patch"]}]
 
 
 def test_pvc_source_uses_the_claim_and_needs_no_fetch():
