@@ -15,4 +15,6 @@ class OperatorConfig(BaseSettings):
     model_wait_timeout_s: float = Field(default=1800.0, ge=0,
                                         description="a pod waits this long for its model file")
     hf_endpoint: str | None = Field(default=None, description="Hugging Face mirror for hf://")
+    retry_delay_s: float = Field(default=30.0, gt=0,
+                                 description="retry delay while the route's API is missing")
     gpu_profiles: str = Field(default="", description="extra GPU profiles: JSON or a file path")

@@ -51,15 +51,19 @@ def cleanup(memo: kopf.Memo, **_):
         cluster.api.close()
 
 
-def _run(memo: kopf.Memo, namespace: str, name: str) -> None:
-    reconcile(memo.cluster, CONFIG, memo.profiles, namespace, name, memo.cluster.event)
+def _run(memo: kopf.Memo, namespace: str, name: str) -> dict | None:
+    return reconcile(memo.cluster, CONFIG, memo.profiles, namespace, name, memo.cluster.event)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def on_change(memo: kopf.Memo, namespace: str, name: str, **_):
-    _run(memo, namespace, name)
+    status = _run(memo, namespace, name) or {}
+    for cond in status.get("conditions") or []:
+        if cond["reason"] == "RouteAPIMissing":
+            # Reported in status; check again later (the API may get installed).
+            raise kopf.TemporaryError(cond["message"], delay=CONFIG.retry_delay_s)
 
 
 MANAGED = {"app.kubernetes.io/managed-by": "chatbot-operator"}

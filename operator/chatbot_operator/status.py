@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CONDITIONS = ("ModelReady", "OfficeReady", "CharacterReady", "RouteReady")
+FAILURES = ("FetchFailed", "InvalidSpec", "ApplyFailed", "RouteAPIMissing")
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def phase(conditions: list[Condition]) -> str:
     by_type = {c.type: c for c in conditions}
     if all(c.status for c in conditions):
         return "Ready"
-    if any(c.reason in ("FetchFailed", "InvalidSpec", "ApplyFailed") for c in conditions):
+    if any(c.reason in FAILURES for c in conditions):
         return "Failed"
     model = by_type.get("ModelReady")
     if model is not None and not model.status:

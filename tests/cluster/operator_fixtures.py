@@ -98,3 +98,49 @@ def condition(obj: dict | None, type_: str) -> dict:
         if c["type"] == type_:
             return c
     return {}
+
+
+def gateway_api_crd(kind_file: str = "gateway.networking.k8s.io_httproutes.yaml") -> dict:
+    """A Gateway API CRD from the sigs.k8s.io/gateway-api module zip (version pinned in
+    versions.env), fetched once into build-binaries' module cache with `go mod download`.
+
+    Only the zip is read (the module's Go code is never built), so a module that asks for
+    a newer Go than the machine's still works.
+    """
+    import subprocess
+    import tempfile
+    import zipfile
+
+    import localcluster
+
+    version = localcluster.versions()["GATEWAY_API_VERSION"]
+    env = localcluster.go_env()
+    zip_path = (Path(env["GOMODCACHE"]) / "cache/download/sigs.k8s.io/gateway-api/@v"
+                / f"{version}.zip")
+    if not zip_path.is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            # Exits non-zero when the module wants a newer Go, after saving the zip.
+            subprocess.run(["go", "mod", "download", "-json",
+                            f"sigs.k8s.io/gateway-api@{version}"],
+                           cwd=tmp, env=env, capture_output=True, timeout=300)
+    if not zip_path.is_file():
+        raise FileNotFoundError(f"gateway-api {version} module zip not downloaded: {zip_path}")
+    with zipfile.ZipFile(zip_path) as zf:
+        name = f"sigs.k8s.io/gateway-api@{version}/config/crd/standard/{kind_file}"
+        return yaml.safe_load(zf.read(name))
+
+
+def install_crd_object(api, body: dict) -> None:
+    ext = kubernetes.client.ApiextensionsV1Api(api)
+    try:
+        ext.create_custom_resource_definition(body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+    def established():
+        crd = ext.read_custom_resource_definition(body["metadata"]["name"])
+        return any(c.type == "Established" and c.status == "True"
+                   for c in crd.status.conditions or [])
+
+    wait_for(established, timeout=30, desc=f"CRD {body['metadata']['name']} Established")

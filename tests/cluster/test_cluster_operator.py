@@ -310,3 +310,50 @@ def test_the_example_itself_is_accepted_with_defaults_filled_in(kube_api, crd, n
     assert spec["character"]["maxConcurrent"] == 2
     assert spec["source"]["uri"] == "hf://QuantFactory/Meta-Llama-3.1-8B-Claude-GGUF"
     assert spec["route"]["kind"] == "Ingress"
+
+
+def test_gateway_route_reports_a_missing_api_then_applies_the_httproute(
+        kube_api, namespace, operator, volumes, fake_gpu_nodes, monkeypatch):
+    """Without the Gateway API the route is reported (and retried); once its CRDs are there,
+    the HTTPRoute passes the real Gateway API schema and validation."""
+    from cluster_helpers import require_cluster
+    from operator_fixtures import gateway_api_crd, install_crd_object
+
+    ext = kubernetes.client.ApiextensionsV1Api(kube_api)
+    try:
+        ext.read_custom_resource_definition("httproutes.gateway.networking.k8s.io")
+        pytest.skip("this cluster already serves HTTPRoute")
+    except ApiException as exc:
+        assert exc.status == 404
+    try:
+        httproute_crd = gateway_api_crd()
+    except (FileNotFoundError, OSError) as exc:
+        if require_cluster():
+            raise
+        pytest.skip(f"Gateway API CRDs not available: {exc}")
+    monkeypatch.setenv("CHATBOT_OPERATOR_RETRY_DELAY_S", "2")
+    _, _, _, _, custom = _apis(kube_api)
+    body = example()
+    body["spec"]["route"] = {"kind": "HTTPRoute", "host": "chat.example",
+                             "gateway": {"name": "edge", "namespace": "gateways"}}
+    with operator():
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        obj = wait_for(lambda: condition(get_cbm(kube_api, namespace, "chatbot"),
+                                         "RouteReady").get("reason") == "RouteAPIMissing"
+                       and get_cbm(kube_api, namespace, "chatbot"), timeout=60,
+                       desc="RouteAPIMissing")
+        assert obj["status"]["phase"] == "Failed"
+        assert "HTTPRoute (gateway.networking.k8s.io/v1) is not served" in condition(
+            obj, "RouteReady")["message"]
+
+        install_crd_object(kube_api, httproute_crd)
+        wait_for(lambda: _ready(kube_api, namespace), timeout=60, desc="Ready with HTTPRoute")
+        route = custom.get_namespaced_custom_object(
+            "gateway.networking.k8s.io", "v1", namespace, "httproutes", "chatbot")
+        assert route["spec"]["parentRefs"][0] == {
+            "group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "edge",
+            "namespace": "gateways", "port": 8001}
+        assert route["spec"]["hostnames"] == ["chat.example"]
+        office = route["spec"]["rules"][0]
+        assert office["filters"][0]["urlRewrite"]["path"]["replacePrefixMatch"] == "/"
+        assert office["backendRefs"][0]["name"] == "chatbot-office"
