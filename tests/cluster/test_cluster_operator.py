@@ -14,6 +14,7 @@ import json
 import secrets
 
 import pytest
+import yaml
 from cluster_helpers import importorskip
 
 kubernetes = importorskip("kubernetes")
@@ -25,6 +26,7 @@ from operator_fixtures import (  # noqa: E402
     GROUP,
     OPERATOR_MODULE,
     PLURAL,
+    ROOT,
     VERSION,
     condition,
     delete_volumes,
@@ -38,6 +40,7 @@ from operator_fixtures import (  # noqa: E402
 pytestmark = pytest.mark.cluster
 
 HASH_ANNOTATION = "chatbot.treenut.ai/settings-hash"
+EXAMPLES = ROOT / "operator/examples"
 
 
 @pytest.fixture(scope="module")
@@ -295,6 +298,15 @@ def test_invalid_specs_are_rejected_by_the_api_server(kube_api, crd, namespace, 
     custom = kubernetes.client.CustomObjectsApi(kube_api)
     message_shown = _reject(custom, namespace, _with(path, value))
     assert message in message_shown
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_is_accepted(kube_api, crd, namespace, path):
+    custom = kubernetes.client.CustomObjectsApi(kube_api)
+    body = yaml.safe_load(path.read_text())
+    obj = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body,
+                                                 dry_run="All")
+    assert obj["spec"]["office"]["file"].endswith(".gguf")
 
 
 def test_the_example_itself_is_accepted_with_defaults_filled_in(kube_api, crd, namespace):
