@@ -35,10 +35,9 @@ def _api_client() -> kubernetes.client.ApiClient:
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_):
     global CONFIG
     CONFIG = OperatorConfig()
-    # reconcile posts its own Events for what happened; kopf's per-handler chatter would
-    # repeat on every resync tick, so only its warnings and errors become Events.
+    # reconcile posts its own Events for what happened; kopf's "handler succeeded" would
+    # repeat on every watch event, so only its warnings and errors become Events.
     settings.posting.level = logging.WARNING
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
     memo.cluster = Cluster(_api_client(), CONFIG.field_manager)
     memo.profiles = load_profiles(CONFIG.gpu_profiles)
     logger.info("GPU profiles: %s", ", ".join(sorted(memo.profiles)))

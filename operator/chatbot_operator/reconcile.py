@@ -1,7 +1,7 @@
 """One reconcile pass: read the resource fresh, apply its children, write its status.
 
-Called from the create/update/resume handlers and from the resync timer; a per-object
-lock serialises them, and the fresh read means a pass never applies a stale spec.
+Called from the create/update/resume handlers and from watch events of the children; a
+per-object lock serialises them, and the fresh read means a pass never applies a stale spec.
 """
 
 from __future__ import annotations
