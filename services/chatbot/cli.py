@@ -54,6 +54,15 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _not_found(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from chatbot.server import not_found_app
+
+    uvicorn.run(not_found_app(), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def _tiny_model(args: argparse.Namespace) -> int:
     from chatbot.llm.tiny_model import write_tiny_model
 
@@ -79,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="proxies whose X-Forwarded-* headers are trusted "
                             "(env FORWARDED_ALLOW_IPS)")
     serve.set_defaults(func=_serve)
+
+    not_found = sub.add_parser("not-found", help="serve the HTML 404 page for every path "
+                                                 "(the route's default backend)")
+    not_found.add_argument("--host", default="127.0.0.1")
+    not_found.add_argument("--port", type=int, default=8080)
+    not_found.set_defaults(func=_not_found)
 
     tiny = sub.add_parser("tiny-model", help="write a tiny random-weight Llama-3 GGUF")
     tiny.add_argument("out", help="output .gguf path")

@@ -11,7 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Mount, Route
 
 from chatbot import __version__
@@ -141,6 +141,25 @@ def persona_app(runtime: PersonaRuntime, root_path: str = "", lifespan=None) -> 
 
 async def _not_found(request: Request, exc: Exception | None = None) -> HTMLResponse:
     return HTMLResponse(NOT_FOUND_PAGE, status_code=404)
+
+
+NOT_FOUND_HEALTH_PATH = "/__healthz"
+
+
+def not_found_app() -> Starlette:
+    """The route's default backend (`chatbot not-found`): the HTML 404 page for every path.
+
+    ingress-nginx sends unmatched paths and intercepted 404s here; its probe uses
+    NOT_FOUND_HEALTH_PATH, a path no client asks for.
+    """
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    return Starlette(routes=[Route(NOT_FOUND_HEALTH_PATH, healthz),
+                             Route("/{path:path}", _not_found, methods=methods)],
+                     exception_handlers={404: _not_found, 405: _not_found})
 
 
 def create_app(settings: Settings, personas: list[Persona] | None = None):

@@ -41,3 +41,35 @@ def test_bad_configuration_is_a_clear_error_naming_the_variable():
     assert run.returncode == 2
     assert "CHATBOT_OFFICE__MODEL__N_THREADS" in run.stderr and "'lots'" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_not_found_serves_the_html_404_page_for_every_path():
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([CHATBOT, "not-found", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = httpx.get(base + "/__healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None, "did not start"
+                time.sleep(0.1)
+        assert health.status_code == 200
+        for method, path in (("GET", "/"), ("GET", "/nowhere/deep"), ("POST", "/Llama")):
+            r = httpx.request(method, base + path, timeout=5)
+            assert r.status_code == 404
+            assert r.headers["content-type"].startswith("text/html")
+            assert "404 - 없는 페이지입니다" in r.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,0 +1,20 @@
+"""The operator's own configuration (environment prefix CHATBOT_OPERATOR_)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OperatorConfig(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHATBOT_OPERATOR_", extra="ignore")
+
+    field_manager: str = "chatbot-operator"
+    fetch_image: str = Field(default="ghcr.io/treenut/chatbot-operator:2.0.0",
+                             description="image of the model-fetch Job (the operator's image)")
+    model_wait_timeout_s: float = Field(default=1800.0, ge=0,
+                                        description="a pod waits this long for its model file")
+    hf_endpoint: str | None = Field(default=None, description="Hugging Face mirror for hf://")
+    retry_delay_s: float = Field(default=30.0, gt=0,
+                                 description="retry delay while the route's API is missing")
+    gpu_profiles: str = Field(default="", description="extra GPU profiles: JSON or a file path")

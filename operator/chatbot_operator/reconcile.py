@@ -1,0 +1,245 @@
+"""One reconcile pass: read the resource fresh, apply its children, write its status.
+
+Called from the create/update/resume handlers and from watch events of the children; a
+per-object lock serialises them, and the fresh read means a pass never applies a stale spec.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from collections.abc import Callable
+
+from kubernetes.client import ApiException
+from pydantic import ValidationError
+
+from chatbot_operator import builders
+from chatbot_operator.apply import RETRYABLE, Cluster, as_kopf_error
+from chatbot_operator.builders import Owner
+from chatbot_operator.config import OperatorConfig
+from chatbot_operator.profiles import GpuProfile, UnknownProfile, resolve
+from chatbot_operator.spec import GROUP, PERSONAS, PLURAL, VERSION, ChatbotModelSpec
+from chatbot_operator.status import (
+    Condition,
+    deployment_ready,
+    job_failure,
+    job_state,
+    merge_conditions,
+    phase,
+    progress_text,
+    transitions,
+)
+
+log = logging.getLogger(__name__)
+
+# (body, type, reason, message) -> posts a Kubernetes Event on the resource.
+EventSink = Callable[[dict, str, str, str], None]
+
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock(namespace: str, name: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault((namespace, name), threading.Lock())
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class SpecError(ValueError):
+    pass
+
+
+def _parse(obj: dict, profiles: dict[str, GpuProfile]) -> ChatbotModelSpec:
+    try:
+        spec = ChatbotModelSpec.parse(obj.get("spec") or {})
+    except ValidationError as exc:
+        raise SpecError(str(exc)) from None
+    for persona in PERSONAS:
+        try:
+            resolve(spec.persona(persona).gpu_profile, profiles)
+        except UnknownProfile as exc:
+            raise SpecError(f"{persona}: {exc}") from None
+    return spec
+
+
+def reconcile(cluster: Cluster, config: OperatorConfig, profiles: dict[str, GpuProfile],
+              namespace: str, name: str, event: EventSink) -> dict | None:
+    """Returns the status written (None when the resource is gone or being deleted)."""
+    with _lock(namespace, name):
+        try:
+            return _reconcile(cluster, config, profiles, namespace, name, event)
+        except ApiException as exc:
+            if exc.status in RETRYABLE or not exc.status:
+                raise as_kopf_error(exc, f"reconciling {namespace}/{name}") from exc
+            raise
+
+
+def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: str, name: str,
+               event: EventSink) -> dict | None:
+    obj = cluster.custom(GROUP, VERSION, PLURAL, namespace, name)
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        return None
+    owner = Owner(name, namespace, obj["metadata"]["uid"])
+    previous = obj.get("status") or {}
+    try:
+        spec = _parse(obj, profiles)
+    except SpecError as exc:
+        conds = [Condition(t, False, "InvalidSpec", str(exc)) for t in
+                 ("ModelReady", "OfficeReady", "CharacterReady", "RouteReady")]
+        return _write_status(cluster, obj, owner, conds, {}, {}, None, event)
+
+    try:
+        states = _apply_children(cluster, config, profiles, owner, spec, obj, event)
+    except ApiException as exc:
+        if exc.status in RETRYABLE or not exc.status:
+            raise
+        message = str(as_kopf_error(exc, "applying a child"))
+        conds = [Condition(t, False, "ApplyFailed", message) for t in
+                 ("ModelReady", "OfficeReady", "CharacterReady", "RouteReady")]
+        return _write_status(cluster, obj, owner, conds, {}, {}, spec, event)
+    model_states, ready, route_cond, jobs = states
+
+    conds: list[Condition] = []
+    failed = {p: s for p, s in model_states.items() if s == "failed"}
+    if failed:
+        msg = "; ".join(f"{p}: {job_failure(jobs[p])}" for p in failed)
+        download = previous.get("download") or {}
+        detail = "; ".join(f"{p}: {(download.get(p) or {}).get('message')}" for p in failed
+                           if (download.get(p) or {}).get("message"))
+        conds.append(Condition("ModelReady", False, "FetchFailed", detail or msg))
+    elif all(s == "complete" for s in model_states.values()):
+        reason = "Downloaded" if builders.needs_fetch(spec) else "ExistingClaim"
+        conds.append(Condition("ModelReady", True, reason, "model files are on the volume"))
+    else:
+        waiting = [p for p, s in model_states.items() if s != "complete"]
+        conds.append(Condition("ModelReady", False, "Downloading",
+                               f"fetching the model for {', '.join(waiting)}"))
+    for persona in PERSONAS:
+        ok, figure = ready[persona]
+        if ok:
+            c = Condition(f"{persona.capitalize()}Ready", True, "DeploymentReady",
+                          f"{figure} replicas ready")
+        elif model_states[persona] != "complete":
+            c = Condition(f"{persona.capitalize()}Ready", False, "WaitingForModel",
+                          "the Deployment starts once its model is downloaded")
+        else:
+            c = Condition(f"{persona.capitalize()}Ready", False, "RollingOut",
+                          f"{figure} replicas ready")
+        conds.append(c)
+    conds.append(route_cond)
+    figures = {p: ready[p][1] for p in PERSONAS}
+    return _write_status(cluster, obj, owner, conds, figures, model_states, spec, event)
+
+
+def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: ChatbotModelSpec,
+                    obj: dict, event: EventSink):
+    cluster.apply(builders.settings_configmap(owner, spec, profiles, config))
+    fetching = builders.needs_fetch(spec)
+    if fetching:
+        for manifest in builders.fetch_rbac(owner):
+            cluster.apply(manifest)
+    model_states: dict[str, str] = {}
+    jobs: dict[str, dict] = {}
+    ready: dict[str, tuple[bool, str]] = {}
+    for persona in PERSONAS:
+        if fetching:
+            cluster.apply(builders.model_pvc(owner, spec, persona))
+            job_name = builders.fetch_job_name(owner, spec, persona)
+            job = cluster.get("batch/v1", "Job", owner.namespace, job_name)
+            if job is None:
+                job = cluster.apply(builders.fetch_job(owner, spec, persona, profiles, config))
+                cluster.custom(GROUP, VERSION, PLURAL, owner.namespace, owner.name,
+                               status_patch={"status": {"download": {persona: {
+                                   "phase": "Pending", "percent": 0, "bytesDone": 0,
+                                   "file": spec.persona(persona).file, "message": None}}}})
+                event(obj, "Normal", "FetchStarted",
+                      f"{persona}: downloading {spec.persona(persona).file} (Job {job_name})")
+            jobs[persona] = job
+            model_states[persona] = job_state(job)
+            _delete_stale_jobs(cluster, owner, persona, job_name, event, obj)
+        else:
+            model_states[persona] = "complete"
+
+        dep_name = builders.deployment_name(owner, persona)
+        existing = cluster.get("apps/v1", "Deployment", owner.namespace, dep_name)
+        dep = existing
+        if model_states[persona] == "complete":
+            dep = cluster.apply(builders.persona_deployment(owner, spec, persona, profiles,
+                                                            config))
+            before = (existing or {}).get("metadata", {}).get("generation")
+            if existing is None:
+                event(obj, "Normal", "DeploymentCreated", f"{persona}: Deployment {dep_name}")
+            elif dep["metadata"].get("generation") != before:
+                event(obj, "Normal", "DeploymentUpdated",
+                      f"{persona}: Deployment {dep_name} updated (generation "
+                      f"{dep['metadata'].get('generation')})")
+        cluster.apply(builders.persona_service(owner, persona))
+        ready[persona] = deployment_ready(dep, spec.persona(persona).replicas)
+
+    route_cond = _apply_route(cluster, owner, spec)
+    return model_states, ready, route_cond, jobs
+
+
+def _delete_stale_jobs(cluster: Cluster, owner: Owner, persona: str, current: str,
+                       event: EventSink, obj: dict) -> None:
+    sel = ",".join(f"{k}={v}" for k, v in
+                   builders.selector(owner, f"{persona}-fetch").items())
+    for job in cluster.list("batch/v1", "Job", owner.namespace, sel):
+        old = job["metadata"]["name"]
+        if old != current:
+            cluster.delete("batch/v1", "Job", owner.namespace, old)
+            event(obj, "Normal", "FetchJobReplaced", f"{persona}: deleted old Job {old}")
+
+
+def _apply_route(cluster: Cluster, owner: Owner, spec: ChatbotModelSpec) -> Condition:
+    manifest = builders.route(owner, spec)
+    if manifest is None:
+        return Condition("RouteReady", True, "Disabled", "route.kind is None")
+    cluster.apply(builders.not_found_deployment(owner, spec))
+    cluster.apply(builders.service(owner, builders.not_found_name(owner), "not-found"))
+    try:
+        cluster.apply(manifest)
+    except ApiException as exc:
+        if exc.status == 404:
+            return Condition("RouteReady", False, "RouteAPIMissing",
+                             f"{manifest['kind']} ({manifest['apiVersion']}) is not served by "
+                             "this cluster: install its CRDs or use another route.kind")
+        raise
+    return Condition("RouteReady", True, "Applied",
+                     f"{manifest['kind']} {owner.name}: /office and /character on port "
+                     f"{builders.ROUTE_PORT}")
+
+
+def _write_status(cluster: Cluster, obj: dict, owner: Owner, conds: list[Condition],
+                  figures: dict[str, str], model_states: dict[str, str],
+                  spec: ChatbotModelSpec | None, event: EventSink) -> dict:
+    previous = obj.get("status") or {}
+    for c in transitions(previous.get("conditions"), conds):
+        kind = "Normal" if c.status or c.reason in ("Downloading", "WaitingForModel",
+                                                    "RollingOut") else "Warning"
+        event(obj, kind, c.reason if not c.status else c.type, c.message)
+    status: dict = {
+        "phase": phase(conds),
+        "observedGeneration": obj["metadata"].get("generation"),
+        "conditions": merge_conditions(previous.get("conditions"), conds, _now()),
+        "officeReady": figures.get("office", "-"),
+        "characterReady": figures.get("character", "-"),
+        "modelProgress": progress_text(previous.get("download"), model_states)
+        if model_states else "-",
+    }
+    if spec is not None:
+        status["endpoints"] = builders.endpoints(owner, spec)
+    download_done = {p: {"phase": "Done", "percent": 100} for p, s in model_states.items()
+                     if s == "complete" and spec is not None and builders.needs_fetch(spec)
+                     and ((previous.get("download") or {}).get(p) or {}).get("phase") != "Done"}
+    if download_done:
+        status["download"] = download_done
+    changed = {k: v for k, v in status.items() if previous.get(k) != v}
+    if changed:
+        cluster.custom(GROUP, VERSION, PLURAL, owner.namespace, owner.name,
+                       status_patch={"status": changed})
+    return status

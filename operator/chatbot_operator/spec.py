@@ -1,0 +1,118 @@
+"""The ChatbotModel spec as a typed model, with the seed's defaults.
+
+The CRD (crd.py) declares the same defaults and the validation the API server enforces;
+this model is what the builders read, so a spec that passed the API server always parses.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "chatbot.treenut.ai"
+VERSION = "v1alpha1"
+KIND = "ChatbotModel"
+PLURAL = "chatbotmodels"
+PERSONAS = ("office", "character")
+
+DEFAULT_SOURCE = "hf://QuantFactory/Meta-Llama-3.1-8B-Claude-GGUF"
+DEFAULT_SERVICE_IMAGE = "ghcr.io/treenut/chatbot-service:2.0.0-cuda"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+
+
+class SecretKeyRef(_Model):
+    name: str
+    key: str
+
+
+class Source(_Model):
+    uri: str = DEFAULT_SOURCE
+    revision: str = "main"
+    token_secret: SecretKeyRef | None = Field(default=None, alias="tokenSecret")
+
+    @property
+    def scheme(self) -> Literal["hf", "https", "pvc"]:
+        return self.uri.split("://", 1)[0]  # type: ignore[return-value]
+
+    @property
+    def pvc_claim_and_path(self) -> tuple[str, str]:
+        claim, _, path = self.uri.removeprefix("pvc://").partition("/")
+        return claim, path.strip("/")
+
+
+class Persona(_Model):
+    file: str
+    sha256: str | None = None
+    gpu_profile: str = Field(alias="gpuProfile")
+    node_selector: dict[str, str] = Field(default_factory=dict, alias="nodeSelector")
+    tolerations: list[dict] = Field(default_factory=list)
+    gpu_layers: int | Literal["auto"] = Field(alias="gpuLayers")
+    max_concurrent: int = Field(alias="maxConcurrent")
+    context_size: int = Field(default=8191, alias="contextSize")
+    batch_size: int = Field(default=2048, alias="batchSize")
+    replicas: int = 1
+    resources: dict = Field(default_factory=dict)
+    image: str | None = None
+
+
+OFFICE_DEFAULTS = {
+    "file": "Meta-Llama-3.1-8B-Claude.Q4_1.gguf", "gpuProfile": "rtx-2080",
+    "gpuLayers": "auto", "maxConcurrent": 1,
+}
+CHARACTER_DEFAULTS = {
+    "file": "Meta-Llama-3.1-8B-Claude.Q4_0.gguf", "gpuProfile": "rtx-3060",
+    "gpuLayers": 50, "maxConcurrent": 2,
+}
+
+
+class Storage(_Model):
+    size: str = "20Gi"
+    storage_class_name: str | None = Field(default=None, alias="storageClassName")
+    access_modes: list[str] = Field(default_factory=lambda: ["ReadWriteOnce"],
+                                    alias="accessModes")
+
+
+class GatewayRef(_Model):
+    name: str
+    namespace: str | None = None
+    section_name: str | None = Field(default=None, alias="sectionName")
+
+
+class Route(_Model):
+    kind: Literal["Ingress", "HTTPRoute", "None"] = "Ingress"
+    host: str | None = None
+    ingress_class_name: str = Field(default="nginx", alias="ingressClassName")
+    gateway: GatewayRef | None = None
+
+
+class Secrets(_Model):
+    mongodb: SecretKeyRef | None = None
+    openai: SecretKeyRef | None = None
+
+
+class ChatbotModelSpec(_Model):
+    source: Source = Source()
+    image: str = DEFAULT_SERVICE_IMAGE
+    office: Persona = Persona(**OFFICE_DEFAULTS)
+    character: Persona = Persona(**CHARACTER_DEFAULTS)
+    storage: Storage = Storage()
+    route: Route = Route()
+    secrets: Secrets = Secrets()
+
+    @classmethod
+    def parse(cls, spec: dict) -> ChatbotModelSpec:
+        """Parse a spec; missing persona fields take that persona's defaults."""
+        data = dict(spec or {})
+        for persona, defaults in (("office", OFFICE_DEFAULTS), ("character", CHARACTER_DEFAULTS)):
+            data[persona] = {**defaults, **(data.get(persona) or {})}
+        return cls.model_validate(data)
+
+    def persona(self, name: str) -> Persona:
+        return getattr(self, name)
+
+    def image_for(self, name: str) -> str:
+        return self.persona(name).image or self.image

@@ -1,0 +1,216 @@
+"""Pure builders: spec -> manifests (no cluster)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chatbot_operator import builders, crd
+from chatbot_operator.builders import Owner
+from chatbot_operator.config import OperatorConfig
+from chatbot_operator.profiles import UnknownProfile, load_profiles, resolve
+from chatbot_operator.spec import ChatbotModelSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+OWNER = Owner("chat", "ns1", "uid-1")
+CONFIG = OperatorConfig()
+PROFILES = load_profiles("")
+
+
+def _spec(**overrides) -> ChatbotModelSpec:
+    return ChatbotModelSpec.parse(overrides)
+
+
+def _env(cm: dict) -> dict:
+    return cm["data"]
+
+
+def _container(dep: dict) -> dict:
+    return dep["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_the_committed_crd_is_the_generated_one():
+    committed = (ROOT / "charts/chatbot/crds/chatbotmodels.yaml").read_text()
+    assert committed == crd.render(), "run: python -m chatbot_operator.crd > " \
+                                      "charts/chatbot/crds/chatbotmodels.yaml"
+
+
+def test_crd_defaults_match_the_spec_model():
+    schema = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec = _spec()
+    for persona in ("office", "character"):
+        props = schema["properties"][persona]["properties"]
+        p = spec.persona(persona)
+        assert props["file"]["default"] == p.file
+        assert props["gpuProfile"]["default"] == p.gpu_profile
+        assert props["gpuLayers"]["default"] == p.gpu_layers
+        assert props["maxConcurrent"]["default"] == p.max_concurrent
+        assert props["contextSize"]["default"] == p.context_size
+        assert props["batchSize"]["default"] == p.batch_size
+    assert schema["properties"]["source"]["properties"]["uri"]["default"] == spec.source.uri
+
+
+def test_defaults_reproduce_the_seed():
+    spec = _spec()
+    cm = builders.settings_configmap(OWNER, spec, PROFILES, CONFIG)
+    env = _env(cm)
+    assert spec.source.uri == "hf://QuantFactory/Meta-Llama-3.1-8B-Claude-GGUF"
+    assert env["CHATBOT_OFFICE_MODEL"] == "/models/Meta-Llama-3.1-8B-Claude.Q4_1.gguf"
+    assert env["CHATBOT_CHARACTER_MODEL"] == "/models/Meta-Llama-3.1-8B-Claude.Q4_0.gguf"
+    assert env["CHATBOT_OFFICE__MODEL__N_GPU_LAYERS"] == "-1"  # auto on a GPU: all layers
+    assert env["CHATBOT_CHARACTER__MODEL__N_GPU_LAYERS"] == "50"
+    assert env["CHATBOT_OFFICE__MAX_CONCURRENT"] == "1"
+    assert env["CHATBOT_CHARACTER__MAX_CONCURRENT"] == "2"
+    for p in ("OFFICE", "CHARACTER"):
+        assert env[f"CHATBOT_{p}__MODEL__N_CTX"] == "8191"
+        assert env[f"CHATBOT_{p}__MODEL__N_BATCH"] == "2048"
+        assert env[f"CHATBOT_{p}__MODEL__MAIN_GPU"] == "0"
+
+
+def test_gpu_profiles_pin_office_to_the_2080_and_character_to_the_3060():
+    spec = _spec()
+    for persona, product in (("office", "RTX-2080"), ("character", "RTX-3060")):
+        pod = builders.persona_deployment(OWNER, spec, persona, PROFILES,
+                                          CONFIG)["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.product": f"NVIDIA-GeForce-{product}"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists",
+                "effect": "NoSchedule"} in pod["tolerations"]
+        assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_cpu_profile_has_no_gpu_and_auto_layers_become_zero():
+    spec = _spec(office={"gpuProfile": "cpu"})
+    dep = builders.persona_deployment(OWNER, spec, "office", PROFILES, CONFIG)
+    pod = dep["spec"]["template"]["spec"]
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert "nvidia.com/gpu" not in str(pod["containers"][0]["resources"])
+    env = _env(builders.settings_configmap(OWNER, spec, PROFILES, CONFIG))
+    assert env["CHATBOT_OFFICE__MODEL__N_GPU_LAYERS"] == "0"
+
+
+def test_profiles_extend_through_configuration_and_unknown_ones_are_named():
+    profiles = load_profiles('{"a100": {"nodeSelector": {"nvidia.com/gpu.product": "A100"}}}')
+    a100 = resolve("a100", profiles)
+    assert a100.gpus == 1 and a100.node_selector == {"nvidia.com/gpu.product": "A100"}
+    with pytest.raises(UnknownProfile, match="unknown gpuProfile 'h100'; known: a100, cpu"):
+        resolve("h100", profiles)
+
+
+def test_spec_node_selector_and_tolerations_add_to_the_profile():
+    spec = _spec(character={"gpuProfile": "custom", "nodeSelector": {"pool": "gpu"},
+                            "tolerations": [{"key": "dedicated", "operator": "Exists"}]})
+    pod = builders.persona_deployment(OWNER, spec, "character", PROFILES,
+                                      CONFIG)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+
+
+def test_threads_follow_the_cpu_limit():
+    spec = _spec(office={"resources": {"limits": {"cpu": "3500m", "memory": "12Gi"}}})
+    env = _env(builders.settings_configmap(OWNER, spec, PROFILES, CONFIG))
+    assert env["CHATBOT_OFFICE__MODEL__N_THREADS"] == "3"
+    assert "CHATBOT_CHARACTER__MODEL__N_THREADS" not in env
+
+
+def test_deployment_runs_one_persona_non_root_with_probes_and_secrets():
+    spec = _spec(secrets={"mongodb": {"name": "mongo", "key": "url"},
+                          "openai": {"name": "openai", "key": "api-key"}})
+    dep = builders.persona_deployment(OWNER, spec, "office", PROFILES, CONFIG)
+    c = _container(dep)
+    assert c["command"][:3] == ["chatbot", "serve", "office"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["MONGO_URL"]["valueFrom"]["secretKeyRef"] == {"name": "mongo", "key": "url"}
+    assert env["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "openai"
+    assert env["CHATBOT_ROOT_PATH"]["value"] == "/office"
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert dep["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    assert dep["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    # The pod waits (not ready) for a missing model rather than crash-looping.
+    cm = builders.settings_configmap(OWNER, spec, PROFILES, CONFIG)
+    assert int(cm["data"]["CHATBOT_MODEL_WAIT_TIMEOUT_S"]) > 0
+
+
+def test_a_file_change_changes_only_that_personas_pod_template():
+    before, after = _spec(), _spec(office={"file": "other.Q8_0.gguf"})
+
+    def template(spec, persona):
+        return builders.persona_deployment(OWNER, spec, persona, PROFILES,
+                                           CONFIG)["spec"]["template"]
+
+    assert template(before, "office") != template(after, "office")
+    assert template(before, "character") == template(after, "character")
+    scaled = _spec(office={"replicas": 3})
+    assert template(before, "office") == template(scaled, "office")
+
+
+def test_fetch_job_downloads_into_the_persona_volume_and_reports_status():
+    spec = _spec(office={"sha256": "a" * 64})
+    job = builders.fetch_job(OWNER, spec, "office", PROFILES, CONFIG)
+    pod = job["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["command"] == ["python", "-m", "chatbot_operator.fetch"]
+    assert c["args"][c["args"].index("--sha256") + 1] == "a" * 64
+    assert c["args"][c["args"].index("--report") + 1] == "ns1/chat/office"
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "chat-office-models"
+    assert pod["serviceAccountName"] == "chat-model-fetch"
+    assert pod["nodeSelector"]["nvidia.com/gpu.product"] == "NVIDIA-GeForce-RTX-2080"
+    assert "nvidia.com/gpu" not in str(c["resources"])  # downloading needs no GPU
+    # A new file gives a new Job name (Jobs are immutable); the same spec, the same name.
+    assert builders.fetch_job_name(OWNER, spec, "office") == \
+        builders.fetch_job_name(OWNER, _spec(office={"sha256": "a" * 64}), "office")
+    assert builders.fetch_job_name(OWNER, spec, "office") != \
+        builders.fetch_job_name(OWNER, _spec(), "office")
+    role = builders.fetch_rbac(OWNER)[1]
+    assert role["rules"] == [{"apiGroups": ["chatbot.treenut.ai"],
+                              "resources": ["chatbotmodels/status"],
+                              "resourceNames": ["chat"], "verbs": ["patch"]}]
+
+
+def test_pvc_source_uses_the_claim_and_needs_no_fetch():
+    spec = _spec(source={"uri": "pvc://shared-models/llama"})
+    assert not builders.needs_fetch(spec)
+    dep = builders.persona_deployment(OWNER, spec, "character", PROFILES, CONFIG)
+    vol = dep["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]
+    assert vol == {"claimName": "shared-models", "readOnly": True}
+    env = _env(builders.settings_configmap(OWNER, spec, PROFILES, CONFIG))
+    assert env["CHATBOT_CHARACTER_MODEL"] == "/models/llama/Meta-Llama-3.1-8B-Claude.Q4_0.gguf"
+
+
+def test_ingress_strips_prefixes_and_serves_the_404_page():
+    ing = builders.ingress(OWNER, _spec(route={"host": "chat.example"}))
+    ann = ing["metadata"]["annotations"]
+    assert ann["nginx.ingress.kubernetes.io/rewrite-target"] == "/$2"
+    assert ann["nginx.ingress.kubernetes.io/use-regex"] == "true"
+    assert ann["nginx.ingress.kubernetes.io/custom-http-errors"] == "404"
+    assert ann["nginx.ingress.kubernetes.io/default-backend"] == "chat-not-found"
+    assert ing["spec"]["ingressClassName"] == "nginx"
+    rule = ing["spec"]["rules"][0]
+    assert rule["host"] == "chat.example"
+    assert [(p["path"], p["backend"]["service"]["name"]) for p in rule["http"]["paths"]] == [
+        ("/office(/|$)(.*)", "chat-office"), ("/character(/|$)(.*)", "chat-character")]
+
+
+def test_http_route_rewrites_prefixes_on_the_8001_listener():
+    route = builders.route(OWNER, _spec(route={"kind": "HTTPRoute",
+                                               "gateway": {"name": "gw"}}))
+    assert route["kind"] == "HTTPRoute"
+    assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io",
+                                            "kind": "Gateway", "name": "gw", "port": 8001}]
+    office = route["spec"]["rules"][0]
+    assert office["matches"][0]["path"] == {"type": "PathPrefix", "value": "/office"}
+    assert office["filters"][0]["urlRewrite"]["path"] == {
+        "type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}
+    assert route["spec"]["rules"][-1]["backendRefs"][0]["name"] == "chat-not-found"
+
+
+def test_example_resources_parse():
+    for path in sorted((ROOT / "operator/examples").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and doc.get("kind") == "ChatbotModel":
+                ChatbotModelSpec.parse(doc["spec"])
