@@ -67,25 +67,33 @@ def run(config: RunConfig, say: Callable[[str], None] = print) -> dict:
     runner.quit()
     progress.kill()
     _print_progress(session, runner, config, started, say)
-    after = {p: wait_idle(host, p) for p in config.personas}
-    paths = session.close()
-    rows = read_rows(paths)
-    reconciliation = {p: analysis.reconcile([r for r in rows if r["test_type"] == p],
-                                            before[p], after[p]) for p in config.personas}
-    summary = {
+    summary = finish(session, host, config.personas, before, config.out_dir, {
         "host": host, "started_at": started_at.isoformat(timespec="seconds"),
         "users": config.users, "spawn_rate": config.spawn_rate,
         "run_time_s": config.run_time_s, "ended_by": ended_by,
-        "options": asdict(config.options), "csv": [p.name for p in paths],
+        "requests per user": config.options.requests_per_user or "until the run ends",
+    })
+    _say_results(summary, config.out_dir, say)
+    return summary
+
+
+def finish(session: RunSession, host: str, personas, before: dict, out_dir: Path,
+           meta: dict) -> dict:
+    """After the users stopped: the servers' counters once idle, the CSVs read back,
+    `summary.json` and `report.html`."""
+    after = {p: wait_idle(host, p) for p in personas}
+    paths = session.close()
+    rows = read_rows(paths)
+    reconciliation = {p: analysis.reconcile([r for r in rows if r["test_type"] == p],
+                                            before.get(p), after[p]) for p in personas}
+    meta = {**meta, "csv": [p.name for p in paths]}
+    summary = {
+        **meta, "options": asdict(session.options),
         "results": analysis.summarize(rows), "reconciliation": reconciliation,
         "percentiles": analysis.percentile_table(rows),
     }
-    (config.out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    meta = {key: summary[key] for key in ("host", "started_at", "users", "spawn_rate",
-                                          "run_time_s", "ended_by", "csv")}
-    meta["requests per user"] = config.options.requests_per_user or "until the run ends"
-    write_report(config.out_dir / "report.html", rows, meta, reconciliation)
-    _say_results(summary, config.out_dir, say)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_report(out_dir / "report.html", rows, meta, reconciliation)
     return summary
 
 

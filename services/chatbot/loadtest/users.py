@@ -9,22 +9,25 @@ Success is a 200 whose body is a JSON string with at least 10 non-space characte
 
 from __future__ import annotations
 
-import json
-import re
 import time
 
 import gevent
 from locust import HttpUser, task
 
+from chatbot.loadtest.answers import (
+    body_json,
+    error_detail,
+    is_real_answer,
+    process_time_s,
+    retry_after_s,
+)
 from chatbot.loadtest.records import Attempt, now_iso
 from chatbot.loadtest.scenario import character_body, new_db_id, office_body
 from chatbot.loadtest.session import session_of
 
 IDLE_S = 3600.0
-MIN_ANSWER_CHARS = 10
 IN_FLIGHT = "stopped in flight at the end of the run"
 WAITING = "stopped while waiting to retry at the end of the run"
-_TOTAL = re.compile(r"(?:^|,)\s*total;dur=([0-9.]+)")
 
 
 class _ChatUser(HttpUser):
@@ -72,7 +75,8 @@ class _ChatUser(HttpUser):
                     attempt = self._attempt(response, elapsed, sent, retries, extra)
                     if attempt.status_code == 429 and retries < options.max_retries:
                         attempt.is_retry_record = True
-                        attempt.retry_after_seconds = _retry_after(response, options)
+                        attempt.retry_after_seconds = retry_after_s(response,
+                                                                  options.default_retry_after_s)
                         response.failure(f"429, retrying in {attempt.retry_after_seconds:g}s")
                     else:
                         attempt.is_final_success = attempt.success
@@ -102,21 +106,19 @@ class _ChatUser(HttpUser):
             user_id=self.user_id, test_type=self.persona, endpoint=self.endpoint,
             status_code=status, response_time=elapsed, success=False, timestamp=sent,
             response_size=len(response.content or b""), retry_count=retries, extra=extra,
-            process_time=_process_time(response.headers.get("Server-Timing", "")),
+            process_time=process_time_s(response.headers.get("Server-Timing", "")),
         )
         if status == 0:
             attempt.failure_reason = "no HTTP answer"
             attempt.error = str(response.error)[:300]
         elif status != 200:
             attempt.failure_reason = f"HTTP {status}"
-            attempt.error = _detail(response)
+            attempt.error = error_detail(response)
+        elif is_real_answer(body_json(response)):
+            attempt.success = True
         else:
-            answer = _json(response)
-            if isinstance(answer, str) and len("".join(answer.split())) >= MIN_ANSWER_CHARS:
-                attempt.success = True
-            else:
-                attempt.failure_reason = "200 without a real answer"
-                attempt.error = (response.text or "")[:300]
+            attempt.failure_reason = "200 without a real answer"
+            attempt.error = (response.text or "")[:300]
         return attempt
 
     def _record_stopped(self, reason: str, elapsed: float, sent: str, retries: int,
@@ -159,32 +161,3 @@ class CharacterUser(_ChatUser):
 
 
 USER_CLASSES = {"office": OfficeUser, "character": CharacterUser}
-
-
-def _retry_after(response, options) -> float:
-    body = _json(response)
-    if isinstance(body, dict) and isinstance(body.get("retry_after"), int | float):
-        return float(body["retry_after"])
-    try:
-        return float(response.headers["Retry-After"])
-    except (KeyError, ValueError):
-        return options.default_retry_after_s
-
-
-def _process_time(server_timing: str) -> float | None:
-    match = _TOTAL.search(server_timing)
-    return round(float(match.group(1)) / 1000, 4) if match else None
-
-
-def _json(response):
-    try:
-        return response.json()
-    except (ValueError, json.JSONDecodeError):
-        return None
-
-
-def _detail(response) -> str:
-    body = _json(response)
-    if isinstance(body, dict) and "detail" in body:
-        return str(body["detail"])[:300]
-    return (response.text or "")[:300]
