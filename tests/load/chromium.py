@@ -45,7 +45,8 @@ def colour_counts(png: Path) -> Counter:
     from PIL import Image
 
     with Image.open(png) as image:
-        return Counter(image.convert("RGB").getdata())
+        rgb = image.convert("RGB")
+        return Counter({colour: n for n, colour in rgb.getcolors(rgb.width * rgb.height)})
 
 
 def hex_rgb(colour: str) -> tuple[int, int, int]:
