@@ -127,8 +127,9 @@ def _print_progress(session: RunSession, runner, config: RunConfig, started: flo
                     say) -> None:
     c = session.recorder.counts
     errors = c["final_failures"]
+    done = f", {session.users_done} done" if config.options.requests_per_user else ""
     say(f"[{time.monotonic() - started:5.1f}s] users {session.users_started}/{config.users} "
-        f"spawned, {session.users_done} done | requests {c['attempts']} "
+        f"spawned{done} | requests {c['attempts']} "
         f"(answers {c['answers']}, 429 retried {c['retried']}) | errors {errors}")
 
 
