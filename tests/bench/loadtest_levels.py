@@ -41,7 +41,8 @@ def main() -> int:
         env["CHATBOT_CHARACTER__MODEL__N_THREADS"] = str(args.threads)
     chatbot = shutil.which("chatbot", path=str(Path(sys.executable).parent)) or "chatbot"
     lines = ["| users | persona | answers | answers/s | p50 s | p95 s | 429 retried | failed "
-             "| load avg before -> after |", "|---|---|---|---|---|---|---|---|---|"]
+             "| cut off at end | load avg before -> after |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for users in [int(n) for n in args.levels.split(",")]:
         out = args.out / str(users)
         load_before = os.getloadavg()[0]
@@ -55,7 +56,7 @@ def main() -> int:
             lines.append(
                 f"| {users} | {persona} | {r['answers']} | {r['answers_per_s']:.3f} | "
                 f"{_s(r['p50_s'])} | {_s(r['p95_s'])} | {r['retried_429']} | "
-                f"{r['final_failures']} | {load_before:.2f} -> {load_after:.2f} |")
+                f"{r['final_failures']} | {r['cut_off']} | {load_before:.2f} -> {load_after:.2f} |")
     table = "\n".join(lines)
     (args.out / "levels.md").write_text(table + "\n")
     print(f"\n{table}\n\n(cores: {len(os.sched_getaffinity(0))}, llama.cpp threads: "

@@ -135,3 +135,15 @@ def test_a_real_answer_is_a_json_string_of_ten_non_space_characters():
     assert is_real_answer("안녕하세요, 무엇을 도와드릴까요?")
     assert not is_real_answer("   short    ")
     assert not is_real_answer({"detail": "an error object is not an answer"})
+
+
+def test_questions_cut_off_by_the_end_of_the_run_are_not_counted_as_server_failures(tmp_path):
+    cut = _attempt("late", 3, 0)
+    cut.failure_reason = "stopped in flight at the end of the run"
+    rows = _rows(tmp_path, [_attempt("a", 0, 200), _attempt("b", 1, 500), cut])
+    summary = analysis.summarize(rows)["character"]
+    assert (summary["answers"], summary["final_failures"], summary["cut_off"]) == (1, 1, 1)
+    assert analysis.user_outcomes(rows)[analysis.FAILED] == 2  # the user still got no answer
+    # the cut-off attempt reached the server, so it must be in its total
+    assert analysis.reconcile(rows, {"total_requests": 0, "succeeded": 0, "rejected": 0},
+                              {"total_requests": 3, "succeeded": 1, "rejected": 0})["match"]

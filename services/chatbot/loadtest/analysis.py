@@ -11,6 +11,7 @@ DIRECT, AFTER_RETRY, FAILED = "direct success", "success after retry", "final fa
 OUTCOMES = (DIRECT, AFTER_RETRY, FAILED)
 PERCENTILES = (50, 90, 95, 99)
 IN_FLIGHT_PREFIX = "stopped in flight"
+STOPPED_PREFIX = "stopped "  # the run ended before the question was answered
 
 
 def percentile(values: list[float], pct: float) -> float | None:
@@ -128,7 +129,8 @@ def summarize(rows: list[dict]) -> dict:
             "questions": len(logical_requests(mine)),
             "answers": len(answers),
             "retried_429": sum(r["is_retry_record"] for r in mine),
-            "final_failures": sum(r["is_final_failure"] for r in mine),
+            "final_failures": sum(r["is_final_failure"] and not _cut_off(r) for r in mine),
+            "cut_off": sum(r["is_final_failure"] and _cut_off(r) for r in mine),
             "status_codes": {str(k): v for k, v in sorted(statuses.items())},
             "duration_s": round(span, 3),
             "answers_per_s": round(len(answers) / span, 4),
@@ -155,6 +157,10 @@ def reconcile(rows: list[dict], before: dict | None, after: dict | None) -> dict
               "rejected": sum(r["status_code"] == 429 for r in rows)}
     server = {key: after.get(key, 0) - before.get(key, 0) for key in client}
     return {"checked": True, "client": client, "server": server, "match": client == server}
+
+
+def _cut_off(row: dict) -> bool:
+    return row["status_code"] == 0 and row["failure_reason"].startswith(STOPPED_PREFIX)
 
 
 def _round(value: float | None) -> float | None:

@@ -178,7 +178,7 @@ def _meta(meta: dict) -> str:
 
 def _summary(summary: dict) -> str:
     head = ["persona", "attempts", "questions", "answers", "retried_429", "final_failures",
-            "duration_s", "answers_per_s", "p50_s", "p95_s", "status_codes", "users"]
+            "cut_off", "duration_s", "answers_per_s", "p50_s", "p95_s", "status_codes", "users"]
     rows = [[persona, *(_compact(facts[k]) for k in head[1:])]
             for persona, facts in summary.items()]
     return _table(head, rows)

@@ -126,7 +126,7 @@ def _progress(session, runner, config, started, say) -> None:
 def _print_progress(session: RunSession, runner, config: RunConfig, started: float,
                     say) -> None:
     c = session.recorder.counts
-    errors = c["final_failures"]
+    errors = c["final_failures"]  # includes questions cut off by the end of the run
     done = f", {session.users_done} done" if config.options.requests_per_user else ""
     say(f"[{time.monotonic() - started:5.1f}s] users {session.users_started}/{config.users} "
         f"spawned{done} | requests {c['attempts']} "
@@ -139,6 +139,7 @@ def _say_results(summary: dict, out_dir: Path, say) -> None:
         p95 = "-" if r["p95_s"] is None else f"{r['p95_s']:.2f}s"
         say(f"{persona:>9}: {r['answers']}/{r['questions']} answered, "
             f"{r['retried_429']} retries after 429, {r['final_failures']} failed, "
+            f"{r['cut_off']} cut off by the end of the run, "
             f"{r['answers_per_s']:.3f} answers/s, p50 {p50}, p95 {p95}, "
             f"status {r['status_codes']}")
     for persona, rec in summary["reconciliation"].items():
