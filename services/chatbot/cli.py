@@ -87,26 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_tiny_model)
 
+    from chatbot.loadtest.command import add_arguments
+
     load = sub.add_parser("loadtest", help="run a headless Locust load test and write a report "
                                            "(needs the load extra)")
-    load.add_argument("--host", default="http://127.0.0.1:8001", help="the stack's base URL")
-    load.add_argument("--users", type=int, default=20, help="simulated users (default 20)")
-    load.add_argument("--spawn-rate", type=float, default=5.0, help="users started per second")
-    load.add_argument("--run-time", default="30s", help="upper bound, e.g. 30s, 2m (default 30s)")
-    load.add_argument("--out", help="directory for the CSVs, summary.json and report.html "
-                                    "(default loadtest-results/<date_time>)")
-    load.add_argument("--persona", default="both", choices=["both", "office", "character"])
-    load.add_argument("--requests-per-user", type=int, default=1,
-                      help="questions per user, as the original: 1; 0 = ask until the end")
-    load.add_argument("--google-access-ratio", type=float, default=0.5,
-                      help="share of office questions sent with google_access")
-    load.add_argument("--stop-timeout", type=float, default=30.0,
-                      help="seconds in-flight questions get after --run-time")
-    load.add_argument("--seed", type=int, help="seed for the office question draw")
-    load.add_argument("--spawn-stack", action="store_true",
-                      help="start `chatbot serve` on a free port first and stop it after")
-    load.add_argument("--office-model", type=Path, help="with --spawn-stack: office GGUF")
-    load.add_argument("--character-model", type=Path, help="with --spawn-stack: character GGUF")
+    add_arguments(load)
     load.set_defaults(func=_loadtest)
     return parser
 
