@@ -9,6 +9,7 @@ Each level starts its own stack (the default `chatbot serve`: both personas shar
 SmolLM2 instance, office answers one at a time and character two, 16 waiting, the seed's
 token limits) and runs closed-loop users (`--requests-per-user 0`: each asks again as soon
 as it has its answer) for the run time; questions in flight then get up to 30 s to finish.
+tokens/s is what the servers' /performance counted as generated over the run.
 Reports land in loadtest-results/levels-<date_time>/<users>/report.html. A measurement,
 not a comparison: there is no peer here (see bench_http_vs_direct.py for one).
 `--threads` sets llama.cpp's threads (CHATBOT_*__MODEL__N_THREADS); on a shared machine use
@@ -40,9 +41,9 @@ def main() -> int:
         env["CHATBOT_OFFICE__MODEL__N_THREADS"] = str(args.threads)
         env["CHATBOT_CHARACTER__MODEL__N_THREADS"] = str(args.threads)
     chatbot = shutil.which("chatbot", path=str(Path(sys.executable).parent)) or "chatbot"
-    lines = ["| users | persona | answers | answers/s | p50 s | p95 s | 429 retried | failed "
-             "| cut off at end | load avg before -> after |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| users | persona | answers | answers/s | tokens/s | p50 s | p95 s | 429 retried "
+             "| failed | cut off at end | load avg before -> after |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for users in [int(n) for n in args.levels.split(",")]:
         out = args.out / str(users)
         load_before = os.getloadavg()[0]
@@ -55,6 +56,7 @@ def main() -> int:
         for persona, r in summary["results"].items():
             lines.append(
                 f"| {users} | {persona} | {r['answers']} | {r['answers_per_s']:.3f} | "
+                f"{r.get('server_tokens_per_s', '-')} | "
                 f"{_s(r['p50_s'])} | {_s(r['p95_s'])} | {r['retried_429']} | "
                 f"{r['final_failures']} | {r['cut_off']} | {load_before:.2f} -> {load_after:.2f} |")
     table = "\n".join(lines)

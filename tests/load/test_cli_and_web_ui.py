@@ -36,6 +36,8 @@ def test_spawn_stack_starts_the_service_runs_and_stops_it(tiny_models, tmp_path)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["results"]["all"]["answers"] == 4, summary["results"]
     assert all(r["match"] for r in summary["reconciliation"].values())
+    assert all(summary["results"][p]["server_generated_tokens"] > 0
+               for p in ("office", "character"))
     assert (out / "report.html").is_file() and (out / "server.log").is_file()
     port = int(re.search(r"stack ready at http://127\.0\.0\.1:(\d+)", output).group(1))
     with socket.socket() as probe:  # the stack is gone: nothing listens on its port

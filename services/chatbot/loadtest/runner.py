@@ -87,9 +87,17 @@ def finish(session: RunSession, host: str, personas, before: dict, out_dir: Path
     reconciliation = {p: analysis.reconcile([r for r in rows if r["test_type"] == p],
                                             before.get(p), after[p]) for p in personas}
     meta = {**meta, "csv": [p.name for p in paths]}
+    results = analysis.summarize(rows)
+    for persona in personas:
+        if persona in results and before.get(persona) and after[persona]:
+            tokens = (after[persona].get("generated_tokens", 0)
+                      - before[persona].get("generated_tokens", 0))
+            results[persona]["server_generated_tokens"] = tokens
+            results[persona]["server_tokens_per_s"] = round(
+                tokens / max(results[persona]["duration_s"], 1e-9), 2)
     summary = {
         **meta, "options": asdict(session.options),
-        "results": analysis.summarize(rows), "reconciliation": reconciliation,
+        "results": results, "reconciliation": reconciliation,
         "percentiles": analysis.percentile_table(rows),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
