@@ -44,6 +44,16 @@ def test_spawn_stack_starts_the_service_runs_and_stops_it(tiny_models, tmp_path)
         assert probe.connect_ex(("127.0.0.1", port)) != 0
 
 
+def test_a_stack_that_cannot_start_is_a_clear_error(tmp_path):
+    result = subprocess.run(
+        [chatbot_command(), "loadtest", "--spawn-stack", "--out", str(tmp_path),
+         "--office-model", str(tmp_path / "missing.gguf")],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "office model file not found" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_a_run_time_that_is_not_a_duration_is_a_clear_error():
     result = subprocess.run([chatbot_command(), "loadtest", "--run-time", "soon"],
                             capture_output=True, text=True, timeout=60)

@@ -82,13 +82,25 @@ def loadtest(args: argparse.Namespace) -> int:
                          spawn_rate=args.spawn_rate, run_time_s=run_time_s, personas=personas,
                          stop_timeout_s=args.stop_timeout, options=options)
 
+    def outcome(summary: dict) -> int:
+        """1 when the client's rows and the servers' counters disagree (a request lost)."""
+        return int(any(r.get("checked") and not r["match"]
+                       for r in summary["reconciliation"].values()))
+
     if not args.spawn_stack:
-        run(config(args.host))
-        return 0
+        return outcome(run(config(args.host)))
     stack = LocalStack(out_dir / "server.log", office_model=args.office_model,
                        character_model=args.character_model)
     print(f"starting the stack: {' '.join(stack.command)} (log: {stack.log_path})", flush=True)
-    with stack:
+    try:
+        stack.start()
+    except (RuntimeError, TimeoutError) as exc:
+        stack.stop()
+        print(f"error: --spawn-stack: {exc}", file=sys.stderr)
+        return 2
+    try:
         print(f"stack ready at {stack.url}", flush=True)
-        run(config(stack.url))
-    return 0
+        summary = run(config(stack.url))
+    finally:
+        stack.stop()
+    return outcome(summary)

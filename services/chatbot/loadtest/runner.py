@@ -154,4 +154,6 @@ def _say_results(summary: dict, out_dir: Path, say) -> None:
         if rec.get("checked"):
             verdict = "match" if rec["match"] else "MISMATCH"
             say(f"{persona:>9}: client {rec['client']} vs server {rec['server']}: {verdict}")
+        else:
+            say(f"{persona:>9}: not reconciled with the server ({rec['reason']})")
     say(f"report: {out_dir / 'report.html'}")

@@ -39,13 +39,6 @@ class LocalStack:
             self.command += ["--character-model", str(character_model)]
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> LocalStack:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     def start(self) -> None:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT,
@@ -57,7 +50,6 @@ class LocalStack:
                 raise RuntimeError(f"`chatbot serve` exited with {self.proc.returncode}; "
                                    f"see {self.log_path}:\n{self._tail()}")
             if time.monotonic() > deadline:
-                self.stop()
                 raise TimeoutError(f"the stack was not ready in {self.ready_timeout_s:g}s "
                                    f"({pending[0]}); see {self.log_path}")
             try:
