@@ -54,6 +54,17 @@ def test_a_stack_that_cannot_start_is_a_clear_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_without_the_load_extra_it_says_what_to_install():
+    """Locust's absence is simulated the way Python documents: sys.modules[name] = None."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['locust'] = None; "
+         "from chatbot.cli import main; sys.exit(main(['loadtest']))"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "pip install" in result.stderr and "[load]" in result.stderr
+    assert "missing: locust" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_a_run_time_that_is_not_a_duration_is_a_clear_error():
     result = subprocess.run([chatbot_command(), "loadtest", "--run-time", "soon"],
                             capture_output=True, text=True, timeout=60)

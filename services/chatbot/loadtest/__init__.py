@@ -15,4 +15,11 @@ MISSING_EXTRA = ("`chatbot loadtest` needs the load extra (Locust and plotly): "
 
 def missing_load_packages() -> list[str]:
     """The `load` extra's packages that are not installed."""
-    return [name for name in ("locust", "plotly") if importlib.util.find_spec(name) is None]
+    return [name for name in ("locust", "plotly") if not _importable(name)]
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ValueError:  # sys.modules[name] is None: imports of it are blocked
+        return False
