@@ -72,7 +72,8 @@ def test_the_outcome_pie_counts_each_user_once(tmp_path):
         _attempt("broken", 0, 500),
     ])
     counts = analysis.user_outcomes(rows)
-    assert counts == {analysis.DIRECT: 1, analysis.AFTER_RETRY: 1, analysis.FAILED: 2}
+    assert counts == {analysis.DIRECT: 1, analysis.AFTER_RETRY: 1, analysis.FAILED: 2,
+                      analysis.CUT_OFF: 0}
     assert sum(counts.values()) == len({r["user_id"] for r in rows})
 
 
@@ -143,7 +144,18 @@ def test_questions_cut_off_by_the_end_of_the_run_are_not_counted_as_server_failu
     rows = _rows(tmp_path, [_attempt("a", 0, 200), _attempt("b", 1, 500), cut])
     summary = analysis.summarize(rows)["character"]
     assert (summary["answers"], summary["final_failures"], summary["cut_off"]) == (1, 1, 1)
-    assert analysis.user_outcomes(rows)[analysis.FAILED] == 2  # the user still got no answer
+    outcomes = analysis.user_outcomes(rows)
+    assert (outcomes[analysis.FAILED], outcomes[analysis.CUT_OFF]) == (1, 1)
     # the cut-off attempt reached the server, so it must be in its total
     assert analysis.reconcile(rows, {"total_requests": 0, "succeeded": 0, "rejected": 0},
                               {"total_requests": 3, "succeeded": 1, "rejected": 0})["match"]
+
+
+def test_a_user_that_was_answered_before_the_run_ended_is_not_counted_as_cut_off(tmp_path):
+    cut = _attempt("looping", 9, 0)
+    cut.failure_reason = "stopped in flight at the end of the run"
+    rows = _rows(tmp_path, [_attempt("looping", 0, 200), _attempt("looping", 2, 429,
+                                                                  final=False),
+                            _attempt("looping", 4, 200, retry=1), cut])
+    outcomes = analysis.user_outcomes(rows)
+    assert outcomes[analysis.AFTER_RETRY] == 1 and sum(outcomes.values()) == 1

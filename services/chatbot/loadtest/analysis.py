@@ -8,7 +8,8 @@ from collections import Counter, defaultdict
 from datetime import timedelta
 
 DIRECT, AFTER_RETRY, FAILED = "direct success", "success after retry", "final failure"
-OUTCOMES = (DIRECT, AFTER_RETRY, FAILED)
+CUT_OFF = "no answer before the run ended"
+OUTCOMES = (DIRECT, AFTER_RETRY, FAILED, CUT_OFF)
 PERCENTILES = (50, 90, 95, 99)
 IN_FLIGHT_PREFIX = "stopped in flight"
 STOPPED_PREFIX = "stopped "  # the run ended before the question was answered
@@ -52,14 +53,16 @@ def request_outcome(attempts: list[dict]) -> str:
 
 
 def user_outcomes(rows: list[dict]) -> Counter:
-    """Each simulated user counted once: a final failure of any of its questions makes it a
-    failure; otherwise a retry before any answer makes it a success after retry."""
+    """Each simulated user counted once, by the worst of its finished questions: a final
+    failure of any makes it a failure, else a retry before any answer makes it a success
+    after retry. A question cut off by the end of the run is not held against a user that
+    finished others; a user that finished none was cut off."""
     per_user: dict[str, str] = {}
-    rank = {DIRECT: 0, AFTER_RETRY: 1, FAILED: 2}
+    rank = {CUT_OFF: -1, DIRECT: 0, AFTER_RETRY: 1, FAILED: 2}
     for attempts in logical_requests(rows):
         user = attempts[0]["user_id"]
-        outcome = request_outcome(attempts)
-        if rank[outcome] >= rank.get(per_user.get(user, DIRECT), 0):
+        outcome = CUT_OFF if _cut_off(attempts[-1]) else request_outcome(attempts)
+        if user not in per_user or rank[outcome] > rank[per_user[user]]:
             per_user[user] = outcome
     counts = Counter({outcome: 0 for outcome in OUTCOMES})
     counts.update(per_user.values())

@@ -16,7 +16,7 @@ STATUS_COLOURS = {200: "#1b9e77", 429: "#d95f02", 0: "#666666"}
 CLIENT_ERROR_COLOUR, SERVER_ERROR_COLOUR = "#7570b3", "#e7298a"
 RESPONSE_HIST, PROCESS_HIST, SIZE_HIST = "#1f77b4", "#17becf", "#8c564b"
 OUTCOME_COLOURS = {analysis.DIRECT: "#2ca02c", analysis.AFTER_RETRY: "#ffbf00",
-                   analysis.FAILED: "#d62728"}
+                   analysis.FAILED: "#d62728", analysis.CUT_OFF: "#a6a6a6"}
 PERSONA_COLOURS = {"office": "#9467bd", "character": "#bcbd22"}
 FAILED_TABLE_LIMIT = 1000
 _CONFIG = {"displaylogo": False, "responsive": True}
