@@ -1,4 +1,5 @@
-"""The `chatbot` command: `serve` the personas, write a `tiny-model` for smoke tests."""
+"""The `chatbot` command: `serve` the personas, write a `tiny-model` for smoke tests,
+`loadtest` a running stack."""
 
 from __future__ import annotations
 
@@ -71,6 +72,12 @@ def _tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _loadtest(args: argparse.Namespace) -> int:
+    from chatbot.loadtest.command import loadtest
+
+    return loadtest(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatbot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--quant", default="Q4_0", choices=["Q4_0", "Q4_1", "F16"])
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_tiny_model)
+
+    from chatbot.loadtest.command import add_arguments
+
+    load = sub.add_parser("loadtest", help="run a headless Locust load test and write a report "
+                                           "(needs the load extra)")
+    add_arguments(load)
+    load.set_defaults(func=_loadtest)
     return parser
 
 
