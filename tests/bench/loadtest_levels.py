@@ -37,6 +37,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores)")
     args = parser.parse_args()
     env = dict(os.environ)
+    # No internet on the bench machine: without this, office questions with google_access
+    # would each wait out the ddgs timeout. Recorded, ddgs-shaped results keep the prompt real.
+    env.setdefault("CHATBOT_SEARCH", "recorded")
+    env.setdefault("CHATBOT_SEARCH_RECORDED_PATH",
+                   str(Path(__file__).resolve().parents[1] / "data" / "ddgs_recorded.json"))
     if args.threads:
         env["CHATBOT_OFFICE__MODEL__N_THREADS"] = str(args.threads)
         env["CHATBOT_CHARACTER__MODEL__N_THREADS"] = str(args.threads)

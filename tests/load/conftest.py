@@ -23,6 +23,10 @@ LOAD_ENV = {
     "CHATBOT_OFFICE__PRIOR_SERVICE_S": "1", "CHATBOT_CHARACTER__PRIOR_SERVICE_S": "1",
     "CHATBOT_OFFICE__GENERATION__MAX_TOKENS": "160",
     "CHATBOT_CHARACTER__GENERATION__MAX_TOKENS": "160",
+    # No internet here: office questions with google_access get ddgs-shaped recorded results.
+    "CHATBOT_SEARCH": "recorded",
+    "CHATBOT_SEARCH_RECORDED_PATH": str(Path(__file__).resolve().parents[1] / "data"
+                                        / "ddgs_recorded.json"),
 }
 
 
