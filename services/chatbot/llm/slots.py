@@ -22,9 +22,14 @@ class Slot:
 
 
 class SlotTable:
-    """`n` sequence ids of one context. A new prompt takes the free slot whose resident
-    tokens share the longest prefix with it (a conversation's earlier turns, the system
-    prompt), else the least recently used one, so another conversation's cells live on."""
+    """`n` sequence ids of one context.
+
+    A new prompt takes the free slot that shares the longest prefix with it while keeping
+    at least half of what that slot holds (a conversation's earlier turns; an empty slot
+    keeps all of its nothing). When no slot qualifies, the least recently used free slot is
+    overwritten, so a conversation's cells outlive a few unrelated requests that merely
+    share its system prompt.
+    """
 
     def __init__(self, n: int) -> None:
         self.slots = [Slot(i) for i in range(n)]
@@ -43,13 +48,16 @@ class SlotTable:
         At least the last prompt token is always evaluated again: its logits give the
         first generated token.
         """
-        best, best_len = None, -1
+        best, best_len, best_key = None, 0, None
         for slot in self.slots:
             if slot.busy:
                 continue
             n = common_prefix(slot.tokens, prompt)
-            if n > best_len or (n == best_len and slot.last_used < best.last_used):
-                best, best_len = slot, n
+            keeps_most = 2 * n >= len(slot.tokens)
+            # Qualifying slots first, then the longest prefix, then the least recently used.
+            key = (keeps_most, n if keeps_most else 0, -slot.last_used)
+            if best_key is None or key > best_key:
+                best, best_len, best_key = slot, n, key  # an evicted slot still lends its prefix
         if best is None:
             raise LookupError("no free slot")
         self._clock += 1
