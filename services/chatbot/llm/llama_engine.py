@@ -100,7 +100,7 @@ class LlamaEngine:
         offloaded = layers_offloaded(log_lines)
         requested = s.n_gpu_layers
         self._facts = {
-            "n_ctx": llm.n_ctx(), "n_batch": s.n_batch, "n_layer": n_layer,
+            "engine": "sequential", "n_ctx": llm.n_ctx(), "n_batch": s.n_batch, "n_layer": n_layer,
             "gpu_offload_supported": bool(llama_cpp.llama_supports_gpu_offload()),
             "gpu_layers_requested": requested, "gpu_layers_offloaded": offloaded,
             "main_gpu": s.main_gpu, "flash_attn": s.flash_attn, "kv_cache_type": s.kv_cache_type,
