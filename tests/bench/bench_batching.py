@@ -192,7 +192,7 @@ def run_level(contender, clients: int, requests: int, tag: str) -> tuple[list[Sa
                 with lock:
                     samples.append(s)
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
     started = time.perf_counter()
     for t in threads:
         t.start()

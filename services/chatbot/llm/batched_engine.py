@@ -291,7 +291,13 @@ class BatchedEngine:
                     if not request.cancelled:  # a request cancelled while waiting never runs
                         starting.append((request, *slots.claim(request.prompt)))
             for request, slot, reused in starting:
-                self._start(lc, request, slot, reused)
+                try:
+                    self._start(lc, request, slot, reused)
+                except Exception as exc:  # e.g. a sampler llama.cpp refused: this request only
+                    log.exception("could not start a sequence")
+                    self._forget_cells(lc, slot)
+                    slots.release(slot)
+                    request.relay.put(exc, flush=True)
             if self._running:
                 try:
                     self._step(lc)
