@@ -49,7 +49,7 @@ from chatbot.llm.tiny_model import write_tiny_model  # noqa: E402
 from chatbot.settings import OfficeSettings  # noqa: E402
 from tests.service.server import ChatbotServer, free_port  # noqa: E402
 
-THREADS = len(os.sched_getaffinity(0))
+THREADS = len(os.sched_getaffinity(0))  # --threads overrides
 SLOTS = 8
 N_CTX_PER_SLOT = 2048
 SEED = 7
@@ -274,6 +274,7 @@ def table(rows: list[dict], args, load: float) -> str:
 
 
 def main() -> int:
+    global THREADS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, action="append")
     parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")],
@@ -284,7 +285,13 @@ def main() -> int:
     parser.add_argument("--llama-server", type=Path,
                         help="the binary (default: build or reuse it with build-llama-server)")
     parser.add_argument("--out", type=Path, help="also write the table here (markdown)")
+    parser.add_argument(
+        "--threads", type=int, default=THREADS,
+        help="llama.cpp threads for every contender (default: all usable cores). On a shared "
+        "machine use fewer than the idle cores: llama.cpp's threads wait for each other at "
+        "every graph node, and one preempted thread stalls the step (seen here: 100x slower)")
     args = parser.parse_args()
+    THREADS = args.threads
     load = os.getloadavg()[0]
     print(f"1-minute load average: {load:.2f} ({THREADS} cores usable)", file=sys.stderr)
     if args.llama_server is None:

@@ -23,8 +23,8 @@ QUESTIONS = [
 ]
 
 
-def chat(question: str, *history: tuple[str, str]) -> list[ChatMessage]:
-    messages = [ChatMessage("system", "You are a helpful office assistant.")]
+def chat(question: str, *history: tuple[str, str], system: str = "") -> list[ChatMessage]:
+    messages = [ChatMessage("system", system + "You are a helpful office assistant.")]
     for user, answer in history:
         messages += [ChatMessage("user", user), ChatMessage("assistant", answer)]
     return [*messages, ChatMessage("user", question)]
@@ -52,12 +52,13 @@ def test_greedy_output_is_the_same_alone_and_batched_with_others(tiny_models):
     (one per step) while it generates and leave before it ends, so no sequence sees
     another's tokens or penalty history.
 
-    "Alone" is a fresh engine per conversation, so every prompt is evaluated whole in both
-    runs. llama.cpp's CPU kernels are not bit-identical across ubatch shapes: when several
-    prompts start in the same step, llama.cpp splits them into equal per-sequence ubatches,
-    and a prompt evaluated after a reused prefix has another shape too; on this random-weight
-    model, with its flat distributions, that breaks a near-tie now and then, even greedily
-    (llama-server documents the same for its prompt cache and batching).
+    "Alone" is a fresh engine per conversation, and every conversation has a system prompt
+    of its own, so every prompt is evaluated whole in both runs (no prefix is shared).
+    llama.cpp's CPU kernels are not bit-identical across ubatch shapes: when several prompts
+    start in the same step, llama.cpp splits them into equal per-sequence ubatches, and a
+    prompt evaluated after a reused or copied prefix has another shape too; on this
+    random-weight model, with its flat distributions, that breaks a near-tie now and then,
+    even greedily (llama-server documents the same for its prompt cache and batching).
     """
     cases = [(q, p) for q in QUESTIONS for p in (GREEDY, GREEDY_PLAIN)]
 
@@ -65,7 +66,7 @@ def test_greedy_output_is_the_same_alone_and_batched_with_others(tiny_models):
         expected = []
         for q, p in cases:
             async with engine(tiny_models, 1) as alone:
-                expected.append(await answer(alone, chat(q), p))
+                expected.append(await answer(alone, chat(q, system=f"{len(expected)}. "), p))
         async with engine(tiny_models, len(cases)) as batched:
             started = [asyncio.Event() for _ in cases]
 
@@ -73,7 +74,7 @@ def test_greedy_output_is_the_same_alone_and_batched_with_others(tiny_models):
                 if i:
                     await started[i - 1].wait()  # the previous one is decoding by now
                 pieces = []
-                async for piece in batched.stream(chat(q), p):
+                async for piece in batched.stream(chat(q, system=f"{i}. "), p):
                     started[i].set()
                     pieces.append(piece)
                 return "".join(pieces)
@@ -200,6 +201,28 @@ def test_a_conversations_next_turn_reuses_its_resident_prefix(tiny_models):
     # the stored answer may split the header/answer boundary differently by a token or two.
     assert reused >= n_first - 2
     assert evaluated <= n_second - n_first + 2
+
+
+def test_a_new_sequence_copies_the_shared_system_prompt_instead_of_evaluating_it(tiny_models):
+    """Two conversations start together with the same long system prompt: the one that gets
+    a fresh slot copies the cells from the other's slot and still answers as it does alone."""
+    system = ChatMessage("system", "You are a careful office assistant. " * 30)
+    asks = [[system, ChatMessage("user", q)] for q in QUESTIONS[:2]]
+
+    async def scenario():
+        expected = []
+        for messages in asks:
+            async with engine(tiny_models, 1) as alone:
+                expected.append(await answer(alone, messages))
+        async with engine(tiny_models, 2) as e:
+            await answer(e, [system, ChatMessage("user", "warm-up")])
+            got = await asyncio.gather(*(answer(e, m) for m in asks))
+            n_system = len(e.tokenize_chat([system])[0])
+            return expected, got, n_system, e.status().facts
+
+    expected, got, n_system, facts = asyncio.run(scenario())
+    assert facts["prompt_tokens_copied"] >= n_system - 8
+    assert got == expected
 
 
 def test_a_prompt_longer_than_the_context_is_refused(tiny_models):

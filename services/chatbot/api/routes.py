@@ -116,7 +116,7 @@ async def character_gpt(gpt_set: str, body: CharacterRequest, request: Request, 
 
 _ENGINE_COUNTERS = (
     "sequences_active", "sequences_waiting", "peak_sequences", "prompt_tokens_evaluated",
-    "prompt_tokens_reused", "decode_steps", "peak_batch_tokens",
+    "prompt_tokens_reused", "prompt_tokens_copied", "decode_steps", "peak_batch_tokens",
 )
 
 

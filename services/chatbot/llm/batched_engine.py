@@ -6,7 +6,9 @@ owns every llama.cpp call (llama.cpp's OpenMP pool is tied to the thread that fi
 it). That thread runs the step loop:
 
 1. requests waiting for a sequence take a free slot, reusing the KV cells of the longest
-   prefix that slot still holds (`llama_memory_seq_rm` drops the rest);
+   prefix that slot still holds (`llama_memory_seq_rm` drops the rest), or copying them
+   from another slot that holds more of the prompt (`llama_memory_seq_cp`: the shared
+   system prompt is evaluated once, not once per slot);
 2. one `llama_batch` gets the last sampled token of every generating sequence plus as many
    prompt tokens of starting sequences as fit in `n_batch` (a long prompt is chunked over
    several steps);
@@ -41,7 +43,7 @@ from chatbot.llm.chat_format import ChatFormat
 from chatbot.llm.loading import LlamaLogCapture, cpu_count, kv_cache_type, layers_offloaded
 from chatbot.llm.relay import END, Relay
 from chatbot.llm.sampling import sampler_chain
-from chatbot.llm.slots import Slot, SlotTable
+from chatbot.llm.slots import Slot, SlotTable, common_prefix
 from chatbot.llm.text_stream import TextStream
 from chatbot.settings import ModelSettings
 
@@ -110,7 +112,8 @@ class BatchedEngine:
         # Counters (written by the decode thread only).
         self.generated_tokens = 0
         self.prompt_tokens_evaluated = 0
-        self.prompt_tokens_reused = 0
+        self.prompt_tokens_reused = 0  # of which copied from another sequence:
+        self.prompt_tokens_copied = 0
         self.decode_steps = 0
         self.peak_sequences = 0
         self.peak_batch_tokens = 0
@@ -125,7 +128,8 @@ class BatchedEngine:
             generated_tokens=self.generated_tokens, generating=bool(self._running),
             sequences_active=len(self._running), sequences_waiting=len(self._pending),
             prompt_tokens_evaluated=self.prompt_tokens_evaluated,
-            prompt_tokens_reused=self.prompt_tokens_reused, decode_steps=self.decode_steps,
+            prompt_tokens_reused=self.prompt_tokens_reused,
+            prompt_tokens_copied=self.prompt_tokens_copied, decode_steps=self.decode_steps,
             peak_sequences=self.peak_sequences, peak_batch_tokens=self.peak_batch_tokens,
         )
         return EngineStatus(self._loaded, self.model_name, self._detail, facts)
@@ -290,9 +294,9 @@ class BatchedEngine:
                     request = self._pending.popleft()
                     if not request.cancelled:  # a request cancelled while waiting never runs
                         starting.append((request, *slots.claim(request.prompt)))
-            for request, slot, reused in starting:
+            for request, slot, reused, donor in starting:
                 try:
-                    self._start(lc, request, slot, reused)
+                    self._start(lc, request, slot, reused, donor)
                 except Exception as exc:  # e.g. a sampler llama.cpp refused: this request only
                     log.exception("could not start a sequence")
                     self._forget_cells(lc, slot)
@@ -313,8 +317,23 @@ class BatchedEngine:
                 self._pending.popleft().relay.put(
                     EngineUnavailableError("The model engine is shutting down."), flush=True)
 
-    def _start(self, lc, request: _Request, slot: Slot, reused: int) -> None:
-        if len(slot.tokens) > reused:
+    def _start(self, lc, request: _Request, slot: Slot, reused: int,
+               donor: Slot | None) -> None:
+        if donor is not None:
+            # The donor may have been cut back by a request started just before this one.
+            reused = min(reused, common_prefix(donor.tokens, request.prompt))
+        if donor is not None and reused > 0:
+            # Non-unified cache: a copy between sequences copies the donor's whole stream
+            # (at the next decode, before anything new is written); then keep the prefix.
+            lc.llama_memory_seq_cp(self._memory, donor.seq_id, slot.seq_id, -1, -1)
+            slot.tokens[:] = donor.tokens[:reused]
+            self.prompt_tokens_copied += reused
+            lc.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1)
+        elif donor is not None:  # nothing left to copy: start this slot from scratch
+            reused = 0
+            lc.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            slot.tokens.clear()
+        elif len(slot.tokens) > reused:
             if not lc.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1):
                 reused = 0  # a model that cannot drop a partial range starts over
                 lc.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Copying another sequence's cells moves its whole KV stream; worth it from this many tokens.
+COPY_MIN_GAIN = 32
+
 
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
@@ -42,11 +45,14 @@ class SlotTable:
     def busy(self) -> int:
         return sum(1 for s in self.slots if s.busy)
 
-    def claim(self, prompt: list[int]) -> tuple[Slot, int]:
-        """A free slot and how many leading prompt tokens it already holds.
+    def claim(self, prompt: list[int]) -> tuple[Slot, int, Slot | None]:
+        """A free slot, how many leading prompt tokens it will hold, and the slot to copy
+        them from first (None: the slot already holds them).
 
-        At least the last prompt token is always evaluated again: its logits give the
-        first generated token.
+        Another slot, busy or not, lends its cells when it holds at least `COPY_MIN_GAIN`
+        more of the prompt (typically the system prompt, to a slot that never saw it):
+        copying a sequence's cells costs far less than evaluating its tokens again. At least
+        the last prompt token is always evaluated again: its logits give the first token.
         """
         best, best_len, best_key = None, 0, None
         for slot in self.slots:
@@ -62,7 +68,13 @@ class SlotTable:
             raise LookupError("no free slot")
         self._clock += 1
         best.busy, best.last_used = True, self._clock
-        return best, min(best_len, len(prompt) - 1)
+        donor, donor_len = None, best_len
+        for slot in self.slots:
+            if slot is not best and (n := common_prefix(slot.tokens, prompt)) > donor_len:
+                donor, donor_len = slot, n
+        if donor is not None and donor_len - best_len >= COPY_MIN_GAIN:
+            return best, min(donor_len, len(prompt) - 1), donor
+        return best, min(best_len, len(prompt) - 1), None
 
     def release(self, slot: Slot) -> None:
         slot.busy = False
