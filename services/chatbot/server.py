@@ -43,19 +43,32 @@ def model_file(settings: Settings, persona: Persona) -> Path:
 
 
 class Engines:
-    """One engine per distinct model file: two personas on the same file share one instance."""
+    """One engine per distinct model file: two personas on the same file share one instance.
+
+    The batched engine gets one sequence per slot of every persona on its file
+    (`n_seq_max` = the sum of their `max_concurrent`), so each admitted request decodes
+    at once; the model settings are the first persona's.
+    """
 
     def __init__(self, settings: Settings, personas: list[Persona]) -> None:
-        from chatbot.llm.llama_engine import LlamaEngine
-
-        self._by_path: dict[Path, LlamaEngine] = {}
-        self.by_persona = {}
+        by_path: dict[Path, list[Persona]] = {}
         for persona in personas:
-            path = model_file(settings, persona).resolve()
-            if path not in self._by_path:
-                self._by_path[path] = LlamaEngine(
-                    path, settings.persona(persona).model, settings.model_wait_timeout_s)
-            self.by_persona[persona] = self._by_path[path]
+            by_path.setdefault(model_file(settings, persona).resolve(), []).append(persona)
+        self._by_path = {}
+        self.by_persona = {}
+        for path, sharing in by_path.items():
+            model = settings.persona(sharing[0]).model
+            if settings.engine == "batched":
+                from chatbot.llm.batched_engine import BatchedEngine
+
+                n_seq = sum(settings.persona(p).max_concurrent for p in sharing)
+                engine = BatchedEngine(path, model, n_seq, settings.model_wait_timeout_s)
+            else:
+                from chatbot.llm.llama_engine import LlamaEngine
+
+                engine = LlamaEngine(path, model, settings.model_wait_timeout_s)
+            self._by_path[path] = engine
+            self.by_persona.update(dict.fromkeys(sharing, engine))
 
     async def load_all(self) -> None:
         for engine in self._by_path.values():  # one at a time: llama.cpp's log hook is global

@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         env_prefix="CHATBOT_", env_nested_delimiter="__", extra="ignore"
     )
 
+    engine: Literal["batched", "sequential"] = Field(
+        default="batched",
+        description="batched: continuous batching, one context per model file serving every "
+        "persona on it; sequential: one generation at a time per model (the old engine)",
+    )
     office_model: Path | None = None
     character_model: Path | None = None
     office: OfficeSettings = OfficeSettings()

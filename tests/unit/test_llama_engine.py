@@ -1,8 +1,8 @@
-"""The llama.cpp engine's own reading of what llama.cpp says."""
+"""The llama.cpp engines' own reading of what llama.cpp says."""
 
 from __future__ import annotations
 
-from chatbot.llm.llama_engine import _OFFLOADED
+from chatbot.llm.loading import OFFLOADED as _OFFLOADED
 
 
 def test_gpu_offload_is_read_from_llama_cpps_load_log():

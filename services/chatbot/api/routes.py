@@ -117,6 +117,12 @@ async def character_gpt(gpt_set: str, body: CharacterRequest, request: Request, 
     return await _character(request, rt, rt.gpt_service(gpt_set), body)
 
 
+_ENGINE_COUNTERS = (
+    "sequences_active", "sequences_waiting", "peak_sequences", "prompt_tokens_evaluated",
+    "prompt_tokens_reused", "prompt_tokens_copied", "decode_steps", "peak_batch_tokens",
+)
+
+
 @common.get("/performance", summary="Measured performance of this service")
 async def performance(rt: Runtime) -> dict:
     service = rt.service
@@ -131,6 +137,8 @@ async def performance(rt: Runtime) -> dict:
         "model": engine.model,
         "engine_generated_tokens": engine.facts.get("generated_tokens", 0),
         "engine_generating": engine.facts.get("generating", False),
+        # The batched engine's live counters (shared by the personas on its model file).
+        **{f"engine_{k}": engine.facts[k] for k in _ENGINE_COUNTERS if k in engine.facts},
     }
 
 
@@ -143,7 +151,8 @@ async def healthz() -> dict:
                                "whether the history store is degraded)")
 async def readyz(rt: Runtime) -> JSONResponse:
     engine = rt.service.engine.status()
-    facts = {k: v for k, v in engine.facts.items() if k not in ("generated_tokens", "generating")}
+    facts = {k: v for k, v in engine.facts.items()
+             if k not in ("generated_tokens", "generating", *_ENGINE_COUNTERS)}
     body = {
         "status": "ready" if engine.ready else "not ready",
         "persona": rt.persona.value, "model": engine.model, "detail": engine.detail,

@@ -2,16 +2,15 @@
 
 Every llama.cpp call of a model runs on the same dedicated thread: llama.cpp's OpenMP
 worker pool is tied to the thread that first used it, and hopping threads measured 1.5-3x
-slower per token. Requests therefore run one at a time here; the batched engine replaces
-this one behind the same port.
+slower per token. Requests therefore run one at a time here. The batched engine
+(`batched_engine.py`) is the default; this one stays selectable (`CHATBOT_ENGINE=sequential`)
+as the benchmark's baseline.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
-import re
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -23,78 +22,11 @@ import numpy as np
 from chatbot.core.ports import ChatMessage, Completion, EngineStatus
 from chatbot.domain.errors import EngineUnavailableError
 from chatbot.domain.personas import STOP_STRINGS, SamplingParams
+from chatbot.llm.loading import LlamaLogCapture, cpu_count, kv_cache_type, layers_offloaded
+from chatbot.llm.relay import END, Relay
 from chatbot.settings import ModelSettings
 
 log = logging.getLogger(__name__)
-
-_END = object()
-_OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
-
-
-class _LlamaLogCapture:
-    """Collects llama.cpp's log lines while a model loads (models load one at a time)."""
-
-    def __enter__(self) -> list[str]:
-        import llama_cpp
-        from llama_cpp import _logger
-
-        self.lines: list[str] = []
-        forward = _logger.llama_log_callback
-
-        @llama_cpp.llama_log_callback
-        def capture(level, text, user_data):
-            self.lines.append(text.decode("utf-8", "replace"))
-            forward(level, text, user_data)
-
-        self._callback = capture  # keep a reference while llama.cpp may call it
-        self._restore = forward
-        llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
-        return self.lines
-
-    def __exit__(self, *exc) -> None:
-        import llama_cpp
-
-        llama_cpp.llama_log_set(self._restore, ctypes.c_void_p(0))
-_RELAY_INTERVAL_S = 0.05
-
-
-class _Relay:
-    """Hands pieces from the decode thread to the event loop, waking it sparingly.
-
-    Waking the loop for every token makes the Python thread compete with llama.cpp's
-    worker threads for the same cores; here the first piece and the last wake it at once,
-    the rest at most every 50 ms.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._ready = asyncio.Event()
-        self._lock = threading.Lock()
-        self._items: list = []
-        self._wake_pending = False
-        self._last_wake = 0.0
-        self._woken_once = False
-
-    def put(self, item, flush: bool = False) -> None:
-        with self._lock:
-            self._items.append(item)
-            now = time.monotonic()
-            due = flush or not self._woken_once or now - self._last_wake >= _RELAY_INTERVAL_S
-            if self._wake_pending or not due:
-                return
-            self._wake_pending, self._woken_once, self._last_wake = True, True, now
-        try:
-            self._loop.call_soon_threadsafe(self._ready.set)
-        except RuntimeError:  # the event loop is gone (shutdown)
-            pass
-
-    async def drain(self) -> list:
-        await self._ready.wait()
-        with self._lock:
-            items, self._items = self._items, []
-            self._wake_pending = False
-            self._ready.clear()
-        return items
 
 
 class LlamaEngine:
@@ -147,9 +79,8 @@ class LlamaEngine:
         import llama_cpp
 
         s = self.settings
-        kv_type = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0,
-                   "f32": llama_cpp.GGML_TYPE_F32}[s.kv_cache_type]
-        threads = s.n_threads or _cpu_count()
+        kv_type = kv_cache_type(s.kv_cache_type)
+        threads = s.n_threads or cpu_count()
         kwargs = dict(
             model_path=str(self.path), n_ctx=s.n_ctx, n_batch=s.n_batch,
             n_gpu_layers=s.n_gpu_layers, main_gpu=s.main_gpu, flash_attn=s.flash_attn,
@@ -161,17 +92,15 @@ class LlamaEngine:
             kwargs["seed"] = s.seed
         if s.rope_scaling_type is not None and s.rope_freq_scale is not None:
             kwargs.update(rope_scaling_type=s.rope_scaling_type, rope_freq_scale=s.rope_freq_scale)
-        with _LlamaLogCapture() as log_lines:
+        with LlamaLogCapture() as log_lines:
             llm = llama_cpp.Llama(**kwargs)
         meta = llm.metadata
         arch = meta.get("general.architecture", "llama")
         n_layer = int(meta.get(f"{arch}.block_count", 0))
-        # llama.cpp's own account of what it offloaded; CPU-only builds offload nothing.
-        found = [m for line in log_lines if (m := _OFFLOADED.search(line))]
-        offloaded = int(found[-1].group(1)) if found else 0
+        offloaded = layers_offloaded(log_lines)
         requested = s.n_gpu_layers
         self._facts = {
-            "n_ctx": llm.n_ctx(), "n_batch": s.n_batch, "n_layer": n_layer,
+            "engine": "sequential", "n_ctx": llm.n_ctx(), "n_batch": s.n_batch, "n_layer": n_layer,
             "gpu_offload_supported": bool(llama_cpp.llama_supports_gpu_offload()),
             "gpu_layers_requested": requested, "gpu_layers_offloaded": offloaded,
             "main_gpu": s.main_gpu, "flash_attn": s.flash_attn, "kv_cache_type": s.kv_cache_type,
@@ -204,7 +133,7 @@ class LlamaEngine:
         llm = self._require()
         kwargs = self._kwargs(messages, params)
         loop = asyncio.get_running_loop()
-        relay = _Relay(loop)
+        relay = Relay(loop)
         cancel = threading.Event()
 
         def run() -> None:
@@ -219,7 +148,7 @@ class LlamaEngine:
                     if text:
                         self.generated_tokens += 1
                         relay.put(text)
-                relay.put(_END, flush=True)
+                relay.put(END, flush=True)
             except Exception as exc:
                 relay.put(exc, flush=True)
             finally:
@@ -227,13 +156,8 @@ class LlamaEngine:
 
         self._executor.submit(run)
         try:
-            while True:
-                for item in await relay.drain():
-                    if item is _END:
-                        return
-                    if isinstance(item, Exception):
-                        raise item
-                    yield item
+            async for piece in relay.pieces():
+                yield piece
         finally:
             cancel.set()
 
@@ -281,8 +205,3 @@ class LlamaEngine:
         await asyncio.get_running_loop().run_in_executor(self._executor, release)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-
-def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

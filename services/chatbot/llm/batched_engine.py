@@ -1,0 +1,441 @@
+"""The batched llama.cpp engine: one context, several conversations decoded together.
+
+One model, one `llama_context` with `n_seq_max` sequences (each with its own `n_ctx`
+cells: the context holds `n_ctx * n_seq_max`, non-unified), and one dedicated thread that
+owns every llama.cpp call (llama.cpp's OpenMP pool is tied to the thread that first used
+it). That thread runs the step loop:
+
+1. requests waiting for a sequence take a free slot, reusing the KV cells of the longest
+   prefix that slot still holds (`llama_memory_seq_rm` drops the rest), or copying them
+   from another slot that holds more of the prompt (`llama_memory_seq_cp`: the shared
+   system prompt is evaluated once, not once per slot);
+2. one `llama_batch` gets the last sampled token of every generating sequence plus as many
+   prompt tokens of starting sequences as fit in `n_batch` (a long prompt is chunked over
+   several steps);
+3. one `llama_decode`;
+4. every sequence that got logits samples its next token with its own native sampler chain
+   (its persona's parameters, its own seed), and its text goes to its own HTTP response
+   through a `Relay`; finished and cancelled sequences leave their slot (their cells stay
+   resident for the conversation's next turn until another prompt needs the slot).
+
+Python runs a handful of attribute reads and two C calls per sequence per step; sampling
+itself is llama.cpp's. The model is loaded with llama-cpp-python's `_internals` wrappers
+(model, context and batch lifetimes), the prompt formatted by the GGUF's own template
+(`chat_format.py`), everything else is the plain `llama_*` C API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from chatbot.core.ports import ChatMessage, Completion, EngineStatus
+from chatbot.domain.errors import EngineUnavailableError
+from chatbot.domain.personas import STOP_STRINGS, SamplingParams
+from chatbot.llm.chat_format import ChatFormat
+from chatbot.llm.loading import LlamaLogCapture, cpu_count, kv_cache_type, layers_offloaded
+from chatbot.llm.relay import END, Relay
+from chatbot.llm.sampling import sampler_chain
+from chatbot.llm.slots import Slot, SlotTable, common_prefix
+from chatbot.llm.text_stream import TextStream
+from chatbot.settings import ModelSettings
+
+log = logging.getLogger(__name__)
+
+N_UBATCH_MAX = 512
+
+
+class PromptTooLongError(ValueError):
+    pass
+
+
+class _Request:
+    """One generation: its prompt, its sampling, where its text goes."""
+
+    __slots__ = ("prompt", "params", "stops", "seed", "relay", "cancelled")
+
+    def __init__(self, prompt: list[int], params: SamplingParams, stops: tuple[str, ...],
+                 seed: int | None, relay: Relay) -> None:
+        self.prompt = prompt
+        self.params = params
+        self.stops = stops
+        self.seed = seed
+        self.relay = relay
+        self.cancelled = False  # set by the consumer; read by the step loop
+
+
+class _Sequence:
+    """A request running in a slot (decode-thread state only)."""
+
+    __slots__ = ("request", "slot", "sampler", "fed", "last", "generated", "text", "logits_at",
+                 "max_tokens")
+
+    def __init__(self, request: _Request, slot: Slot, reused: int, sampler) -> None:
+        self.request = request
+        self.slot = slot
+        self.sampler = sampler
+        self.fed = reused  # prompt tokens already in the KV cache
+        self.last = -1  # the sampled token still to be decoded; -1 while prefilling
+        self.generated = 0
+        self.text = TextStream(request.stops)
+        self.logits_at = -1  # this step's batch index whose logits it samples from
+        self.max_tokens = request.params.max_tokens
+
+
+class BatchedEngine:
+    """Implements `ChatEngine` for every persona that shares one model file."""
+
+    def __init__(self, path: Path, settings: ModelSettings, n_seq: int = 1,
+                 wait_timeout_s: float = 0.0) -> None:
+        if n_seq < 1:
+            raise ValueError("n_seq must be at least 1")
+        self.path = Path(path)
+        self.settings = settings
+        self.n_seq = n_seq
+        self.wait_timeout_s = wait_timeout_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-batch")
+        self._loaded = False
+        self._detail = f"waiting to load {self.path}"
+        self._facts: dict = {}
+        self._cond = threading.Condition()
+        self._pending: deque[_Request] = deque()
+        self._stopping = False
+        self._running: list[_Sequence] = []
+        self._pieces: dict[int, bytes] = {}
+        # Counters (written by the decode thread only).
+        self.generated_tokens = 0
+        self.prompt_tokens_evaluated = 0
+        self.prompt_tokens_reused = 0  # of which copied from another sequence:
+        self.prompt_tokens_copied = 0
+        self.decode_steps = 0
+        self.peak_sequences = 0
+        self.peak_batch_tokens = 0
+
+    @property
+    def model_name(self) -> str:
+        return self.path.name
+
+    def status(self) -> EngineStatus:
+        facts = dict(self._facts)
+        facts.update(
+            generated_tokens=self.generated_tokens, generating=bool(self._running),
+            sequences_active=len(self._running), sequences_waiting=len(self._pending),
+            prompt_tokens_evaluated=self.prompt_tokens_evaluated,
+            prompt_tokens_reused=self.prompt_tokens_reused,
+            prompt_tokens_copied=self.prompt_tokens_copied, decode_steps=self.decode_steps,
+            peak_sequences=self.peak_sequences, peak_batch_tokens=self.peak_batch_tokens,
+        )
+        return EngineStatus(self._loaded, self.model_name, self._detail, facts)
+
+    # -- loading ---------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Load the model and start the step loop; on failure the engine says why."""
+        try:
+            await self._wait_for_file()
+            self._detail = f"loading {self.path}"
+            started = time.monotonic()
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._load_blocking)
+            self._facts["load_seconds"] = round(time.monotonic() - started, 3)
+            self._executor.submit(self._serve)
+            self._loaded = True
+            self._detail = "model loaded"
+            log.info("loaded %s in %.2fs: %s", self.path, self._facts["load_seconds"], self._facts)
+        except Exception as exc:
+            self._detail = f"model load failed: {exc}"
+            log.error("%s", self._detail)
+
+    async def _wait_for_file(self) -> None:
+        deadline = time.monotonic() + self.wait_timeout_s
+        while not self.path.is_file():
+            if time.monotonic() >= deadline:
+                raise FileNotFoundError(f"model file not found: {self.path}")
+            self._detail = f"waiting for model file {self.path}"
+            await asyncio.sleep(0.2)
+
+    def _load_blocking(self) -> None:
+        import llama_cpp as lc
+        from llama_cpp import _internals, _logger
+
+        _logger.set_verbose(False)  # llama.cpp's own log: errors only, as Llama(verbose=False)
+        s = self.settings
+        mparams = lc.llama_model_default_params()
+        mparams.n_gpu_layers = 0x7FFFFFFF if s.n_gpu_layers == -1 else s.n_gpu_layers
+        mparams.main_gpu = s.main_gpu
+        mparams.load_mode = (
+            lc.LLAMA_LOAD_MODE_MMAP_MLOCK if s.use_mmap and s.use_mlock
+            else lc.LLAMA_LOAD_MODE_MLOCK if s.use_mlock
+            else lc.LLAMA_LOAD_MODE_MMAP if s.use_mmap else lc.LLAMA_LOAD_MODE_NONE)
+        threads = s.n_threads or cpu_count()
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = s.n_ctx * self.n_seq
+        cparams.n_batch = s.n_batch
+        cparams.n_ubatch = min(s.n_batch, N_UBATCH_MAX)
+        cparams.n_seq_max = self.n_seq
+        cparams.kv_unified = False  # each sequence its own n_ctx cells and attention
+        cparams.n_threads = cparams.n_threads_batch = threads
+        cparams.flash_attn_type = (lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if s.flash_attn
+                                   else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        cparams.type_k = cparams.type_v = kv_cache_type(s.kv_cache_type)
+        cparams.no_perf = True
+        if s.rope_scaling_type is not None and s.rope_freq_scale is not None:
+            cparams.rope_scaling_type = s.rope_scaling_type
+            cparams.rope_freq_scale = s.rope_freq_scale
+        with LlamaLogCapture() as log_lines:
+            model = _internals.LlamaModel(path_model=str(self.path), params=mparams,
+                                          verbose=False)
+            try:
+                context = _internals.LlamaContext(model=model, params=cparams, verbose=False)
+            except Exception:
+                model.close()
+                raise
+        self._model, self._context = model, context
+        self._ctx, self._vocab = context.ctx, model.vocab
+        self._memory = lc.llama_get_memory(context.ctx)
+        self._n_batch = s.n_batch
+        self._batch = _internals.LlamaBatch(n_tokens=s.n_batch, embd=0, n_seq_max=1,
+                                            verbose=False)
+        self._n_ctx_seq = lc.llama_n_ctx_seq(context.ctx)
+        self._n_vocab = model.n_vocab()
+        meta = model.metadata()
+        eos, bos = model.token_eos(), model.token_bos()
+        self._format = ChatFormat(
+            meta, model.token_get_text(bos) if bos != -1 else "",
+            model.token_get_text(eos) if eos != -1 else "", eos)
+        arch = meta.get("general.architecture", "llama")
+        self._facts = {
+            "engine": "batched", "n_seq_max": self.n_seq,
+            "n_ctx": lc.llama_n_ctx(context.ctx), "n_ctx_per_sequence": self._n_ctx_seq,
+            "n_batch": s.n_batch, "n_layer": int(meta.get(f"{arch}.block_count", 0)),
+            "gpu_offload_supported": bool(lc.llama_supports_gpu_offload()),
+            "gpu_layers_requested": s.n_gpu_layers,
+            "gpu_layers_offloaded": layers_offloaded(log_lines),
+            "main_gpu": s.main_gpu, "flash_attn": s.flash_attn, "kv_cache_type": s.kv_cache_type,
+            "n_threads": threads,
+            "chat_template": "gguf" if "tokenizer.chat_template" in meta else "none",
+            "chat_format": self._format.name,
+        }
+
+    def _require(self) -> None:
+        if not self._loaded:
+            raise EngineUnavailableError(f"The model is not available: {self._detail}")
+
+    # -- the port --------------------------------------------------------------------------
+
+    def tokenize_chat(self, messages: list[ChatMessage]) -> tuple[list[int], tuple[str, ...]]:
+        """The prompt tokens for `messages` and the stop strings that end the answer."""
+        self._require()
+        prompt = self._format(messages)
+        tokens = self._model.tokenize(prompt.text.encode("utf-8"), prompt.add_bos, True)
+        return tokens, tuple(dict.fromkeys((*STOP_STRINGS, *prompt.stop)))
+
+    async def stream(
+        self, messages: list[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[str]:
+        self._require()
+        tokens, stops = self.tokenize_chat(messages)
+        if len(tokens) >= self._n_ctx_seq:
+            raise PromptTooLongError(
+                f"the prompt has {len(tokens)} tokens; the context holds {self._n_ctx_seq}")
+        seed = params.seed if params.seed is not None else self.settings.seed
+        request = _Request(tokens, params, stops, seed, Relay(asyncio.get_running_loop()))
+        with self._cond:
+            if self._stopping:
+                raise EngineUnavailableError("The model engine is shutting down.")
+            self._pending.append(request)
+            self._cond.notify()
+        try:
+            async for piece in request.relay.pieces():
+                yield piece
+        finally:
+            request.cancelled = True  # the step loop frees the slot at its next step
+
+    async def complete(self, messages: list[ChatMessage], params: SamplingParams) -> Completion:
+        pieces = [piece async for piece in self.stream(messages, params)]
+        return Completion("".join(pieces), len(pieces))
+
+    async def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+
+        def release() -> None:
+            if self._loaded:
+                self._loaded = False
+                self._batch.close()
+                self._context.close()
+                self._model.close()
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, release)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- the step loop (decode thread) -----------------------------------------------------
+
+    def _serve(self) -> None:
+        import llama_cpp as lc
+
+        slots = SlotTable(self.n_seq)
+        self._slots = slots
+        while True:
+            with self._cond:
+                while not (self._stopping or self._pending or self._running):
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                starting = []
+                while self._pending and slots.has_free():
+                    request = self._pending.popleft()
+                    if not request.cancelled:  # a request cancelled while waiting never runs
+                        starting.append((request, *slots.claim(request.prompt)))
+            for request, slot, reused, donor in starting:
+                try:
+                    self._start(lc, request, slot, reused, donor)
+                except Exception as exc:  # e.g. a sampler llama.cpp refused: this request only
+                    log.exception("could not start a sequence")
+                    self._forget_cells(lc, slot)
+                    slots.release(slot)
+                    request.relay.put(exc, flush=True)
+            if self._running:
+                try:
+                    self._step(lc)
+                except Exception as exc:  # a failed step fails its sequences, not the engine
+                    log.exception("decode step failed")
+                    for seq in list(self._running):
+                        self._forget_cells(lc, seq.slot)
+                        self._finish(lc, seq, exc)
+        for seq in list(self._running):
+            self._finish(lc, seq, EngineUnavailableError("The model engine is shutting down."))
+        with self._cond:
+            while self._pending:
+                self._pending.popleft().relay.put(
+                    EngineUnavailableError("The model engine is shutting down."), flush=True)
+
+    def _start(self, lc, request: _Request, slot: Slot, reused: int,
+               donor: Slot | None) -> None:
+        if donor is not None:
+            # The donor may have been cut back by a request started just before this one.
+            reused = min(reused, common_prefix(donor.tokens, request.prompt))
+        if donor is not None and reused > 0:
+            # Non-unified cache: a copy between sequences copies the donor's whole stream
+            # (at the next decode, before anything new is written); then keep the prefix.
+            lc.llama_memory_seq_cp(self._memory, donor.seq_id, slot.seq_id, -1, -1)
+            slot.tokens[:] = donor.tokens[:reused]
+            self.prompt_tokens_copied += reused
+            lc.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1)
+        elif donor is not None:  # nothing left to copy: start this slot from scratch
+            reused = 0
+            lc.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            slot.tokens.clear()
+        elif len(slot.tokens) > reused:
+            if not lc.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1):
+                reused = 0  # a model that cannot drop a partial range starts over
+                lc.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+            del slot.tokens[reused:]
+        self.prompt_tokens_reused += reused
+        sampler = sampler_chain(request.params, self._n_vocab, request.seed)
+        self._running.append(_Sequence(request, slot, reused, sampler))
+        self.peak_sequences = max(self.peak_sequences, len(self._running))
+
+    def _step(self, lc) -> None:
+        running = self._running
+        for seq in [s for s in running if s.request.cancelled]:
+            self._finish(lc, seq, None)
+        if not running:
+            return
+        batch = self._batch.batch
+        token, pos, seq_ids, n_seq_id, logits = (
+            batch.token, batch.pos, batch.seq_id, batch.n_seq_id, batch.logits)
+        n = 0
+        # Every generating sequence decodes its last sampled token ...
+        for seq in running:
+            if seq.last >= 0:
+                slot = seq.slot
+                token[n], pos[n], seq_ids[n][0], n_seq_id[n], logits[n] = (
+                    seq.last, len(slot.tokens), slot.seq_id, 1, 1)
+                slot.tokens.append(seq.last)
+                seq.logits_at = n
+                n += 1
+            else:
+                seq.logits_at = -1
+        # ... and prompts fill the rest of the batch, oldest first.
+        for seq in running:
+            if seq.last >= 0 or n >= self._n_batch:
+                continue
+            prompt, slot = seq.request.prompt, seq.slot
+            chunk = prompt[seq.fed:seq.fed + self._n_batch - n]
+            at, sid = len(slot.tokens), slot.seq_id
+            for t in chunk:
+                token[n], pos[n], seq_ids[n][0], n_seq_id[n], logits[n] = t, at, sid, 1, 0
+                at += 1
+                n += 1
+            slot.tokens.extend(chunk)
+            seq.fed += len(chunk)
+            self.prompt_tokens_evaluated += len(chunk)
+            if seq.fed == len(prompt):
+                logits[n - 1] = 1
+                seq.logits_at = n - 1
+        batch.n_tokens = n
+        rc = lc.llama_decode(self._ctx, batch)
+        self.decode_steps += 1
+        self.peak_batch_tokens = max(self.peak_batch_tokens, n)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with {rc} ({n} tokens, "
+                               f"{len(running)} sequences)")
+        ctx, vocab, sample, is_eog = self._ctx, self._vocab, lc.llama_sampler_sample, \
+            lc.llama_vocab_is_eog
+        pieces = self._pieces
+        n_ctx_seq = self._n_ctx_seq
+        for seq in list(running):
+            if seq.logits_at < 0:
+                continue
+            tok = sample(seq.sampler, ctx, seq.logits_at)
+            seq.generated += 1
+            self.generated_tokens += 1
+            if is_eog(vocab, tok):
+                self._finish(lc, seq, None)
+                continue
+            piece = pieces.get(tok)
+            if piece is None:
+                piece = pieces[tok] = self._token_piece(lc, tok)
+            text, stopped = seq.text.feed(piece)
+            if text:
+                seq.request.relay.put(text)
+            if (stopped or seq.generated >= seq.max_tokens
+                    or len(seq.slot.tokens) + 1 >= n_ctx_seq):
+                self._finish(lc, seq, None, flush_text=not stopped)
+            else:
+                seq.last = tok
+
+    def _finish(self, lc, seq: _Sequence, error: BaseException | None,
+                flush_text: bool = True) -> None:
+        self._running.remove(seq)
+        lc.llama_sampler_free(seq.sampler)
+        seq.sampler = None
+        self._slots.release(seq.slot)
+        relay = seq.request.relay
+        if error is not None:
+            relay.put(error, flush=True)
+            return
+        if flush_text and (rest := seq.text.flush()):
+            relay.put(rest)
+        relay.put(END, flush=True)
+
+    def _forget_cells(self, lc, slot: Slot) -> None:
+        lc.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
+        slot.tokens.clear()
+
+    def _token_piece(self, lc, tok: int) -> bytes:
+        size = 64
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = lc.llama_token_to_piece(self._vocab, tok, buf, size, 0, False)
+            if n >= 0:
+                return buf.raw[:n]
+            size = -n

@@ -1,0 +1,52 @@
+"""What both llama.cpp engines need to load a model: threads, KV types, llama.cpp's log."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+
+OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def kv_cache_type(name: str) -> int:
+    import llama_cpp
+
+    return {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0,
+            "f32": llama_cpp.GGML_TYPE_F32}[name]
+
+
+def layers_offloaded(log_lines: list[str]) -> int:
+    """llama.cpp's own account of what it offloaded; CPU-only builds offload nothing."""
+    found = [m for line in log_lines if (m := OFFLOADED.search(line))]
+    return int(found[-1].group(1)) if found else 0
+
+
+class LlamaLogCapture:
+    """Collects llama.cpp's log lines while a model loads (models load one at a time)."""
+
+    def __enter__(self) -> list[str]:
+        import llama_cpp
+        from llama_cpp import _logger
+
+        self.lines: list[str] = []
+        forward = _logger.llama_log_callback
+
+        @llama_cpp.llama_log_callback
+        def capture(level, text, user_data):
+            self.lines.append(text.decode("utf-8", "replace"))
+            forward(level, text, user_data)
+
+        self._callback = capture  # keep a reference while llama.cpp may call it
+        self._restore = forward
+        llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
+        return self.lines
+
+    def __exit__(self, *exc) -> None:
+        import llama_cpp
+
+        llama_cpp.llama_log_set(self._restore, ctypes.c_void_p(0))

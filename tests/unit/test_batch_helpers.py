@@ -1,0 +1,78 @@
+"""The batched engine's pure helpers: slot choice for prefix reuse, text streaming."""
+
+from __future__ import annotations
+
+from chatbot.llm.slots import SlotTable
+from chatbot.llm.text_stream import TextStream
+
+
+def test_a_conversation_gets_back_the_slot_holding_its_earlier_turns():
+    table = SlotTable(2)
+    first, reused, _ = table.claim([1, 2, 3, 4, 5])
+    assert reused == 0
+    first.tokens[:] = [1, 2, 3, 4, 5, 6, 7]
+    table.release(first)
+    # Another conversation sharing only the system prompt takes the other slot ...
+    other, reused, _ = table.claim([1, 2, 9])
+    assert other is not first and reused == 0
+    other.tokens[:] = [1, 2, 9]
+    table.release(other)
+    # ... so the first one's next turn still finds all of its cells.
+    again, reused, _ = table.claim([1, 2, 3, 4, 5, 6, 7, 8, 9])
+    assert again is first and reused == 7
+
+
+def test_when_every_slot_is_taken_the_least_recently_used_is_overwritten():
+    table = SlotTable(2)
+    a, _, _ = table.claim([1])
+    b, _, _ = table.claim([2])
+    a.tokens[:], b.tokens[:] = [1, 5, 5, 5], [1, 6, 6, 6]
+    table.release(b)
+    table.release(a)
+    c, reused, _ = table.claim([1, 7, 7])
+    assert c is a  # a was claimed first: least recently used
+    assert reused == 1  # its shared first token is still reused
+
+
+def test_the_last_prompt_token_is_always_evaluated_again():
+    table = SlotTable(1)
+    slot, _, _ = table.claim([1, 2, 3])
+    slot.tokens[:] = [1, 2, 3]
+    table.release(slot)
+    assert table.claim([1, 2, 3]) == (slot, 2, None)
+
+
+def test_a_character_split_over_tokens_comes_out_whole():
+    stream = TextStream()
+    han = "회".encode()
+    assert stream.feed(han[:1]) == ("", False)
+    assert stream.feed(han[1:] + b"!") == ("회!", False)
+
+
+def test_text_that_may_start_a_stop_string_waits_and_a_stop_string_ends_the_text():
+    stream = TextStream(("<|eot_id|>",))
+    assert stream.feed(b"Hello <|") == ("Hello ", False)
+    assert stream.feed(b"x") == ("<|x", False)  # not a stop string after all
+    assert stream.feed(b" bye<|eot") == (" bye", False)
+    assert stream.feed(b"_id|>ignored") == ("", True)
+
+
+def test_held_text_comes_out_at_the_end():
+    stream = TextStream(("<|eot_id|>",))
+    assert stream.feed(b"ok <") == ("ok ", False)
+    assert stream.flush() == "<"
+
+
+def test_a_slot_that_never_saw_the_system_prompt_copies_it_from_another():
+    table = SlotTable(2)
+    first, _, _ = table.claim([1, 2, 3])
+    first.tokens[:] = [*range(100), 7]  # a long system prompt and an answer; still busy
+    slot, reused, donor = table.claim([*range(100), 8])
+    assert slot is not first and donor is first and reused == 100
+
+
+def test_a_short_shared_prefix_is_not_worth_a_copy():
+    table = SlotTable(2)
+    first, _, _ = table.claim([1])
+    first.tokens[:] = [1, 2, 3, 4]
+    assert table.claim([1, 2, 3, 9])[1:] == (0, None)
