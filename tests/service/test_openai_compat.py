@@ -27,6 +27,7 @@ def test_non_streaming_completion_with_usage(gateway, persona):
     assert choice.message.role == "assistant" and choice.message.content
     assert choice.finish_reason in ("stop", "length")
     assert 1 <= out.usage.completion_tokens <= 12
+    assert out.usage.prompt_tokens > len(MESSAGES)  # the templated prompt, counted by the engine
     assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
     assert out.model.endswith(".gguf")  # the persona's local model
 

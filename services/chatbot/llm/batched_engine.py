@@ -239,6 +239,23 @@ class BatchedEngine:
     async def stream(
         self, messages: list[ChatMessage], params: SamplingParams
     ) -> AsyncIterator[str]:
+        request = self._submit(messages, params)
+        try:
+            async for piece in request.relay.pieces():
+                yield piece
+        finally:
+            request.cancelled = True  # the step loop frees the slot at its next step
+
+    async def complete(self, messages: list[ChatMessage], params: SamplingParams) -> Completion:
+        request = self._submit(messages, params)
+        try:
+            pieces = [piece async for piece in request.relay.pieces()]
+        finally:
+            request.cancelled = True
+        return Completion("".join(pieces), len(pieces), prompt_tokens=len(request.prompt))
+
+    def _submit(self, messages: list[ChatMessage], params: SamplingParams) -> _Request:
+        """Queues a generation for the step loop (on the event loop's thread)."""
         self._require()
         tokens, stops = self.tokenize_chat(messages)
         if len(tokens) >= self._n_ctx_seq:
@@ -251,15 +268,7 @@ class BatchedEngine:
                 raise EngineUnavailableError("The model engine is shutting down.")
             self._pending.append(request)
             self._cond.notify()
-        try:
-            async for piece in request.relay.pieces():
-                yield piece
-        finally:
-            request.cancelled = True  # the step loop frees the slot at its next step
-
-    async def complete(self, messages: list[ChatMessage], params: SamplingParams) -> Completion:
-        pieces = [piece async for piece in self.stream(messages, params)]
-        return Completion("".join(pieces), len(pieces))
+        return request
 
     async def close(self) -> None:
         with self._cond:

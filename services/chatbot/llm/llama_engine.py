@@ -189,7 +189,8 @@ class LlamaEngine:
                 self._generating = False
             tokens = out["usage"]["completion_tokens"]
             self.generated_tokens += tokens
-            return Completion(out["choices"][0]["message"].get("content") or "", tokens)
+            return Completion(out["choices"][0]["message"].get("content") or "", tokens,
+                              prompt_tokens=out["usage"]["prompt_tokens"])
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, run)
