@@ -21,28 +21,12 @@ from chatbot_operator import builders, profiles
 from chatbot_operator.config import OperatorConfig
 from chatbot_operator.spec import DEFAULT_SERVICE_IMAGE, ChatbotModelSpec
 from tests.chart.helm import CHART, find, one, run, template
+from tests.chart.value_sets import EXTERNAL, FULL, VALUE_SETS
 
 RBAC_RULES = yaml.safe_load((CHART / "files/operator-rbac.yaml").read_text())["rules"]
 CRD = yaml.safe_load((CHART / "crds/chatbotmodels.yaml").read_text())
 OPERATOR_POD_KINDS = ("Deployment", "StatefulSet", "Job")
 
-FULL = {  # everything optional switched on
-    "operator": {"watchNamespaces": ["team-a", "team-b"], "hfEndpoint": "https://hf-mirror.example",
-                 "gpuProfiles": {"a100": {"nodeSelector": {
-                     "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}, "gpus": 1}},
-                 "podDisruptionBudget": {"enabled": True}},
-    "mongodb": {"podDisruptionBudget": {"enabled": True},
-                "persistence": {"deleteOnUninstall": True, "storageClassName": "fast"}},
-    "openai": {"apiKey": "sk-test"},
-    "chatbotModel": {"create": True, "name": "chatbot",
-                     "spec": {"office": {"gpuProfile": "a100"}}},
-    "commonLabels": {"team": "ml"},
-}
-EXTERNAL = {"mongodb": {"enabled": False},
-            "externalMongo": {"url": "mongodb+srv://u:p@cluster0.example.net/"},
-            "serviceImage": {"variant": "cpu"}, "networkPolicy": {"enabled": False},
-            "tests": {"enabled": False}}
-VALUE_SETS = {"defaults": {}, "full": FULL, "external-mongo": EXTERNAL}
 
 
 def _pod_templates(objs):

@@ -37,6 +37,7 @@ from operator_fixtures import (  # noqa: E402
     delete_volumes,
     example,
     get_cbm,
+    install_crd,
     model_volumes,
 )
 
@@ -193,3 +194,42 @@ def test_helm_install_reconcile_test_and_uninstall_without_orphans(
         subprocess.run([str(localcluster.binary("helm")), "uninstall", RELEASE, "-n", namespace],
                        env=kube_cluster.env(), capture_output=True, timeout=120)
         delete_volumes(kube_api, volumes)
+
+
+@pytest.mark.parametrize("value_set", ["defaults", "full", "external-mongo"])
+def test_every_rendered_object_passes_the_api_servers_strict_validation(
+        kube_cluster, kube_api, namespace, value_set):
+    """Each object `helm template` renders, sent to the API server as a server-side dry run
+    with strict field validation: unknown or misplaced fields, bad enums and the CRD's own
+    rules for the ChatbotModel are refused here, though nothing is created."""
+    from tests.chart.helm import template
+    from tests.chart.value_sets import VALUE_SETS
+
+    install_crd(kube_api)
+    values = dict(VALUE_SETS[value_set])
+    if value_set == "full":  # its RoleBindings go to the watched namespaces: this one
+        values["operator"] = {**values["operator"], "watchNamespaces": [namespace]}
+    objs = template(values, namespace=namespace)
+    dyn = kubernetes.dynamic.DynamicClient(kube_api)
+    for obj in objs:
+        resource = dyn.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        ns = obj["metadata"].get("namespace") if resource.namespaced else None
+        try:
+            resource.create(body=obj, namespace=ns, query_params=[
+                ("dryRun", "All"), ("fieldValidation", "Strict")])
+        except ApiException as exc:
+            raise AssertionError(f"{obj['kind']} {obj['metadata']['name']}: {exc.body}") from exc
+    assert {o["kind"] for o in objs} >= {"Deployment", "ClusterRole", "ServiceAccount"}
+    # a dry run: nothing was created ...
+    rbac = kubernetes.client.RbacAuthorizationV1Api(kube_api)
+    with pytest.raises(ApiException) as missing:
+        rbac.read_cluster_role("chatbot-operator")
+    assert missing.value.status == 404
+    # ... and the check does refuse a field the API does not have
+    deployment = next(o for o in objs if o["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["securityContex"] = {}
+    with pytest.raises(ApiException) as refused:
+        dyn.resources.get(api_version="apps/v1", kind="Deployment").create(
+            body=deployment, namespace=namespace,
+            query_params=[("dryRun", "All"), ("fieldValidation", "Strict")])
+    assert "securityContex" in str(refused.value.body)
