@@ -64,6 +64,23 @@ def test_helm_lint_strict_passes(name):
     assert "1 chart(s) linted, 0 chart(s) failed" in proc.stdout
 
 
+@pytest.mark.parametrize("path", sorted((CHART / "ci").glob("*-values.yaml")),
+                         ids=lambda p: p.name)
+def test_the_documented_values_files_lint_and_render(path):
+    values = yaml.safe_load(path.read_text())
+    proc = run("lint", "--strict", str(CHART), values=values)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    objs = template(values)
+    if "chatbotModel" in values:
+        cbm = one(objs, "ChatbotModel")
+        jsonschema.validate(cbm, CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+    if values.get("route", {}).get("kind") == "HTTPRoute":
+        job = one(objs, "Job", "chatbot-test-route")
+        env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0][
+            "env"]}
+        assert env["ROUTE_URL"].endswith(":8001")
+
+
 # ----------------------------------------------------------------------------- labels
 
 @pytest.mark.parametrize("name", VALUE_SETS)
