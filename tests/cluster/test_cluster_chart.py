@@ -130,6 +130,13 @@ def test_helm_install_reconcile_test_and_uninstall_without_orphans(
             f"data-{RELEASE}-mongodb-0", namespace).status.phase == "Bound"
         assert {s.metadata.name for s in core.list_namespaced_secret(namespace).items} >= {
             "chatbot-mongodb", "chatbot-openai"}  # what the example ChatbotModel refers to
+        # an upgrade keeps the generated MongoDB password (the data volume was made with it)
+        def password():
+            return core.read_namespaced_secret("chatbot-mongodb", namespace).data["password"]
+
+        before = password()
+        helm("upgrade", RELEASE, str(CHART), "--namespace", namespace, "--reuse-values")
+        assert password() == before
         installed = _namespaced_objects(kube_api, namespace)
         assert {("StatefulSet", "chatbot-mongodb"), ("Deployment", "chatbot-operator"),
                 ("NetworkPolicy", "chatbot-services"), ("PersistentVolumeClaim",
