@@ -251,3 +251,52 @@ def test_healthcheck_passes_against_a_real_server_and_fails_without_one(
         assert _healthcheck(server.port) == 0
     finally:
         server.stop()
+
+
+# ----------------------------------------------------------------------------- the build context
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(IMAGES)))
+def test_what_the_build_stage_copies_builds_a_complete_package(dockerfile, tmp_path):
+    """The build stage's COPY lines, done here (minus what .dockerignore drops), then the
+    stage's `pip install .` as a wheel build: the package, its HTML and its entry point are
+    all in the context; its code imports from the wheel."""
+    context = tmp_path / "context"
+    context.mkdir()
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    for ins, rest in stages(dockerfile)[0]:
+        if ins != "COPY":
+            continue
+        *sources, dest = rest.split()
+        for src in sources:
+            target = context / (Path(dest) / src if dest.endswith("/") and dest != "./"
+                                else Path(dest if dest != "./" else src))
+            if (ROOT / src).is_dir():
+                shutil.copytree(ROOT / src, target, ignore=skip)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(ROOT / src, target)
+    wheels = tmp_path / "wheels"
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                           str(wheels), str(context)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [wheel] = wheels.glob("*.whl")
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        entry_points = next(zf.read(n).decode() for n in names
+                            if n.endswith("entry_points.txt"))
+        zf.extractall(tmp_path / "site")
+    for needed in ("chatbot/cli.py", "chatbot/server.py", "chatbot/api/static/404.html",
+                   "chatbot_operator/handlers.py", "chatbot_operator/fetch.py"):
+        assert needed in names, needed
+    assert "chatbot = chatbot.cli:main" in entry_points
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
+            "import chatbot.cli, chatbot_operator.handlers, chatbot_operator.fetch; "
+            "assert chatbot.cli.__file__.startswith(sys.argv[1]), chatbot.cli.__file__; "
+            "assert chatbot_operator.fetch.__file__.startswith(sys.argv[1])")
+    site = str(tmp_path / "site")
+    imported = subprocess.run([sys.executable, "-c", code, site], capture_output=True,
+                              text=True, timeout=120, cwd=tmp_path)
+    assert imported.returncode == 0, imported.stderr
