@@ -403,6 +403,57 @@ def build_all(names: list[str] | None = None) -> dict[str, float]:
     return timings
 
 
+# --------------------------------------------------------------------------- schemas
+
+SKAFFOLD_MODULE = "github.com/GoogleContainerTools/skaffold/v2"
+
+
+def skaffold_api_version(skaffold_yaml: Path | None = None) -> str:
+    """The schema version skaffold.yaml declares (``apiVersion: skaffold/v4beta13``)."""
+    path = skaffold_yaml or HERE.parents[1] / "skaffold.yaml"
+    m = re.search(r"^apiVersion:\s*skaffold/(\S+)", path.read_text(), re.M)
+    if not m:
+        raise ValueError(f"{path}: no 'apiVersion: skaffold/...' line")
+    return m.group(1)
+
+
+def skaffold_schema(api_version: str | None = None, *, download: bool = True) -> Path:
+    """skaffold's own JSON schema for ``skaffold/<api_version>``, from the skaffold Go module
+    zip (``SKAFFOLD_VERSION``), extracted once into the cache. Only the zip is read."""
+    api_version = api_version or skaffold_api_version()
+    version = versions()["SKAFFOLD_VERSION"]
+    out = cache_root() / "schemas" / f"skaffold-{version}" / f"{api_version}.json"
+    if out.is_file():
+        return out
+    escaped = re.sub(r"[A-Z]", lambda m: "!" + m.group(0).lower(), SKAFFOLD_MODULE)
+    zip_path = (Path(go_env()["GOMODCACHE"]) / "cache/download" / escaped / "@v"
+                / f"{version}.zip")
+    if not zip_path.is_file():
+        if not download:
+            raise FileNotFoundError(f"skaffold {version} module zip not downloaded: {zip_path}"
+                                    " (run tests/cluster/build-binaries)")
+        if shutil.which("go") is None:
+            raise FileNotFoundError("`go` not found: cannot download skaffold's schemas")
+        _log(f"skaffold {version}: downloading the module zip for its JSON schemas")
+        with tempfile.TemporaryDirectory() as tmp:
+            proc = subprocess.run(["go", "mod", "download", "-json",
+                                   f"{SKAFFOLD_MODULE}@{version}"], cwd=tmp, env=go_env(),
+                                  capture_output=True, text=True, timeout=900)
+        if not zip_path.is_file():
+            raise RuntimeError(f"go mod download {SKAFFOLD_MODULE}@{version} failed:\n"
+                               f"{proc.stdout}{proc.stderr}")
+    import zipfile
+
+    with zipfile.ZipFile(zip_path) as zf:
+        data = zf.read(f"{SKAFFOLD_MODULE}@{version}/docs-v2/content/en/schemas/"
+                       f"{api_version}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_suffix(".tmp")
+    tmp_out.write_bytes(data)
+    os.replace(tmp_out, out)
+    return out
+
+
 # --------------------------------------------------------------------------- the cluster
 
 # Fake nodes registered with kwok. No taints by default: a pod lands on a GPU
