@@ -22,7 +22,13 @@ import numpy as np
 from chatbot.core.ports import ChatMessage, Completion, EngineStatus
 from chatbot.domain.errors import EngineUnavailableError
 from chatbot.domain.personas import STOP_STRINGS, SamplingParams
-from chatbot.llm.loading import LlamaLogCapture, cpu_count, kv_cache_type, layers_offloaded
+from chatbot.llm.loading import (
+    LlamaLogCapture,
+    cpu_count,
+    kv_cache_type,
+    layers_offloaded,
+    wait_for_file,
+)
 from chatbot.llm.relay import END, Relay
 from chatbot.settings import ModelSettings
 
@@ -68,12 +74,9 @@ class LlamaEngine:
             log.error("%s", self._detail)
 
     async def _wait_for_file(self) -> None:
-        deadline = time.monotonic() + self.wait_timeout_s
-        while not self.path.is_file():
-            if time.monotonic() >= deadline:
-                raise FileNotFoundError(f"model file not found: {self.path}")
+        if not self.path.is_file():
             self._detail = f"waiting for model file {self.path}"
-            await asyncio.sleep(0.2)
+        await wait_for_file(self.path, self.wait_timeout_s)
 
     def _load_blocking(self):
         import llama_cpp

@@ -1,12 +1,25 @@
-"""What both llama.cpp engines need to load a model: threads, KV types, llama.cpp's log."""
+"""What both llama.cpp engines need to load a model: the file, threads, KV types, llama.cpp's
+log."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import re
+import time
+from pathlib import Path
 
 OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+
+
+async def wait_for_file(path: Path, timeout_s: float) -> None:
+    """Waits up to `timeout_s` for `path` to appear (a model still being fetched)."""
+    deadline = time.monotonic() + timeout_s
+    while not path.is_file():
+        if time.monotonic() >= deadline:
+            raise FileNotFoundError(f"model file not found: {path}")
+        await asyncio.sleep(0.2)
 
 
 def cpu_count() -> int:
