@@ -46,6 +46,7 @@ from chatbot.core.prompts import office_messages  # noqa: E402
 from chatbot.domain.personas import OFFICE, STOP_STRINGS  # noqa: E402
 from chatbot.llm.bundled import bundled_model_path  # noqa: E402
 from chatbot.llm.tiny_model import write_tiny_model  # noqa: E402
+from chatbot.loadtest.answers import server_timing_s  # noqa: E402
 from chatbot.settings import OfficeSettings  # noqa: E402
 from tests.service.server import ChatbotServer, free_port  # noqa: E402
 
@@ -101,7 +102,7 @@ class Ours:
         r = http.post(self.url + "/Llama", json={"input_data": question})
         wall = time.perf_counter() - started
         r.raise_for_status()
-        timing = _server_timing(r.headers["server-timing"])
+        timing = server_timing_s(r.headers["server-timing"])
         after_first = timing["gen"] - timing.get("ttft", timing["gen"])
         return Sample(wall, wall - after_first, int(r.headers["x-generated-tokens"]))
 
@@ -162,15 +163,6 @@ class LlamaServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self._log.close()
-
-
-def _server_timing(header: str) -> dict[str, float]:
-    out = {}
-    for part in header.split(","):
-        name, _, rest = part.strip().partition(";")
-        if rest.startswith("dur="):
-            out[name] = float(rest[4:]) / 1000
-    return out
 
 
 def run_level(contender, clients: int, requests: int, tag: str) -> tuple[list[Sample], float]:

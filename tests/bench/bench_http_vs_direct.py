@@ -32,6 +32,7 @@ from chatbot.core.prompts import office_messages  # noqa: E402
 from chatbot.domain.personas import OFFICE, STOP_STRINGS  # noqa: E402
 from chatbot.llm.bundled import bundled_model_path  # noqa: E402
 from chatbot.llm.tiny_model import write_tiny_model  # noqa: E402
+from chatbot.loadtest.answers import server_timing_s  # noqa: E402
 from chatbot.settings import OfficeSettings  # noqa: E402
 from tests.service.server import ChatbotServer, free_port  # noqa: E402
 
@@ -77,21 +78,12 @@ def direct(llm, question: str) -> Sample:
     return Sample(time.perf_counter() - started, first, tokens)
 
 
-def _server_timing(header: str) -> dict[str, float]:
-    out = {}
-    for part in header.split(","):
-        name, _, rest = part.strip().partition(";")
-        if rest.startswith("dur="):
-            out[name] = float(rest[4:]) / 1000
-    return out
-
-
 def ours(http: httpx.Client, question: str) -> Sample:
     started = time.perf_counter()
     r = http.post("/Llama", json={"input_data": question})
     wall = time.perf_counter() - started
     r.raise_for_status()
-    t = _server_timing(r.headers["server-timing"])
+    t = server_timing_s(r.headers["server-timing"])
     return Sample(wall, t.get("ttft", 0.0), int(r.headers["x-generated-tokens"]),
                   wall - t["gen"], t["total"] - t["queue"] - t["gen"])
 

@@ -4,10 +4,8 @@ without gevent's monkey-patching)."""
 from __future__ import annotations
 
 import json
-import re
 
 MIN_ANSWER_CHARS = 10
-_TOTAL = re.compile(r"(?:^|,)\s*total;dur=([0-9.]+)")
 
 
 def body_json(response):
@@ -34,10 +32,20 @@ def retry_after_s(response, default_s: float) -> float:
         return default_s
 
 
+def server_timing_s(header: str) -> dict[str, float]:
+    """`Server-Timing: queue;dur=<ms>, ..., total;dur=<ms>` as seconds by name."""
+    out = {}
+    for part in header.split(","):
+        name, _, rest = part.strip().partition(";")
+        if rest.startswith("dur="):
+            out[name] = float(rest[4:]) / 1000
+    return out
+
+
 def process_time_s(server_timing: str) -> float | None:
     """The server's own total time, from `Server-Timing: ..., total;dur=<ms>`."""
-    match = _TOTAL.search(server_timing)
-    return round(float(match.group(1)) / 1000, 4) if match else None
+    total = server_timing_s(server_timing).get("total")
+    return round(total, 4) if total is not None else None
 
 
 def error_detail(response) -> str:
