@@ -569,6 +569,21 @@ class ClusterError(RuntimeError):
     pass
 
 
+# Metadata (who, verb, resource, response code) of every call by a ServiceAccount, except
+# the controller-manager's own (kube-system), which would drown the rest.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: None
+    userGroups: ["system:serviceaccounts:kube-system"]
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+"""
+
+
 class LocalCluster:
     """etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok on loopback.
 
@@ -581,6 +596,9 @@ class LocalCluster:
         self.logs = self.dir / "logs"
         self.state_file = self.dir / "state.json"
         self.kubeconfig = self.dir / "kubeconfig"
+        # One JSON line per API call made by a ServiceAccount outside kube-system: what the
+        # RBAC tests read to see which permissions the operator really used.
+        self.audit_log = self.logs / "audit.log"
 
     # ---------------------------------------------------------------- state
     def _load_state(self) -> dict:
@@ -761,9 +779,14 @@ class LocalCluster:
 
         self._wait("etcd health", etcd_healthy, timeout, ("etcd",))
 
+        audit_policy = d / "audit-policy.yaml"
+        audit_policy.write_text(AUDIT_POLICY)
         self._spawn("kube-apiserver", [
             str(binary("kube-apiserver")),
             f"--etcd-servers={etcd_url}",
+            f"--audit-policy-file={audit_policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json", "--audit-log-mode=blocking",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
             f"--secure-port={ports['apiserver']}",
             f"--cert-dir={pki}",

@@ -369,3 +369,30 @@ def test_gateway_route_reports_a_missing_api_then_applies_the_httproute(
         office = route["spec"]["rules"][0]
         assert office["filters"][0]["urlRewrite"]["path"]["replacePrefixMatch"] == "/"
         assert office["backendRefs"][0]["name"] == "chatbot-office"
+
+
+def test_the_operator_used_every_permission_the_chart_grants_and_none_was_refused(
+        kube_cluster):
+    """The chart's RBAC is exactly the operator's calls, read from kube-apiserver's audit log.
+
+    Runs after this module's other tests (pytest keeps file order), which drive the operator
+    through every path that needs a permission: Ready (children applied, Jobs and Deployments
+    watched, status and Events written), a file change (the old fetch Job deleted) and the
+    Gateway route (HTTPRoute applied). A permission none of them used is one to remove; a
+    refused call is one kopf or the operator swallowed (kopf only logs a refused Event).
+    """
+    import rbac_audit
+    from operator_fixtures import RBAC_FILE
+
+    if kube_cluster.local is None:
+        pytest.skip("only the local control plane writes an audit log")
+    calls = rbac_audit.calls_by(kube_cluster.local.audit_log, "chatbot-operator")
+    if not calls:
+        pytest.skip("the operator made no calls in this session: run the whole module")
+    refused = sorted({(c.permission, c.namespace) for c in calls if c.code == 403})
+    assert refused == [], f"calls the chart's RBAC refused: {refused}"
+
+    granted = rbac_audit.granted(yaml.safe_load(RBAC_FILE.read_text())["rules"])
+    used = rbac_audit.used(calls)
+    assert used <= granted  # (a call outside the grant would have been refused above)
+    assert sorted(granted - used) == [], "granted in operator-rbac.yaml but never used"
