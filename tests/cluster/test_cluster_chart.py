@@ -6,9 +6,11 @@ What is real: helm (v4, versions.env), the API server (CRD from the chart's crds
 admission of every object the chart renders), the controllers (Deployment, StatefulSet,
 Job, PV binder, garbage collector) and the scheduler. What is not: no kubelet runs
 containers here (kwok fakes the nodes), so the operator's Deployment from the chart becomes
-"Ready" without a process. The operator itself therefore runs in this test's process
-(KopfOperator), with the environment the chart's Deployment gives it and a token of the
-chart-created ServiceAccount, i.e. with exactly the rights the chart grants. Likewise the
+"Ready" without a process. The test therefore plays the kubelet for it: it runs the
+container's own command (`kopf run ...`, from this venv instead of the image) with the
+container's environment and a token of the chart-created ServiceAccount, i.e. with exactly
+the rights the chart grants, calls the startup, readiness and liveness probes where the
+Deployment says they are, and stops it with SIGTERM as a pod deletion would. Likewise the
 `helm test` Job completes because kwok completes Job pods; that the hook's script checks
 both personas through the route is shown in tests/chart/test_chart.py against a real HTTP
 server.
@@ -17,7 +19,15 @@ server.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import socket
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 from cluster_helpers import importorskip
@@ -30,7 +40,6 @@ from cluster_helpers import service_account_kubeconfig, wait_for  # noqa: E402
 from kubernetes.client import ApiException  # noqa: E402
 from operator_fixtures import (  # noqa: E402
     GROUP,
-    OPERATOR_MODULE,
     PLURAL,
     ROOT,
     VERSION,
@@ -81,6 +90,73 @@ def mongo_volume(kube_api, namespace):
         core.delete_persistent_volume(name)
 
 
+class _Container:
+    """One container's process, started from its spec the way a kubelet would."""
+
+    def __init__(self, container, kubeconfig: Path, log: Path):
+        self.spec = container
+        self.log = log
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("KUBE", "CHATBOT_", "KOPF_"))}
+        env.update({v.name: v.value for v in container.env or []})
+        env["KUBECONFIG"] = str(kubeconfig)  # where kopf logs in outside a pod
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+        ports = {p.name: p.container_port for p in container.ports or []}
+        self.ports = ports
+        for port in ports.values():
+            with socket.socket() as sock:  # the command names its own port: it must be free
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
+                try:
+                    sock.bind(("0.0.0.0", port))
+                except OSError as exc:
+                    pytest.fail(f"port {port} of the operator's container is taken here: {exc}")
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [*(container.command or []), *(container.args or [])], env=env,
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+    def probe(self, probe, deadline_s: float | None = None) -> int:
+        """The probe's HTTP status, retried like the kubelet (period x failureThreshold)."""
+        get = probe.http_get
+        port = self.ports.get(get.port, get.port)
+        url = f"http://127.0.0.1:{port}{get.path}"
+        deadline = time.monotonic() + (deadline_s or (probe.period_seconds or 10)
+                                       * (probe.failure_threshold or 3))
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"the operator exited with {self.proc.returncode}:\n"
+                            f"{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=probe.timeout_seconds or 1) as r:
+                    return r.status
+            except (OSError, urllib.error.URLError):
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.5)
+
+    def terminate(self, grace_s: float | None) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=grace_s if grace_s is not None else 30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            pytest.fail(f"no exit within the grace period after SIGTERM:\n{self.log_tail()}")
+
+
+@contextlib.contextmanager
+def _run_like_the_kubelet(container, kubeconfig: Path, log: Path):
+    proc = _Container(container, kubeconfig, log)
+    try:
+        yield proc
+    finally:
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait()
+
+
 def _namespaced_objects(api, namespace: str) -> set[tuple[str, str]]:
     """Every object in the namespace, of every listable namespaced kind (discovery), except
     Events (records, not resources)."""
@@ -109,8 +185,7 @@ def _cluster_objects(api) -> set[tuple[str, str]]:
 
 
 def test_helm_install_reconcile_test_and_uninstall_without_orphans(
-        kube_cluster, kube_api, namespace, helm, kopf_operator, mongo_volume, fake_gpu_nodes,
-        monkeypatch, tmp_path):
+        kube_cluster, kube_api, namespace, helm, mongo_volume, fake_gpu_nodes, tmp_path):
     core = kubernetes.client.CoreV1Api(kube_api)
     apps = kubernetes.client.AppsV1Api(kube_api)
     batch = kubernetes.client.BatchV1Api(kube_api)
@@ -144,24 +219,24 @@ def test_helm_install_reconcile_test_and_uninstall_without_orphans(
         assert _cluster_objects(kube_api) == {("ClusterRole", "chatbot-operator"),
                                               ("ClusterRoleBinding", "chatbot-operator")}
 
-        # -- the operator, as the chart runs it: its env and its ServiceAccount's token
+        # -- the operator, as the chart runs it: its command, env and ServiceAccount token
         deployment = apps.read_namespaced_deployment(f"{RELEASE}-operator", namespace)
         pod = deployment.spec.template.spec
         [container] = pod.containers
-        for var in container.env:
-            monkeypatch.setenv(var.name, var.value)
         kubeconfig, bindings = service_account_kubeconfig(
             kube_cluster.kubeconfig, namespace, pod.service_account_name,
             tmp_path / "operator.kubeconfig")
         assert bindings == []  # no rights added by the test: only the chart's binding
-        with kopf_operator(OPERATOR_MODULE, namespace=namespace, kubeconfig=kubeconfig) as op:
+        with _run_like_the_kubelet(container, kubeconfig, tmp_path / "operator.log") as op:
+            assert op.probe(container.startup_probe, deadline_s=60) == 200
+            assert op.probe(container.readiness_probe) == 200
             custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
                                                    example())
             obj = wait_for(lambda: (get_cbm(kube_api, namespace, "chatbot") or {})
                            .get("status", {}).get("phase") == "Ready"
                            and get_cbm(kube_api, namespace, "chatbot"),
                            timeout=120, desc="the example ChatbotModel Ready")
-            assert op.alive
+            assert op.probe(container.liveness_probe) == 200, op.log_tail()
             assert obj["status"]["officeReady"] == "1/1"
             assert obj["status"]["characterReady"] == "1/1"
             nodes = {p.metadata.labels["app.kubernetes.io/component"]: p.spec.node_name
@@ -187,6 +262,8 @@ def test_helm_install_reconcile_test_and_uninstall_without_orphans(
 
             wait_for(lambda: get_cbm(kube_api, namespace, "chatbot") is None, timeout=60,
                      desc="ChatbotModel deleted")
+            # a pod deletion: SIGTERM, then SIGKILL after the grace period
+            assert op.terminate(pod.termination_grace_period_seconds) == 0, op.log_tail()
         helm("uninstall", RELEASE, "--namespace", namespace, "--wait", "--timeout", "120s")
 
         def leftovers():
