@@ -1,8 +1,11 @@
-"""Shared fixtures: tiny GGUF models written once per session by `chatbot tiny-model`."""
+"""Shared fixtures: tiny GGUF models written once per session by `chatbot tiny-model`, real
+`chatbot serve` processes on them, FerretDB."""
 
 from __future__ import annotations
 
 import pytest
+
+from tests.service.server import ChatbotServer
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +40,33 @@ def fresh_ferretdb(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+# Short answers keep the suite quick; the seed's lengths apply unless a test says otherwise.
+FAST = {"CHATBOT_OFFICE__GENERATION__MAX_TOKENS": "48",
+        "CHATBOT_CHARACTER__GENERATION__MAX_TOKENS": "48"}
+
+
+@pytest.fixture(scope="session")
+def start_server(tiny_models, tmp_path_factory):
+    """Factory: start a server on the tiny models with extra env; stopped at session end."""
+    started: list[ChatbotServer] = []
+    workdir = tmp_path_factory.mktemp("servers")
+
+    def start(*args: str, env: dict[str, str] | None = None, ready: bool = True,
+              models: bool = True) -> ChatbotServer:
+        base = dict(FAST)
+        if models:
+            base.update(CHATBOT_OFFICE_MODEL=str(tiny_models["office"]),
+                        CHATBOT_CHARACTER_MODEL=str(tiny_models["character"]))
+        server = ChatbotServer(workdir, *args, env={**base, **(env or {})})
+        started.append(server)
+        if ready:
+            # The gateway loads its models one after the other: wait for every persona.
+            for path in (["/office/readyz", "/character/readyz"] if not args else ["/readyz"]):
+                server.wait_until(path)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

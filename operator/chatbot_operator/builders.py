@@ -384,11 +384,20 @@ def not_found_deployment(owner: Owner, spec: ChatbotModelSpec) -> dict:
 
 def ingress(owner: Owner, spec: ChatbotModelSpec) -> dict:
     """ingress-nginx: /office(/|$)(.*) -> office /$2, same for character; other paths and
-    404s get the project's 404 page from the not-found backend."""
+    404s get the project's 404 page from the not-found backend.
+
+    The rule claims "/" itself (pathType Prefix, as the controller's own root location):
+    spec.defaultBackend only covers a host's server, so without a host ingress-nginx would
+    answer other paths with its own 404 page."""
     not_found = not_found_name(owner)
-    paths = [{"path": f"/{p}(/|$)(.*)", "pathType": "ImplementationSpecific",
-              "backend": {"service": {"name": deployment_name(owner, p),
-                                      "port": {"number": SERVICE_PORT}}}} for p in PERSONAS]
+
+    def path(path: str, path_type: str, service: str) -> dict:
+        return {"path": path, "pathType": path_type,
+                "backend": {"service": {"name": service, "port": {"number": SERVICE_PORT}}}}
+
+    paths = [*(path(f"/{p}(/|$)(.*)", "ImplementationSpecific", deployment_name(owner, p))
+               for p in PERSONAS),
+             path("/", "Prefix", not_found)]
     rule: dict = {"http": {"paths": paths}}
     if spec.route.host:
         rule["host"] = spec.route.host

@@ -193,7 +193,8 @@ def test_ingress_strips_prefixes_and_serves_the_404_page():
     rule = ing["spec"]["rules"][0]
     assert rule["host"] == "chat.example"
     assert [(p["path"], p["backend"]["service"]["name"]) for p in rule["http"]["paths"]] == [
-        ("/office(/|$)(.*)", "chat-office"), ("/character(/|$)(.*)", "chat-character")]
+        ("/office(/|$)(.*)", "chat-office"), ("/character(/|$)(.*)", "chat-character"),
+        ("/", "chat-not-found")]  # "/" too: a host-less rule would get the controller's 404
 
 
 def test_http_route_rewrites_prefixes_on_the_8001_listener():

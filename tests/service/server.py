@@ -21,9 +21,11 @@ def free_port() -> int:
 
 
 class ChatbotServer:
-    """One `chatbot serve` process; `url` is its base URL, `log` its combined output."""
+    """One `chatbot serve` process (or another `chatbot` command that serves HTTP, such as
+    `not-found`); `url` is its base URL, `log` its combined output."""
 
-    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None,
+                 command: str = "serve") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"server-{self.port}.log"
@@ -32,7 +34,7 @@ class ChatbotServer:
         chatbot = shutil.which("chatbot", path=str(Path(sys.executable).parent)) or "chatbot"
         self._out = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [chatbot, "serve", *args, "--port", str(self.port)],
+            [chatbot, command, *args, "--port", str(self.port)],
             env=full_env, stdout=self._out, stderr=subprocess.STDOUT,
         )
 

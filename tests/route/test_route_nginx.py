@@ -1,0 +1,147 @@
+"""The route on port 8001 end to end: the Ingress the operator builds, served by a real nginx
+configured as ingress-nginx configures it (tests/route/ingress_nginx.py is the stand-in for
+the controller, which cannot run here), in front of real `chatbot serve` processes, one per
+persona as their pods run, and `chatbot not-found`, the route's 404 backend. The chart's
+`helm test` script runs against it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import httpx
+import pytest
+import yaml
+
+from chatbot_operator import builders
+from chatbot_operator.builders import Owner
+from chatbot_operator.spec import ChatbotModelSpec
+from tests.chart.helm import template
+from tests.route.ingress_nginx import Nginx, nginx_binary, render
+from tests.service.server import ChatbotServer, free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXAMPLE = os.path.join(ROOT, "operator/examples/chatbotmodel.yaml")
+OWNER = Owner("chatbot", "chatbot", "uid-1")
+
+
+@pytest.fixture(scope="module")
+def nginx_bin():
+    found = nginx_binary()
+    if found is None:
+        msg = ("nginx is missing: tests/run unpacks Debian's nginx package into "
+               "~/.cache/chatbot-dev/nginx (or apt-get install nginx)")
+        if os.environ.get("CI") or os.environ.get("CHATBOT_REQUIRE_CLUSTER"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return found
+
+
+@pytest.fixture(scope="module")
+def endpoints(start_server, tmp_path_factory):
+    """Service name -> address, as the controller reads them from EndpointSlices."""
+    office, character = start_server("office"), start_server("character")
+    not_found = ChatbotServer(tmp_path_factory.mktemp("not-found"), command="not-found")
+    not_found.wait_until("/__healthz")
+    yield {builders.deployment_name(OWNER, "office"): f"127.0.0.1:{office.port}",
+           builders.deployment_name(OWNER, "character"): f"127.0.0.1:{character.port}",
+           builders.not_found_name(OWNER): f"127.0.0.1:{not_found.port}"}
+    not_found.stop()
+
+
+@pytest.fixture
+def route(nginx_bin, endpoints, tmp_path):
+    """Factory: nginx serving the operator's Ingress for the example's spec + overrides."""
+    started = []
+
+    def start(**route_overrides) -> Nginx:
+        spec = yaml.safe_load(open(EXAMPLE))["spec"]
+        spec["route"] = {**spec["route"], **route_overrides}
+        ingress = builders.ingress(OWNER, ChatbotModelSpec.parse(spec))
+        port = free_port()
+        workdir = tmp_path / f"nginx-{port}"
+        workdir.mkdir()
+        server = Nginx(nginx_bin, workdir, render([ingress], endpoints, port, workdir), port)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def _helm_test(route_url: str, **values) -> subprocess.CompletedProcess:
+    """The chart's `helm test` Job, its script and env, run here against ``route_url``."""
+    job = next(o for o in template({"route": values} if values else None)
+               if o["kind"] == "Job" and o["metadata"]["annotations"].get("helm.sh/hook"))
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    env["ROUTE_URL"] = route_url  # the Job calls the controller's Service instead
+    assert container["command"][:2] == ["python", "-c"]
+    return subprocess.run([sys.executable, "-c", container["command"][2]],
+                          env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=60)
+
+
+def _is_project_404(response: httpx.Response, page: str) -> bool:
+    return response.status_code == 404 and response.text == page
+
+
+@pytest.fixture(scope="module")
+def not_found_page(endpoints):
+    address = endpoints[builders.not_found_name(OWNER)]
+    return httpx.get(f"http://{address}/anything").text
+
+
+def test_helm_test_passes_through_the_route_and_fails_for_another_host(route):
+    nginx = route(host="chat.example")
+    ok = _helm_test(nginx.url, host="chat.example")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "/office/healthz: HTTP 200" in ok.stdout
+    assert "/character/healthz: HTTP 200" in ok.stdout
+    # the route serves chat.example only: the hook must notice when it is not reached
+    wrong = _helm_test(nginx.url, host="other.example")
+    assert wrong.returncode == 1
+    assert "route check failed for: office, character" in wrong.stderr
+
+
+def test_the_route_strips_the_prefix_and_reaches_each_persona(route):
+    nginx = route()
+    with httpx.Client(base_url=nginx.url, timeout=120) as client:
+        office = client.post("/office/Llama", json={"input_data": "회의록 작성 요령은?"})
+        assert office.status_code == 200, office.text
+        assert isinstance(office.json(), str) and office.json()
+        character = client.post("/character/Llama", json={
+            "input_data": "*waves*", "character_name": "Rachel",
+            "greeting": "*Rachel looks up.*", "context": "Rachel is a shy student."})
+        assert character.status_code == 200, character.text
+        assert isinstance(character.json(), str) and character.json()
+        # the prefix is stripped: each persona sees its own root paths
+        assert client.get("/office/readyz").json()["persona"] == "office"
+        assert client.get("/character/readyz").json()["persona"] == "character"
+        assert client.get("/OFFICE/healthz").status_code == 200  # ingress-nginx: ~* regex
+        # the body limit of the Ingress (64k) is nginx's 413, before any service
+        too_big = client.post("/office/Llama", content=b"x" * 70_000,
+                              headers={"Content-Type": "application/json"})
+        assert too_big.status_code == 413
+
+
+def test_every_other_path_gets_the_projects_404_page(route, not_found_page):
+    """Without a host (the example) and with one: unknown paths, unknown persona paths (the
+    service's 404 is intercepted) and look-alike prefixes all answer the project's page,
+    not the controller's."""
+    assert "<html" in not_found_page.lower()
+    for host in (None, "chat.example"):
+        nginx = route(**({"host": host} if host else {}))
+        headers = {"Host": host} if host else {}
+        with httpx.Client(base_url=nginx.url, headers=headers, timeout=30) as client:
+            # (/office/<name> itself is the GPT route: POST only, so GET there is a 405)
+            for path in ("/", "/nope", "/officer/healthz", "/office/no/such/page",
+                         "/character/../../etc/passwd", "/v1/chat/completions"):
+                answer = client.get(path)
+                assert _is_project_404(answer, not_found_page), (host, path, answer.status_code,
+                                                                  answer.text[:200])
+            assert _is_project_404(client.post("/nope", json={}), not_found_page)
+
