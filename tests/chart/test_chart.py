@@ -255,6 +255,13 @@ def test_in_chart_mongodb_statefulset_with_generated_secret():
     given = one(template({"mongodb": {"auth": {"rootPassword": "p@ss word"}}}), "Secret")
     assert given["stringData"]["password"] == "p@ss word"
     assert "root:p%40ss+word@" in given["stringData"]["url"]
+    # ... and the services' driver reads back exactly that password, host and port
+    from pymongo.uri_parser import parse_uri
+
+    parsed = parse_uri(given["stringData"]["url"])
+    assert (parsed["username"], parsed["password"]) == ("root", "p@ss word")
+    assert parsed["nodelist"] == [(f"{svc['metadata']['name']}.chatbot.svc",
+                                   svc["spec"]["ports"][0]["port"])]
 
 
 def test_mongodb_existing_secret_creates_no_secret():

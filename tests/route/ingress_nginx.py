@@ -1,5 +1,5 @@
-"""An Ingress as nginx configuration, rendered the way the ingress-nginx controller renders
-the parts of it this project uses, and a real nginx process to serve it.
+"""An Ingress as nginx server blocks, rendered the way the ingress-nginx controller renders
+the parts of it this project uses.
 
 The controller itself cannot run here (it needs its own OpenResty build and pods it can
 reach), so this module is its stand-in and says so; nginx, the Ingress (from the operator's
@@ -21,25 +21,11 @@ nginx.tmpl:
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from tests.route.nginx import PROXY_HEADERS, upstream
 
 NGINX_ANNOTATION = "nginx.ingress.kubernetes.io/"
-CACHED_NGINX = Path.home() / ".cache/chatbot-dev/nginx/usr/sbin/nginx"
-
-
-def nginx_binary() -> Path | None:
-    """nginx from PATH, /usr/sbin, or the copy `tests/run` unpacks from Debian's package."""
-    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx", CACHED_NGINX):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return Path(candidate)
-    return None
 
 
 @dataclass
@@ -79,7 +65,7 @@ def _servers(ingresses: list[dict]) -> dict[str, list[_Location]]:
     return servers
 
 
-def _location(loc: _Location, regex: bool, upstreams: dict[str, str]) -> list[str]:
+def _location(loc: _Location, regex: bool) -> list[str]:
     a = loc.annotations
     match = f'~* "^{loc.path}"' if regex else (
         f"= {loc.path}" if loc.path_type == "Exact" else loc.path)
@@ -88,13 +74,8 @@ def _location(loc: _Location, regex: bool, upstreams: dict[str, str]) -> list[st
         return [*lines, "    return 404;", "}"]
     if _ann(a, "rewrite-target"):
         lines.append(f'    rewrite "(?i){loc.path}" {_ann(a, "rewrite-target")} break;')
+    lines += ["    " + header for header in PROXY_HEADERS]
     lines += [
-        "    proxy_set_header Host $host;",
-        "    proxy_set_header X-Request-ID $request_id;",
-        "    proxy_set_header X-Real-IP $remote_addr;",
-        "    proxy_set_header X-Forwarded-For $remote_addr;",
-        "    proxy_set_header X-Forwarded-Host $host;",
-        "    proxy_set_header X-Forwarded-Proto $scheme;",
         f"    proxy_read_timeout {_ann(a, 'proxy-read-timeout', '60')}s;",
         f"    client_max_body_size {_ann(a, 'proxy-body-size', '1m')};",
     ]
@@ -103,11 +84,11 @@ def _location(loc: _Location, regex: bool, upstreams: dict[str, str]) -> list[st
         lines.append("    proxy_intercept_errors on;")
         lines += [f"    error_page {code} = @custom_{error_backend}_{code};"
                   for code in errors.split(",")]
-    lines += [f"    proxy_pass http://{upstreams[loc.service]};", "}"]
+    lines += [f"    proxy_pass http://{upstream(loc.service)};", "}"]
     return lines
 
 
-def _error_locations(locations: list[_Location], upstreams: dict[str, str]) -> list[str]:
+def _error_locations(locations: list[_Location]) -> list[str]:
     lines: list[str] = []
     seen = set()
     for loc in locations:
@@ -123,70 +104,21 @@ def _error_locations(locations: list[_Location], upstreams: dict[str, str]) -> l
                       "    proxy_set_header X-Format $http_accept;",
                       "    proxy_set_header X-Original-URI $request_uri;",
                       "    rewrite (.*) / break;",
-                      f"    proxy_pass http://{upstreams[backend]};", "}"]
+                      f"    proxy_pass http://{upstream(backend)};", "}"]
     return lines
 
 
-def render(ingresses: list[dict], endpoints: dict[str, str], port: int, workdir: Path) -> str:
-    """nginx.conf for ``ingresses``; ``endpoints`` maps each Service name to host:port (what
-    the controller would read from the Service's EndpointSlices)."""
-    upstreams = {name: f"svc_{name.replace('-', '_')}" for name in endpoints}
-    out = ["daemon off;", "worker_processes 1;", f"pid {workdir / 'nginx.pid'};",
-           "error_log stderr notice;", "events { worker_connections 256; }", "http {",
-           f"    access_log {workdir / 'access.log'};"]
-    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        out.append(f"    {kind}_temp_path {workdir / 'tmp' / kind};")
-    for name, address in endpoints.items():
-        out.append(f"    upstream {upstreams[name]} {{ server {address}; }}")
+def servers(ingresses: list[dict], port: int) -> list[list[str]]:
+    """nginx server blocks for ``ingresses``, listening on ``port`` of 127.0.0.1."""
+    blocks = []
     for host, locations in _servers(ingresses).items():
         regex = any(_ann(loc.annotations, "use-regex") == "true" for loc in locations)
         ordered = sorted(locations, key=lambda loc: loc.path, reverse=True)
         default = " default_server" if host == "_" else ""
-        out += ["    server {", f"        listen 127.0.0.1:{port}{default};",
-                f"        server_name {host};"]
+        block = ["server {", f"    listen 127.0.0.1:{port}{default};",
+                 f"    server_name {host};"]
         for loc in ordered:
-            out += ["        " + line for line in _location(loc, regex, upstreams)]
-        out += ["        " + line for line in _error_locations(ordered, upstreams)]
-        out.append("    }")
-    out.append("}")
-    return "\n".join(out) + "\n"
-
-
-class Nginx:
-    """nginx serving one rendered configuration on a loopback port."""
-
-    def __init__(self, binary: Path, workdir: Path, config: str, port: int) -> None:
-        self.workdir, self.port = workdir, port
-        self.url = f"http://127.0.0.1:{port}"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (workdir / "tmp" / kind).mkdir(parents=True, exist_ok=True)
-        self.conf = workdir / "nginx.conf"
-        self.conf.write_text(config)
-        self.log = workdir / "nginx.log"
-        check = subprocess.run([str(binary), "-t", "-p", str(workdir), "-e", "stderr",
-                                "-c", str(self.conf)], capture_output=True, text=True)
-        if check.returncode != 0:
-            raise RuntimeError(f"nginx refused the configuration:\n{check.stderr}\n{config}")
-        self._out = open(self.log, "wb")
-        self.proc = subprocess.Popen([str(binary), "-p", str(workdir), "-e", "stderr",
-                                      "-c", str(self.conf)],
-                                     stdout=self._out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited: {self.log.read_text()}")
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(f"nginx did not listen on {port}: {self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful shutdown
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._out.close()
+            block += ["    " + line for line in _location(loc, regex)]
+        block += ["    " + line for line in _error_locations(ordered)]
+        blocks.append([*block, "}"])
+    return blocks

@@ -1,8 +1,9 @@
-"""The route on port 8001 end to end: the Ingress the operator builds, served by a real nginx
-configured as ingress-nginx configures it (tests/route/ingress_nginx.py is the stand-in for
-the controller, which cannot run here), in front of real `chatbot serve` processes, one per
-persona as their pods run, and `chatbot not-found`, the route's 404 backend. The chart's
-`helm test` script runs against it.
+"""The route on port 8001 end to end: the Ingress or HTTPRoute the operator builds, served by
+a real nginx configured the way ingress-nginx, or an nginx-based Gateway, configures it
+(tests/route/ingress_nginx.py and httproute_nginx.py stand in for the controllers, which
+cannot run here), in front of real `chatbot serve` processes, one per persona as their pods
+run, and `chatbot not-found`, the route's 404 backend. The chart's `helm test` script runs
+against it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from chatbot_operator import builders
 from chatbot_operator.builders import Owner
 from chatbot_operator.spec import ChatbotModelSpec
 from tests.chart.helm import template
-from tests.route.ingress_nginx import Nginx, nginx_binary, render
+from tests.route import httproute_nginx, ingress_nginx
+from tests.route.nginx import Nginx, http_config, nginx_binary
 from tests.service.server import ChatbotServer, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -53,23 +55,33 @@ def endpoints(start_server, tmp_path_factory):
 
 @pytest.fixture
 def route(nginx_bin, endpoints, tmp_path):
-    """Factory: nginx serving the operator's Ingress for the example's spec + overrides."""
+    """Factory: nginx serving the operator's route for the example's spec + overrides."""
     started = []
 
-    def start(**route_overrides) -> Nginx:
+    def start(kind: str = "Ingress", **route_overrides) -> Nginx:
         spec = yaml.safe_load(open(EXAMPLE))["spec"]
-        spec["route"] = {**spec["route"], **route_overrides}
-        ingress = builders.ingress(OWNER, ChatbotModelSpec.parse(spec))
+        spec["route"] = {**spec["route"], "kind": kind, **route_overrides}
+        if kind == "HTTPRoute":
+            spec["route"].pop("ingressClassName", None)
+            spec["route"]["gateway"] = {"name": "chatbot-gateway", "sectionName": "http-8001"}
+        parsed = ChatbotModelSpec.parse(spec)
         port = free_port()
+        if kind == "Ingress":
+            blocks = ingress_nginx.servers([builders.ingress(OWNER, parsed)], port)
+        else:
+            blocks = httproute_nginx.servers(builders.http_route(OWNER, parsed), port)
         workdir = tmp_path / f"nginx-{port}"
         workdir.mkdir()
-        server = Nginx(nginx_bin, workdir, render([ingress], endpoints, port, workdir), port)
+        server = Nginx(nginx_bin, workdir, http_config(blocks, endpoints, workdir), port)
         started.append(server)
         return server
 
     yield start
     for server in started:
         server.stop()
+
+
+KINDS = ["Ingress", "HTTPRoute"]
 
 
 def _helm_test(route_url: str, **values) -> subprocess.CompletedProcess:
@@ -95,8 +107,9 @@ def not_found_page(endpoints):
     return httpx.get(f"http://{address}/anything").text
 
 
-def test_helm_test_passes_through_the_route_and_fails_for_another_host(route):
-    nginx = route(host="chat.example")
+@pytest.mark.parametrize("kind", KINDS)
+def test_helm_test_passes_through_the_route_and_fails_for_another_host(route, kind):
+    nginx = route(kind, host="chat.example")
     ok = _helm_test(nginx.url, host="chat.example")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "/office/healthz: HTTP 200" in ok.stdout
@@ -107,8 +120,9 @@ def test_helm_test_passes_through_the_route_and_fails_for_another_host(route):
     assert "route check failed for: office, character" in wrong.stderr
 
 
-def test_the_route_strips_the_prefix_and_reaches_each_persona(route):
-    nginx = route()
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_route_strips_the_prefix_and_reaches_each_persona(route, kind):
+    nginx = route(kind)
     with httpx.Client(base_url=nginx.url, timeout=120) as client:
         office = client.post("/office/Llama", json={"input_data": "회의록 작성 요령은?"})
         assert office.status_code == 200, office.text
@@ -121,27 +135,44 @@ def test_the_route_strips_the_prefix_and_reaches_each_persona(route):
         # the prefix is stripped: each persona sees its own root paths
         assert client.get("/office/readyz").json()["persona"] == "office"
         assert client.get("/character/readyz").json()["persona"] == "character"
-        assert client.get("/OFFICE/healthz").status_code == 200  # ingress-nginx: ~* regex
-        # the body limit of the Ingress (64k) is nginx's 413, before any service
+        assert client.get("/office/healthz?probe=1").status_code == 200  # query kept
+        # a body over 64k is refused before any model runs (the Ingress's limit, or the
+        # service's own behind a Gateway)
         too_big = client.post("/office/Llama", content=b"x" * 70_000,
                               headers={"Content-Type": "application/json"})
         assert too_big.status_code == 413
 
 
-def test_every_other_path_gets_the_projects_404_page(route, not_found_page):
-    """Without a host (the example) and with one: unknown paths, unknown persona paths (the
-    service's 404 is intercepted) and look-alike prefixes all answer the project's page,
-    not the controller's."""
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("host", [None, "chat.example"], ids=["no-host", "host"])
+def test_every_other_path_gets_the_projects_404_page(route, not_found_page, kind, host):
+    """Unknown paths and look-alike prefixes answer the project's page, not the
+    controller's, with or without route.host (the example has none)."""
     assert "<html" in not_found_page.lower()
-    for host in (None, "chat.example"):
-        nginx = route(**({"host": host} if host else {}))
-        headers = {"Host": host} if host else {}
-        with httpx.Client(base_url=nginx.url, headers=headers, timeout=30) as client:
-            # (/office/<name> itself is the GPT route: POST only, so GET there is a 405)
-            for path in ("/", "/nope", "/officer/healthz", "/office/no/such/page",
-                         "/character/../../etc/passwd", "/v1/chat/completions"):
-                answer = client.get(path)
-                assert _is_project_404(answer, not_found_page), (host, path, answer.status_code,
-                                                                  answer.text[:200])
-            assert _is_project_404(client.post("/nope", json={}), not_found_page)
+    nginx = route(kind, **({"host": host} if host else {}))
+    headers = {"Host": host} if host else {}
+    with httpx.Client(base_url=nginx.url, headers=headers, timeout=30) as client:
+        for path in ("/", "/nope", "/officer/healthz", "/characters",
+                     "/character/../../etc/passwd", "/v1/chat/completions"):
+            answer = client.get(path)
+            assert _is_project_404(answer, not_found_page), (path, answer.status_code,
+                                                              answer.text[:200])
+        assert _is_project_404(client.post("/nope", json={}), not_found_page)
 
+
+def test_ingress_nginx_is_case_insensitive_and_intercepts_the_services_404s(
+        route, not_found_page):
+    nginx = route("Ingress")
+    with httpx.Client(base_url=nginx.url, timeout=30) as client:
+        assert client.get("/OFFICE/healthz").status_code == 200  # ~* regex locations
+        # (/office/<name> itself is the GPT route: POST only, so GET there is a 405)
+        assert _is_project_404(client.get("/office/no/such/page"), not_found_page)
+
+
+def test_behind_a_gateway_a_personas_own_404_stays_json_as_with_chatbot_serve(route):
+    """The Gateway API has no error interception: an unknown path inside a persona's prefix
+    gets the persona's JSON 404, as the local `chatbot serve` gives it."""
+    nginx = route("HTTPRoute")
+    answer = httpx.get(nginx.url + "/office/no/such/page", timeout=30)
+    assert answer.status_code == 404
+    assert answer.json() == {"detail": "Not Found"}

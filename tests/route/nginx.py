@@ -1,0 +1,94 @@
+"""A real nginx on loopback for the route tests: the binary, the http block around a route's
+server blocks, and the process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+CACHED_NGINX = Path.home() / ".cache/chatbot-dev/nginx/usr/sbin/nginx"
+TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+# What ingress-nginx and NGINX Gateway Fabric both pass to a backend.
+PROXY_HEADERS = [
+    "proxy_set_header Host $host;",
+    "proxy_set_header X-Request-ID $request_id;",
+    "proxy_set_header X-Real-IP $remote_addr;",
+    "proxy_set_header X-Forwarded-For $remote_addr;",
+    "proxy_set_header X-Forwarded-Host $host;",
+    "proxy_set_header X-Forwarded-Proto $scheme;",
+]
+
+
+def nginx_binary() -> Path | None:
+    """nginx from PATH, /usr/sbin, or the copy `tests/run` unpacks from Debian's package."""
+    for candidate in (shutil.which("nginx"), "/usr/sbin/nginx", CACHED_NGINX):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    return None
+
+
+def upstream(service: str) -> str:
+    return f"svc_{service.replace('-', '_')}"
+
+
+def http_config(servers: list[list[str]], endpoints: dict[str, str], workdir: Path) -> str:
+    """nginx.conf: one upstream per Service (``endpoints``: name -> host:port, what a
+    controller reads from EndpointSlices) around the given server blocks."""
+    # Started by root, nginx's workers would become "nobody" and could not write request
+    # bodies into the test's private temp dirs.
+    user = ["user root;"] if os.geteuid() == 0 else []
+    out = [*user, "daemon off;", "worker_processes 1;", f"pid {workdir / 'nginx.pid'};",
+           "error_log stderr notice;", "events { worker_connections 256; }", "http {",
+           f"    access_log {workdir / 'access.log'};"]
+    out += [f"    {kind}_temp_path {workdir / 'tmp' / kind};" for kind in TEMP_PATHS]
+    out += [f"    upstream {upstream(name)} {{ server {address}; }}"
+            for name, address in endpoints.items()]
+    for server in servers:
+        out += ["    " + line for line in server]
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+class Nginx:
+    """nginx serving one rendered configuration on a loopback port."""
+
+    def __init__(self, binary: Path, workdir: Path, config: str, port: int) -> None:
+        self.workdir, self.port = workdir, port
+        self.url = f"http://127.0.0.1:{port}"
+        for kind in TEMP_PATHS:
+            (workdir / "tmp" / kind).mkdir(parents=True, exist_ok=True)
+        self.conf = workdir / "nginx.conf"
+        self.conf.write_text(config)
+        self.log = workdir / "nginx.log"
+        check = subprocess.run([str(binary), "-t", "-p", str(workdir), "-e", "stderr",
+                                "-c", str(self.conf)], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise RuntimeError(f"nginx refused the configuration:\n{check.stderr}\n{config}")
+        self._out = open(self.log, "wb")
+        self.proc = subprocess.Popen([str(binary), "-p", str(workdir), "-e", "stderr",
+                                      "-c", str(self.conf)],
+                                     stdout=self._out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nginx exited: {self.log.read_text()}")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"nginx did not listen on {port}: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful shutdown
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
