@@ -12,8 +12,8 @@ container's environment and a token of the chart-created ServiceAccount, i.e. wi
 the rights the chart grants, calls the startup, readiness and liveness probes where the
 Deployment says they are, and stops it with SIGTERM as a pod deletion would. Likewise the
 `helm test` Job completes because kwok completes Job pods; that the hook's script checks
-both personas through the route is shown in tests/chart/test_chart.py against a real HTTP
-server.
+both personas through the route is shown in tests/route/ (real nginx in front of the real
+services) and tests/chart/test_chart.py.
 """
 
 from __future__ import annotations
@@ -94,16 +94,14 @@ class _Container:
     """One container's process, started from its spec the way a kubelet would."""
 
     def __init__(self, container, kubeconfig: Path, log: Path):
-        self.spec = container
         self.log = log
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("KUBE", "CHATBOT_", "KOPF_"))}
         env.update({v.name: v.value for v in container.env or []})
         env["KUBECONFIG"] = str(kubeconfig)  # where kopf logs in outside a pod
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-        ports = {p.name: p.container_port for p in container.ports or []}
-        self.ports = ports
-        for port in ports.values():
+        self.ports = {p.name: p.container_port for p in container.ports or []}
+        for port in self.ports.values():
             with socket.socket() as sock:  # the command names its own port: it must be free
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
                 try:
@@ -137,6 +135,14 @@ class _Container:
                     raise
             time.sleep(0.5)
 
+    def __enter__(self) -> _Container:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def terminate(self, grace_s: float | None) -> int:
         self.proc.send_signal(signal.SIGTERM)
         try:
@@ -144,17 +150,6 @@ class _Container:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             pytest.fail(f"no exit within the grace period after SIGTERM:\n{self.log_tail()}")
-
-
-@contextlib.contextmanager
-def _run_like_the_kubelet(container, kubeconfig: Path, log: Path):
-    proc = _Container(container, kubeconfig, log)
-    try:
-        yield proc
-    finally:
-        if proc.proc.poll() is None:
-            proc.proc.kill()
-            proc.proc.wait()
 
 
 def _namespaced_objects(api, namespace: str) -> set[tuple[str, str]]:
@@ -227,7 +222,7 @@ def test_helm_install_reconcile_test_and_uninstall_without_orphans(
             kube_cluster.kubeconfig, namespace, pod.service_account_name,
             tmp_path / "operator.kubeconfig")
         assert bindings == []  # no rights added by the test: only the chart's binding
-        with _run_like_the_kubelet(container, kubeconfig, tmp_path / "operator.log") as op:
+        with _Container(container, kubeconfig, tmp_path / "operator.log") as op:
             assert op.probe(container.startup_probe, deadline_s=60) == 200
             assert op.probe(container.readiness_probe) == 200
             custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,

@@ -65,14 +65,12 @@ class Nginx:
         self.conf = workdir / "nginx.conf"
         self.conf.write_text(config)
         self.log = workdir / "nginx.log"
-        check = subprocess.run([str(binary), "-t", "-p", str(workdir), "-e", "stderr",
-                                "-c", str(self.conf)], capture_output=True, text=True)
+        argv = [str(binary), "-p", str(workdir), "-e", "stderr", "-c", str(self.conf)]
+        check = subprocess.run([*argv, "-t"], capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"nginx refused the configuration:\n{check.stderr}\n{config}")
         self._out = open(self.log, "wb")
-        self.proc = subprocess.Popen([str(binary), "-p", str(workdir), "-e", "stderr",
-                                      "-c", str(self.conf)],
-                                     stdout=self._out, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -24,8 +25,7 @@ from tests.route import httproute_nginx, ingress_nginx
 from tests.route.nginx import Nginx, http_config, nginx_binary
 from tests.service.server import ChatbotServer, free_port
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EXAMPLE = os.path.join(ROOT, "operator/examples/chatbotmodel.yaml")
+EXAMPLE = Path(__file__).resolve().parents[2] / "operator/examples/chatbotmodel.yaml"
 OWNER = Owner("chatbot", "chatbot", "uid-1")
 
 
@@ -59,7 +59,7 @@ def route(nginx_bin, endpoints, tmp_path):
     started = []
 
     def start(kind: str = "Ingress", **route_overrides) -> Nginx:
-        spec = yaml.safe_load(open(EXAMPLE))["spec"]
+        spec = yaml.safe_load(EXAMPLE.read_text())["spec"]
         spec["route"] = {**spec["route"], "kind": kind, **route_overrides}
         if kind == "HTTPRoute":
             spec["route"].pop("ingressClassName", None)
