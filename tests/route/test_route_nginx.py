@@ -176,3 +176,22 @@ def test_behind_a_gateway_a_personas_own_404_stays_json_as_with_chatbot_serve(ro
     answer = httpx.get(nginx.url + "/office/no/such/page", timeout=30)
     assert answer.status_code == 404
     assert answer.json() == {"detail": "Not Found"}
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_refused_body_is_413_through_the_proxy_every_time(route, chunked):
+    """Behind a Gateway the service itself refuses a body over 64k. It must read what the
+    proxy is still sending before answering; closing early resets the proxy's upload and
+    the client gets nginx's 502 instead of the 413. (A body close to the proxy's own 1m
+    limit makes that race all but certain.)"""
+    nginx = route("HTTPRoute")
+    body = b'{"input_data": "' + b"x" * 1_000_000 + b'"}'
+    statuses = []
+    with httpx.Client(base_url=nginx.url, timeout=30) as client:
+        for _ in range(20):
+            content = iter([body[i:i + 8192] for i in range(0, len(body), 8192)]) \
+                if chunked else body
+            answer = client.post("/office/Llama", content=content,
+                                 headers={"Content-Type": "application/json"})
+            statuses.append(answer.status_code)
+    assert set(statuses) == {413}, statuses

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import time
@@ -40,11 +42,29 @@ def body_too_large(max_bytes: int) -> dict:
             "code": "BODY_TOO_LARGE"}
 
 
+# A refused body is still read (and dropped) up to this much, so that a proxy still
+# uploading it gets the 413; closing on it makes the proxy's write fail, and its client
+# then sees a 502. Anything larger is cut off.
+DRAIN_MAX_BYTES = 1 << 20
+DRAIN_TIMEOUT_S = 5.0
+
+
+async def _drain(receive: Receive, read: int) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            while read <= DRAIN_MAX_BYTES:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    return
+                read += len(message.get("body", b""))
+
+
 class BodyLimitMiddleware:
     """Answers 413 (JSON) for bodies over `max_bytes`, by Content-Length or while streaming.
 
     A streamed body that passes the limit is answered at once; the app then sees the
-    client as gone and whatever it tries to send is dropped.
+    client as gone and whatever it tries to send is dropped. Either way the rest of the
+    body is read first (up to DRAIN_MAX_BYTES), for proxies in front.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -56,6 +76,8 @@ class BodyLimitMiddleware:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            if int(declared) <= DRAIN_MAX_BYTES:
+                await _drain(receive, 0)
             return await self._reject(send)
 
         seen = 0
@@ -70,6 +92,8 @@ class BodyLimitMiddleware:
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes and not started:
                     rejected = True
+                    if message.get("more_body"):
+                        await _drain(receive, seen)
                     await self._reject(send)
                     return {"type": "http.disconnect"}
             return message
