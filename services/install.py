@@ -16,7 +16,9 @@ Why this exists rather than a plain `pip install`:
   from there; other flags mean another key, so another build.
 
 `CHATBOT_LLAMA_CMAKE_ARGS` is the one setting that opts into another build on purpose (native,
-CUDA: the CUDA image sets it). Everything after the options goes to `pip install` as it is.
+CUDA: the CUDA image sets it). The arguments go to `pip install` as they are; with none, only
+llama-cpp-python is installed. `--print-cmake-args` prints the flags in force and exits
+(tests/bench/build-llama-server builds the benchmark's peer with them).
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def pip(*args: str, env: dict[str, str] | None = None) -> None:
 
 
 def build_wheel(requirement: str, flags: str, target: Path) -> Path:
-    """Compile llama-cpp-python with `flags` into `target` (atomically: a cut build leaves nothing)."""
+    """Compiles llama-cpp-python with `flags` into `target`; a cut build leaves nothing."""
     print(f"==> compiling {requirement} with CMAKE_ARGS={flags!r} (about 5 minutes on two cores)",
           flush=True)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +119,9 @@ def install_llama_cpp() -> None:
 
 
 def main(argv: list[str]) -> None:
+    if argv == ["--print-cmake-args"]:
+        print(cmake_args())
+        return
     install_llama_cpp()
     if argv:
         # llama-cpp-python is already installed at the pinned version: pip keeps it.

@@ -100,6 +100,16 @@ def test_readyz_reports_gpu_offload(gateway):
     assert office["n_ctx"] >= 8191 and office["n_batch"] == 2048 and office["flash_attn"] is True
 
 
+def test_readyz_and_the_log_say_which_llama_cpp_build_was_loaded(gateway):
+    with gateway.client() as http:
+        build = http.get("/office/readyz").json()["engine"]["llama_cpp"]
+    assert build["llama_cpp_python"] == "0.3.36"
+    assert "CPU" in build["backends"] and build["amx"] is False
+    assert "AVX2" in build["cpu_features"], build  # the portable x86-64-v3 build
+    assert "AVX2 = 1" in build["system_info"]
+    assert "CPU features AVX" in gateway.log.read_text()  # logged at start-up
+
+
 def test_metrics_expose_latency_queue_inflight_tokens_and_ttft(gateway):
     with gateway.client() as http:
         assert http.post("/character/Llama", json=CHARACTER_BODY).status_code == 200

@@ -45,6 +45,8 @@ from chatbot.llm.loading import (
     cpu_count,
     kv_cache_type,
     layers_offloaded,
+    llama_cpp_build,
+    log_llama_cpp_build,
     wait_for_file,
 )
 from chatbot.llm.relay import END, Relay
@@ -154,6 +156,7 @@ class BatchedEngine:
             self._loaded = True
             self._detail = "model loaded"
             log.info("loaded %s in %.2fs: %s", self.path, self._facts["load_seconds"], self._facts)
+            log_llama_cpp_build(self._facts["llama_cpp"])
         except Exception as exc:
             self._detail = f"model load failed: {exc}"
             log.error("%s", self._detail)
@@ -224,6 +227,7 @@ class BatchedEngine:
             "n_threads": threads,
             "chat_template": "gguf" if "tokenizer.chat_template" in meta else "none",
             "chat_format": self._format.name,
+            "llama_cpp": llama_cpp_build(),
         }
 
     def _require(self) -> None:

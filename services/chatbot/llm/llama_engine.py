@@ -27,6 +27,8 @@ from chatbot.llm.loading import (
     cpu_count,
     kv_cache_type,
     layers_offloaded,
+    llama_cpp_build,
+    log_llama_cpp_build,
     wait_for_file,
 )
 from chatbot.llm.relay import END, Relay
@@ -69,6 +71,7 @@ class LlamaEngine:
             self._facts["load_seconds"] = round(time.monotonic() - started, 3)
             self._detail = "model loaded"
             log.info("loaded %s in %.2fs: %s", self.path, self._facts["load_seconds"], self._facts)
+            log_llama_cpp_build(self._facts["llama_cpp"])
         except Exception as exc:
             self._detail = f"model load failed: {exc}"
             log.error("%s", self._detail)
@@ -109,6 +112,7 @@ class LlamaEngine:
             "main_gpu": s.main_gpu, "flash_attn": s.flash_attn, "kv_cache_type": s.kv_cache_type,
             "n_threads": kwargs["n_threads"],
             "chat_template": "gguf" if "tokenizer.chat_template" in meta else "none",
+            "llama_cpp": llama_cpp_build(),
         }
         self._eos = llm.token_eos()
         return llm

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import os
 import re
 import time
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 
 
@@ -31,6 +33,47 @@ def kv_cache_type(name: str) -> int:
 
     return {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0,
             "f32": llama_cpp.GGML_TYPE_F32}[name]
+
+
+def llama_cpp_build() -> dict:
+    """The llama.cpp that was loaded: its version and what its backends were compiled with
+    (`llama_print_system_info`), so a user can see whether they got the portable build, a
+    native one or CUDA, and /readyz can show it beside the offloaded layers."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
+    backends = system_info_features(info)
+    cpu = backends.get("CPU", {})
+    return {
+        "llama_cpp_python": llama_cpp.__version__,
+        "cpu_features": sorted(name for name, value in cpu.items() if value == "1"),
+        "amx": any(name.startswith("AMX") and value == "1" for name, value in cpu.items()),
+        "backends": sorted(backends),
+        "system_info": info,
+    }
+
+
+def log_llama_cpp_build(build: dict) -> None:
+    log.info("llama.cpp (llama-cpp-python %s): backends %s; CPU features %s",
+             build["llama_cpp_python"], ", ".join(build["backends"]) or "none",
+             " ".join(build["cpu_features"]) or "none")
+    if build["amx"]:
+        log.warning("this llama.cpp was compiled with AMX: generation can die with SIGILL "
+                    "(llama.cpp#26954); reinstall with the portable build (services/install.py)")
+
+
+def system_info_features(info: str) -> dict[str, dict[str, str]]:
+    """`CPU : AVX = 1 | AVX2 = 1 | ... | CUDA : ARCHS = 750 | ...` -> {backend: {name: value}}."""
+    backends: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for part in info.split("|"):
+        if " : " in part:
+            backend, _, part = part.partition(" : ")
+            current = backends.setdefault(backend.strip(), {})
+        name, sep, value = part.partition(" = ")
+        if sep and current is not None:
+            current[name.strip()] = value.strip()
+    return backends
 
 
 def layers_offloaded(log_lines: list[str]) -> int:
