@@ -10,8 +10,8 @@ upstream llama.cpp#26954 makes AMX tile code die with SIGILL):
   /proc/cpuinfo: F, VNNI, BF16, VBMI), as a user opting in for one known CPU would build.
 - `all-variants`: `GGML_BACKEND_DL` + `GGML_CPU_ALL_VARIANTS`, ggml's runtime-dispatched CPU
   backends (one shared module per CPU generation, the best-scoring one loaded at start-up).
-  Only the variants that can win on x86-64 servers are compiled (x64, haswell, skylakex,
-  cascadelake, icelake, cooperlake, sapphirerapids); the bench reports which one ggml picked.
+  Its library depends on all 14 x86 variants, so it is the slowest to build; the bench
+  reports the features of the variant ggml picked.
 
 Each build is compiled once into ~/.cache/chatbot-dev/llama-builds/<name>-<flags hash>/ (a
 few minutes each on two cores) and loaded by our unchanged service through llama-cpp-python's
@@ -43,14 +43,13 @@ sys.path.insert(0, str(ROOT))
 from install import PORTABLE_CMAKE_ARGS  # noqa: E402
 
 from chatbot.llm.bundled import bundled_model_path  # noqa: E402
+from chatbot.llm.loading import system_info_features  # noqa: E402
 from tests.service.server import free_port  # noqa: E402
 
 CACHE = Path(os.environ.get("CHATBOT_DEV_CACHE", Path.home() / ".cache/chatbot-dev"))
 VERSION = "0.3.36"
 AVX512_FLAGS = {"avx512f": "GGML_AVX512", "avx512_vnni": "GGML_AVX512_VNNI",
                 "avx512_bf16": "GGML_AVX512_BF16", "avx512vbmi": "GGML_AVX512_VBMI"}
-VARIANTS = ("x64", "haswell", "skylakex", "cascadelake", "icelake", "cooperlake",
-            "sapphirerapids")
 QUESTION = "Explain in a few sentences how to write good meeting notes. Topic {}."
 
 
@@ -70,7 +69,7 @@ def candidates() -> dict[str, tuple[str, list[str]]]:
     builds["all-variants"] = (
         "-DGGML_NATIVE=OFF -DGGML_BACKEND_DL=ON -DGGML_CPU_ALL_VARIANTS=ON "
         "-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF",
-        ["llama", *(f"ggml-cpu-{v}" for v in VARIANTS)])
+        ["llama"])
     return builds
 
 
@@ -155,13 +154,22 @@ class Service:
         r.raise_for_status()
         return int(r.headers["x-generated-tokens"])
 
-    def tok_per_s(self, clients: int, requests_each: int) -> float:
-        started = time.perf_counter()
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the service so far (all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def measure(self, clients: int, requests_each: int) -> tuple[float, float]:
+        """(tokens per wall second, tokens per CPU second of the service). The second is
+        what the build changes; it holds steady on a busy machine, where wall time does not
+        (with one llama.cpp thread nothing spin-waits for a preempted sibling)."""
+        started, cpu = time.perf_counter(), self.cpu_seconds()
         with ThreadPoolExecutor(clients) as pool:
             tokens = sum(pool.map(
                 lambda c: sum(self.ask(c * 100 + i) for i in range(requests_each)),
                 range(clients)))
-        return tokens / (time.perf_counter() - started)
+        return (tokens / (time.perf_counter() - started),
+                tokens / max(self.cpu_seconds() - cpu, 1e-9))
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -179,14 +187,19 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--builds", default="avx2,avx512,all-variants",
+                        help="which candidates, comma-separated (all-variants compiles every "
+                        "variant ggml has: its library depends on them; about 30 minutes)")
     args = parser.parse_args()
     import llama_cpp
 
+    chosen = args.builds.split(",")
     libs = {"avx2": Path(llama_cpp.__file__).parent / "lib"}
     libs.update({name: build(name, flags, targets)
-                 for name, (flags, targets) in candidates().items()})
+                 for name, (flags, targets) in candidates().items() if name in chosen})
     info = {name: system_info(lib) for name, lib in libs.items()}
-    results: dict[str, dict[str, list[float]]] = {n: {"c1": [], "c4": []} for n in libs}
+    results: dict[str, dict[str, list[float]]] = {
+        n: {"c1": [], "c4": [], "c1cpu": [], "c4cpu": []} for n in libs}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             order = list(libs) if r % 2 == 0 else list(reversed(libs))
@@ -194,27 +207,37 @@ def main() -> int:
                 service = Service(libs[name], Path(tmp), args.threads, args.max_tokens)
                 try:
                     service.ask(-1)  # warm-up
-                    results[name]["c1"].append(service.tok_per_s(1, 4))
-                    results[name]["c4"].append(service.tok_per_s(4, 3))
+                    for level, clients, each in (("c1", 1, 4), ("c4", 4, 3)):
+                        wall, cpu = service.measure(clients, each)
+                        results[name][level].append(wall)
+                        results[name][level + "cpu"].append(cpu)
                 finally:
                     service.stop()
-                print(f"round {r + 1} {name}: 1 client {results[name]['c1'][-1]:.0f} tok/s, "
-                      f"4 clients {results[name]['c4'][-1]:.0f} tok/s", file=sys.stderr,
-                      flush=True)
-    base = {k: sum(v) / len(v) for k, v in results["avx2"].items()}
-    lines = [f"SmolLM2-135M Q4_1, batched engine, {args.threads} threads, greedy, "
-             f"{args.max_tokens} tokens, 1-minute load {os.getloadavg()[0]:.1f}; "
-             "tok/s per round (run 1/run 2...)", "",
-             "| build | 1 client tok/s | 4 clients tok/s | vs avx2 (1 / 4) "
-             "| CPU backend features |",
-             "|---|---|---|---|---|"]
+                got = results[name]
+                print(f"round {r + 1} {name}: 1 client {got['c1'][-1]:.0f} tok/s "
+                      f"({got['c1cpu'][-1]:.0f} per CPU-s), 4 clients {got['c4'][-1]:.0f} "
+                      f"tok/s ({got['c4cpu'][-1]:.0f} per CPU-s)", file=sys.stderr, flush=True)
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
+    def runs(values: list[float]) -> str:
+        return "/".join(f"{x:.0f}" for x in values)
+
+    base = {k: mean(v) for k, v in results["avx2"].items()}
+    lines = [f"SmolLM2-135M Q4_1, batched engine, {args.threads} llama.cpp thread(s), greedy, "
+             f"{args.max_tokens} tokens, 1-minute load {os.getloadavg()[0]:.1f}. Runs are "
+             "separated by /; 'per CPU-s' is tokens per CPU second of the service process.", "",
+             "| build | 1 client tok/s | per CPU-s | 4 clients tok/s | per CPU-s "
+             "| per CPU-s vs avx2 (1 / 4) | CPU backend features |",
+             "|---|---|---|---|---|---|---|"]
     for name in libs:
-        c1, c4 = results[name]["c1"], results[name]["c4"]
-        ratio = (f"{sum(c1) / len(c1) / base['c1']:.2f} / {sum(c4) / len(c4) / base['c4']:.2f}")
-        features = " ".join(p.split(" =")[0].strip() for p in info[name].split("|")
-                            if p.strip().endswith("= 1"))
-        lines.append(f"| {name} | {'/'.join(f'{x:.0f}' for x in c1)} | "
-                     f"{'/'.join(f'{x:.0f}' for x in c4)} | {ratio} | {features} |")
+        got = results[name]
+        ratio = (f"{mean(got['c1cpu']) / base['c1cpu']:.2f} / "
+                 f"{mean(got['c4cpu']) / base['c4cpu']:.2f}")
+        cpu = system_info_features(info[name]).get("CPU", {})
+        features = " ".join(k for k, v in cpu.items() if v == "1")
+        lines.append(f"| {name} | {runs(got['c1'])} | {runs(got['c1cpu'])} | {runs(got['c4'])} "
+                     f"| {runs(got['c4cpu'])} | {ratio} | {features} |")
     text = "\n".join(lines) + "\n"
     print("\n" + text)
     for name, text_info in info.items():
