@@ -23,11 +23,13 @@ llama-cpp-python is installed. `--print-cmake-args` prints the flags in force an
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -87,21 +89,28 @@ def pip(*args: str, env: dict[str, str] | None = None) -> None:
 
 
 def build_wheel(requirement: str, flags: str, target: Path) -> Path:
-    """Compiles llama-cpp-python with `flags` into `target`; a cut build leaves nothing."""
-    print(f"==> compiling {requirement} with CMAKE_ARGS={flags!r} (about 5 minutes on two cores)",
-          flush=True)
+    """Compiles llama-cpp-python with `flags` into `target`. One build per key at a time (a
+    lock); a cut build leaves only a staging directory, which the next build removes."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
-        # --no-cache-dir: never take (or leave) a wheel in pip's cache, whose key ignores flags.
-        env = {**os.environ, "CMAKE_ARGS": flags, "FORCE_CMAKE": "1"}
-        pip("wheel", "--no-deps", "--no-cache-dir", "--no-binary", "llama-cpp-python",
-            "--wheel-dir", str(staging), requirement, env=env)
-        (staging / "build.json").write_text(json.dumps(
-            {"requirement": requirement, "cmake_args": flags}, indent=2) + "\n")
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with open(target.parent / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.is_dir():  # built by another install while this one waited
+            return target
+        for leftover in target.parent.glob(f"{target.name}.*/"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        print(f"==> compiling {requirement} with CMAKE_ARGS={flags!r} (about 5 minutes on two "
+              "cores)", flush=True)
+        staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+        try:
+            # --no-cache-dir: never take (or leave) a wheel in pip's cache, keyed by sdist only.
+            env = {**os.environ, "CMAKE_ARGS": flags, "FORCE_CMAKE": "1"}
+            pip("wheel", "--no-deps", "--no-cache-dir", "--no-binary", "llama-cpp-python",
+                "--wheel-dir", str(staging), requirement, env=env)
+            (staging / "build.json").write_text(json.dumps(
+                {"requirement": requirement, "cmake_args": flags}, indent=2) + "\n")
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -129,4 +138,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # A stopped install (Ctrl-C, SIGTERM) still runs its clean-up.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     main(sys.argv[1:])

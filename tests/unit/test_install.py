@@ -81,7 +81,16 @@ def test_a_failed_build_leaves_no_cache_entry(install, monkeypatch):
     monkeypatch.setattr(install, "pip", broken)
     with pytest.raises(SystemExit):
         install.main([])
-    assert list(install.cache_dir().iterdir()) == []  # the next run builds again
+    assert [p for p in install.cache_dir().iterdir() if p.is_dir()] == []  # built again next
+
+
+def test_a_build_killed_outright_is_cleaned_up_by_the_next(install):
+    key = install.build_key(install.pinned_requirement(), install.cmake_args())
+    leftover = install.cache_dir() / f"{key}.x1y2z3"  # a SIGKILLed build's staging directory
+    leftover.mkdir(parents=True)
+    (leftover / "half.whl").write_bytes(b"")
+    install.main([])
+    assert not leftover.exists() and (install.cache_dir() / key).is_dir()
 
 
 def test_the_pin_comes_from_pyproject(install):
