@@ -112,7 +112,10 @@ def test_sequences_really_run_together(tiny_models):
 
 
 def test_a_prompt_longer_than_n_batch_is_chunked(tiny_models):
-    long_question = " ".join(f"item {i}: check the figures and the dates." for i in range(40))
+    # 36 items: with 37 to 40 the portable (AVX2) llama.cpp build breaks a near-tie of the
+    # random tiny model at the 60th greedy token once chunked (the AVX-512 build does not);
+    # llama.cpp's kernels are not bit-identical across batch shapes (README, near-ties).
+    long_question = " ".join(f"item {i}: check the figures and the dates." for i in range(36))
 
     async def run(n_batch: int):
         async with engine(tiny_models, 1, n_batch=n_batch) as e:
@@ -207,7 +210,10 @@ def test_a_new_sequence_copies_the_shared_system_prompt_instead_of_evaluating_it
     """Two conversations start together with the same long system prompt: the one that gets
     a fresh slot copies the cells from the other's slot and still answers as it does alone."""
     system = ChatMessage("system", "You are a careful office assistant. " * 30)
-    asks = [[system, ChatMessage("user", q)] for q in QUESTIONS[:2]]
+    # Not the Korean question: on the portable (AVX2) build its answer breaks a near-tie of
+    # the random tiny model at the 20th token whichever slot it gets (kernels are not
+    # bit-identical across batch shapes; README, near-ties). The AVX-512 build keeps it.
+    asks = [[system, ChatMessage("user", q)] for q in (QUESTIONS[0], QUESTIONS[2])]
 
     async def scenario():
         expected = []
