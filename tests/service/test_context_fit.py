@@ -18,6 +18,7 @@ import pytest
 from pymongo import MongoClient
 
 from chatbot.stores.embedded import EmbeddedHistoryStore
+from tests.service.upstreams import ContextOverflowUpstream
 
 N_CTX = 2048
 ANSWER = 200  # tokens: every tiny-model answer is exactly this long
@@ -211,6 +212,19 @@ def test_gpt_routes_pass_the_upstreams_limit_on_as_400(start_server, tight):
     assert "OpenAI" in body["detail"]
     db = Path(server.log.parent / f"h-{server.port}.db")
     assert EmbeddedHistoryStore(db).document("character", "gpt-too-long", ref["db_id"]) is None
+
+
+def test_gpt_routes_read_llama_servers_overflow_error_too(start_server):
+    with ContextOverflowUpstream() as upstream:
+        server = start_server(env={"OPENAI_API_KEY": "k", "CHATBOT_OPENAI_MAX_RETRIES": "0",
+                                   "OPENAI_BASE_URL": upstream.url, "CHATBOT_SEARCH": "none"})
+        with server.client() as http:
+            r = http.post("/office/gpt4.1_mini", json={"input_data": "긴 질문"})
+        server.stop()
+    body = _assert_400(r)
+    assert (body["prompt_tokens"], body["context_tokens"]) == (9000, 8192)
+    assert "exceeds the available context size" in body["detail"]
+    assert len(upstream.requests) == 1  # not retried by the non-streaming fallback
 
 
 @pytest.mark.smoke
