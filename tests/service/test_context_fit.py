@@ -84,7 +84,10 @@ def test_a_30_turn_conversation_with_long_answers_keeps_answering(start_server, 
     with server.client(timeout=120) as http:
         answers = _conversation(http, "/Llama", ref, TURNS)
         hello = http.post("/Llama", json={"input_data": "hello again", **ref})
+        metrics = http.get("/metrics").text
     server.stop()
+    dropped = sum(int(r.headers["x-history-turns-dropped"]) for r in [*answers, hello])
+    assert f'chatbot_history_turns_dropped_total{{persona="office"}} {dropped}.0' in metrics
     assert hello.status_code == 200, hello.text  # the issue's dead conversation, alive
     assert all(int(r.headers["x-generated-tokens"]) > ANSWER // 2 for r in answers)
     _check_fitted(answers, limit=8, n_ctx=N_CTX)
