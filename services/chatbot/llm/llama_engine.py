@@ -229,7 +229,6 @@ class LlamaEngine:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-
 def _domain_error(exc: Exception) -> Exception:
     """llama-cpp-python's overflow ("Requested tokens (N) exceed context window of C")."""
     if isinstance(exc, ValueError) and "exceed context window" in str(exc):
