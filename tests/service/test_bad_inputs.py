@@ -65,6 +65,13 @@ CASES = [
      "Content-Type"),
     ("no content type", "/office/Llama", json.dumps(OFFICE).encode(), "", 415, "Content-Type"),
     ("oversized body", "/office/Llama", office(input_data="a" * 70_000), None, 413, "body"),
+    ("persona context beyond the model's context", "/character/Llama",
+     char(greeting="뷁" * 2000, context="뷁" * 4000), None, 400, "context"),
+    ("/v1 messages beyond the model's context", "/office/v1/chat/completions",
+     {"messages": [{"role": "user", "content": "뷁" * 8000}]}, None, 400, "context"),
+    ("/v1 streamed messages beyond the model's context", "/character/v1/chat/completions",
+     {"messages": [{"role": "user", "content": "뷁" * 8000}], "stream": True}, None, 400,
+     "context"),
     ("unknown GPT model (office)", "/office/gpt5", OFFICE, None, 400, None),
     ("unknown GPT model (character)", "/character/llama2", CHAR, None, 400, None),
 ]
@@ -89,6 +96,9 @@ def test_bad_input_gets_its_precise_4xx(gateway, path, body, content_type, statu
         assert payload == {"detail": "Invalid model name."}
     else:
         assert field in payload["detail"], payload
+    if status == 400 and field == "context":  # names the token counts
+        assert payload["code"] == "context_length_exceeded", payload
+        assert payload["prompt_tokens"] > payload["context_tokens"], payload
 
 
 def test_the_table_is_big_enough():

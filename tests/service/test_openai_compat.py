@@ -43,6 +43,12 @@ def test_streaming_completion_in_openai_chunks_with_usage(gateway):
     assert finishes[-1] in ("stop", "length") and set(finishes[:-1]) == {None}
     assert chunks[-1].choices == [] and 1 <= chunks[-1].usage.completion_tokens <= 12
     assert len({c.id for c in chunks}) == 1
+    # The real prompt, counted by the model's tokenizer, as the non-streaming answer reports.
+    plain = _client(gateway, "office").chat.completions.create(
+        model="local", messages=MESSAGES, max_tokens=1)
+    usage = chunks[-1].usage
+    assert usage.prompt_tokens == plain.usage.prompt_tokens > len(MESSAGES)
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
 def test_the_sse_stream_ends_with_done(gateway):

@@ -2,7 +2,8 @@
 
 The happy path uses a second real `chatbot serve` as the upstream; these cover what it
 cannot show: what exactly the service sends (`RecordingUpstream`), an upstream that answers
-500 (`FailingUpstream`) and one that never answers (`HangingUpstream`). They speak plain
+500 (`FailingUpstream`), llama-server's context overflow (`ContextOverflowUpstream`) and one
+that never answers (`HangingUpstream`). They speak plain
 HTTP/1.1 on loopback from a thread (http.server), nothing is mocked in the client.
 """
 
@@ -95,6 +96,17 @@ class FailingUpstream(_Upstream):
     def answer(self, handler, body) -> None:
         error = {"error": {"message": "upstream exploded", "type": "server_error"}}
         _send(handler, 500, json.dumps(error).encode(), "application/json")
+
+
+class ContextOverflowUpstream(_Upstream):
+    """Answers every request as llama-server does when the prompt exceeds its context."""
+
+    def answer(self, handler, body) -> None:
+        error = {"error": {"code": 400, "type": "exceed_context_size_error",
+                           "message": "request (9000 tokens) exceeds the available context "
+                                      "size (8192 tokens), try increasing it",
+                           "n_prompt_tokens": 9000, "n_ctx": 8192}}
+        _send(handler, 400, json.dumps(error).encode(), "application/json")
 
 
 class HangingUpstream(_Upstream):

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import pytest
 
 from chatbot.core.ports import ChatMessage
+from chatbot.domain.errors import ContextLengthExceededError
 from chatbot.domain.personas import SamplingParams
 from chatbot.llm.batched_engine import BatchedEngine
 from chatbot.settings import ModelSettings
@@ -234,7 +235,9 @@ def test_a_new_sequence_copies_the_shared_system_prompt_instead_of_evaluating_it
 def test_a_prompt_longer_than_the_context_is_refused(tiny_models):
     async def scenario():
         async with engine(tiny_models, 1, n_ctx=64) as e:
-            with pytest.raises(ValueError, match="context holds"):
+            with pytest.raises(ContextLengthExceededError, match="context holds") as caught:
                 await answer(e, chat(QUESTIONS[2] * 10))
+            assert caught.value.context_tokens == e.context_tokens()
+            assert caught.value.prompt_tokens == e.count_prompt_tokens(chat(QUESTIONS[2] * 10))
 
     asyncio.run(scenario())

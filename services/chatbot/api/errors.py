@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from chatbot.domain.errors import (
+    ContextLengthExceededError,
     DeadlineExceededError,
     EngineUnavailableError,
     GenerationFailedError,
@@ -82,6 +83,14 @@ async def _upstream(request: Request, exc: UpstreamError) -> JSONResponse:
                          "upstream_status": exc.upstream_status}, status_code=502)
 
 
+async def _context_length(request: Request, exc: ContextLengthExceededError) -> JSONResponse:
+    """A client error, as llama-server and OpenAI answer it (the openai SDK reads `code`)."""
+    return JSONResponse({"detail": exc.message, "code": "context_length_exceeded",
+                         "prompt_tokens": exc.prompt_tokens,
+                         "min_answer_tokens": exc.min_answer_tokens,
+                         "context_tokens": exc.context_tokens}, status_code=400)
+
+
 async def _http(request: Request, exc: HTTPException) -> JSONResponse:
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
                         headers=getattr(exc, "headers", None))
@@ -100,6 +109,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(QueueFullError, _queue_full)
     app.add_exception_handler(InvalidModelNameError, _invalid_model)
+    app.add_exception_handler(ContextLengthExceededError, _context_length)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(DeadlineExceededError, _simple(504, "DEADLINE_EXCEEDED"))
     app.add_exception_handler(EngineUnavailableError, _simple(503, "ENGINE_UNAVAILABLE"))

@@ -70,6 +70,10 @@ class PersonaMetrics:
         self.fallbacks = Counter(
             "chatbot_fallback_generations", "Answers produced by the non-streaming fallback",
             ["persona"], registry=r)
+        self.turns_dropped = Counter(
+            "chatbot_history_turns_dropped",
+            "Stored turns left out of prompts so that they fit the model's context",
+            ["persona"], registry=r)
         self.rejected = Counter(
             "chatbot_rejected_requests", "Requests answered 429 because the queue was full",
             ["persona"], registry=r)
@@ -95,3 +99,5 @@ class PersonaMetrics:
             self.ttft.labels(self.persona).observe(result.ttft_s)
         if result.fallback_used:
             self.fallbacks.labels(self.persona).inc()
+        if result.history_dropped:
+            self.turns_dropped.labels(self.persona).inc(result.history_dropped)

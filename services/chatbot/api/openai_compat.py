@@ -2,7 +2,9 @@
 
 Non-streaming answers a `chat.completion` object; `stream: true` answers Server-Sent Events
 of `chat.completion.chunk` objects ending with `data: [DONE]`. Requests wait in the same
-admission queue as the persona's chat routes (429 + Retry-After when it is full).
+admission queue as the persona's chat routes (429 + Retry-After when it is full). A prompt
+that leaves the context no room for an answer is a 400 `context_length_exceeded`, before
+any stream starts.
 """
 
 from __future__ import annotations
@@ -63,14 +65,19 @@ async def _until_disconnect(request: Request, work: asyncio.Future):
 @router.post(
     "/v1/chat/completions", dependencies=[Depends(require_json)],
     summary="OpenAI-compatible chat completions on this persona's local model",
-    responses={422: {"description": "A field is invalid (the error names it)"},
+    responses={400: {"description": "Malformed JSON, or the messages do not fit the "
+                                    "context (code context_length_exceeded)"},
+               422: {"description": "A field is invalid (the error names it)"},
                429: {"description": "Queue full; see Retry-After"},
                503: {"description": "Model not loaded"}},
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request, rt: Runtime):
     service = rt.service
-    params = body.sampling(service.profile.generation)
     messages = _messages(body)
+    # Counted before anything is queued: a prompt that cannot fit is a 400, never a stream.
+    fitted = await asyncio.to_thread(completions.budget, service, messages,
+                                     body.sampling(service.profile.generation))
+    params = fitted.params
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     model = service.engine.model_name
@@ -78,7 +85,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, rt: Ru
         pieces = completions.stream(service, messages, params)
         await anext(pieces)  # admitted: a full queue has raised 429 before the response starts
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _sse(pieces, completion_id, created, model, params.max_tokens, include_usage)
+        events = _sse(pieces, completion_id, created, model, params.max_tokens, include_usage,
+                      fitted.prompt_tokens)
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -89,12 +97,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, rt: Ru
         "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
                      "logprobs": None,
                      "finish_reason": _finish_reason(result.tokens, params.max_tokens)}],
-        "usage": _usage(result.prompt_tokens, result.tokens),
+        "usage": _usage(result.prompt_tokens or fitted.prompt_tokens, result.tokens),
     }, headers={"X-Generated-Tokens": str(result.tokens)})
 
 
 async def _sse(pieces: AsyncIterator[str], completion_id: str, created: int, model: str,
-               max_tokens: int, include_usage: bool) -> AsyncIterator[str]:
+               max_tokens: int, include_usage: bool,
+               prompt_tokens: int | None) -> AsyncIterator[str]:
     def event(delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
         chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
                  "model": model,
@@ -112,7 +121,7 @@ async def _sse(pieces: AsyncIterator[str], completion_id: str, created: int, mod
             yield event({"content": piece})
         yield event({}, _finish_reason(tokens, max_tokens))
         if include_usage:
-            yield event(None, usage=_usage(None, tokens))
+            yield event(None, usage=_usage(prompt_tokens, tokens))
     except ChatError as exc:  # the status line is sent; report the error the way OpenAI does
         error = {"message": exc.message, "type": type(exc).__name__}
         yield f"data: {json.dumps({'error': error}, ensure_ascii=False)}\n\n"

@@ -19,7 +19,8 @@ from chatbot.domain.schemas import CharacterRequest, OfficeRequest
 _ERRORS = {
     code: {"description": text, "content": {"application/json": {}}}
     for code, text in {
-        400: "Unknown GPT model name, or malformed JSON", 413: "Body too large",
+        400: "Unknown GPT model name, malformed JSON, or the prompt cannot fit the context "
+             "even without history (code context_length_exceeded)", 413: "Body too large",
         415: "Body is not JSON", 422: "A field is invalid (the error names it)",
         429: "Queue full; see Retry-After",
         503: "Model not loaded / OpenAI not configured (OPENAI_API_KEY)",
@@ -68,11 +69,15 @@ def _headers(r: ChatResult) -> dict[str, str]:
     timings += [f"gen;dur={r.generation_s * 1000:.1f}", f"total;dur={r.total_s * 1000:.1f}"]
     if r.fallback_used:
         timings.append('fallback;desc="non-streaming fallback"')
-    return {
+    headers = {
         "Server-Timing": ", ".join(timings),
         "X-Generated-Tokens": str(r.tokens),
         "X-History-Turns": str(r.history_turns),
+        "X-History-Turns-Dropped": str(r.history_dropped),
     }
+    if r.prompt_tokens is not None:
+        headers["X-Prompt-Tokens"] = str(r.prompt_tokens)
+    return headers
 
 
 async def _office(request: Request, rt: Runtime, service: ChatService, body: OfficeRequest):

@@ -9,9 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from chatbot.core.admission import Admission
+from chatbot.core.context_fit import Fit, fit_history
 from chatbot.core.ports import ChatEngine, ChatMessage, HistoryStore, Turn
 from chatbot.core.stats import Outcome, PerformanceStats
 from chatbot.domain.errors import (
+    ContextLengthExceededError,
     DeadlineExceededError,
     EngineUnavailableError,
     GenerationFailedError,
@@ -19,7 +21,7 @@ from chatbot.domain.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from chatbot.domain.personas import MIN_ANSWER_CHARS, PersonaProfile
+from chatbot.domain.personas import MIN_ANSWER_CHARS, PersonaProfile, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,9 @@ class ChatResult:
     generation_s: float
     total_s: float
     fallback_used: bool
-    history_turns: int
+    history_turns: int  # turns replayed
+    history_dropped: int = 0  # older turns left out so that the prompt fits the context
+    prompt_tokens: int | None = None  # when the engine counts them
 
 
 @dataclass(frozen=True)
@@ -47,11 +51,17 @@ class _Generated:
 
 # Failures the non-streaming fallback would only repeat (or must not mask).
 _NOT_RETRIED = (EngineUnavailableError, UpstreamError, UpstreamTimeoutError,
-                asyncio.CancelledError)
+                ContextLengthExceededError, asyncio.CancelledError)
 
 
 def _usable(text: str) -> bool:
     return sum(1 for c in text if not c.isspace()) >= MIN_ANSWER_CHARS
+
+
+def _budget(params: SamplingParams, room: int) -> SamplingParams:
+    if params.max_tokens <= room:
+        return params
+    return params.model_copy(update={"max_tokens": room})
 
 
 class ChatService:
@@ -94,8 +104,11 @@ class ChatService:
                 async with self.admission.slot():
                     admitted = time.monotonic()
                     history = await self._history(conversation)
-                    messages = build_messages(history)
-                    generated = await self._generate(messages)
+                    # Rendering and tokenizing run beside the event loop, not on it.
+                    fit, messages = await asyncio.to_thread(self._fit, history, build_messages)
+                    if fit is not None:
+                        history = history[len(history) - fit.turns:]
+                    generated = await self._generate(messages, fit)
         except QueueFullError:
             self.stats.record_rejected()
             raise
@@ -118,12 +131,33 @@ class ChatService:
             total_s=finished - started,
             fallback_used=generated.fallback_used,
             history_turns=len(history),
+            history_dropped=fit.dropped if fit is not None else 0,
+            prompt_tokens=fit.prompt_tokens if fit is not None else None,
         )
         self.stats.record(Outcome(True, result.total_s, result.generation_s, result.tokens))
         return result
 
     def _record_failure(self, started: float) -> None:
         self.stats.record(Outcome(ok=False, total_s=time.monotonic() - started))
+
+    def _fit(self, history: list[Turn],
+             build_messages: Callable[[list[Turn]], list[ChatMessage]],
+             ) -> tuple[Fit | None, list[ChatMessage]]:
+        """The most recent turns that fit the context with the answer's budget, and the
+        messages that replay them (exactly those counted); no fit when the engine cannot
+        count (a remote API: its own limit applies)."""
+        context = self.engine.context_tokens()
+        if context is None:
+            return None, build_messages(history)
+        n = len(history)
+        built: dict[int, list[ChatMessage]] = {}
+
+        def prompt_tokens(k: int) -> int:
+            built[k] = build_messages(history[n - k:])
+            return self.engine.count_prompt_tokens(built[k])
+
+        fit = fit_history(n, prompt_tokens, context, self.profile.generation.max_tokens)
+        return fit, built[fit.turns]
 
     async def _history(self, conversation: tuple[str, str] | None) -> list[Turn]:
         if conversation is None:
@@ -150,12 +184,16 @@ class ChatService:
             self.history_failures["write"] += 1
             log.warning("history write failed for %s/%s: %s", user_id, db_id, exc)
 
-    async def _generate(self, messages: list[ChatMessage]) -> _Generated:
+    async def _generate(self, messages: list[ChatMessage], fit: Fit | None) -> _Generated:
+        generation, fallback = self.profile.generation, self.profile.fallback
+        if fit is not None:  # the answer budget: never past the context
+            generation = _budget(generation, fit.max_tokens)
+            fallback = _budget(fallback, fit.room)
         started = time.monotonic()
         pieces: list[str] = []
         ttft: float | None = None
         try:
-            async for piece in self.engine.stream(messages, self.profile.generation):
+            async for piece in self.engine.stream(messages, generation):
                 if ttft is None:
                     ttft = time.monotonic() - started
                 pieces.append(piece)
@@ -170,7 +208,7 @@ class ChatService:
         self.fallbacks += 1
         log.info("streamed answer too short (%d chars); generating without streaming", len(text))
         try:
-            completion = await self.engine.complete(messages, self.profile.fallback)
+            completion = await self.engine.complete(messages, fallback)
         except _NOT_RETRIED:
             raise
         except Exception as exc:

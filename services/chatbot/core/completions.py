@@ -1,7 +1,10 @@
 """Caller-supplied messages on a persona's engine (the OpenAI-compatible endpoint).
 
 Same admission queue, deadline and statistics as the persona's chat routes; no persona
-prompt, no history, no fallback: the caller owns the conversation.
+prompt, no history, no fallback: the caller owns the conversation. `budget` fits the
+caller's messages to the context first: a prompt that leaves no room for an answer is a
+`ContextLengthExceededError` (400) before anything is queued or streamed, and `max_tokens`
+shrinks to what the context has left.
 """
 
 from __future__ import annotations
@@ -9,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from chatbot.core.chat import ChatService
+from chatbot.core.context_fit import fit_prompt
 from chatbot.core.ports import ChatMessage, Completion
 from chatbot.core.stats import Outcome
 from chatbot.domain.errors import DeadlineExceededError, EngineUnavailableError, QueueFullError
@@ -21,6 +26,26 @@ def _require_ready(service: ChatService) -> None:
     if not service.engine.status().ready:
         raise EngineUnavailableError(
             f"The {service.profile.persona} model is not loaded yet; retry shortly.")
+
+
+@dataclass(frozen=True)
+class Budget:
+    params: SamplingParams  # the caller's, max_tokens shrunk to what the context has left
+    prompt_tokens: int | None  # None when the engine cannot count
+
+
+def budget(service: ChatService, messages: list[ChatMessage],
+           params: SamplingParams) -> Budget:
+    """Counts the prompt with the model's tokenizer; raises ContextLengthExceededError
+    when it leaves no room for an answer."""
+    _require_ready(service)
+    context = service.engine.context_tokens()
+    if context is None:
+        return Budget(params, None)
+    fit = fit_prompt(service.engine.count_prompt_tokens(messages), context, params.max_tokens)
+    if fit.max_tokens < params.max_tokens:
+        params = params.model_copy(update={"max_tokens": fit.max_tokens})
+    return Budget(params, fit.prompt_tokens)
 
 
 def _deadline_error(service: ChatService) -> DeadlineExceededError:

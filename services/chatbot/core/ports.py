@@ -50,6 +50,14 @@ class ChatEngine(Protocol):
 
     async def complete(self, messages: list[ChatMessage], params: SamplingParams) -> Completion: ...
 
+    def context_tokens(self) -> int | None:
+        """Tokens one conversation may hold, prompt and answer together; None when the
+        engine cannot count them (a remote API: its own limit applies)."""
+
+    def count_prompt_tokens(self, messages: list[ChatMessage]) -> int:
+        """The prompt's length in the model's own tokens: its chat template rendered as
+        for generation, then tokenized. Only called when `context_tokens()` is not None."""
+
 
 @dataclass(frozen=True)
 class Turn:

@@ -58,3 +58,27 @@ class UpstreamError(ChatError):
 
 class UpstreamTimeoutError(ChatError):
     """The remote model API (OpenAI) did not answer within its timeout."""
+
+
+class ContextLengthExceededError(ChatError):
+    """The prompt cannot fit the model's context even without history (a client error).
+
+    The counts are None when a remote API reported the overflow without them.
+    """
+
+    def __init__(self, message: str, prompt_tokens: int | None = None,
+                 min_answer_tokens: int | None = None,
+                 context_tokens: int | None = None) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.min_answer_tokens = min_answer_tokens
+        self.context_tokens = context_tokens
+
+    @classmethod
+    def counted(cls, prompt_tokens: int, min_answer_tokens: int,
+                context_tokens: int) -> ContextLengthExceededError:
+        return cls(
+            f"The prompt needs {prompt_tokens} tokens without any history, and the answer at "
+            f"least {min_answer_tokens} more; the model's context holds {context_tokens} "
+            "tokens. Shorten the input, the persona context or the system messages.",
+            prompt_tokens, min_answer_tokens, context_tokens)

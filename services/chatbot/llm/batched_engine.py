@@ -37,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from chatbot.core.ports import ChatMessage, Completion, EngineStatus
-from chatbot.domain.errors import EngineUnavailableError
+from chatbot.domain.errors import ContextLengthExceededError, EngineUnavailableError
 from chatbot.domain.personas import STOP_STRINGS, SamplingParams
 from chatbot.llm.chat_format import ChatFormat
 from chatbot.llm.loading import (
@@ -58,10 +58,6 @@ from chatbot.settings import ModelSettings
 log = logging.getLogger(__name__)
 
 N_UBATCH_MAX = 512
-
-
-class PromptTooLongError(ValueError):
-    pass
 
 
 class _Request:
@@ -243,6 +239,14 @@ class BatchedEngine:
         tokens = self._model.tokenize(prompt.text.encode("utf-8"), prompt.add_bos, True)
         return tokens, tuple(dict.fromkeys((*STOP_STRINGS, *prompt.stop)))
 
+    def context_tokens(self) -> int:
+        """Each sequence's own cells: one conversation's prompt and answer together."""
+        self._require()
+        return self._n_ctx_seq
+
+    def count_prompt_tokens(self, messages: list[ChatMessage]) -> int:
+        return len(self.tokenize_chat(messages)[0])
+
     async def stream(
         self, messages: list[ChatMessage], params: SamplingParams
     ) -> AsyncIterator[str]:
@@ -266,8 +270,8 @@ class BatchedEngine:
         self._require()
         tokens, stops = self.tokenize_chat(messages)
         if len(tokens) >= self._n_ctx_seq:
-            raise PromptTooLongError(
-                f"the prompt has {len(tokens)} tokens; the context holds {self._n_ctx_seq}")
+            # The use cases fit prompts before they get here; this guards the engine itself.
+            raise ContextLengthExceededError.counted(len(tokens), 1, self._n_ctx_seq)
         seed = params.seed if params.seed is not None else self.settings.seed
         request = _Request(tokens, params, stops, seed, Relay(asyncio.get_running_loop()))
         with self._cond:

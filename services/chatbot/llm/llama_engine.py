@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from chatbot.core.ports import ChatMessage, Completion, EngineStatus
-from chatbot.domain.errors import EngineUnavailableError
+from chatbot.domain.errors import ContextLengthExceededError, EngineUnavailableError
 from chatbot.domain.personas import STOP_STRINGS, SamplingParams
+from chatbot.llm.chat_format import ChatFormat
 from chatbot.llm.loading import (
     LlamaLogCapture,
     cpu_count,
@@ -115,12 +116,28 @@ class LlamaEngine:
             "llama_cpp": llama_cpp_build(),
         }
         self._eos = llm.token_eos()
+        bos = llm.token_bos()
+        # The same prompt create_chat_completion renders, for counting it beforehand.
+        self._format = ChatFormat(
+            meta, llm._model.token_get_text(bos) if bos != -1 else "",
+            llm._model.token_get_text(self._eos) if self._eos != -1 else "", self._eos)
         return llm
 
     def _require(self):
         if self._llm is None:
             raise EngineUnavailableError(f"The model is not available: {self._detail}")
         return self._llm
+
+    # -- counting --------------------------------------------------------------------------
+
+    def context_tokens(self) -> int:
+        return self._require().n_ctx()
+
+    def count_prompt_tokens(self, messages: list[ChatMessage]) -> int:
+        llm = self._require()
+        prompt = self._format(messages)
+        return len(llm.tokenize(prompt.text.encode("utf-8"), add_bos=prompt.add_bos,
+                                special=True))
 
     # -- generation ------------------------------------------------------------------------
 
@@ -157,7 +174,7 @@ class LlamaEngine:
                         relay.put(text)
                 relay.put(END, flush=True)
             except Exception as exc:
-                relay.put(exc, flush=True)
+                relay.put(_domain_error(exc), flush=True)
             finally:
                 self._generating = False
 
@@ -192,6 +209,8 @@ class LlamaEngine:
                     logits_processor=llama_cpp.LogitsProcessorList([end_when_cancelled]),
                     **kwargs,
                 )
+            except ValueError as exc:
+                raise _domain_error(exc) from exc
             finally:
                 self._generating = False
             tokens = out["usage"]["completion_tokens"]
@@ -213,3 +232,9 @@ class LlamaEngine:
         await asyncio.get_running_loop().run_in_executor(self._executor, release)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+
+def _domain_error(exc: Exception) -> Exception:
+    """llama-cpp-python's overflow ("Requested tokens (N) exceed context window of C")."""
+    if isinstance(exc, ValueError) and "exceed context window" in str(exc):
+        return ContextLengthExceededError(f"The prompt does not fit the context: {exc}")
+    return exc

@@ -3,7 +3,10 @@
 Works against any OpenAI-compatible endpoint (`OPENAI_BASE_URL`), including this project's
 own `/v1/chat/completions`. Upstream failures become domain errors that name the upstream
 status: a timeout -> `UpstreamTimeoutError` (504), an error status or an unreachable
-endpoint -> `UpstreamError` (502).
+endpoint -> `UpstreamError` (502), except the upstream's own context limit (a 400
+`context_length_exceeded`, or llama-server's `exceed_context_size_error`) ->
+`ContextLengthExceededError` (400): the engine cannot count the upstream model's tokens,
+so the upstream's limit is the one that applies.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import openai
 from openai import AsyncOpenAI
 
 from chatbot.core.ports import ChatMessage, Completion, EngineStatus
-from chatbot.domain.errors import UpstreamError, UpstreamTimeoutError
+from chatbot.domain.errors import ContextLengthExceededError, UpstreamError, UpstreamTimeoutError
 from chatbot.domain.personas import SamplingParams
 
 
@@ -38,6 +41,12 @@ class OpenAIEngine:
         return EngineStatus(True, self.model, "OpenAI API",
                             {"generated_tokens": self.generated_tokens,
                              "base_url": str(self.client.base_url)})
+
+    def context_tokens(self) -> None:
+        return None  # unknown here: the upstream enforces its own limit
+
+    def count_prompt_tokens(self, messages: list[ChatMessage]) -> int:
+        raise NotImplementedError("the OpenAI engine cannot count the upstream's tokens")
 
     def _request(self, messages: list[ChatMessage], params: SamplingParams) -> dict:
         request = dict(
@@ -82,6 +91,17 @@ class OpenAIEngine:
         if isinstance(exc, openai.APITimeoutError):
             return UpstreamTimeoutError(
                 f"{where} did not answer within {self.client.timeout} s.")
+        if isinstance(exc, openai.APIStatusError) and _context_overflow(exc):
+            body = exc.body if isinstance(exc.body, dict) else {}
+
+            def count(*keys: str) -> int | None:
+                values = [body.get(k) for k in keys if isinstance(body.get(k), int)]
+                return values[0] if values else None
+
+            return ContextLengthExceededError(
+                f"{where}: the prompt does not fit the model's context: {_short(exc.message)}",
+                count("prompt_tokens", "n_prompt_tokens"), count("min_answer_tokens"),
+                count("context_tokens", "n_ctx"))
         if isinstance(exc, openai.APIStatusError):
             return UpstreamError(
                 f"{where} answered HTTP {exc.status_code}: {_short(exc.message)}",
@@ -89,6 +109,13 @@ class OpenAIEngine:
         if isinstance(exc, openai.APIConnectionError):
             return UpstreamError(f"{where} could not be reached: {_short(str(exc))}")
         return UpstreamError(f"{where} failed: {type(exc).__name__}: {_short(str(exc))}")
+
+
+def _context_overflow(exc: openai.APIStatusError) -> bool:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    return exc.status_code == 400 and (
+        exc.code == "context_length_exceeded"
+        or body.get("type") == "exceed_context_size_error")
 
 
 def _short(text: str, limit: int = 300) -> str:
