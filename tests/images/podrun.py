@@ -1,11 +1,13 @@
 """A pod's container as `docker run` arguments: what the kubelet would do with the operator's
 (or the chart's) pod spec, for the things Docker can express.
 
-Pure: a pod spec in, an argv out. Mapped: command (-> entrypoint + arguments, as Kubernetes
-``command`` replaces ENTRYPOINT and CMD), env and envFrom ConfigMaps, securityContext
-(runAsUser/Group, fsGroup as a supplementary group, readOnlyRootFilesystem, capabilities
-drop, allowPrivilegeEscalation), volumes (a claim is a host directory, an emptyDir a tmpfs
-that everyone may write, as emptyDir's 0777 directory), container ports, CPU and memory
+A pod spec in, an argv out (the one side effect: an emptyDir's host directory is made).
+Mapped: command (-> entrypoint + arguments, as Kubernetes ``command`` replaces ENTRYPOINT
+and CMD), env and envFrom ConfigMaps, securityContext (runAsUser/Group, fsGroup as a
+supplementary group, readOnlyRootFilesystem, capabilities drop, allowPrivilegeEscalation),
+volumes (a claim is a given host directory; an emptyDir is what the kubelet makes of it, a
+fresh host directory of mode 0777 - not a Docker tmpfs, whose mount over an image directory
+takes that directory's owner and mode), container ports, CPU and memory
 limits, and terminationGracePeriodSeconds (the stop timeout). Probes are not Docker's: the
 tests poll the same paths. Anything else in the spec is an error, so nothing is silently
 dropped.
@@ -14,6 +16,7 @@ dropped.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 KNOWN_POD = {"securityContext", "terminationGracePeriodSeconds", "containers", "volumes",
              "nodeSelector", "tolerations", "serviceAccountName",
@@ -43,12 +46,13 @@ def _cpus(text: str) -> float:
 def docker_run_args(pod: dict, *, image: str, config_maps: dict[str, dict[str, str]],
                     claims: dict[str, str], secrets: dict[tuple[str, str], str] | None = None,
                     ports: dict[int, int] | None = None, max_cpus: float | None = None,
-                    container: int = 0) -> list[str]:
+                    empty_dirs: Path | None = None, container: int = 0) -> list[str]:
     """`docker run` options, image and command for ``pod["containers"][container]``.
 
     config_maps: ConfigMap name -> data; claims: claim name -> host directory; secrets:
     (name, key) -> value; ports: containerPort -> host port on 127.0.0.1; max_cpus caps a CPU
-    limit at what this machine has (Docker refuses more CPUs than there are)."""
+    limit at what this machine has (Docker refuses more CPUs than there are); empty_dirs:
+    where the emptyDir volumes' directories are made (required when the pod has one)."""
     extra = set(pod) - KNOWN_POD
     if extra:
         raise Unmapped(f"pod spec fields not mapped to docker: {sorted(extra)}")
@@ -97,7 +101,12 @@ def docker_run_args(pod: dict, *, image: str, config_maps: dict[str, dict[str, s
             spec = f"type=bind,source={claims[claim['claimName']]},target={mount['mountPath']}"
             args += ["--mount", spec + (",readonly" if read_only else "")]
         elif "emptyDir" in volume:
-            args += ["--mount", f"type=tmpfs,target={mount['mountPath']},tmpfs-mode=0777"]
+            if empty_dirs is None:
+                raise Unmapped(f"volume {mount['name']} is an emptyDir: pass empty_dirs")
+            host = Path(empty_dirs) / mount["name"]
+            host.mkdir(parents=True, exist_ok=True)
+            host.chmod(0o777)
+            args += ["--mount", f"type=bind,source={host},target={mount['mountPath']}"]
         else:
             raise Unmapped(f"volume {mount['name']}: only claims and emptyDir are mapped")
 
