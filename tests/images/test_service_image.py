@@ -107,11 +107,13 @@ def test_serves_the_bundled_smollm2_as_the_deployment_runs_it(
             "messages": [{"role": "user", "content": "Say hello."}]})
         assert chat.status_code == 200, chat.text
         assert chat.json()["choices"][0]["message"]["content"].strip()
-        # History is written to /data (an emptyDir), the only writable place besides /tmp.
-        again = http.post("/Llama", json={"input_data": "And of Italy?",
-                                          "db_id": "b440780c-cbaa-454f-a8d2-cf884786d89f",
-                                          "user_id": "image-test"})
-        assert again.status_code == 200 and again.headers["X-History-Turns"] != "0"
+    # History went to /data (an emptyDir), the only writable place besides /tmp.
+    assert ready["history"] == {"kind": "embedded", "path": "/data/history.sqlite3",
+                                "state": "ok"}
+    turns = engine.docker("exec", office.name, "python", "-c",
+                          "import sqlite3; print(sqlite3.connect('/data/history.sqlite3')"
+                          ".execute('select input_data from turns').fetchall())")
+    assert "What is the capital of France?" in turns.stdout
 
     assert _wait(lambda: office.health() == "healthy", 30, "HEALTHCHECK healthy")
 
@@ -179,3 +181,22 @@ def _get(url: str):
         return httpx.get(url, timeout=5)
     except httpx.TransportError:
         return None
+
+
+def test_the_cuda_image_builds_where_its_nvidia_bases_can_be_had(docker_engine):
+    """images/service/Dockerfile.cuda is linted and parsed in test_images.py everywhere; it is
+    built only where NVIDIA's CUDA bases are already in the local Docker Engine."""
+    from tests.images.test_images import SERVICE_CUDA, stages
+
+    bases = [stage[0][1].split()[0] for stage in stages(SERVICE_CUDA)]
+    missing = [base for base in bases if not engine.image_exists(base)]
+    if missing:
+        pytest.skip(f"the CUDA image needs {' and '.join(missing)}: no image registry is "
+                    "reachable here (Docker Hub fails at DNS) and NVIDIA's CUDA images cannot "
+                    "be made from Debian packages; its Dockerfile is linted and parsed in "
+                    "test_images.py")
+    engine.build("images/service/Dockerfile.cuda", "chatbot-local/chatbot-service:test-cuda")
+    out = engine.docker("run", "--rm", "--entrypoint", "python",
+                        "chatbot-local/chatbot-service:test-cuda", "-c",
+                        "import llama_cpp; print(llama_cpp.llama_supports_gpu_offload())")
+    assert out.stdout.strip() == "True"
