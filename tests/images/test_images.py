@@ -163,7 +163,7 @@ def test_llama_cpp_is_installed_portably_at_the_pinned_version_before_the_code(d
     cache = env_of(build).get("XDG_CACHE_HOME")
     seed = f"images/llama-cpp-wheels/ {cache}/chatbot/llama-cpp-wheels/"
     assert [c for c in before if c != seed] == [
-        "pyproject.toml README.md ./", "services/install.py ./services/install.py"]
+        "pyproject.toml ./", "services/install.py ./services/install.py"]
     assert (seed in before) == (dockerfile == SERVICE_CPU)
     assert "services ./services" in [build[i][1] for i in copies if i > installer]
 
@@ -316,3 +316,18 @@ def test_what_the_build_stage_copies_builds_a_complete_package(dockerfile, tmp_p
     imported = subprocess.run([sys.executable, "-c", code, site], capture_output=True,
                               text=True, timeout=120, cwd=tmp_path)
     assert imported.returncode == 0, imported.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(IMAGES)))
+def test_dependencies_are_installed_before_the_code_is_copied(dockerfile):
+    """A code change rebuilds only `pip install --no-deps .`, not the dependency layer; the
+    dependency layer installs the extra the final stage needs."""
+    build = stages(dockerfile)[0]
+    extra = "operator" if dockerfile == OPERATOR else "llm"
+    [deps] = [i for i, (ins, rest) in enumerate(build)
+              if ins == "RUN" and "pip install -r /tmp/requirements.txt" in rest]
+    assert f"['optional-dependencies']['{extra}']" in build[deps][1]
+    code = [i for i, (ins, rest) in enumerate(build)
+            if ins == "COPY" and rest.split()[0] in ("services", "operator", "README.md")]
+    assert min(code) > deps
+    assert build[-1][0] == "RUN" and build[-1][1].startswith("pip install --no-deps")
