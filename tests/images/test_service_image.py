@@ -146,7 +146,9 @@ def test_serves_a_tiny_model_for_the_character_persona_and_stops_gracefully(
 
     def ask() -> None:
         try:
-            outcome["r"] = httpx.post(character.url + "/Llama", timeout=120, json=RACHEL)
+            outcome["r"] = httpx.post(character.url + "/v1/chat/completions", timeout=120,
+                                      json={"model": "local", "max_tokens": 64, "messages": [
+                                          {"role": "user", "content": "Tell me a story."}]})
         except httpx.HTTPError as exc:
             outcome["error"] = repr(exc)
 
@@ -162,7 +164,9 @@ def test_serves_a_tiny_model_for_the_character_persona_and_stops_gracefully(
     assert stopped_after < character.pod["terminationGracePeriodSeconds"], stopped_after
     assert state["ExitCode"] == 0, (state, character.logs()[-3000:])
     assert "error" not in outcome, outcome
-    assert outcome["r"].status_code == 200 and outcome["r"].json().strip(), outcome["r"].text
+    assert outcome["r"].status_code == 200, outcome["r"].text
+    answer = outcome["r"].json()
+    assert answer["choices"][0]["message"]["content"] and answer["usage"]["completion_tokens"]
 
 
 def test_a_missing_model_file_is_not_ready_and_says_which_file(run_persona, tmp_path):
