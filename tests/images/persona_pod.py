@@ -54,12 +54,13 @@ class Container:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.name = f"chatbot-test-{persona}-{self.port}"
+        self.empty_dirs = models.parent / f"empty-dirs-{self.port}"
         self.run_args = docker_run_args(
             self.pod, image=image,
             config_maps={settings["metadata"]["name"]: settings["data"]},
             claims={builders.pvc_name(OWNER, persona): str(models)},
             ports={builders.HTTP_PORT: self.port}, max_cpus=os.cpu_count(),
-            empty_dirs=models.parent / f"empty-dirs-{self.port}")
+            empty_dirs=self.empty_dirs)
         self.started = time.monotonic()
         engine.docker("run", "-d", "--name", self.name, *extra, *self.run_args)
 
