@@ -1,10 +1,12 @@
 """Shared fixtures: tiny GGUF models written once per session by `chatbot tiny-model`, real
-`chatbot serve` processes on them, FerretDB."""
+`chatbot serve` processes on them, FerretDB; a Docker Engine and the project's images
+(tests/images/fixtures.py, used by tests/images and tests/cluster)."""
 
 from __future__ import annotations
 
 import pytest
 
+from tests.images.fixtures import docker_engine, operator_image, service_image  # noqa: F401
 from tests.service.server import ChatbotServer
 
 

