@@ -1,8 +1,10 @@
 """kopf handlers: small wrappers around reconcile(); all state lives in the cluster.
 
-create/update/resume react to spec changes and restarts (with kopf's retries and backoff);
-watch events of the children (fetch Job done, Deployment ready, a child edited or deleted
-by hand) and of the resource's status (download progress) reconcile their owner again.
+create/update/resume react to spec changes and restarts (with kopf's retries and backoff)
+and re-check every child once (a child deleted by hand comes back); watch events of the
+children (fetch Job done, Deployment ready) and of the resource's status (download progress,
+the pods' GPU offload report) reconcile their owner again, coalesced: one pass per resource
+after a quiet period (calm.py).
 No timer: kopf would put a finalizer on every resource for it, and deleting one would then
 wait for a running operator.
 """
@@ -14,7 +16,8 @@ import logging
 import kopf
 import kubernetes
 
-from chatbot_operator.apply import Cluster
+from chatbot_operator.apply import RETRYABLE, Cluster
+from chatbot_operator.calm import Applied, Coalescer
 from chatbot_operator.config import OperatorConfig
 from chatbot_operator.profiles import load_profiles
 from chatbot_operator.reconcile import reconcile
@@ -40,24 +43,37 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_):
     settings.posting.level = logging.WARNING
     memo.cluster = Cluster(_api_client(), CONFIG.field_manager)
     memo.profiles = load_profiles(CONFIG.gpu_profiles)
+    memo.applied = Applied()
+    memo.coalescer = Coalescer(lambda key: _run(memo, *key), CONFIG.coalesce_s,
+                               CONFIG.coalesce_max_s, retry_if=_transient)
     logger.info("GPU profiles: %s", ", ".join(sorted(memo.profiles)))
+
+
+def _transient(exc: Exception) -> bool:
+    return isinstance(exc, kopf.TemporaryError) or (
+        isinstance(exc, kubernetes.client.ApiException) and exc.status in RETRYABLE)
 
 
 @kopf.on.cleanup()
 def cleanup(memo: kopf.Memo, **_):
+    coalescer = getattr(memo, "coalescer", None)
+    if coalescer is not None:
+        coalescer.stop()
     cluster = getattr(memo, "cluster", None)
     if cluster is not None:
         cluster.api.close()
 
 
 def _run(memo: kopf.Memo, namespace: str, name: str) -> dict | None:
-    return reconcile(memo.cluster, CONFIG, memo.profiles, namespace, name, memo.cluster.event)
+    return reconcile(memo.cluster, CONFIG, memo.profiles, namespace, name, memo.cluster.event,
+                     memo.applied)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def on_change(memo: kopf.Memo, namespace: str, name: str, **_):
+    memo.applied.forget(namespace, name)
     status = _run(memo, namespace, name) or {}
     for cond in status.get("conditions") or []:
         if cond["reason"] == "RouteAPIMissing":
@@ -73,10 +89,16 @@ MANAGED = {"app.kubernetes.io/managed-by": "chatbot-operator"}
 def on_child_event(body, namespace: str, memo: kopf.Memo, **_):
     for ref in body.get("metadata", {}).get("ownerReferences") or []:
         if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
-            _run(memo, namespace, ref["name"])
+            memo.coalescer.request((namespace, ref["name"]))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, field="status.download")
 def on_download_progress(type: str, namespace: str, name: str, memo: kopf.Memo, **_):
     if type in ("ADDED", "MODIFIED"):
-        _run(memo, namespace, name)
+        memo.coalescer.request((namespace, name))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, field="status.acceleration")
+def on_acceleration_report(type: str, namespace: str, name: str, memo: kopf.Memo, **_):
+    if type in ("ADDED", "MODIFIED"):
+        memo.coalescer.request((namespace, name))
