@@ -106,15 +106,19 @@ def kv_bytes_per_layer(facts: GgufFacts, w: Workload) -> int:
 
 
 def compute_bytes(facts: GgufFacts, w: Workload) -> int:
-    """The scratch buffer llama.cpp reserves for one micro-batch graph (worst case: every
-    token an output): the logits, the FFN activations, and without flash attention the
-    KQ matrix of every head over the sequence's cells."""
+    """The scratch buffer llama.cpp reserves for the worst micro-batch graph (every token an
+    output). ggml's allocator reuses memory along the graph, so the buffer is the larger of
+    its two peaks: the logits at the end, or inside a layer the attention mask (f16 with
+    flash attention, else f32), without flash attention the KQ matrix of every head over
+    the sequence's cells, and the layer's activations. Checked against llama.cpp's own
+    "compute buffer size" for SmolLM2 and the tiny model (tests/operator/test_gpu_fit.py)."""
     u = min(w.n_batch, N_UBATCH_MAX)
     n_kv = kv_cells(w) // max(w.n_seq, 1)
-    floats = u * (facts.n_vocab + 3 * facts.n_embd + 2 * facts.n_ff)
-    if not w.flash_attn:
-        floats += facts.n_head * u * n_kv
-    return 4 * floats
+    logits = 4 * u * (facts.n_vocab + facts.n_embd)
+    mask = n_kv * u * (2 if w.flash_attn else 4)
+    kq = 0 if w.flash_attn else 4 * facts.n_head * u * n_kv
+    layer = mask + kq + 4 * u * (4 * facts.n_embd + 2 * facts.n_ff)
+    return max(logits, layer) + 4 * MiB  # inputs, positions, graph bookkeeping
 
 
 def gpu_need(facts: GgufFacts, w: Workload, k: int) -> tuple[int, int, int]:

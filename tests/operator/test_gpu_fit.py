@@ -92,7 +92,7 @@ def test_kv_cache_type_and_flash_attention_change_the_estimate(llama_q4_1):
     q8 = gpu_fit.kv_bytes_per_layer(llama_q4_1, Workload(kv_cache_type="q8_0"))
     assert q8 == f16 * 34 // 64
     assert gpu_fit.compute_bytes(llama_q4_1, Workload(flash_attn=False)) >= \
-        gpu_fit.compute_bytes(llama_q4_1, Workload()) + 512 * MiB  # the KQ matrix
+        gpu_fit.compute_bytes(llama_q4_1, Workload()) + 256 * MiB  # the KQ matrix
 
 
 def test_smaller_custom_gpu_gets_the_head_first(llama_q4_1):
@@ -115,3 +115,66 @@ def test_model_that_cannot_run_even_on_the_cpu_within_the_memory_limit(llama_q4_
                                            ("1G", 10**9), (2048, 2048), (None, None)])
 def test_quantities(text, expected):
     assert gpu_fit.quantity_bytes(text) == expected
+
+
+def _llama_cpp_buffers(path, w: Workload) -> dict[str, float]:
+    """llama.cpp's own buffer sizes (MiB) from its load log, CPU backend, as the service
+    loads a model (batched engine: n_ctx per sequence, non-unified KV, n_ubatch 512)."""
+    import re
+
+    import llama_cpp as lc
+    from llama_cpp import _internals
+
+    from chatbot.llm.loading import LlamaLogCapture
+
+    mp = lc.llama_model_default_params()
+    mp.n_gpu_layers = 0
+    cp = lc.llama_context_default_params()
+    cp.n_ctx, cp.n_seq_max, cp.kv_unified = w.n_ctx * w.n_seq, w.n_seq, False
+    cp.n_batch, cp.n_ubatch = w.n_batch, min(w.n_batch, gpu_fit.N_UBATCH_MAX)
+    cp.flash_attn_type = (lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if w.flash_attn
+                          else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+    with LlamaLogCapture() as lines:
+        model = _internals.LlamaModel(path_model=str(path), params=mp, verbose=False)
+        ctx = _internals.LlamaContext(model=model, params=cp, verbose=False)
+    ctx.close()
+    model.close()
+    found = {}
+    for line in lines:
+        for key, pattern in (("weights", r"CPU_Mapped model buffer size =\s+([\d.]+) MiB"),
+                             ("kv", r"CPU KV buffer size =\s+([\d.]+) MiB"),
+                             ("compute", r"CPU compute buffer size =\s+([\d.]+) MiB")):
+            if m := re.search(pattern, line):
+                found[key] = float(m.group(1))
+    return found
+
+
+@pytest.mark.parametrize("w", [Workload(n_ctx=8191, n_seq=3),
+                               Workload(n_ctx=4096, n_seq=2, flash_attn=False)],
+                         ids=["3seq-fa", "2seq-nofa"])
+@pytest.mark.parametrize("model", ["smollm2", "tiny"])
+def test_estimate_matches_llama_cpps_own_buffers(model, w, tmp_path):
+    """The estimate from a header-only copy against what llama.cpp allocates for the real
+    file here (CPU build: the same buffers a GPU gets, on the host)."""
+    pytest.importorskip("llama_cpp")
+    from tests.operator.gguf_shapes import copy_header
+
+    if model == "smollm2":
+        from chatbot.llm.bundled import bundled_model_path
+
+        path = bundled_model_path()
+    else:
+        from chatbot.llm.tiny_model import write_tiny_model
+
+        path = write_tiny_model(tmp_path / "tiny.gguf", quant="Q4_1")
+    facts = read_facts(copy_header(path, tmp_path / "header-only.gguf"))
+    assert facts == read_facts(path)
+    real = _llama_cpp_buffers(path, w)
+    est = {"weights": facts.tensor_bytes / MiB,
+           "kv": facts.n_layer * gpu_fit.kv_bytes_per_layer(facts, w) / MiB,
+           "compute": gpu_fit.compute_bytes(facts, w) / MiB}
+    print(f"{model} {w}: llama.cpp {real}, estimate "
+          f"{ {k: round(v, 2) for k, v in est.items()} }")
+    assert est["weights"] == pytest.approx(real["weights"], abs=0.01)
+    assert est["kv"] == pytest.approx(real["kv"], abs=0.01)
+    assert real["compute"] <= est["compute"] <= real["compute"] * 1.4 + 1
