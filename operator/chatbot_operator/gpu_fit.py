@@ -73,10 +73,14 @@ class Fit:
         return self.memory_limit_bytes is None or self.host_bytes <= self.memory_limit_bytes
 
     def summary(self) -> str:
+        overhead = self.total_bytes - self.weights_bytes - self.kv_cache_bytes - \
+            self.compute_bytes
         gpu = (f"{self.layers}/{self.layers_total} layers on the GPU: weights "
                f"{_gib(self.weights_bytes)} + KV cache {_gib(self.kv_cache_bytes)} + compute "
-               f"{_gib(self.compute_bytes)} = {_gib(self.total_bytes)} of "
-               f"{_gib(self.vram_bytes) if self.vram_bytes else 'no'} VRAM")
+               f"{_gib(self.compute_bytes)} + CUDA {_gib(overhead)} = "
+               f"{_gib(self.total_bytes)} of ")
+        gpu += (f"{_gib(self.usable_bytes)} usable ({_gib(self.vram_bytes)} VRAM)"
+                if self.vram_bytes else "no VRAM")
         host = f"host {_gib(self.host_bytes)}"
         if self.memory_limit_bytes is not None:
             host += f" of the {_gib(self.memory_limit_bytes)} memory limit"
