@@ -43,12 +43,38 @@ class Applied:
     def __init__(self) -> None:
         self._by_owner: dict[tuple[str, str], dict[tuple[str, str, str], str]] = {}
         self._jobs_seen: dict[tuple[str, str], set[str]] = {}
+        self._complete_jobs: dict[tuple[str, str], set[str]] = {}
+        self._new: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
-    def forget(self, namespace: str, name: str) -> None:
+    def forget(self, namespace: str, name: str, *, new: bool = False) -> None:
+        """Re-check every child on the next pass; ``new``: the resource was just created,
+        so none of its children exists yet (its uid is new): nothing to read."""
         with self._lock:
             self._by_owner.pop((namespace, name), None)
             self._jobs_seen.pop((namespace, name), None)
+            self._complete_jobs.pop((namespace, name), None)
+            if new:
+                self._new.add((namespace, name))
+            else:
+                self._new.discard((namespace, name))
+
+    def is_new(self, owner: tuple[str, str]) -> bool:
+        with self._lock:
+            return owner in self._new
+
+    def pass_done(self, owner: tuple[str, str]) -> None:
+        with self._lock:
+            self._new.discard(owner)
+
+    def job_complete(self, owner: tuple[str, str], job: str, complete: bool | None = None):
+        """Whether Job ``job`` was seen complete (a final state: no need to read it again);
+        with ``complete``, record it."""
+        with self._lock:
+            seen = self._complete_jobs.setdefault(owner, set())
+            if complete:
+                seen.add(job)
+            return job in seen
 
     def _get(self, owner: tuple[str, str], key: tuple[str, str, str]) -> str | None:
         with self._lock:
@@ -80,8 +106,8 @@ class Applied:
         if existing is _MISSING:
             if self._get(owner, key) == digest:
                 return None, False
-            existing = cluster.get(manifest["apiVersion"], manifest["kind"], meta["namespace"],
-                                   meta["name"])
+            existing = None if self.is_new(owner) else cluster.get(
+                manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
         if existing is not None and applied_hash(existing) == digest:
             self._put(owner, key, digest)
             return existing, False

@@ -69,12 +69,22 @@ def _run(memo: kopf.Memo, namespace: str, name: str) -> dict | None:
                      memo.applied)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
+def on_create(memo: kopf.Memo, namespace: str, name: str, retry: int, **_):
+    # A new resource (a new uid) has no children yet: its first pass reads none of them.
+    memo.applied.forget(namespace, name, new=retry == 0)
+    _check(_run(memo, namespace, name))
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def on_change(memo: kopf.Memo, namespace: str, name: str, **_):
     memo.applied.forget(namespace, name)
-    status = _run(memo, namespace, name) or {}
+    _check(_run(memo, namespace, name))
+
+
+def _check(status: dict | None) -> None:
+    status = status or {}
     for cond in status.get("conditions") or []:
         if cond["reason"] == "RouteAPIMissing":
             # Reported in status; check again later (the API may get installed).

@@ -166,8 +166,10 @@ def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: st
         conds.append(Condition("Accelerated", None, "NotReported",
                                "; ".join(a.message for a in accel.values())))
     figures = {p: ready[p][1] for p in PERSONAS}
-    extra = {"accel": ", ".join(a.text for a in accel.values()),
-             "gpuFit": {p: pl.status for p, pl in plans.items() if pl.status}}
+    extra: dict = {"accel": ", ".join(a.text for a in accel.values())}
+    gpu_fits = {p: pl.status for p, pl in plans.items() if pl.status}
+    if gpu_fits or previous.get("gpuFit"):
+        extra["gpuFit"] = gpu_fits
     return _write_status(cluster, obj, owner, conds, figures, model_states, spec, event,
                          extra)
 
@@ -194,7 +196,12 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
         if fetching:
             apply(builders.model_pvc(owner, spec, persona))
             job_name = builders.fetch_job_name(owner, spec, persona)
-            job = cluster.get("batch/v1", "Job", owner.namespace, job_name)
+            if applied.job_complete(key, job_name):
+                job = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+            elif applied.is_new(key):
+                job = None
+            else:
+                job = cluster.get("batch/v1", "Job", owner.namespace, job_name)
             if job is None:
                 job = apply(builders.fetch_job(owner, spec, persona, profiles, config), None)
                 cluster.custom(GROUP, VERSION, PLURAL, owner.namespace, owner.name,
@@ -206,13 +213,15 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
                       f"{persona}: downloading {spec.persona(persona).file} (Job {job_name})")
             jobs[persona] = job
             model_states[persona] = job_state(job)
-            if applied.first_look(key, job_name):
+            applied.job_complete(key, job_name, model_states[persona] == "complete")
+            if applied.first_look(key, job_name) and not applied.is_new(key):
                 _delete_stale_jobs(cluster, owner, persona, job_name, event, obj)
         else:
             model_states[persona] = "complete"
 
         dep_name = builders.deployment_name(owner, persona)
-        existing = cluster.get("apps/v1", "Deployment", owner.namespace, dep_name)
+        existing = None if applied.is_new(key) else cluster.get(
+            "apps/v1", "Deployment", owner.namespace, dep_name)
         dep = existing
         if model_states[persona] == "complete" and not plans[persona].too_large:
             dep = apply(builders.persona_deployment(owner, spec, persona, profiles, config),
@@ -228,6 +237,7 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
         ready[persona] = deployment_ready(dep, spec.persona(persona).replicas)
 
     route_cond = _apply_route(cluster, owner, spec, apply)
+    applied.pass_done(key)
     return model_states, ready, route_cond, jobs
 
 
