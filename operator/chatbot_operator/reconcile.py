@@ -297,8 +297,10 @@ def _write_status(cluster: Cluster, obj: dict, owner: Owner, conds: list[Conditi
                      and ((previous.get("download") or {}).get(p) or {}).get("phase") != "Done"}
     if download_done:
         status["download"] = download_done
-    changed = {k: _replacing(previous.get(k), v) for k, v in status.items()
-               if previous.get(k) != v}
+    # download: merged into what the fetch Job wrote; gpuFit: replaced (a persona no longer
+    # on auto loses its entry).
+    changed = {k: _replacing(previous.get(k), v) if k == "gpuFit" else v
+               for k, v in status.items() if previous.get(k) != v}
     if changed:
         cluster.custom(GROUP, VERSION, PLURAL, owner.namespace, owner.name,
                        status_patch={"status": changed})
