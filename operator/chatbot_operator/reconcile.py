@@ -277,6 +277,8 @@ def _write_status(cluster: Cluster, obj: dict, owner: Owner, conds: list[Conditi
                   extra: dict | None = None) -> dict:
     previous = obj.get("status") or {}
     for c in transitions(previous.get("conditions"), conds):
+        if c.status is None:
+            continue  # Unknown: nothing happened yet worth an Event
         kind = "Normal" if c.status is not False or c.reason in (
             "Downloading", "WaitingForModel", "RollingOut") else "Warning"
         event(obj, kind, c.reason if not c.status else c.type, c.message)
