@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -51,9 +52,11 @@ FILE = "Meta-Llama-3.1-8B-Claude.Q4_1.gguf"
 def _table_row(api, namespace: str, name: str) -> dict[str, str]:
     """The row `kubectl get cbm` prints (the API server's Table for the printer columns)."""
     path = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
-    data = api.call_api(path, "GET", header_params={
-        "Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}, response_type="object",
-        auth_settings=["BearerToken"], _return_http_data_only=True)
+    method, url, headers, _, _ = api.param_serialize(
+        "GET", path, header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+        auth_settings=["BearerToken"])
+    resp = api.call_api(method, url, header_params=headers)
+    data = json.loads(resp.read())
     columns = [c["name"] for c in data["columnDefinitions"]]
     return dict(zip(columns, data["rows"][0]["cells"], strict=True))
 
