@@ -4,8 +4,8 @@
 Starts the local cluster (tests/cluster/localcluster.py: kube-apiserver with its audit log,
 controller-manager, scheduler, kwok's fake GPU nodes), runs the operator as its own process
 (`kopf run -A -m chatbot_operator.handlers`) under a ServiceAccount token bound to the
-chart's RBAC, creates the resources (the example: fetch Jobs, both personas on the GPU
-nodes, the Ingress) and prints:
+chart's RBAC, creates the resources (the example, with fetch Jobs, on the cpu profile and
+without a route: see _body) and prints:
 
 - the time until all are Ready;
 - the operator's API calls per resource from create to Ready (audit log), by verb;
@@ -94,6 +94,17 @@ class OperatorProcess:
         self.log.close()
 
 
+def _body(name: str) -> dict:
+    """The example on the cpu profile without requests and without a route: kwok's three
+    fake nodes have one GPU each (50 resources could not all be scheduled on them) and 110
+    pod slots (two persona pods per resource fit, a not-found pod each would not)."""
+    body = example(name)
+    for persona in ("office", "character"):
+        body["spec"][persona].update(gpuProfile="cpu", resources={})
+    body["spec"]["route"] = {"kind": "None"}
+    return body
+
+
 def _phases(custom, names: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
     out = {}
     for item in custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]:
@@ -158,7 +169,7 @@ def run(resources: int, namespaces: int, workdir: Path) -> None:
 
         start = rbac_audit.offset(log)
         for ns, name in names:
-            custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, example(name))
+            custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, _body(name))
         took = _wait_all(custom, names, lambda o: o.get("status", {}).get("phase") == "Ready",
                          600, "all Ready")
         time.sleep(2)
