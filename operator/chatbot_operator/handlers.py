@@ -50,8 +50,10 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_):
 
 
 def _transient(exc: Exception) -> bool:
-    return isinstance(exc, kopf.TemporaryError) or (
-        isinstance(exc, kubernetes.client.ApiException) and exc.status in RETRYABLE)
+    if isinstance(exc, kubernetes.client.ApiException):
+        return exc.status in RETRYABLE
+    # kopf's TemporaryError, and a timeout or a cut connection (urllib3, OSError).
+    return not isinstance(exc, kopf.PermanentError)
 
 
 @kopf.on.cleanup()

@@ -82,6 +82,9 @@ def reconcile(cluster: Cluster, config: OperatorConfig, profiles: dict[str, GpuP
             if exc.status in RETRYABLE or not exc.status:
                 raise as_kopf_error(exc, f"reconciling {namespace}/{name}") from exc
             raise
+        except Exception:  # a timeout, a cut connection: the same, retried by the caller
+            applied.forget(namespace, name)
+            raise
 
 
 def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: str, name: str,
