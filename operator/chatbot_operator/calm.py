@@ -45,6 +45,7 @@ class Applied:
         self._jobs_seen: dict[tuple[str, str], set[str]] = {}
         self._complete_jobs: dict[tuple[str, str], set[str]] = {}
         self._new: set[tuple[str, str]] = set()
+        self._uids: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
     def forget(self, namespace: str, name: str, *, new: bool = False) -> None:
@@ -58,6 +59,20 @@ class Applied:
                 self._new.add((namespace, name))
             else:
                 self._new.discard((namespace, name))
+
+    def bind(self, namespace: str, name: str, uid: str) -> None:
+        """The resource's uid as read by a pass: another uid (deleted and created again under
+        the same name) forgets everything remembered for the old one."""
+        with self._lock:
+            old = self._uids.get((namespace, name))
+            self._uids[(namespace, name)] = uid
+        if old is not None and old != uid:
+            self.forget(namespace, name)
+
+    def knows(self, namespace: str, name: str) -> bool:
+        """Whether a pass already applied (or checked) this resource's children."""
+        with self._lock:
+            return bool(self._by_owner.get((namespace, name)))
 
     def is_new(self, owner: tuple[str, str]) -> bool:
         with self._lock:

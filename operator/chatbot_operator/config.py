@@ -29,3 +29,5 @@ class OperatorConfig(BaseSettings):
                               description="watch events: one pass after this quiet period")
     coalesce_max_s: float = Field(default=3.0, ge=0,
                                   description="... but at most this long after the first")
+    consistency_timeout_s: float = Field(default=60.0, gt=0,
+                                         description="how long kopf awaits its own patches")

@@ -41,6 +41,10 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_):
     # reconcile posts its own Events for what happened; kopf's "handler succeeded" would
     # repeat on every watch event, so only its warnings and errors become Events.
     settings.posting.level = logging.WARNING
+    # Under load (many resources, few cores) kopf's own annotation patch can take longer than
+    # its default 5 s to come back through the watch; kopf would then handle an older event
+    # as a new creation. Wait for it longer.
+    settings.persistence.consistency_timeout = CONFIG.consistency_timeout_s
     memo.cluster = Cluster(_api_client(), CONFIG.field_manager)
     memo.profiles = load_profiles(CONFIG.gpu_profiles)
     memo.applied = Applied()
@@ -74,7 +78,10 @@ def _run(memo: kopf.Memo, namespace: str, name: str) -> dict | None:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 def on_create(memo: kopf.Memo, namespace: str, name: str, retry: int, **_):
     # A new resource (a new uid) has no children yet: its first pass reads none of them.
-    memo.applied.forget(namespace, name, new=retry == 0)
+    # (kopf may call this again for an event older than its own bookkeeping patch: then the
+    # children are known and nothing is forgotten.)
+    if not memo.applied.knows(namespace, name):
+        memo.applied.forget(namespace, name, new=retry == 0)
     _check(_run(memo, namespace, name))
 
 

@@ -93,6 +93,7 @@ def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: st
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         return None
     owner = Owner(name, namespace, obj["metadata"]["uid"])
+    applied.bind(namespace, name, owner.uid)
     previous = obj.get("status") or {}
     try:
         spec = _parse(obj, profiles)

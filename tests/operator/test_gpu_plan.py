@@ -184,3 +184,13 @@ def test_a_burst_of_events_is_one_pass_and_an_event_during_a_pass_one_more():
     time.sleep(0.6)
     assert len(runs) == 2
     c.stop()
+
+
+def test_a_resource_created_again_under_its_name_is_not_taken_for_the_old_one():
+    applied = Applied()
+    applied.bind("ns1", "chat", "uid-1")
+    applied.job_complete(("ns1", "chat"), "chat-office-fetch-1", True)
+    applied.bind("ns1", "chat", "uid-1")
+    assert applied.job_complete(("ns1", "chat"), "chat-office-fetch-1")
+    applied.bind("ns1", "chat", "uid-2")
+    assert not applied.job_complete(("ns1", "chat"), "chat-office-fetch-1")
