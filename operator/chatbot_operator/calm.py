@@ -6,6 +6,8 @@ resource for a burst of watch events.
   ``chatbot.treenut.ai/applied-hash``). A pass skips a child whose hash it remembers; after a
   restart or a spec change (``forget``) it reads the child once and skips the apply when the
   child already carries the hash. So a restarted operator reads, and writes nothing.
+* Deployments and Jobs are watched anyway: a pass reads them from their last watch event
+  (``observe``/``read``), and from the API only when no event has shown them.
 * ``Coalescer`` runs a resource's pass after a quiet period, once for all the events that
   arrived meanwhile (a rollout sends a dozen Deployment events in a second); an event during
   a pass schedules exactly one more.
@@ -46,6 +48,8 @@ class Applied:
         self._complete_jobs: dict[tuple[str, str], set[str]] = {}
         self._new: set[tuple[str, str]] = set()
         self._uids: dict[tuple[str, str], str] = {}
+        self._observed: dict[tuple[str, str, str], dict] = {}
+        self._read_through: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     def forget(self, namespace: str, name: str, *, new: bool = False) -> None:
@@ -59,6 +63,26 @@ class Applied:
                 self._new.add((namespace, name))
             else:
                 self._new.discard((namespace, name))
+                self._read_through.add((namespace, name))
+
+    def observe(self, kind: str, namespace: str, name: str, obj: dict | None) -> None:
+        """A watched child as its last watch event showed it (None: deleted)."""
+        with self._lock:
+            if obj is None:
+                self._observed.pop((kind, namespace, name), None)
+            else:
+                self._observed[(kind, namespace, name)] = obj
+
+    def read(self, cluster, owner: tuple[str, str], api_version: str, kind: str,
+             namespace: str, name: str):
+        """A watched child (Deployment, Job) from its last watch event, else from the API
+        (always from the API in the first pass after ``forget``: a restart, a spec change)."""
+        with self._lock:
+            seen = None if owner in self._read_through else self._observed.get(
+                (kind, namespace, name))
+        if seen is not None:
+            return seen
+        return cluster.get(api_version, kind, namespace, name)
 
     def bind(self, namespace: str, name: str, uid: str) -> None:
         """The resource's uid as read by a pass: another uid (deleted and created again under
@@ -81,6 +105,7 @@ class Applied:
     def pass_done(self, owner: tuple[str, str]) -> None:
         with self._lock:
             self._new.discard(owner)
+            self._read_through.discard(owner)
 
     def job_complete(self, owner: tuple[str, str], job: str, complete: bool | None = None):
         """Whether Job ``job`` was seen complete (a final state: no need to read it again);

@@ -11,6 +11,7 @@ wait for a running operator.
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import kopf
@@ -105,8 +106,11 @@ MANAGED = {"app.kubernetes.io/managed-by": "chatbot-operator"}
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-def on_child_event(body, namespace: str, memo: kopf.Memo, **_):
-    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+def on_child_event(body, type: str | None, namespace: str, memo: kopf.Memo, **_):
+    meta = body.get("metadata", {})
+    memo.applied.observe(body.get("kind"), namespace, meta.get("name"),
+                         None if type == "DELETED" else copy.deepcopy(dict(body)))
+    for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
             memo.coalescer.request((namespace, ref["name"]))
 

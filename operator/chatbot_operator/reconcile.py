@@ -205,7 +205,8 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
             elif applied.is_new(key):
                 job = None
             else:
-                job = cluster.get("batch/v1", "Job", owner.namespace, job_name)
+                job = applied.read(cluster, key, "batch/v1", "Job", owner.namespace,
+                                   job_name)
             if job is None:
                 job = apply(builders.fetch_job(owner, spec, persona, profiles, config), None)
                 cluster.custom(GROUP, VERSION, PLURAL, owner.namespace, owner.name,
@@ -224,8 +225,8 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
             model_states[persona] = "complete"
 
         dep_name = builders.deployment_name(owner, persona)
-        existing = None if applied.is_new(key) else cluster.get(
-            "apps/v1", "Deployment", owner.namespace, dep_name)
+        existing = None if applied.is_new(key) else applied.read(
+            cluster, key, "apps/v1", "Deployment", owner.namespace, dep_name)
         dep = existing
         if model_states[persona] == "complete" and not plans[persona].too_large:
             dep = apply(builders.persona_deployment(owner, spec, persona, profiles, config),
