@@ -283,6 +283,18 @@ def settings_hash(spec: ChatbotModelSpec, persona: str, profile: GpuProfile, con
     return _hash({**shared_settings(config), **persona_settings(spec, persona, profile)})
 
 
+def _report_env(owner: Owner, spec: ChatbotModelSpec, persona: str, profile: GpuProfile,
+                config) -> list[dict]:
+    """Where the service reports what it really offloaded (status.acceleration.<persona>),
+    tagged with the settings it was started with."""
+    return [
+        {"name": "CHATBOT_STATUS_REPORT", "value": f"{owner.namespace}/{owner.name}"},
+        {"name": "CHATBOT_SETTINGS_HASH",
+         "value": settings_hash(spec, persona, profile, config)},
+        {"name": "CHATBOT_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+
+
 def persona_deployment(owner: Owner, spec: ChatbotModelSpec, persona: str, profiles,
                        config: OperatorConfig) -> dict:
     p = spec.persona(persona)
@@ -298,7 +310,8 @@ def persona_deployment(owner: Owner, spec: ChatbotModelSpec, persona: str, profi
                     "--port", str(HTTP_PORT), "--forwarded-allow-ips", "*"],
         "ports": [{"name": "http", "containerPort": HTTP_PORT}],
         "envFrom": [{"configMapRef": {"name": settings_name(owner)}}],
-        "env": [{"name": "CHATBOT_ROOT_PATH", "value": f"/{persona}"}, *_secret_env(spec)],
+        "env": [{"name": "CHATBOT_ROOT_PATH", "value": f"/{persona}"}, *_secret_env(spec),
+                *_report_env(owner, spec, persona, profile, config)],
         "resources": _resources(p, profile),
         "startupProbe": _probe("/healthz", periodSeconds=5, failureThreshold=60),
         "livenessProbe": _probe("/healthz", periodSeconds=10, failureThreshold=3),
@@ -323,6 +336,8 @@ def persona_deployment(owner: Owner, spec: ChatbotModelSpec, persona: str, profi
                 "metadata": {"labels": labels(owner, persona), "annotations": {
                     HASH_ANNOTATION: settings_hash(spec, persona, profile, config)}},
                 "spec": {
+                    # May only patch this resource's status: the GPU offload report.
+                    "serviceAccountName": fetch_account_name(owner),
                     "securityContext": _pod_security(),
                     "terminationGracePeriodSeconds": 30,
                     **_placement(p, profile),

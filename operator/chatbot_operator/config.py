@@ -18,3 +18,16 @@ class OperatorConfig(BaseSettings):
     retry_delay_s: float = Field(default=30.0, gt=0,
                                  description="retry delay while the route's API is missing")
     gpu_profiles: str = Field(default="", description="extra GPU profiles: JSON or a file path")
+    vram_margin: float = Field(default=0.05, ge=0, lt=1,
+                               description="gpuLayers auto: share of the VRAM left free")
+    gpu_overhead_mib: int = Field(default=400, ge=0,
+                                  description="gpuLayers auto: CUDA context and cuBLAS "
+                                              "workspace, outside llama.cpp's buffers")
+    host_overhead_mib: int = Field(default=400, ge=0,
+                                   description="the service process itself (memory limit check)")
+    coalesce_s: float = Field(default=0.5, ge=0,
+                              description="watch events: one pass after this quiet period")
+    coalesce_max_s: float = Field(default=3.0, ge=0,
+                                  description="... but at most this long after the first")
+    consistency_timeout_s: float = Field(default=60.0, gt=0,
+                                         description="how long kopf awaits its own patches")

@@ -40,7 +40,8 @@ def _persona(defaults: dict, what: str) -> dict:
         "type": "object",
         "description": f"the {what} persona's Deployment",
         # A default object is checked against the rules as it stands: give it in full.
-        "default": {**defaults, "contextSize": 8191, "batchSize": 2048, "replicas": 1},
+        "default": {**defaults, "contextSize": 8191, "batchSize": 2048, "replicas": 1,
+                    "allowCpuFallback": False},
         "properties": {
             "file": {"type": "string", "default": defaults["file"], "maxLength": 512,
                      "description": "GGUF file (path inside the source)"},
@@ -54,7 +55,12 @@ def _persona(defaults: dict, what: str) -> dict:
                 "type": "object", "x-kubernetes-preserve-unknown-fields": True}},
             "gpuLayers": {"x-kubernetes-int-or-string": True, "default": defaults["gpuLayers"],
                           "description": "layers offloaded to the GPU: a number (-1: all) or "
-                                         "auto (all on a GPU profile, none on cpu)"},
+                                         "auto (as many as fit the profile's VRAM, computed "
+                                         "from the GGUF header; none on cpu)"},
+            "allowCpuFallback": {"type": "boolean", "default": False,
+                                 "description": "on a GPU profile, a pod that offloaded fewer "
+                                                "layers than told is Ready anyway (with an "
+                                                "Accelerated=False warning condition)"},
             "maxConcurrent": {"type": "integer", "default": defaults["maxConcurrent"],
                               "minimum": 1, "maximum": 64},
             "contextSize": {"type": "integer", "default": 8191, "minimum": 256,
@@ -180,6 +186,11 @@ def status_schema() -> dict:
             "endpoints": {"type": "object", "additionalProperties": {"type": "string"}},
             "download": {"type": "object", "properties": {
                 p: _persona_status() for p in ("office", "character")}},
+            "gpuFit": {"type": "object", "properties": {
+                p: _persona_status() for p in ("office", "character")}},
+            "acceleration": {"type": "object", "properties": {
+                p: _persona_status() for p in ("office", "character")}},
+            "accel": {"type": "string"},
         },
     }
 
@@ -204,6 +215,7 @@ def crd() -> dict:
                     {"name": "Character", "type": "string",
                      "jsonPath": ".status.characterReady"},
                     {"name": "Model", "type": "string", "jsonPath": ".status.modelProgress"},
+                    {"name": "Accel", "type": "string", "jsonPath": ".status.accel"},
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                 ],
                 "schema": {"openAPIV3Schema": {

@@ -4,7 +4,9 @@ For each file: skip it when present (and verified, when a sha256 is given); othe
 download into ``<file>.part``, resuming with an HTTP Range request after a cut connection
 or a restarted pod, verify the sha256, fsync and rename into place (a reader never sees a
 half-written model). Progress (bytes, percent) goes to stdout and, with ``--report
-NS/NAME/PERSONA``, into the ChatbotModel's ``status.download.<persona>``.
+NS/NAME/PERSONA``, into the ChatbotModel's ``status.download.<persona>``; the last report
+also carries the model's shape from its GGUF header (``gguf``: layers, tensor bytes per
+layer, KV heads...), from which the operator computes gpuLayers "auto".
 
 Exit codes: 0 done, 2 usage, 3 checksum mismatch, 4 download failed.
 """
@@ -22,6 +24,8 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from chatbot_operator.gguf_header import GgufError, read_facts
 
 CHUNK = 1 << 20
 VERIFIED_SUFFIX = ".sha256"
@@ -45,6 +49,7 @@ class Progress:
     total: int | None = None
     phase: str = "Downloading"
     message: str | None = None
+    gguf: dict | None = None
     sinks: list[Callable[[dict], None]] = field(default_factory=list)
     interval: float = 2.0
     _last: float = 0.0
@@ -55,6 +60,8 @@ class Progress:
         if self.total:
             snap["bytesTotal"] = self.total
             snap["percent"] = round(100 * self.done / self.total, 1)
+        if self.gguf is not None:
+            snap["gguf"] = self.gguf
         return snap
 
     def report(self, force: bool = False) -> None:
@@ -171,6 +178,7 @@ def download_file(url: str, dest_dir: Path, file: str, expected: str | None,
         size = final.stat().st_size
         progress.done, progress.total = size, size
         progress.phase, progress.message = "Done", "already present"
+        _inspect(final, progress)
         progress.report(force=True)
         return final
     part = final.with_name(final.name + PART_SUFFIX)
@@ -225,8 +233,17 @@ def download_file(url: str, dest_dir: Path, file: str, expected: str | None,
     progress.done = final.stat().st_size
     progress.total = progress.done
     progress.phase, progress.message = "Done", None
+    _inspect(final, progress)
     progress.report(force=True)
     return final
+
+
+def _inspect(final: Path, progress: Progress) -> None:
+    """The model's shape for gpuLayers "auto"; a file that is no GGUF is said, not fatal."""
+    try:
+        progress.gguf = read_facts(final).to_status()
+    except (GgufError, OSError) as exc:
+        progress.gguf = {"error": str(exc)}
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,20 +1,24 @@
 """kopf handlers: small wrappers around reconcile(); all state lives in the cluster.
 
-create/update/resume react to spec changes and restarts (with kopf's retries and backoff);
-watch events of the children (fetch Job done, Deployment ready, a child edited or deleted
-by hand) and of the resource's status (download progress) reconcile their owner again.
+create/update/resume react to spec changes and restarts (with kopf's retries and backoff)
+and re-check every child once (a child deleted by hand comes back); watch events of the
+children (fetch Job done, Deployment ready) and of the resource's status (download progress,
+the pods' GPU offload report) reconcile their owner again, coalesced: one pass per resource
+after a quiet period (calm.py).
 No timer: kopf would put a finalizer on every resource for it, and deleting one would then
 wait for a running operator.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import kopf
 import kubernetes
 
-from chatbot_operator.apply import Cluster
+from chatbot_operator.apply import RETRYABLE, Cluster
+from chatbot_operator.calm import Applied, Coalescer
 from chatbot_operator.config import OperatorConfig
 from chatbot_operator.profiles import load_profiles
 from chatbot_operator.reconcile import reconcile
@@ -38,27 +42,59 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_):
     # reconcile posts its own Events for what happened; kopf's "handler succeeded" would
     # repeat on every watch event, so only its warnings and errors become Events.
     settings.posting.level = logging.WARNING
+    # Under load (many resources, few cores) kopf's own annotation patch can take longer than
+    # its default 5 s to come back through the watch; kopf would then handle an older event
+    # as a new creation. Wait for it longer.
+    settings.persistence.consistency_timeout = CONFIG.consistency_timeout_s
     memo.cluster = Cluster(_api_client(), CONFIG.field_manager)
     memo.profiles = load_profiles(CONFIG.gpu_profiles)
+    memo.applied = Applied()
+    memo.coalescer = Coalescer(lambda key: _run(memo, *key), CONFIG.coalesce_s,
+                               CONFIG.coalesce_max_s, retry_if=_transient)
     logger.info("GPU profiles: %s", ", ".join(sorted(memo.profiles)))
+
+
+def _transient(exc: Exception) -> bool:
+    if isinstance(exc, kubernetes.client.ApiException):
+        return exc.status in RETRYABLE
+    # kopf's TemporaryError, and a timeout or a cut connection (urllib3, OSError).
+    return not isinstance(exc, kopf.PermanentError)
 
 
 @kopf.on.cleanup()
 def cleanup(memo: kopf.Memo, **_):
+    coalescer = getattr(memo, "coalescer", None)
+    if coalescer is not None:
+        coalescer.stop()
     cluster = getattr(memo, "cluster", None)
     if cluster is not None:
         cluster.api.close()
 
 
 def _run(memo: kopf.Memo, namespace: str, name: str) -> dict | None:
-    return reconcile(memo.cluster, CONFIG, memo.profiles, namespace, name, memo.cluster.event)
+    return reconcile(memo.cluster, CONFIG, memo.profiles, namespace, name, memo.cluster.event,
+                     memo.applied)
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+def on_create(memo: kopf.Memo, namespace: str, name: str, retry: int, **_):
+    # A new resource (a new uid) has no children yet: its first pass reads none of them.
+    # (kopf may call this again for an event older than its own bookkeeping patch: then the
+    # children are known and nothing is forgotten.)
+    if not memo.applied.knows(namespace, name):
+        memo.applied.forget(namespace, name, new=retry == 0)
+    _check(_run(memo, namespace, name))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def on_change(memo: kopf.Memo, namespace: str, name: str, **_):
-    status = _run(memo, namespace, name) or {}
+    memo.applied.forget(namespace, name)
+    _check(_run(memo, namespace, name))
+
+
+def _check(status: dict | None) -> None:
+    status = status or {}
     for cond in status.get("conditions") or []:
         if cond["reason"] == "RouteAPIMissing":
             # Reported in status; check again later (the API may get installed).
@@ -70,13 +106,22 @@ MANAGED = {"app.kubernetes.io/managed-by": "chatbot-operator"}
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-def on_child_event(body, namespace: str, memo: kopf.Memo, **_):
-    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+def on_child_event(body, type: str | None, namespace: str, memo: kopf.Memo, **_):
+    meta = body.get("metadata", {})
+    memo.applied.observe(body.get("kind"), namespace, meta.get("name"),
+                         None if type == "DELETED" else copy.deepcopy(dict(body)))
+    for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
-            _run(memo, namespace, ref["name"])
+            memo.coalescer.request((namespace, ref["name"]))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, field="status.download")
 def on_download_progress(type: str, namespace: str, name: str, memo: kopf.Memo, **_):
     if type in ("ADDED", "MODIFIED"):
-        _run(memo, namespace, name)
+        memo.coalescer.request((namespace, name))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, field="status.acceleration")
+def on_acceleration_report(type: str, namespace: str, name: str, memo: kopf.Memo, **_):
+    if type in ("ADDED", "MODIFIED"):
+        memo.coalescer.request((namespace, name))

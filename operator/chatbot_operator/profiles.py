@@ -3,7 +3,9 @@
 Built in: rtx-2080, rtx-3060 (one NVIDIA GPU, pinned by the GPU feature discovery label)
 and cpu. More come from the operator's configuration: CHATBOT_OPERATOR_GPU_PROFILES holds a
 JSON object (or the path of a JSON/YAML file, e.g. a mounted ConfigMap) of
-``{"name": {"nodeSelector": {...}, "tolerations": [...], "gpus": 1}}``.
+``{"name": {"nodeSelector": {...}, "tolerations": [...], "gpus": 1, "vram": "24Gi"}}``.
+``vram`` is the memory of one GPU of the profile: gpuLayers "auto" fits the model into it
+(gpu_fit.py); a GPU profile without it gets all layers.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from chatbot_operator.gpu_fit import quantity_bytes
 
 GPU_RESOURCE = "nvidia.com/gpu"
 PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -26,20 +30,22 @@ class GpuProfile:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict, ...] = ()
     gpus: int = 0
+    vram_bytes: int | None = None  # memory of one GPU (gpuLayers "auto" fits into it)
 
     @property
     def has_gpu(self) -> bool:
         return self.gpus > 0
 
 
-def _nvidia(name: str, product: str) -> GpuProfile:
-    return GpuProfile(name, {PRODUCT_LABEL: product}, (GPU_TOLERATION,), gpus=1)
+def _nvidia(name: str, product: str, vram_gib: int) -> GpuProfile:
+    return GpuProfile(name, {PRODUCT_LABEL: product}, (GPU_TOLERATION,), gpus=1,
+                      vram_bytes=vram_gib << 30)
 
 
 BUILTIN: dict[str, GpuProfile] = {
     p.name: p for p in (
-        _nvidia("rtx-2080", "NVIDIA-GeForce-RTX-2080"),
-        _nvidia("rtx-3060", "NVIDIA-GeForce-RTX-3060"),
+        _nvidia("rtx-2080", "NVIDIA-GeForce-RTX-2080", 8),
+        _nvidia("rtx-3060", "NVIDIA-GeForce-RTX-3060", 12),
         GpuProfile("cpu"),
         GpuProfile("custom"),  # nodeSelector/tolerations from the spec only
     )
@@ -74,8 +80,13 @@ def load_profiles(raw: str | None = None) -> dict[str, GpuProfile]:
         tolerations = conf.get("tolerations")
         if tolerations is None:
             tolerations = [GPU_TOLERATION] if gpus else []
+        try:
+            vram = quantity_bytes(conf.get("vram"))
+        except ValueError:
+            raise ValueError(f"{CONFIG_ENV}: {name}.vram must be a quantity like 24Gi, got "
+                             f"{conf.get('vram')!r}") from None
         profiles[name] = GpuProfile(name, dict(conf.get("nodeSelector") or {}),
-                                    tuple(tolerations), gpus)
+                                    tuple(tolerations), gpus, vram)
     return profiles
 
 
@@ -89,5 +100,6 @@ def resolve(name: str, profiles: dict[str, GpuProfile]) -> GpuProfile:
 
 def dump(profiles: dict[str, GpuProfile]) -> str:
     return json.dumps({p.name: {"nodeSelector": p.node_selector,
-                                "tolerations": list(p.tolerations), "gpus": p.gpus}
+                                "tolerations": list(p.tolerations), "gpus": p.gpus,
+                                "vram": p.vram_bytes}
                        for p in profiles.values()})

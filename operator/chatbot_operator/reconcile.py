@@ -1,7 +1,9 @@
 """One reconcile pass: read the resource fresh, apply its children, write its status.
 
-Called from the create/update/resume handlers and from watch events of the children; a
-per-object lock serialises them, and the fresh read means a pass never applies a stale spec.
+Called from the create/update/resume handlers and (coalesced, calm.py) from watch events of
+the children; a per-object lock serialises them, and the fresh read means a pass never
+applies a stale spec. Children whose manifest did not change since their last successful
+apply are not sent again (``Applied``); an unchanged status is not written.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from collections.abc import Callable
 from kubernetes.client import ApiException
 from pydantic import ValidationError
 
-from chatbot_operator import builders
+from chatbot_operator import builders, gpu_plan
 from chatbot_operator.apply import RETRYABLE, Cluster, as_kopf_error
 from chatbot_operator.builders import Owner
+from chatbot_operator.calm import Applied
 from chatbot_operator.config import OperatorConfig
 from chatbot_operator.profiles import GpuProfile, UnknownProfile, resolve
 from chatbot_operator.spec import GROUP, PERSONAS, PLURAL, VERSION, ChatbotModelSpec
@@ -67,23 +70,30 @@ def _parse(obj: dict, profiles: dict[str, GpuProfile]) -> ChatbotModelSpec:
 
 
 def reconcile(cluster: Cluster, config: OperatorConfig, profiles: dict[str, GpuProfile],
-              namespace: str, name: str, event: EventSink) -> dict | None:
+              namespace: str, name: str, event: EventSink,
+              applied: Applied | None = None) -> dict | None:
     """Returns the status written (None when the resource is gone or being deleted)."""
+    applied = applied if applied is not None else Applied()
     with _lock(namespace, name):
         try:
-            return _reconcile(cluster, config, profiles, namespace, name, event)
+            return _reconcile(cluster, config, profiles, namespace, name, event, applied)
         except ApiException as exc:
+            applied.forget(namespace, name)  # re-check every child on the next pass
             if exc.status in RETRYABLE or not exc.status:
                 raise as_kopf_error(exc, f"reconciling {namespace}/{name}") from exc
+            raise
+        except Exception:  # a timeout, a cut connection: the same, retried by the caller
+            applied.forget(namespace, name)
             raise
 
 
 def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: str, name: str,
-               event: EventSink) -> dict | None:
+               event: EventSink, applied: Applied) -> dict | None:
     obj = cluster.custom(GROUP, VERSION, PLURAL, namespace, name)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         return None
     owner = Owner(name, namespace, obj["metadata"]["uid"])
+    applied.bind(namespace, name, owner.uid)
     previous = obj.get("status") or {}
     try:
         spec = _parse(obj, profiles)
@@ -92,8 +102,13 @@ def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: st
                  ("ModelReady", "OfficeReady", "CharacterReady", "RouteReady")]
         return _write_status(cluster, obj, owner, conds, {}, {}, None, event)
 
+    download = previous.get("download") or {}
+    plans = {p: gpu_plan.plan(spec, p, resolve(spec.persona(p).gpu_profile, profiles),
+                              download.get(p), config) for p in PERSONAS}
+    spec = gpu_plan.resolved(spec, plans)  # gpuLayers "auto" -> the layers that fit
     try:
-        states = _apply_children(cluster, config, profiles, owner, spec, obj, event)
+        states = _apply_children(cluster, config, profiles, owner, spec, obj, event, applied,
+                                 plans)
     except ApiException as exc:
         if exc.status in RETRYABLE or not exc.status:
             raise
@@ -118,9 +133,23 @@ def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: st
         waiting = [p for p, s in model_states.items() if s != "complete"]
         conds.append(Condition("ModelReady", False, "Downloading",
                                f"fetching the model for {', '.join(waiting)}"))
+    accel: dict[str, gpu_plan.Acceleration] = {}
+    for persona in PERSONAS:
+        p = spec.persona(persona)
+        profile = resolve(p.gpu_profile, profiles)
+        accel[persona] = gpu_plan.acceleration(
+            persona, p, profile, builders.gpu_layers(p, profile),
+            (previous.get("acceleration") or {}).get(persona),
+            builders.settings_hash(spec, persona, profile, config))
     for persona in PERSONAS:
         ok, figure = ready[persona]
-        if ok:
+        p, a, too_large = spec.persona(persona), accel[persona], plans[persona].too_large
+        if too_large:
+            c = Condition(f"{persona.capitalize()}Ready", False, "ModelTooLarge", too_large)
+        elif ok and a.fallback and not p.allow_cpu_fallback:
+            c = Condition(f"{persona.capitalize()}Ready", False, "CpuFallback",
+                          f"{a.message}; set allowCpuFallback: true to accept it")
+        elif ok:
             c = Condition(f"{persona.capitalize()}Ready", True, "DeploymentReady",
                           f"{figure} replicas ready")
         elif model_states[persona] != "complete":
@@ -131,45 +160,77 @@ def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: st
                           f"{figure} replicas ready")
         conds.append(c)
     conds.append(route_cond)
+    fallbacks = [a.message for a in accel.values() if a.fallback]
+    if fallbacks:
+        conds.append(Condition("Accelerated", False, "CpuFallback", "; ".join(fallbacks)))
+    elif all(a.reported or a.text.endswith(" cpu") for a in accel.values()):
+        conds.append(Condition("Accelerated", True, "AsTold",
+                               "; ".join(a.message for a in accel.values())))
+    else:
+        conds.append(Condition("Accelerated", None, "NotReported",
+                               "; ".join(a.message for a in accel.values())))
     figures = {p: ready[p][1] for p in PERSONAS}
-    return _write_status(cluster, obj, owner, conds, figures, model_states, spec, event)
+    extra: dict = {"accel": ", ".join(a.text for a in accel.values())}
+    gpu_fits = {p: pl.status for p, pl in plans.items() if pl.status}
+    if gpu_fits or previous.get("gpuFit"):
+        extra["gpuFit"] = gpu_fits
+    return _write_status(cluster, obj, owner, conds, figures, model_states, spec, event,
+                         extra)
 
 
 def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: ChatbotModelSpec,
-                    obj: dict, event: EventSink):
-    cluster.apply(builders.settings_configmap(owner, spec, profiles, config))
+                    obj: dict, event: EventSink, applied: Applied,
+                    plans: dict[str, gpu_plan.Plan]):
+    key = (owner.namespace, owner.name)
+
+    def apply(manifest: dict, existing=...):
+        if existing is ...:
+            return applied.apply(cluster, key, manifest)[0]
+        return applied.apply(cluster, key, manifest, existing)[0]
+
+    apply(builders.settings_configmap(owner, spec, profiles, config))
+    # The pods' identity too (they report their GPU offload), so also for pvc:// sources.
+    for manifest in builders.fetch_rbac(owner):
+        apply(manifest)
     fetching = builders.needs_fetch(spec)
-    if fetching:
-        for manifest in builders.fetch_rbac(owner):
-            cluster.apply(manifest)
     model_states: dict[str, str] = {}
     jobs: dict[str, dict] = {}
     ready: dict[str, tuple[bool, str]] = {}
     for persona in PERSONAS:
         if fetching:
-            cluster.apply(builders.model_pvc(owner, spec, persona))
+            apply(builders.model_pvc(owner, spec, persona))
             job_name = builders.fetch_job_name(owner, spec, persona)
-            job = cluster.get("batch/v1", "Job", owner.namespace, job_name)
+            if applied.job_complete(key, job_name):
+                job = {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+            elif applied.is_new(key):
+                job = None
+            else:
+                job = applied.read(cluster, key, "batch/v1", "Job", owner.namespace,
+                                   job_name)
             if job is None:
-                job = cluster.apply(builders.fetch_job(owner, spec, persona, profiles, config))
+                job = apply(builders.fetch_job(owner, spec, persona, profiles, config), None)
                 cluster.custom(GROUP, VERSION, PLURAL, owner.namespace, owner.name,
                                status_patch={"status": {"download": {persona: {
                                    "phase": "Pending", "percent": 0, "bytesDone": 0,
-                                   "file": spec.persona(persona).file, "message": None}}}})
+                                   "file": spec.persona(persona).file, "message": None,
+                                   "gguf": None}}}})
                 event(obj, "Normal", "FetchStarted",
                       f"{persona}: downloading {spec.persona(persona).file} (Job {job_name})")
             jobs[persona] = job
             model_states[persona] = job_state(job)
-            _delete_stale_jobs(cluster, owner, persona, job_name, event, obj)
+            applied.job_complete(key, job_name, model_states[persona] == "complete")
+            if applied.first_look(key, job_name) and not applied.is_new(key):
+                _delete_stale_jobs(cluster, owner, persona, job_name, event, obj)
         else:
             model_states[persona] = "complete"
 
         dep_name = builders.deployment_name(owner, persona)
-        existing = cluster.get("apps/v1", "Deployment", owner.namespace, dep_name)
+        existing = None if applied.is_new(key) else applied.read(
+            cluster, key, "apps/v1", "Deployment", owner.namespace, dep_name)
         dep = existing
-        if model_states[persona] == "complete":
-            dep = cluster.apply(builders.persona_deployment(owner, spec, persona, profiles,
-                                                            config))
+        if model_states[persona] == "complete" and not plans[persona].too_large:
+            dep = apply(builders.persona_deployment(owner, spec, persona, profiles, config),
+                        existing)
             before = (existing or {}).get("metadata", {}).get("generation")
             if existing is None:
                 event(obj, "Normal", "DeploymentCreated", f"{persona}: Deployment {dep_name}")
@@ -177,10 +238,11 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
                 event(obj, "Normal", "DeploymentUpdated",
                       f"{persona}: Deployment {dep_name} updated (generation "
                       f"{dep['metadata'].get('generation')})")
-        cluster.apply(builders.persona_service(owner, persona))
+        apply(builders.persona_service(owner, persona))
         ready[persona] = deployment_ready(dep, spec.persona(persona).replicas)
 
-    route_cond = _apply_route(cluster, owner, spec)
+    route_cond = _apply_route(cluster, owner, spec, apply)
+    applied.pass_done(key)
     return model_states, ready, route_cond, jobs
 
 
@@ -195,14 +257,14 @@ def _delete_stale_jobs(cluster: Cluster, owner: Owner, persona: str, current: st
             event(obj, "Normal", "FetchJobReplaced", f"{persona}: deleted old Job {old}")
 
 
-def _apply_route(cluster: Cluster, owner: Owner, spec: ChatbotModelSpec) -> Condition:
+def _apply_route(cluster: Cluster, owner: Owner, spec: ChatbotModelSpec, apply) -> Condition:
     manifest = builders.route(owner, spec)
     if manifest is None:
         return Condition("RouteReady", True, "Disabled", "route.kind is None")
-    cluster.apply(builders.not_found_deployment(owner, spec))
-    cluster.apply(builders.service(owner, builders.not_found_name(owner), "not-found"))
+    apply(builders.not_found_deployment(owner, spec))
+    apply(builders.service(owner, builders.not_found_name(owner), "not-found"))
     try:
-        cluster.apply(manifest)
+        apply(manifest)
     except ApiException as exc:
         if exc.status == 404:
             return Condition("RouteReady", False, "RouteAPIMissing",
@@ -216,11 +278,14 @@ def _apply_route(cluster: Cluster, owner: Owner, spec: ChatbotModelSpec) -> Cond
 
 def _write_status(cluster: Cluster, obj: dict, owner: Owner, conds: list[Condition],
                   figures: dict[str, str], model_states: dict[str, str],
-                  spec: ChatbotModelSpec | None, event: EventSink) -> dict:
+                  spec: ChatbotModelSpec | None, event: EventSink,
+                  extra: dict | None = None) -> dict:
     previous = obj.get("status") or {}
     for c in transitions(previous.get("conditions"), conds):
-        kind = "Normal" if c.status or c.reason in ("Downloading", "WaitingForModel",
-                                                    "RollingOut") else "Warning"
+        if c.status is None:
+            continue  # Unknown: nothing happened yet worth an Event
+        kind = "Normal" if c.status is not False or c.reason in (
+            "Downloading", "WaitingForModel", "RollingOut") else "Warning"
         event(obj, kind, c.reason if not c.status else c.type, c.message)
     status: dict = {
         "phase": phase(conds),
@@ -233,13 +298,24 @@ def _write_status(cluster: Cluster, obj: dict, owner: Owner, conds: list[Conditi
     }
     if spec is not None:
         status["endpoints"] = builders.endpoints(owner, spec)
+    status |= extra or {}
     download_done = {p: {"phase": "Done", "percent": 100} for p, s in model_states.items()
                      if s == "complete" and spec is not None and builders.needs_fetch(spec)
                      and ((previous.get("download") or {}).get(p) or {}).get("phase") != "Done"}
     if download_done:
         status["download"] = download_done
-    changed = {k: v for k, v in status.items() if previous.get(k) != v}
+    # download: merged into what the fetch Job wrote; gpuFit: replaced (a persona no longer
+    # on auto loses its entry).
+    changed = {k: _replacing(previous.get(k), v) if k == "gpuFit" else v
+               for k, v in status.items() if previous.get(k) != v}
     if changed:
         cluster.custom(GROUP, VERSION, PLURAL, owner.namespace, owner.name,
                        status_patch={"status": changed})
     return status
+
+
+def _replacing(old, new):
+    """A merge patch that leaves ``new`` in place of ``old`` (keys gone are nulled)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return {**dict.fromkeys(set(old) - set(new)), **new}
+    return new

@@ -57,6 +57,8 @@ class Persona(_Model):
     replicas: int = 1
     resources: dict = Field(default_factory=dict)
     image: str | None = None
+    # A pod on a GPU profile that offloaded fewer layers than told is not Ready, unless this.
+    allow_cpu_fallback: bool = Field(default=False, alias="allowCpuFallback")
 
 
 OFFICE_DEFAULTS = {

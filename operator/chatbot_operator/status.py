@@ -5,15 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CONDITIONS = ("ModelReady", "OfficeReady", "CharacterReady", "RouteReady")
-FAILURES = ("FetchFailed", "InvalidSpec", "ApplyFailed", "RouteAPIMissing")
+FAILURES = ("FetchFailed", "InvalidSpec", "ApplyFailed", "RouteAPIMissing", "ModelTooLarge",
+            "CpuFallback")
+# Informational: not part of Ready (Accelerated=False with allowCpuFallback is a warning).
+WARNINGS = ("Accelerated",)
 
 
 @dataclass(frozen=True)
 class Condition:
     type: str
-    status: bool
+    status: bool | None  # None: Unknown
     reason: str
     message: str
+
+    @property
+    def status_text(self) -> str:
+        return "Unknown" if self.status is None else "True" if self.status else "False"
 
 
 def job_state(job: dict | None) -> str:
@@ -49,6 +56,7 @@ def deployment_ready(dep: dict | None, want: int) -> tuple[bool, str]:
 
 
 def phase(conditions: list[Condition]) -> str:
+    conditions = [c for c in conditions if c.type not in WARNINGS]
     by_type = {c.type: c for c in conditions}
     if all(c.status for c in conditions):
         return "Ready"
@@ -66,7 +74,7 @@ def merge_conditions(previous: list[dict] | None, current: list[Condition],
     before = {c.get("type"): c for c in previous or []}
     out = []
     for c in current:
-        status = "True" if c.status else "False"
+        status = c.status_text
         old = before.get(c.type)
         since = old.get("lastTransitionTime") if old and old.get("status") == status else now
         out.append({"type": c.type, "status": status, "reason": c.reason,
@@ -80,7 +88,7 @@ def transitions(previous: list[dict] | None, current: list[Condition]) -> list[C
     changed = []
     for c in current:
         old = before.get(c.type)
-        if old is None or old.get("status") != ("True" if c.status else "False") or \
+        if old is None or old.get("status") != c.status_text or \
                 old.get("reason") != c.reason:
             changed.append(c)
     return changed
@@ -101,3 +109,4 @@ def progress_text(download: dict | None, states: dict[str, str]) -> str:
             pct = "pending"
         parts.append(f"{persona} {pct}")
     return ", ".join(parts)
+

@@ -184,9 +184,19 @@ def create_app(settings: Settings, personas: list[Persona] | None = None):
     runtimes = {p: build_runtime(p, settings, engines.by_persona[p], store, search)
                 for p in personas}
 
+    async def load_and_report() -> None:
+        await engines.load_all()
+        if settings.status_report:
+            from chatbot.status_report import report
+
+            for persona in personas:
+                status = engines.by_persona[persona].status()
+                if status.ready:
+                    await asyncio.to_thread(report, settings, persona.value, status.facts)
+
     @asynccontextmanager
     async def lifespan(app):
-        loading = asyncio.create_task(engines.load_all())  # serve /healthz while loading
+        loading = asyncio.create_task(load_and_report())  # serve /healthz while loading
         await store.start()  # connects in the background; MongoDB may be down
         try:
             yield

@@ -130,6 +130,18 @@ class Settings(BaseSettings):
     search_recorded_path: Path | None = Field(
         default=None, description="JSON list of ddgs-shaped results {title, href, body}")
 
+    # On Kubernetes (set by the operator): report the GPU offload into the ChatbotModel's
+    # status.acceleration.<persona>, with the pod's ServiceAccount token.
+    status_report: str | None = Field(
+        default=None, pattern=r"^[a-z0-9-]+/[a-z0-9.-]+$",
+        description="NAMESPACE/NAME of the ChatbotModel to report into")
+    settings_hash: str | None = Field(default=None, description="the operator's settings hash")
+    pod_name: str | None = None
+    kube_api_url: str | None = Field(
+        default=None, description="default: https://$KUBERNETES_SERVICE_HOST:$..._PORT")
+    kube_token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    kube_ca_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+
     @field_validator("mongo_url")
     @classmethod
     def _mongodb_scheme(cls, url: SecretStr | None) -> SecretStr | None:

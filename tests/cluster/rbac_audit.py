@@ -22,11 +22,20 @@ class Call:
         return (self.group, self.resource, self.verb)
 
 
-def calls_by(audit_log: Path, account: str) -> list[Call]:
-    """Every completed resource request made by ServiceAccount ``account`` (any namespace)."""
+def offset(audit_log: Path) -> int:
+    """Where the log ends now: ``calls_by(..., since=offset(log))`` reads only what follows."""
+    return audit_log.stat().st_size if audit_log.exists() else 0
+
+
+def calls_by(audit_log: Path, account: str, since: int = 0) -> list[Call]:
+    """Every completed resource request made by ServiceAccount ``account`` (any namespace),
+    after byte ``since`` of the log."""
     found = []
     suffix = f":{account}"
-    for line in audit_log.read_text().splitlines():
+    with open(audit_log, "rb") as f:
+        f.seek(since)
+        text = f.read().decode()
+    for line in text.splitlines():
         entry = json.loads(line)
         user = entry.get("user", {}).get("username", "")
         ref = entry.get("objectRef")

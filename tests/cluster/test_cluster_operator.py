@@ -119,7 +119,8 @@ def test_example_reaches_ready_with_pods_on_their_gpu_nodes(
         status = obj["status"]
         assert {c["type"]: c["status"] for c in status["conditions"]} == {
             "ModelReady": "True", "OfficeReady": "True", "CharacterReady": "True",
-            "RouteReady": "True"}
+            "RouteReady": "True", "Accelerated": "Unknown"}  # kwok pods report no offload
+        assert status["accel"] == "office gpu ?, character gpu ?"
         assert status["officeReady"] == "1/1" and status["characterReady"] == "1/1"
         assert status["modelProgress"] == "office 100%, character 100%"
         assert status["observedGeneration"] == obj["metadata"]["generation"]

@@ -112,3 +112,20 @@ def test_the_program_downloads_with_progress_lines(server, tmp_path):
     assert run.returncode == 0, run.stderr
     assert (tmp_path / FILE).read_bytes() == DATA
     assert "(100.0%)" in run.stdout
+
+
+def test_the_last_report_carries_the_gguf_shape_and_random_bytes_say_why_not(tmp_path):
+    from chatbot_operator.gguf_header import read_facts
+    from tests.operator.gguf_shapes import SMOLLM2_135M, Q, write_header
+
+    header = write_header(tmp_path / "smol.gguf", SMOLLM2_135M, Q.Q4_1).read_bytes()
+    with ModelServer({"smol.gguf": header, FILE: DATA}) as srv:
+        snaps: list[dict] = []
+        download_file(f"{srv.url}/smol.gguf", tmp_path / "dl", "smol.gguf", None,
+                      _progress(snaps))
+        assert snaps[-1]["phase"] == "Done"
+        assert snaps[-1]["gguf"] == read_facts(tmp_path / "smol.gguf").to_status()
+        assert snaps[-1]["gguf"]["nLayer"] == 30
+        snaps.clear()
+        download_file(f"{srv.url}/{FILE}", tmp_path / "dl", FILE, None, _progress(snaps))
+        assert "not a GGUF file" in snaps[-1]["gguf"]["error"]

@@ -1,0 +1,73 @@
+"""On Kubernetes: tell the operator what llama.cpp really offloaded.
+
+After the model loads, each persona merge-patches ``status.acceleration.<persona>`` of its
+ChatbotModel (``CHATBOT_STATUS_REPORT`` = NAMESPACE/NAME) with the pod's ServiceAccount
+token, which may patch that resource's status and nothing else. The operator compares it
+with the layers the pod was told (the report carries the operator's settings hash) and
+keeps a persona that silently fell back to the CPU out of Ready. Standard library only; a
+failed report is logged and retried a few times, never fatal.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import ssl
+import time
+import urllib.request
+
+from chatbot.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "chatbot.treenut.ai", "v1alpha1", "chatbotmodels"
+
+
+def report_body(persona: str, facts: dict, settings: Settings) -> dict:
+    n_layer = int(facts.get("n_layer") or 0)
+    return {"status": {"acceleration": {persona: {
+        "pod": settings.pod_name or os.uname().nodename,
+        "settingsHash": settings.settings_hash,
+        "offloaded": int(facts.get("gpu_layers_offloaded") or 0),
+        "requested": facts.get("gpu_layers_requested"),
+        "layersTotal": n_layer + 1,  # llama.cpp counts the output layer
+        "supported": bool(facts.get("gpu_offload_supported")),
+        "reportedAt": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }}}}
+
+
+def _api_url(settings: Settings) -> str:
+    if settings.kube_api_url:
+        return settings.kube_api_url.rstrip("/")
+    host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+    return f"https://{host}:{port}"
+
+
+def send(settings: Settings, body: dict, timeout: float = 10) -> None:
+    namespace, name = settings.status_report.split("/")
+    url = (f"{_api_url(settings)}/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/"
+           f"{name}/status")
+    token = settings.kube_token_file.read_text().strip()
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="PATCH", headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/merge-patch+json",
+        "Accept": "application/json"})
+    context = ssl.create_default_context(cafile=str(settings.kube_ca_file))
+    with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
+        resp.read()
+
+
+def report(settings: Settings, persona: str, facts: dict, attempts: int = 4) -> bool:
+    body = report_body(persona, facts, settings)
+    for attempt in range(1, attempts + 1):
+        try:
+            send(settings, body)
+            log.info("reported GPU offload to %s: %s", settings.status_report,
+                     body["status"]["acceleration"][persona])
+            return True
+        except (OSError, KeyError, ValueError) as exc:
+            log.warning("GPU offload report to %s failed (attempt %d): %s",
+                        settings.status_report, attempt, exc)
+            time.sleep(min(2 ** attempt, 10))
+    return False
