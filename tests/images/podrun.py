@@ -46,13 +46,16 @@ def _cpus(text: str) -> float:
 def docker_run_args(pod: dict, *, image: str, config_maps: dict[str, dict[str, str]],
                     claims: dict[str, str], secrets: dict[tuple[str, str], str] | None = None,
                     ports: dict[int, int] | None = None, max_cpus: float | None = None,
-                    empty_dirs: Path | None = None, container: int = 0) -> list[str]:
+                    empty_dirs: Path | None = None, container: int = 0,
+                    pod_name: str = "chatbot-pod", namespace: str = "default") -> list[str]:
     """`docker run` options, image and command for ``pod["containers"][container]``.
 
     config_maps: ConfigMap name -> data; claims: claim name -> host directory; secrets:
     (name, key) -> value; ports: containerPort -> host port on 127.0.0.1; max_cpus caps a CPU
     limit at what this machine has (Docker refuses more CPUs than there are); empty_dirs:
-    where the emptyDir volumes' directories are made (required when the pod has one)."""
+    where the emptyDir volumes' directories are made (required when the pod has one);
+    pod_name, namespace: what the downward API (env fieldRef) gives the container."""
+    pod_fields = {"metadata.name": pod_name, "metadata.namespace": namespace}
     extra = set(pod) - KNOWN_POD
     if extra:
         raise Unmapped(f"pod spec fields not mapped to docker: {sorted(extra)}")
@@ -86,6 +89,11 @@ def docker_run_args(pod: dict, *, image: str, config_maps: dict[str, dict[str, s
     for item in c.get("env", []):
         if "value" in item:
             env[item["name"]] = item["value"]
+        elif "fieldRef" in item["valueFrom"]:  # the downward API
+            path = item["valueFrom"]["fieldRef"]["fieldPath"]
+            if path not in pod_fields:
+                raise Unmapped(f"env {item['name']}: fieldRef {path}")
+            env[item["name"]] = pod_fields[path]
         else:
             ref = item["valueFrom"]["secretKeyRef"]
             env[item["name"]] = (secrets or {})[(ref["name"], ref["key"])]

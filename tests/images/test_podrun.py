@@ -42,6 +42,7 @@ def test_the_persona_pod_maps_to_its_security_mounts_and_command(tmp_path):
                      "--stop-timeout 30"):
         assert expected in joined, expected
     assert (tmp_path / "data").stat().st_mode & 0o777 == 0o777  # as an emptyDir
+    assert "--env CHATBOT_POD_NAME=chatbot-pod" in joined  # the downward API's metadata.name
     at = args.index("--entrypoint")
     assert args[at + 1:at + 6] == ["chatbot", "img", "serve", "office", "--host"]
 
@@ -62,4 +63,12 @@ def test_an_unsupported_volume_or_seccomp_profile_is_an_error(tmp_path):
     pod = copy.deepcopy(_pod())
     pod["securityContext"]["seccompProfile"] = {"type": "Unconfined"}
     with pytest.raises(Unmapped, match="Unconfined"):
+        _args(pod, tmp_path)
+
+
+def test_an_unsupported_downward_api_field_is_an_error(tmp_path):
+    pod = copy.deepcopy(_pod())
+    pod["containers"][0]["env"].append(
+        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}})
+    with pytest.raises(Unmapped, match="spec.nodeName"):
         _args(pod, tmp_path)
