@@ -45,8 +45,13 @@ def fresh_ferretdb(tmp_path):
 
 
 # Short answers keep the suite quick; the seed's lengths apply unless a test says otherwise.
+# One llama.cpp thread: its threads spin-wait for each other at every graph node, so on a
+# busy 2-core machine two threads made the tiny model 50x slower (seen here: 10-23 s for 96
+# tokens against 0.1-0.4 s with one), and timed tests out.
 FAST = {"CHATBOT_OFFICE__GENERATION__MAX_TOKENS": "48",
-        "CHATBOT_CHARACTER__GENERATION__MAX_TOKENS": "48"}
+        "CHATBOT_CHARACTER__GENERATION__MAX_TOKENS": "48",
+        "CHATBOT_OFFICE__MODEL__N_THREADS": "1",
+        "CHATBOT_CHARACTER__MODEL__N_THREADS": "1"}
 
 
 @pytest.fixture(scope="session")
