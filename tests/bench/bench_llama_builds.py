@@ -44,7 +44,7 @@ from install import PORTABLE_CMAKE_ARGS  # noqa: E402
 
 from chatbot.llm.bundled import bundled_model_path  # noqa: E402
 from chatbot.llm.loading import system_info_features  # noqa: E402
-from tests.service.server import free_port  # noqa: E402
+from tests.service.server import ChatbotServer  # noqa: E402
 
 CACHE = Path(os.environ.get("CHATBOT_DEV_CACHE", Path.home() / ".cache/chatbot-dev"))
 VERSION = "0.3.36"
@@ -120,33 +120,20 @@ def system_info(lib: Path) -> str:
 
 
 class Service:
+    """Our service on SmolLM2 with the llama.cpp in `lib` (cwd = lib: where a
+    GGML_BACKEND_DL build looks for its CPU modules)."""
+
     def __init__(self, lib: Path, work: Path, threads: int, max_tokens: int) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "LLAMA_CPP_LIB_PATH": str(lib), "CHATBOT_ENGINE": "batched",
-               "CHATBOT_OFFICE_MODEL": str(bundled_model_path()),
-               "CHATBOT_HISTORY_PATH": ":memory:", "CHATBOT_LOG_LEVEL": "warning",
-               "CHATBOT_OFFICE__MAX_CONCURRENT": "4",
-               "CHATBOT_OFFICE__MODEL__N_CTX": "2048",
-               "CHATBOT_OFFICE__MODEL__N_THREADS": str(threads),
-               "CHATBOT_OFFICE__GENERATION__MAX_TOKENS": str(max_tokens),
-               "CHATBOT_OFFICE__GENERATION__TEMPERATURE": "0"}
-        chatbot = Path(sys.executable).parent / "chatbot"
-        self.log = open(work / f"serve-{self.port}.log", "wb")
-        self.proc = subprocess.Popen([str(chatbot), "serve", "office", "--port", str(self.port)],
-                                     cwd=lib, env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited; see {self.log.name}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"service never got ready; see {self.log.name}")
+        self.server = ChatbotServer(work, "office", cwd=lib, env={
+            "LLAMA_CPP_LIB_PATH": str(lib), "CHATBOT_ENGINE": "batched",
+            "CHATBOT_OFFICE_MODEL": str(bundled_model_path()),
+            "CHATBOT_HISTORY_PATH": ":memory:", "CHATBOT_LOG_LEVEL": "warning",
+            "CHATBOT_OFFICE__MAX_CONCURRENT": "4", "CHATBOT_OFFICE__MODEL__N_CTX": "2048",
+            "CHATBOT_OFFICE__MODEL__N_THREADS": str(threads),
+            "CHATBOT_OFFICE__GENERATION__MAX_TOKENS": str(max_tokens),
+            "CHATBOT_OFFICE__GENERATION__TEMPERATURE": "0"})
+        self.url = self.server.url
+        self.server.wait_until("/readyz", timeout=300)
 
     def ask(self, n: int) -> int:
         r = httpx.post(self.url + "/Llama", json={"input_data": QUESTION.format(n)},
@@ -156,7 +143,7 @@ class Service:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the service so far (all its threads)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{self.server.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def measure(self, clients: int, requests_each: int) -> tuple[float, float]:
@@ -172,13 +159,7 @@ class Service:
                 tokens / max(self.cpu_seconds() - cpu, 1e-9))
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
+        self.server.stop()
 
 
 def main() -> int:

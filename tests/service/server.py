@@ -25,7 +25,7 @@ class ChatbotServer:
     `not-found`); `url` is its base URL, `log` its combined output."""
 
     def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None,
-                 command: str = "serve") -> None:
+                 command: str = "serve", cwd: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"server-{self.port}.log"
@@ -35,7 +35,7 @@ class ChatbotServer:
         self._out = open(self.log, "wb")
         self.proc = subprocess.Popen(
             [chatbot, command, *args, "--port", str(self.port)],
-            env=full_env, stdout=self._out, stderr=subprocess.STDOUT,
+            env=full_env, stdout=self._out, stderr=subprocess.STDOUT, cwd=cwd,
         )
 
     def client(self, **kwargs) -> httpx.Client:
