@@ -65,9 +65,15 @@ class OfficeSettings(PersonaSettings):
     model: ModelSettings = ModelSettings(n_gpu_layers=-1)
 
 
+class CharacterModelSettings(ModelSettings):
+    # A field default, not ModelSettings(n_gpu_layers=50) as the default object: setting any
+    # other CHATBOT_CHARACTER__MODEL__* variable builds a new object and would lose the 50.
+    n_gpu_layers: int = Field(default=50, ge=-1)
+
+
 class CharacterSettings(PersonaSettings):
     max_concurrent: int = Field(default=2, ge=1)
-    model: ModelSettings = ModelSettings(n_gpu_layers=50)
+    model: CharacterModelSettings = CharacterModelSettings()
 
 
 class Settings(BaseSettings):

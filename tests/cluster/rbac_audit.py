@@ -16,10 +16,18 @@ class Call:
     verb: str
     code: int
     namespace: str
+    message: str = ""  # the response's status message, for failures
 
     @property
     def permission(self) -> tuple[str, str, str]:
         return (self.group, self.resource, self.verb)
+
+    @property
+    def refused_by_rbac(self) -> bool:
+        """A 403 from authorization, not the NamespaceLifecycle admission's 403 for a write
+        into a namespace that is being deleted (a test's namespace torn down while the
+        operator still reacts to it)."""
+        return self.code == 403 and "because it is being terminated" not in self.message
 
 
 def offset(audit_log: Path) -> int:
@@ -43,9 +51,10 @@ def calls_by(audit_log: Path, account: str, since: int = 0) -> list[Call]:
                 or entry.get("stage") != "ResponseComplete" or not ref):
             continue  # another user, a watch still open, or a non-resource URL
         resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        status = entry.get("responseStatus", {})
         found.append(Call(ref.get("apiGroup", ""), resource, entry["verb"],
-                          entry.get("responseStatus", {}).get("code", 0),
-                          ref.get("namespace", "")))
+                          status.get("code", 0), ref.get("namespace", ""),
+                          status.get("message", "")))
     return found
 
 

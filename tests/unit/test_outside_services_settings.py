@@ -48,3 +48,14 @@ def test_recorded_search_without_a_file_is_a_clear_configuration_error():
                          timeout=60, env=env)
     assert run.returncode == 2
     assert "CHATBOT_SEARCH_RECORDED_PATH" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_one_nested_model_setting_keeps_the_personas_other_model_defaults(monkeypatch):
+    """Setting the character's threads must not reset its 50 GPU layers to office's -1."""
+    monkeypatch.setenv("CHATBOT_CHARACTER__MODEL__N_THREADS", "1")
+    monkeypatch.setenv("CHATBOT_OFFICE__MODEL__N_THREADS", "1")
+    s = Settings()
+    assert s.character.model.n_threads == 1 and s.character.model.n_gpu_layers == 50
+    assert s.office.model.n_threads == 1 and s.office.model.n_gpu_layers == -1
+    monkeypatch.setenv("CHATBOT_CHARACTER__MODEL__N_GPU_LAYERS", "20")
+    assert Settings().character.model.n_gpu_layers == 20
