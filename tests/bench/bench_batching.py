@@ -98,13 +98,17 @@ class Ours:
         self.server.wait_until("/readyz", timeout=300)
 
     def request(self, http: httpx.Client, question: str) -> Sample:
+        return self.ask(http, {"input_data": question})[0]
+
+    def ask(self, http: httpx.Client, body: dict) -> tuple[Sample, str]:
+        """One `/Llama` call with `body` (db_id/user_id: with history); its sample, answer."""
         started = time.perf_counter()
-        r = http.post(self.url + "/Llama", json={"input_data": question})
+        r = http.post(self.url + "/Llama", json=body)
         wall = time.perf_counter() - started
         r.raise_for_status()
         timing = server_timing_s(r.headers["server-timing"])
         after_first = timing["gen"] - timing.get("ttft", timing["gen"])
-        return Sample(wall, wall - after_first, int(r.headers["x-generated-tokens"]))
+        return Sample(wall, wall - after_first, int(r.headers["x-generated-tokens"])), r.json()
 
     def stop(self) -> None:
         self.server.stop()
@@ -121,7 +125,7 @@ class LlamaServer:
             [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
              "-np", str(SLOTS), "-c", str(N_CTX_PER_SLOT * SLOTS), "-b", "2048",
              "-t", str(THREADS), "-tb", str(THREADS), "-fa", "on", "--no-webui",
-             "--seed", str(SEED)],
+             "--seed", str(SEED), "--metrics"],
             stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self) -> None:
@@ -138,23 +142,28 @@ class LlamaServer:
         raise RuntimeError(f"llama-server never got ready; see {self._log.name}")
 
     def request(self, http: httpx.Client, question: str) -> Sample:
+        return self.chat(http, _messages(question))[0]
+
+    def chat(self, http: httpx.Client, messages: list[dict]) -> tuple[Sample, str]:
+        """One streamed `/v1/chat/completions` (prompt cache on); its sample and answer."""
         g = OFFICE.generation
-        body = {"messages": _messages(question), "stream": True, "max_tokens": self.max_tokens,
+        body = {"messages": messages, "stream": True, "max_tokens": self.max_tokens,
                 "temperature": 0, "repeat_penalty": g.repeat_penalty, "repeat_last_n": 64,
                 "frequency_penalty": g.frequency_penalty, "presence_penalty": g.presence_penalty,
-                "seed": SEED, "stop": list(STOP_STRINGS)}
+                "seed": SEED, "stop": list(STOP_STRINGS), "cache_prompt": True}
         started = time.perf_counter()
-        first, tokens = 0.0, 0
+        first, tokens, text = 0.0, 0, []
         with http.stream("POST", self.url + "/v1/chat/completions", json=body) as r:
             r.raise_for_status()
             for line in r.iter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 choices = json.loads(line[6:]).get("choices") or [{}]
-                if choices[0].get("delta", {}).get("content"):
+                if piece := choices[0].get("delta", {}).get("content"):
                     tokens += 1
+                    text.append(piece)
                     first = first or time.perf_counter() - started
-        return Sample(time.perf_counter() - started, first, tokens)
+        return Sample(time.perf_counter() - started, first, tokens), "".join(text)
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 OFFICE_BODY = {"input_data": "회의록을 잘 쓰는 방법을 알려주세요."}
 CHARACTER_BODY = {
@@ -153,3 +154,72 @@ def test_two_personas_on_the_same_file_share_one_model_instance(start_server, ti
         character_ready = http.get("/character/readyz").json()["engine"]
     assert after > before  # office's tokens came from the instance character uses too
     assert office_ready == character_ready
+
+
+def llamacpp_metrics(http) -> dict[str, float]:
+    """The unlabelled `llamacpp:*` samples of a persona's /metrics."""
+    values = {}
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith("llamacpp:"):
+            name, value = line.split(" ")
+            values[name.removeprefix("llamacpp:")] = float(value)
+    return values
+
+
+def test_llama_server_metric_names_follow_the_traffic(start_server):
+    """An autoscaler written for llama-server reads the same names here, and they move with
+    the traffic: tokens, decode calls, busy slots, requests deferred, KV cells."""
+    server = start_server("office", env={  # a fresh process: counters start at zero
+        "CHATBOT_OFFICE__MAX_CONCURRENT": "2",
+        "CHATBOT_OFFICE__GENERATION__MAX_TOKENS": "64",
+        "CHATBOT_OFFICE__GENERATION__TEMPERATURE": "0",
+        "CHATBOT_OFFICE__MODEL__N_THREADS": "1",  # no spin-waiting threads on a busy machine
+    })
+    with server.client() as http:
+        idle = llamacpp_metrics(http)
+        engine = http.get("/readyz").json()["engine"]
+        first = http.post("/Llama", json=OFFICE_BODY)
+        once = llamacpp_metrics(http)
+        second = http.post("/Llama", json=OFFICE_BODY)  # the same prompt: all but 1 cached
+        twice = llamacpp_metrics(http)
+    assert first.status_code == second.status_code == 200
+    for name in ("prompt_tokens_total", "prompt_tokens_cached_total", "tokens_predicted_total",
+                 "n_decode_total", "requests_processing", "requests_deferred",
+                 "n_busy_slots_per_decode", "kv_cache_usage_ratio"):
+        assert idle[name] == 0, name
+    assert idle["kv_cache_cells"] == engine["n_ctx"]  # both sequences' cells
+    # Every sampled token counts, the end-of-generation one too (not an answer piece).
+    answered = int(first.headers["x-generated-tokens"])
+    assert answered <= once["tokens_predicted_total"] <= answered + 1
+    prompt = once["prompt_tokens_total"]
+    assert prompt > 10 and once["prompt_tokens_cached_total"] == 0
+    assert twice["prompt_tokens_total"] == prompt + 1  # only the last token evaluated again
+    assert twice["prompt_tokens_cached_total"] == prompt - 1
+    # One sequence at a time: a decode call per token, one busy slot in each.
+    assert once["n_decode_total"] == once["tokens_predicted_total"]
+    assert once["n_busy_slots_per_decode"] == 1
+    assert once["prompt_seconds_total"] > 0 and once["tokens_predicted_seconds_total"] > 0
+    assert once["predicted_tokens_seconds"] > 0 and once["prompt_tokens_seconds"] > 0
+    assert prompt < once["n_tokens_max"] <= engine["n_ctx_per_sequence"]
+    # Idle again: nothing processing, the conversation's cells kept for its next turn.
+    assert twice["requests_processing"] == 0 and twice["kv_cache_usage_ratio"] == 0
+    assert 0 < twice["kv_cache_tokens"] <= twice["kv_cache_cells"]
+
+    # Four at once on two slots: two decode together, two are deferred.
+    def ask(i: int):
+        with server.client() as client:
+            return client.post("/Llama", json={"input_data": f"Question {i}: the agenda?"})
+
+    seen = {"requests_processing": 0.0, "requests_deferred": 0.0, "kv_cache_usage_ratio": 0.0}
+    with ThreadPoolExecutor(4) as pool, server.client() as http:
+        answers = [pool.submit(ask, i) for i in range(4)]
+        while not all(a.done() for a in answers):
+            now = llamacpp_metrics(http)
+            for name in seen:
+                seen[name] = max(seen[name], now[name])
+        after = llamacpp_metrics(http)
+    assert [a.result().status_code for a in answers] == [200] * 4
+    assert seen["requests_processing"] == 2 and seen["requests_deferred"] >= 1
+    assert 0 < seen["kv_cache_usage_ratio"] <= 1
+    assert 1 < after["n_busy_slots_per_decode"] <= 2
+    assert after["tokens_predicted_total"] > twice["tokens_predicted_total"]

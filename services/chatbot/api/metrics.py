@@ -27,6 +27,79 @@ class _EngineTokens:
         yield family
 
 
+class _LlamaServerMetrics:
+    """llama-server's own `/metrics` names, read live from the engine, so that autoscalers and
+    dashboards written for llama-server (an HPA on `llamacpp:requests_deferred`, say) work
+    unchanged; plus the two signals the Gateway API Inference Extension's model-server
+    protocol asks for, which llama-server lacks: KV-cache utilization and queued requests.
+
+    Same names, types and meanings as llama-server's `server_task_result_metrics`, without
+    labels (one engine per process there; here the engine of this persona's model file, so
+    two personas sharing one file report the same engine). Differences: `n_tokens_max` is a
+    gauge (a running maximum; the Python client renders no counter without `_total`), and
+    the two throughput gauges average over the window since this collector's previous
+    scrape, as llama-server's do. Speculative-decoding counters are left out (none here).
+    """
+
+    def __init__(self, engine: ChatEngine, admission: Admission) -> None:
+        self.engine, self.admission = engine, admission
+        self._last = {"prompt": (0, 0.0), "predict": (0, 0.0)}
+
+    def _rate(self, key: str, tokens: int, seconds: float) -> float:
+        last_tokens, last_seconds = self._last[key]
+        self._last[key] = (tokens, seconds)
+        spent = seconds - last_seconds
+        return (tokens - last_tokens) / spent if spent > 0 else 0.0
+
+    def collect(self):
+        f = self.engine.status().facts
+        waiting = self.admission.waiting + f.get("sequences_waiting", 0)
+        processing = f.get("sequences_active", int(bool(f.get("generating"))))
+        for name, doc, value in (
+            ("prompt_tokens_total", "Number of prompt tokens processed, excluding cached tokens",
+             f.get("prompt_tokens_evaluated", 0)),
+            ("prompt_tokens_cached_total", "Number of prompt tokens reused from the cache",
+             f.get("prompt_tokens_reused", 0)),
+            ("prompt_seconds_total", "Total time spent processing prompts",
+             f.get("prompt_seconds", 0.0)),
+            ("tokens_predicted_total", "Number of generation tokens processed",
+             f.get("generated_tokens", 0)),
+            ("tokens_predicted_seconds_total", "Total time spent generating tokens",
+             f.get("predict_seconds", 0.0)),
+            ("n_decode_total", "Total number of llama_decode() calls",
+             f.get("decode_steps", 0)),
+        ):
+            yield CounterMetricFamily(f"llamacpp:{name}", doc, value=value)
+        steps = f.get("decode_steps", 0)
+        cells_total = f.get("kv_cells_total", 0)
+        for name, doc, value in (
+            ("n_tokens_max", "Largest observed sequence length (prompt + generation)",
+             f.get("peak_sequence_tokens", 0)),
+            ("prompt_tokens_seconds", "Average prompt throughput in tokens/s",
+             self._rate("prompt", f.get("prompt_tokens_evaluated", 0),
+                        f.get("prompt_seconds", 0.0))),
+            ("predicted_tokens_seconds", "Average generation throughput in tokens/s",
+             self._rate("predict", f.get("generated_tokens", 0),
+                        f.get("predict_seconds", 0.0))),
+            ("requests_processing", "Number of requests processing", processing),
+            # Also the Inference Extension's TotalQueuedRequests: waiting for admission or a slot.
+            ("requests_deferred", "Number of requests deferred", waiting),
+            ("n_busy_slots_per_decode", "Average number of busy slots per llama_decode() call",
+             f.get("busy_sequence_steps", 0) / max(steps, 1)),
+            # Not in llama-server (older versions had these two names): the Inference
+            # Extension's KVCacheUtilization, as a ratio, and the cells behind it.
+            ("kv_cache_usage_ratio",
+             "KV-cache usage by requests being processed: cells they hold / all cells "
+             "(1 = 100 percent)",
+             f.get("kv_cells_active", 0) / cells_total if cells_total else 0.0),
+            ("kv_cache_tokens",
+             "KV-cache cells holding tokens, including idle slots kept for a conversation's "
+             "next turn", f.get("kv_cells_used", 0)),
+            ("kv_cache_cells", "KV-cache cells in all (context size times slots)", cells_total),
+        ):
+            yield GaugeMetricFamily(f"llamacpp:{name}", doc, value=value)
+
+
 class _DegradedDependencies:
     """History-store and web-search failures (answered without them), read live."""
 
@@ -82,6 +155,7 @@ class PersonaMetrics:
         Gauge("chatbot_requests_in_flight", "Requests holding a generation slot", ["persona"],
               registry=r).labels(persona).set_function(lambda: admission.active)
         r.register(_EngineTokens(engine, persona))
+        r.register(_LlamaServerMetrics(engine, admission))
         self.persona = persona
 
     def watch_dependencies(self, services, store, search) -> None:

@@ -79,7 +79,7 @@ class _Sequence:
     """A request running in a slot (decode-thread state only)."""
 
     __slots__ = ("request", "slot", "sampler", "fed", "last", "generated", "text", "logits_at",
-                 "max_tokens")
+                 "max_tokens", "first_token_at")
 
     def __init__(self, request: _Request, slot: Slot, reused: int, sampler) -> None:
         self.request = request
@@ -91,6 +91,7 @@ class _Sequence:
         self.text = TextStream(request.stops)
         self.logits_at = -1  # this step's batch index whose logits it samples from
         self.max_tokens = request.params.max_tokens
+        self.first_token_at = 0.0  # perf_counter() when its first token was sampled
 
 
 class BatchedEngine:
@@ -121,6 +122,14 @@ class BatchedEngine:
         self.decode_steps = 0
         self.peak_sequences = 0
         self.peak_batch_tokens = 0
+        # llama-server's metrics (`llamacpp:*`): time in steps that evaluated prompt tokens,
+        # each sequence's time from its first token to its last, busy sequences summed over
+        # steps, and the longest sequence (prompt + answer) seen.
+        self.prompt_seconds = 0.0
+        self.predict_seconds = 0.0
+        self.busy_sequence_steps = 0
+        self.peak_sequence_tokens = 0
+        self._slots: SlotTable | None = None
 
     @property
     def model_name(self) -> str:
@@ -135,8 +144,26 @@ class BatchedEngine:
             prompt_tokens_reused=self.prompt_tokens_reused,
             prompt_tokens_copied=self.prompt_tokens_copied, decode_steps=self.decode_steps,
             peak_sequences=self.peak_sequences, peak_batch_tokens=self.peak_batch_tokens,
+            prompt_seconds=self.prompt_seconds, predict_seconds=self.predict_seconds,
+            busy_sequence_steps=self.busy_sequence_steps,
+            peak_sequence_tokens=self.peak_sequence_tokens, **self._kv_cells(),
         )
         return EngineStatus(self._loaded, self.model_name, self._detail, facts)
+
+    def _kv_cells(self) -> dict:
+        """KV cells holding tokens: of sequences generating now, and of all (idle slots keep a
+        conversation's cells for its next turn until another prompt needs the slot)."""
+        slots = self._slots
+        if slots is None:
+            return {}
+        used = active = 0
+        for slot in list(slots.slots):  # read from another thread: lengths only, racy is fine
+            n = len(slot.tokens)
+            used += n
+            if slot.busy:
+                active += n
+        return {"kv_cells_used": used, "kv_cells_active": active,
+                "kv_cells_total": self._n_ctx_seq * self.n_seq}
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -402,8 +429,14 @@ class BatchedEngine:
                 logits[n - 1] = 1
                 seq.logits_at = n - 1
         batch.n_tokens = n
+        n_prompt = n - sum(1 for seq in running if seq.last >= 0)
+        started = time.perf_counter()
         rc = lc.llama_decode(self._ctx, batch)
+        now = time.perf_counter()
+        if n_prompt:
+            self.prompt_seconds += now - started
         self.decode_steps += 1
+        self.busy_sequence_steps += len(running)
         self.peak_batch_tokens = max(self.peak_batch_tokens, n)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed with {rc} ({n} tokens, "
@@ -416,6 +449,8 @@ class BatchedEngine:
             if seq.logits_at < 0:
                 continue
             tok = sample(seq.sampler, ctx, seq.logits_at)
+            if not seq.generated:
+                seq.first_token_at = now
             seq.generated += 1
             self.generated_tokens += 1
             if is_eog(vocab, tok):
@@ -436,6 +471,9 @@ class BatchedEngine:
     def _finish(self, lc, seq: _Sequence, error: BaseException | None,
                 flush_text: bool = True) -> None:
         self._running.remove(seq)
+        if seq.generated:
+            self.predict_seconds += time.perf_counter() - seq.first_token_at
+        self.peak_sequence_tokens = max(self.peak_sequence_tokens, len(seq.slot.tokens))
         lc.llama_sampler_free(seq.sampler)
         seq.sampler = None
         self._slots.release(seq.slot)

@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""Many conversations with history: our service against llama.cpp's own `llama-server`.
+
+The product's real traffic: U simulated users at once, each holding a conversation of T
+turns. Ours goes through the office persona's `/Llama` route with history on (a `db_id` and
+`user_id` per user, so the service replays the earlier turns itself); llama-server gets the
+very same rendered messages (the office system prompt, the user's earlier questions and its
+own earlier answers, the new question) through `/v1/chat/completions` with `cache_prompt`
+on and its default slot-similarity reuse and host-memory prompt cache. Same GGUF, greedy
+decoding with the persona's penalties, the same fixed `max_tokens`, same threads, 8 slots of
+2048 tokens each (bench_batching.py's contenders, whose helpers this reuses). With more
+users than slots, a conversation's next turn may find its slot taken by another.
+
+It prints, per user level and contender: TTFT p50/p95 per turn index, aggregate tok/s,
+prompt tokens evaluated and reused (both servers' `llamacpp:prompt_tokens_total` and
+`llamacpp:prompt_tokens_cached_total`), and our ratio to llama-server. The markdown ends
+with the ratio table: `users | agg tok/s ratio | TTFT p95 ratio | turn-last/turn-1 TTFT
+p50` (ours over llama-server's, except the last column: ours alone).
+
+    tests/bench/build-llama-server        # once: builds the peer (cached)
+    .venv/bin/python tests/bench/bench_conversations.py --model PATH --users 4,8,16,32 \\
+        --turns 6 --threads N --out FILE.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests" / "bench"))
+
+import bench_batching as bb  # noqa: E402
+
+from chatbot.core.ports import Turn  # noqa: E402
+from chatbot.core.prompts import office_messages  # noqa: E402
+from chatbot.domain.personas import OFFICE  # noqa: E402
+from chatbot.settings import OfficeSettings  # noqa: E402
+
+QUESTIONS = (
+    "How should I write the minutes of a project kickoff meeting?",
+    "Which parts of those minutes matter most to the people who missed the meeting?",
+    "How do I record the action items so that nobody argues about them later?",
+    "What if two attendees remember a decision differently?",
+    "How long after the meeting should the minutes go out?",
+    "Give me a short checklist for all of this.",
+    "How do I keep minutes of a remote meeting?",
+    "And for a meeting held in two languages?",
+)
+
+
+def question(turn: int, user: int) -> str:
+    return f"{QUESTIONS[turn % len(QUESTIONS)]} (user {user})"
+
+
+def peer_messages(history: list[tuple[str, str]], user_input: str) -> list[dict]:
+    """What our service renders for this turn: the persona's prompt, its last turns, the
+    new question."""
+    s = OfficeSettings()
+    turns = [Turn(i, q, a, "") for i, (q, a) in enumerate(history[-OFFICE.history_turns:])]
+    msgs = office_messages(assistant_name=s.assistant_name, role=s.assistant_role,
+                           user_input=user_input, history=turns, results=[])
+    return [{"role": m.role, "content": m.content} for m in msgs]
+
+
+def prompt_counters(url: str) -> tuple[float, float]:
+    """(evaluated, reused) prompt tokens so far: llama-server's metric names, ours too."""
+    values = {}
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith("llamacpp:prompt_tokens"):
+            name, value = line.split(" ")
+            values[name] = float(value)
+    return (values.get("llamacpp:prompt_tokens_total", 0.0),
+            values.get("llamacpp:prompt_tokens_cached_total", 0.0))
+
+
+def run_level(contender, users: int, turns: int, tag: str):
+    """Each user's T turns one after the other, all users at once; returns the samples per
+    turn index and the wall time."""
+    per_turn: list[list[bb.Sample]] = [[] for _ in range(turns)]
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    ours = isinstance(contender, bb.Ours)
+
+    def user(u: int) -> None:
+        conversation = {"db_id": str(uuid.uuid4()), "user_id": f"bench-{tag}-{u}"}
+        history: list[tuple[str, str]] = []
+        # No keep-alive: llama-server's HTTP server drops idle kept-alive connections.
+        with httpx.Client(timeout=600, limits=httpx.Limits(max_keepalive_connections=0)) as http:
+            for t in range(turns):
+                q = question(t, u)
+                try:
+                    if ours:
+                        sample, answer = contender.ask(http, {"input_data": q, **conversation})
+                    else:
+                        sample, answer = contender.chat(http, peer_messages(history, q))
+                except BaseException as exc:  # reported after the level
+                    errors.append(exc)
+                    return
+                history.append((q, answer))
+                with lock:
+                    per_turn[t].append(sample)
+
+    threads = [threading.Thread(target=user, args=(u,), daemon=True) for u in range(users)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    if errors:
+        raise RuntimeError(f"{contender.name}: {errors[0]!r}")
+    return per_turn, wall
+
+
+def bench_model(model: Path, args, workdir: Path) -> list[dict]:
+    contenders = [bb.Ours("batched", model, workdir, args.max_tokens),
+                  bb.LlamaServer(args.llama_server, model, workdir, args.max_tokens)]
+    rows = []
+    try:
+        for c in contenders:
+            c.wait_ready()
+            with httpx.Client(timeout=600) as http:
+                c.request(http, bb.QUESTION + " (warm-up).")
+        for users in args.users:
+            for c in contenders:  # in turn, so machine noise hits each of them
+                time.sleep(bb.PAUSE_S)  # let the previous one's spinning threads settle
+                before = prompt_counters(c.url)
+                per_turn, wall = run_level(c, users, args.turns, f"u{users}")
+                after = prompt_counters(c.url)
+                samples = [s for turn in per_turn for s in turn]
+                ttfts = [s.ttft for s in samples]
+                rows.append({
+                    "model": model.name, "contender": c.name, "users": users,
+                    "requests": len(samples), "tok_s": sum(s.tokens for s in samples) / wall,
+                    "ttft_p50": bb.pct(ttfts, 0.5), "ttft_p95": bb.pct(ttfts, 0.95),
+                    "turn_p50": [bb.pct([s.ttft for s in turn], 0.5) for turn in per_turn],
+                    "turn_p95": [bb.pct([s.ttft for s in turn], 0.95) for turn in per_turn],
+                    "evaluated": after[0] - before[0], "reused": after[1] - before[1],
+                })
+                r = rows[-1]
+                print(f"  {model.name} users={users} {c.name}: {r['tok_s']:.1f} tok/s, TTFT "
+                      f"p95 {r['ttft_p95'] * 1000:.0f} ms, prompt tokens evaluated "
+                      f"{r['evaluated']:.0f} / reused {r['reused']:.0f}", file=sys.stderr,
+                      flush=True)
+    finally:
+        for c in contenders:
+            c.stop()
+    return rows
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f}"
+
+
+def table(rows: list[dict], args, load: float) -> str:
+    turns = args.turns
+    lines = [
+        f"Conversations of {turns} turns (office persona, history on), <= {args.max_tokens} "
+        f"tokens per answer (greedy), {bb.THREADS} threads, {bb.SLOTS} slots x "
+        f"{bb.N_CTX_PER_SLOT} tokens, 1-minute load average at start {load:.2f}.", "",
+        "| model | contender | users | requests | agg tok/s | TTFT p50 ms | TTFT p95 ms | "
+        "prompt tokens evaluated | reused | "
+        + " | ".join(f"turn {t + 1} p50/p95 ms" for t in range(turns)) + " |",
+        "|---" * (9 + turns) + "|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['contender']} | {r['users']} | {r['requests']} | "
+            f"{r['tok_s']:.1f} | {ms(r['ttft_p50'])} | {ms(r['ttft_p95'])} | "
+            f"{r['evaluated']:.0f} | {r['reused']:.0f} | "
+            + " | ".join(f"{ms(a)}/{ms(b)}" for a, b in zip(r["turn_p50"], r["turn_p95"],
+                                                          strict=True)) + " |")
+    for model in dict.fromkeys(r["model"] for r in rows):
+        lines += ["", f"Ratios, {model} (ours / llama-server; the last column ours alone):", "",
+                  "| users | agg tok/s ratio | TTFT p95 ratio | turn-last/turn-1 TTFT p50 |",
+                  "|---|---|---|---|"]
+        for users in args.users:
+            found = {r["contender"].split(",")[0].split(" ")[0]: r for r in rows
+                     if r["model"] == model and r["users"] == users}
+            ours, peer = found.get("ours"), found.get("llama-server")
+            if ours is None or peer is None:
+                continue
+            lines.append(f"| {users} | {ours['tok_s'] / peer['tok_s']:.2f} | "
+                         f"{ours['ttft_p95'] / peer['ttft_p95']:.2f} | "
+                         f"{ours['turn_p50'][-1] / ours['turn_p50'][0]:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, action="append",
+                        help="a GGUF (repeat for several; default: the tiny model and SmolLM2)")
+    parser.add_argument("--users", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[4, 8, 16, 32])
+    parser.add_argument("--turns", type=int, default=6)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--llama-server", type=Path,
+                        help="the binary (default: build or reuse it with build-llama-server)")
+    parser.add_argument("--out", type=Path, help="also write the tables here (markdown)")
+    parser.add_argument("--threads", type=int, default=bb.THREADS,
+                        help="llama.cpp threads for both (on a shared machine: fewer than "
+                        "the idle cores; see bench_batching.py)")
+    args = parser.parse_args()
+    if args.turns < 1 or any(u < 1 for u in args.users):
+        parser.error("--turns and every --users level must be at least 1")
+    bb.THREADS = args.threads
+    load = os.getloadavg()[0]
+    print(f"1-minute load average: {load:.2f} ({bb.THREADS} threads)", file=sys.stderr)
+    if args.llama_server is None:
+        built = subprocess.run([str(ROOT / "tests/bench/build-llama-server")], check=True,
+                               capture_output=True, text=True)
+        args.llama_server = Path(built.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        models = args.model or [bb.write_tiny_model(work / "tiny.Q4_0.gguf", quant="Q4_0"),
+                                bb.bundled_model_path()]
+        rows = [row for m in models for row in bench_model(m, args, work)]
+    text = table(rows, args, load)
+    print("\n" + text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
