@@ -174,6 +174,17 @@ class LlamaServer:
         self._log.close()
 
 
+def run_threads(target, n: int) -> float:
+    """Runs target(0) ... target(n - 1) on n threads at once; the wall time they took."""
+    threads = [threading.Thread(target=target, args=(k,), daemon=True) for k in range(n)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started
+
+
 def run_level(contender, clients: int, requests: int, tag: str) -> tuple[list[Sample], float]:
     """`clients` threads share `requests` requests; returns the samples and the wall time."""
     per_client = math.ceil(requests / clients)
@@ -193,13 +204,7 @@ def run_level(contender, clients: int, requests: int, tag: str) -> tuple[list[Sa
                 with lock:
                     samples.append(s)
 
-    threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
+    wall = run_threads(client, clients)
     if errors:
         raise RuntimeError(f"{contender.name}: {errors[0]!r}")
     return samples, wall

@@ -111,13 +111,7 @@ def run_level(contender, users: int, turns: int, tag: str):
                 with lock:
                     per_turn[t].append(sample)
 
-    threads = [threading.Thread(target=user, args=(u,), daemon=True) for u in range(users)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - started
+    wall = bb.run_threads(user, users)
     if errors:
         raise RuntimeError(f"{contender.name}: {errors[0]!r}")
     return per_turn, wall
