@@ -298,8 +298,14 @@ def main() -> int:
         "every graph node, and one preempted thread stalls the step (seen here: 100x slower)")
     args = parser.parse_args()
     THREADS = args.threads
+    return run(args, bench_model, table)
+
+
+def run(args, bench_model, table) -> int:
+    """The benches' common main: builds or reuses the peer, measures each model (default:
+    the tiny Q4_0 model and SmolLM2) with `bench_model`, prints `table`, writes --out."""
     load = os.getloadavg()[0]
-    print(f"1-minute load average: {load:.2f} ({THREADS} cores usable)", file=sys.stderr)
+    print(f"1-minute load average: {load:.2f} ({THREADS} threads)", file=sys.stderr)
     if args.llama_server is None:
         built = subprocess.run([str(ROOT / "tests/bench/build-llama-server")], check=True,
                                capture_output=True, text=True)

@@ -25,10 +25,7 @@ p50` (ours over llama-server's, except the last column: ours alone).
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -209,23 +206,7 @@ def main() -> int:
     if args.turns < 1 or any(u < 1 for u in args.users):
         parser.error("--turns and every --users level must be at least 1")
     bb.THREADS = args.threads
-    load = os.getloadavg()[0]
-    print(f"1-minute load average: {load:.2f} ({bb.THREADS} threads)", file=sys.stderr)
-    if args.llama_server is None:
-        built = subprocess.run([str(ROOT / "tests/bench/build-llama-server")], check=True,
-                               capture_output=True, text=True)
-        args.llama_server = Path(built.stdout.strip().splitlines()[-1])
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        models = args.model or [bb.write_tiny_model(work / "tiny.Q4_0.gguf", quant="Q4_0"),
-                                bb.bundled_model_path()]
-        rows = [row for m in models for row in bench_model(m, args, work)]
-    text = table(rows, args, load)
-    print("\n" + text)
-    if args.out:
-        args.out.write_text(text)
-    return 0
-
+    return bb.run(args, bench_model, table)
 
 if __name__ == "__main__":
     sys.exit(main())
