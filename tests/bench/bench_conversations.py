@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT / "tests" / "bench"))
 
 import bench_batching as bb  # noqa: E402
 
-from chatbot.core.ports import Turn  # noqa: E402
 from chatbot.core.prompts import office_messages  # noqa: E402
+from chatbot.domain.conversation import Turn  # noqa: E402
 from chatbot.domain.personas import OFFICE  # noqa: E402
 from chatbot.settings import OfficeSettings  # noqa: E402
 

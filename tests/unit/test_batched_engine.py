@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from chatbot.core.ports import ChatMessage
+from chatbot.domain.conversation import ChatMessage
 from chatbot.domain.errors import ContextLengthExceededError
 from chatbot.domain.personas import SamplingParams
 from chatbot.llm.batched_engine import BatchedEngine

@@ -12,9 +12,10 @@ import pytest
 
 from chatbot.core.admission import Admission
 from chatbot.core.chat import ChatService
-from chatbot.core.ports import ChatMessage, Completion, EngineStatus
+from chatbot.core.ports import Completion, EngineStatus
 from chatbot.core.prompts import with_history
 from chatbot.core.stats import PerformanceStats
+from chatbot.domain.conversation import ChatMessage
 from chatbot.domain.errors import ContextLengthExceededError, GenerationFailedError
 from chatbot.domain.personas import CHARACTER
 from chatbot.stores.embedded import EmbeddedHistoryStore

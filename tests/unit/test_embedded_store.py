@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from chatbot.stores.embedded import EmbeddedHistoryStore, collection_name
+from chatbot.core.ports import collection_name
+from chatbot.stores.embedded import EmbeddedHistoryStore
 
 
 def test_concurrent_turns_of_one_conversation_get_distinct_indexes(tmp_path):

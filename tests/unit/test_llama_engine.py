@@ -17,7 +17,7 @@ def test_gpu_offload_is_read_from_llama_cpps_load_log():
 
 
 def _conversation():
-    from chatbot.core.ports import ChatMessage
+    from chatbot.domain.conversation import ChatMessage
 
     return [ChatMessage("system", "당신은 AI 어시스턴트입니다. " * 20),
             ChatMessage("user", "회의록을 잘 쓰는 방법을 알려주세요."),

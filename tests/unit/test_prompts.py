@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from chatbot.core.ports import SearchResult, Turn
 from chatbot.core.prompts import character_messages, office_messages
+from chatbot.domain.conversation import SearchResult, Turn
 
 NOW = datetime(2026, 11, 24, 15, 7, tzinfo=UTC)  # 2026-11-25 00:07 in Seoul
 

@@ -21,8 +21,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from chatbot.api.deps import Runtime, require_json
 from chatbot.api.errors import ClientDisconnectedError
 from chatbot.core import completions
-from chatbot.core.ports import ChatMessage
 from chatbot.domain.chat_completions import ChatCompletionRequest
+from chatbot.domain.conversation import ChatMessage
 from chatbot.domain.errors import ChatError
 
 router = APIRouter(tags=["OpenAI-compatible"])

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from chatbot.core.admission import Admission
 from chatbot.core.context_fit import Fit, fit_history
-from chatbot.core.ports import ChatEngine, ChatMessage, HistoryStore, Turn
+from chatbot.core.ports import ChatEngine, HistoryStore
 from chatbot.core.stats import Outcome, PerformanceStats
+from chatbot.domain.conversation import ChatMessage, Turn
 from chatbot.domain.errors import (
     ContextLengthExceededError,
     DeadlineExceededError,

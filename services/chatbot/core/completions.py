@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from chatbot.core.chat import ChatService
 from chatbot.core.context_fit import fit_prompt
-from chatbot.core.ports import ChatMessage, Completion
+from chatbot.core.ports import Completion
 from chatbot.core.stats import Outcome
+from chatbot.domain.conversation import ChatMessage
 from chatbot.domain.errors import DeadlineExceededError, EngineUnavailableError, QueueFullError
 from chatbot.domain.personas import SamplingParams
 

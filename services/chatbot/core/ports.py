@@ -6,13 +6,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from chatbot.domain.conversation import ChatMessage, SearchResult, Turn
 from chatbot.domain.personas import SamplingParams
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    role: str  # "system" | "user" | "assistant"
-    content: str
 
 
 @dataclass(frozen=True)
@@ -59,16 +54,14 @@ class ChatEngine(Protocol):
         for generation, then tokenized. Only called when `context_tokens()` is not None."""
 
 
-@dataclass(frozen=True)
-class Turn:
-    index: int
-    input_data: str
-    output_data: str
-    timestamp: str
+def collection_name(persona: str, user_id: str) -> str:
+    """Where a user's conversations with a persona live: one document (or rows) per db_id."""
+    return f"{persona}_log_{user_id}"
 
 
 class HistoryStore(Protocol):
-    """Conversation memory: collection `<persona>_log_<user_id>`, one document per db_id."""
+    """Conversation memory: collection `collection_name(persona, user_id)`, one document
+    per db_id."""
 
     async def recent_turns(
         self, persona: str, user_id: str, db_id: str, limit: int
@@ -84,13 +77,6 @@ class HistoryStore(Protocol):
         """Begin connecting in the background; never raises (an absent server is fine)."""
 
     async def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    title: str
-    snippet: str
-    link: str
 
 
 class WebSearch(Protocol):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from chatbot.core.ports import ChatMessage, SearchResult, Turn
+from chatbot.domain.conversation import ChatMessage, SearchResult, Turn
 
 SEOUL = ZoneInfo("Asia/Seoul")
 

@@ -36,7 +36,8 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from chatbot.core.ports import ChatMessage, Completion, EngineStatus
+from chatbot.core.ports import Completion, EngineStatus
+from chatbot.domain.conversation import ChatMessage
 from chatbot.domain.errors import ContextLengthExceededError, EngineUnavailableError
 from chatbot.domain.personas import STOP_STRINGS, SamplingParams
 from chatbot.llm.chat_format import ChatFormat

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chatbot.core.ports import ChatMessage
+from chatbot.domain.conversation import ChatMessage
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator
 import openai
 from openai import AsyncOpenAI
 
-from chatbot.core.ports import ChatMessage, Completion, EngineStatus
+from chatbot.core.ports import Completion, EngineStatus
+from chatbot.domain.conversation import ChatMessage
 from chatbot.domain.errors import ContextLengthExceededError, UpstreamError, UpstreamTimeoutError
 from chatbot.domain.personas import SamplingParams
 

@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import Iterable
 
-from chatbot.core.ports import SearchResult
+from chatbot.domain.conversation import SearchResult
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import json
 import logging
 from pathlib import Path
 
-from chatbot.core.ports import SearchResult
+from chatbot.domain.conversation import SearchResult
 from chatbot.search.ddgs_search import MAX_RESULTS, results_from_ddgs
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,8 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from chatbot.core.ports import Turn
+from chatbot.core.ports import collection_name
+from chatbot.domain.conversation import Turn
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS turns (
@@ -27,10 +28,6 @@ CREATE TABLE IF NOT EXISTS turns (
     PRIMARY KEY (collection, id, "index")
 ) WITHOUT ROWID;
 """
-
-
-def collection_name(persona: str, user_id: str) -> str:
-    return f"{persona}_log_{user_id}"
 
 
 class EmbeddedHistoryStore:

@@ -32,8 +32,8 @@ from datetime import UTC, datetime
 from pymongo import AsyncMongoClient
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from chatbot.core.ports import Turn
-from chatbot.stores.embedded import collection_name
+from chatbot.core.ports import collection_name
+from chatbot.domain.conversation import Turn
 
 log = logging.getLogger(__name__)
 
