@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
@@ -15,15 +16,17 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Mount, Route
 
 from chatbot import __version__
+from chatbot.api.chat_completions import router as chat_completions
 from chatbot.api.deps import PersonaRuntime
 from chatbot.api.errors import install_error_handlers
 from chatbot.api.metrics import PersonaMetrics
 from chatbot.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
-from chatbot.api.openai_compat import router as openai_compat
 from chatbot.api.routes import character, common, office
 from chatbot.core.admission import Admission
 from chatbot.core.chat import ChatService
-from chatbot.core.ports import HistoryStore, NoWebSearch, WebSearch
+from chatbot.core.chat_completions import ChatCompletions
+from chatbot.core.ports import ChatEngine, HistoryStore, NoWebSearch, WebSearch
+from chatbot.core.prompts import OfficeAssistant
 from chatbot.core.stats import PerformanceStats
 from chatbot.domain.personas import GPT_MODELS, GPT_SAMPLING, PROFILES, Persona
 from chatbot.llm.bundled import bundled_model_path
@@ -43,19 +46,23 @@ def model_file(settings: Settings, persona: Persona) -> Path:
 
 
 class Engines:
-    """One engine per distinct model file: two personas on the same file share one instance.
+    """The engines of the served personas, each loaded and closed once (two personas on
+    one model file share one engine)."""
 
-    The batched engine gets one sequence per slot of every persona on its file
-    (`n_seq_max` = the sum of their `max_concurrent`), so each admitted request decodes
-    at once; the model settings are the first persona's.
-    """
+    def __init__(self, by_persona: Mapping[Persona, ChatEngine]) -> None:
+        self.by_persona = dict(by_persona)
+        self._distinct = list({id(e): e for e in self.by_persona.values()}.values())
 
-    def __init__(self, settings: Settings, personas: list[Persona]) -> None:
+    @classmethod
+    def from_settings(cls, settings: Settings, personas: list[Persona]) -> Engines:
+        """One engine per distinct model file. The batched engine gets one sequence per slot
+        of every persona on its file (`n_seq_max` = the sum of their `max_concurrent`), so
+        each admitted request decodes at once; the model settings are the first persona's.
+        """
         by_path: dict[Path, list[Persona]] = {}
         for persona in personas:
             by_path.setdefault(model_file(settings, persona).resolve(), []).append(persona)
-        self._by_path = {}
-        self.by_persona = {}
+        by_persona = {}
         for path, sharing in by_path.items():
             model = settings.persona(sharing[0]).model
             if settings.engine == "batched":
@@ -67,15 +74,15 @@ class Engines:
                 from chatbot.llm.llama_engine import LlamaEngine
 
                 engine = LlamaEngine(path, model, settings.model_wait_timeout_s)
-            self._by_path[path] = engine
-            self.by_persona.update(dict.fromkeys(sharing, engine))
+            by_persona.update(dict.fromkeys(sharing, engine))
+        return cls(by_persona)
 
     async def load_all(self) -> None:
-        for engine in self._by_path.values():  # one at a time: llama.cpp's log hook is global
+        for engine in self._distinct:  # one at a time: llama.cpp's log hook is global
             await engine.load()
 
     async def close(self) -> None:
-        for engine in self._by_path.values():
+        for engine in self._distinct:
             await engine.close()
 
 
@@ -101,9 +108,17 @@ def build_search(settings: Settings) -> WebSearch:
     return NoWebSearch()
 
 
-def build_gpt_services(persona: Persona, settings: Settings, store: HistoryStore,
-                       base: ChatService) -> dict[str, ChatService]:
-    """The GPT routes' services (one per model name), or none without `OPENAI_API_KEY`."""
+def _queue(max_concurrent: int, max_queue: int,
+           prior_service_s: float) -> tuple[Admission, PerformanceStats]:
+    """An admission queue and the statistics its Retry-After estimate reads."""
+    stats = PerformanceStats(prior_service_s=prior_service_s)
+    return Admission(max_concurrent, max_queue, stats.mean_service_s), stats
+
+
+def build_gpt_services(persona: Persona, settings: Settings, base: ChatService,
+                       ) -> dict[str, ChatService]:
+    """The GPT routes' services (one per model name, one queue for all), or none without
+    `OPENAI_API_KEY`."""
     if settings.openai_api_key is None:
         return {}
     from chatbot.llm.openai_engine import OpenAIEngine, openai_client
@@ -112,11 +127,10 @@ def build_gpt_services(persona: Persona, settings: Settings, store: HistoryStore
                            settings.openai_timeout_s, settings.openai_max_retries)
     sampling = settings.persona(persona).gpt.apply(GPT_SAMPLING[persona])
     profile = base.profile.model_copy(update={"generation": sampling, "fallback": sampling})
-    stats = PerformanceStats(prior_service_s=settings.persona(persona).prior_service_s)
-    admission = Admission(settings.openai_max_concurrent, settings.openai_max_queue,
-                          stats.mean_service_s)
-    return {name: ChatService(profile, OpenAIEngine(client, model), store, admission, stats,
-                              base.deadline_s)
+    queue = _queue(settings.openai_max_concurrent, settings.openai_max_queue,
+                   settings.persona(persona).prior_service_s)
+    return {name: ChatService(profile, OpenAIEngine(client, model), base.store, *queue,
+                              base.deadline_s, base.search, base.assistant)
             for name, model in GPT_MODELS.items()}
 
 
@@ -130,14 +144,17 @@ def build_runtime(
         "generation": ps.generation.apply(profile.generation),
         "fallback": ps.fallback.apply(profile.fallback),
     })
-    stats = PerformanceStats(prior_service_s=ps.prior_service_s)
-    admission = Admission(ps.max_concurrent, ps.max_queue, stats.mean_service_s)
-    service = ChatService(profile, engine, store, admission, stats, ps.request_timeout_s)
-    metrics = PersonaMetrics(persona.value, admission, engine)
-    gpt = build_gpt_services(persona, settings, store, service)
     search = search or NoWebSearch()
+    assistant = OfficeAssistant(getattr(ps, "assistant_name", ""),
+                                getattr(ps, "assistant_role", ""))
+    service = ChatService(profile, engine, store,
+                          *_queue(ps.max_concurrent, ps.max_queue, ps.prior_service_s),
+                          ps.request_timeout_s, search, assistant)
+    metrics = PersonaMetrics(persona.value, service.admission, engine)
+    gpt = build_gpt_services(persona, settings, service)
     metrics.watch_dependencies(lambda: [service, *gpt.values()], store, search)
-    return PersonaRuntime(persona, ps, service, metrics, search, gpt)
+    return PersonaRuntime(persona, ps, service, ChatCompletions(engine, service.gate), metrics,
+                          gpt)
 
 
 def persona_app(runtime: PersonaRuntime, root_path: str = "", lifespan=None) -> FastAPI:
@@ -146,7 +163,7 @@ def persona_app(runtime: PersonaRuntime, root_path: str = "", lifespan=None) -> 
     app.state.runtime = runtime
     app.include_router(office if runtime.persona is Persona.OFFICE else character)
     app.include_router(common)
-    app.include_router(openai_compat)
+    app.include_router(chat_completions)
     install_error_handlers(app)
     app.add_middleware(MetricsMiddleware, observe=runtime.metrics.observe_request)
     return app
@@ -175,10 +192,16 @@ def not_found_app() -> Starlette:
                      exception_handlers={404: _not_found, 405: _not_found})
 
 
-def create_app(settings: Settings, personas: list[Persona] | None = None):
-    """The ASGI app: both personas under /office and /character, or one persona at the root."""
+def create_app(settings: Settings, personas: list[Persona] | None = None, *,
+               engines: Mapping[Persona, ChatEngine] | None = None):
+    """The ASGI app: both personas under /office and /character, or one persona at the root.
+
+    `engines` replaces the llama.cpp engines the settings describe (in-process tests give
+    scripted ones); each needs `load()` and `close()` besides the `ChatEngine` port.
+    """
     personas = personas or list(Persona)
-    engines = Engines(settings, personas)
+    engines = (Engines(engines) if engines is not None
+               else Engines.from_settings(settings, personas))
     store = build_store(settings)
     search = build_search(settings)
     runtimes = {p: build_runtime(p, settings, engines.by_persona[p], store, search)
@@ -217,5 +240,4 @@ def create_app(settings: Settings, personas: list[Persona] | None = None):
                                    methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])],
             exception_handlers={404: _not_found, 405: _not_found}, lifespan=lifespan,
         )
-    app.state.engines = engines
     return RequestIdMiddleware(BodyLimitMiddleware(app, settings.max_body_bytes))

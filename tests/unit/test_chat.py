@@ -1,7 +1,8 @@
 """The chat use case's fallback rules, against scripted engines.
 
-These engines are test doubles of the ChatEngine port (the real llama.cpp engine is
-exercised by tests/service); they let a test make streaming fail on purpose.
+The engines (tests/support/engines.py) are test doubles of the ChatEngine port (the real
+llama.cpp engine is exercised by tests/service); they let a test make streaming fail on
+purpose.
 """
 
 from __future__ import annotations
@@ -12,38 +13,13 @@ import pytest
 
 from chatbot.core.admission import Admission
 from chatbot.core.chat import ChatService
-from chatbot.core.ports import Completion, EngineStatus
 from chatbot.core.prompts import with_history
 from chatbot.core.stats import PerformanceStats
 from chatbot.domain.conversation import ChatMessage
 from chatbot.domain.errors import ContextLengthExceededError, GenerationFailedError
 from chatbot.domain.personas import CHARACTER
 from chatbot.stores.embedded import EmbeddedHistoryStore
-
-
-class ScriptedEngine:
-    model_name = "scripted"
-
-    def __init__(self, stream_pieces, stream_error=None, complete_text=""):
-        self.stream_pieces, self.stream_error = stream_pieces, stream_error
-        self.complete_text = complete_text
-        self.complete_calls = []
-
-    def status(self):
-        return EngineStatus(True, self.model_name)
-
-    def context_tokens(self):
-        return None  # like a remote API: no fitting
-
-    async def stream(self, messages, params):
-        for piece in self.stream_pieces:
-            yield piece
-        if self.stream_error:
-            raise self.stream_error
-
-    async def complete(self, messages, params):
-        self.complete_calls.append(params)
-        return Completion(self.complete_text, len(self.complete_text.split()))
+from tests.support.engines import CountingEngine, ScriptedEngine
 
 
 def _service(engine, store=None):
@@ -53,7 +29,7 @@ def _service(engine, store=None):
 
 
 def _chat(service, conversation=None):
-    return asyncio.run(service.chat("hi", conversation, lambda history: []))
+    return asyncio.run(service.answer("hi", conversation, lambda history, results: []))
 
 
 def test_a_good_stream_needs_no_fallback():
@@ -87,28 +63,6 @@ def test_a_successful_turn_is_remembered():
     assert doc["value"][0]["output_data"] == "Nice to meet you!"
 
 
-class CountingEngine(ScriptedEngine):
-    """Counts one token per character of each message plus 4 for its header (a stand-in
-    for the model's tokenizer, which tests/service uses for real) and records each call."""
-
-    def __init__(self, context, stream_pieces=("A fitting answer, long enough.",),
-                 complete_text=""):
-        super().__init__(list(stream_pieces), None, complete_text)
-        self.context = context
-        self.streamed = []
-
-    def context_tokens(self):
-        return self.context
-
-    def count_prompt_tokens(self, messages):
-        return sum(len(m.content) + 4 for m in messages)
-
-    async def stream(self, messages, params):
-        self.streamed.append((messages, params))
-        async for piece in super().stream(messages, params):
-            yield piece
-
-
 def _seed_history(store, n, size=100):
     async def seed():
         for i in range(n):
@@ -118,7 +72,7 @@ def _seed_history(store, n, size=100):
 
 
 def _build(question, system="S" * 50):
-    return lambda history: with_history(system, history, question)
+    return lambda history, results: with_history(system, history, question)
 
 
 def test_history_is_fitted_to_the_context_and_the_store_keeps_every_turn():
@@ -126,7 +80,7 @@ def test_history_is_fitted_to_the_context_and_the_store_keeps_every_turn():
     _seed_history(store, 10)
     # system 54 + question 6 + 256 (max_tokens) leaves 684: three turns of 208 fit, not four.
     engine = CountingEngine(context=1000)
-    result = asyncio.run(_service(engine, store).chat("hi", ("u1", "db"), _build("hi")))
+    result = asyncio.run(_service(engine, store).answer("hi", ("u1", "db"), _build("hi")))
     messages, params = engine.streamed[0]
     assert (result.history_turns, result.history_dropped) == (3, 7)
     replayed = [m.content[:3] for m in messages[1:-1]]
@@ -143,7 +97,7 @@ def test_the_answer_budget_shrinks_to_what_is_left_and_the_fallback_too():
     _seed_history(store, 2)
     engine = CountingEngine(context=200, stream_pieces=["  "],
                             complete_text="A fallback answer that is long enough.")
-    result = asyncio.run(_service(engine, store).chat("hi", ("u1", "db"), _build("hi")))
+    result = asyncio.run(_service(engine, store).answer("hi", ("u1", "db"), _build("hi")))
     assert (result.history_turns, result.history_dropped) == (0, 2)
     assert engine.streamed[0][1].max_tokens == 200 - 60
     assert engine.complete_calls[0].max_tokens == 200 - 60  # not the fallback's 512
@@ -155,7 +109,7 @@ def test_a_prompt_that_cannot_fit_is_context_length_exceeded_and_nothing_is_reme
     engine = CountingEngine(context=100)
     service = _service(engine, store)
     with pytest.raises(ContextLengthExceededError) as caught:
-        asyncio.run(service.chat("hi", ("u1", "db"), _build("hi", system="S" * 90)))
+        asyncio.run(service.answer("hi", ("u1", "db"), _build("hi", system="S" * 90)))
     assert (caught.value.prompt_tokens, caught.value.context_tokens) == (100, 100)
     assert engine.streamed == [] and engine.complete_calls == []  # never generated, no retry
     assert store.document("character", "u1", "db") is None
@@ -164,6 +118,6 @@ def test_a_prompt_that_cannot_fit_is_context_length_exceeded_and_nothing_is_reme
 
 def test_the_counter_sees_the_messages_the_engine_gets():
     engine = CountingEngine(context=10_000)
-    asyncio.run(_service(engine).chat("hi", None, _build("hi")))
+    asyncio.run(_service(engine).answer("hi", None, _build("hi")))
     messages, _ = engine.streamed[0]
     assert messages == [ChatMessage("system", "S" * 50), ChatMessage("user", "hi")]

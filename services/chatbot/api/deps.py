@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 
 from chatbot.api.metrics import PersonaMetrics
 from chatbot.core.chat import ChatService
-from chatbot.core.ports import WebSearch
+from chatbot.core.chat_completions import ChatCompletions
 from chatbot.domain.errors import EngineUnavailableError, InvalidModelNameError
 from chatbot.domain.personas import GPT_MODELS, Persona
 from chatbot.settings import PersonaSettings
@@ -21,8 +21,8 @@ class PersonaRuntime:
     persona: Persona
     settings: PersonaSettings
     service: ChatService
+    completions: ChatCompletions  # on the service's engine, through the same gate
     metrics: PersonaMetrics
-    search: WebSearch
     gpt_services: dict[str, ChatService] = field(default_factory=dict)
 
     def gpt_service(self, name: str) -> ChatService:

@@ -1,19 +1,16 @@
-"""Thin routers: validate, hand over to the chat use case, shape the HTTP answer."""
+"""Thin routers: validate, map the body to a persona turn for the chat use case, shape the
+HTTP answer."""
 
 from __future__ import annotations
-
-import asyncio
-from collections.abc import Callable
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from chatbot.api.deps import Runtime, require_json
-from chatbot.api.errors import ClientDisconnectedError
+from chatbot.api.disconnect import unless_disconnected
 from chatbot.core.chat import ChatResult, ChatService
-from chatbot.core.ports import ChatMessage, Turn
-from chatbot.core.prompts import character_messages, office_messages
+from chatbot.domain.conversation import CharacterTurn, OfficeTurn, PersonaTurn
 from chatbot.domain.schemas import CharacterRequest, OfficeRequest
 
 _ERRORS = {
@@ -36,28 +33,10 @@ character = APIRouter(tags=["character"])
 common = APIRouter(tags=["operations"])
 
 
-async def _wait_for_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _answer(request: Request, rt: Runtime, service: ChatService, body,
-                  build: Callable[[list[Turn]], list[ChatMessage]]) -> JSONResponse:
+async def _answer(request: Request, rt: Runtime, service: ChatService,
+                  turn: PersonaTurn) -> JSONResponse:
     """Run the chat, stopping it if the client disconnects first."""
-    chat = asyncio.ensure_future(service.chat(body.input_data, body.conversation, build))
-    gone = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait({chat, gone}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        chat.cancel()
-        raise
-    finally:
-        gone.cancel()
-    if not chat.done():
-        chat.cancel()
-        await asyncio.gather(chat, return_exceptions=True)
-        raise ClientDisconnectedError("The client closed the connection; generation stopped.")
-    result = chat.result()
+    result = await unless_disconnected(request, service.chat(turn))
     rt.metrics.observe_answer(result)
     return JSONResponse(result.text, headers=_headers(result))
 
@@ -80,46 +59,35 @@ def _headers(r: ChatResult) -> dict[str, str]:
     return headers
 
 
-async def _office(request: Request, rt: Runtime, service: ChatService, body: OfficeRequest):
-    results = await rt.search.search(body.input_data) if body.google_access else []
-    s = rt.settings
-
-    def build(history: list[Turn]) -> list[ChatMessage]:
-        return office_messages(assistant_name=s.assistant_name, role=s.assistant_role,
-                               user_input=body.input_data, history=history, results=results)
-
-    return await _answer(request, rt, service, body, build)
+def _office_turn(body: OfficeRequest) -> OfficeTurn:
+    return OfficeTurn(body.input_data, body.google_access, body.conversation)
 
 
-async def _character(request: Request, rt: Runtime, service: ChatService, body: CharacterRequest):
-    def build(history: list[Turn]) -> list[ChatMessage]:
-        return character_messages(character_name=body.character_name, greeting=body.greeting,
-                                  context=body.context, user_input=body.input_data,
-                                  history=history)
-
-    return await _answer(request, rt, service, body, build)
+def _character_turn(body: CharacterRequest) -> CharacterTurn:
+    return CharacterTurn(body.input_data, body.character_name, body.greeting, body.context,
+                         body.conversation)
 
 
 @office.post("/Llama", summary="Answer a work question with the local Llama model", **_CHAT)
 async def office_llama(body: OfficeRequest, request: Request, rt: Runtime):
-    return await _office(request, rt, rt.service, body)
+    return await _answer(request, rt, rt.service, _office_turn(body))
 
 
 @office.post("/{gpt_set}", summary="Answer a work question with OpenAI (gpt4.1, gpt4.1_mini)",
              **_CHAT)
 async def office_gpt(gpt_set: str, body: OfficeRequest, request: Request, rt: Runtime):
-    return await _office(request, rt, rt.gpt_service(gpt_set), body)
+    return await _answer(request, rt, rt.gpt_service(gpt_set), _office_turn(body))
 
 
 @character.post("/Llama", summary="Reply in character with the local Llama model", **_CHAT)
 async def character_llama(body: CharacterRequest, request: Request, rt: Runtime):
-    return await _character(request, rt, rt.service, body)
+    return await _answer(request, rt, rt.service, _character_turn(body))
 
 
 @character.post("/{gpt_set}", summary="Reply in character with OpenAI (gpt4.1, gpt4.1_mini)",
                 **_CHAT)
 async def character_gpt(gpt_set: str, body: CharacterRequest, request: Request, rt: Runtime):
-    return await _character(request, rt, rt.gpt_service(gpt_set), body)
+    return await _answer(request, rt, rt.gpt_service(gpt_set), _character_turn(body))
 
 
 _ENGINE_COUNTERS = (

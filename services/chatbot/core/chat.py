@@ -1,4 +1,5 @@
-"""The chat use case: admit, replay history, prompt, generate (stream, then fallback), remember."""
+"""The chat use case: admit, search, replay history, prompt, generate (stream, then
+fallback), remember."""
 
 from __future__ import annotations
 
@@ -9,22 +10,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from chatbot.core.admission import Admission
+from chatbot.core.admitted import RequestGate
 from chatbot.core.context_fit import Fit, fit_history
-from chatbot.core.ports import ChatEngine, HistoryStore
-from chatbot.core.stats import Outcome, PerformanceStats
-from chatbot.domain.conversation import ChatMessage, Turn
+from chatbot.core.ports import ChatEngine, HistoryStore, NoWebSearch, WebSearch
+from chatbot.core.prompts import OfficeAssistant, persona_messages
+from chatbot.core.stats import PerformanceStats
+from chatbot.domain.conversation import (
+    ChatMessage,
+    Conversation,
+    OfficeTurn,
+    PersonaTurn,
+    SearchResult,
+    Turn,
+)
 from chatbot.domain.errors import (
     ContextLengthExceededError,
-    DeadlineExceededError,
     EngineUnavailableError,
     GenerationFailedError,
-    QueueFullError,
     UpstreamError,
     UpstreamTimeoutError,
 )
 from chatbot.domain.personas import MIN_ANSWER_CHARS, PersonaProfile, SamplingParams
 
 log = logging.getLogger(__name__)
+
+BuildMessages = Callable[[list[Turn], list[SearchResult]], list[ChatMessage]]
 
 
 @dataclass(frozen=True)
@@ -76,70 +86,74 @@ class ChatService:
         admission: Admission,
         stats: PerformanceStats,
         deadline_s: float,
+        search: WebSearch | None = None,
+        assistant: OfficeAssistant | None = None,
     ) -> None:
         self.profile = profile
         self.engine = engine
         self.store = store
-        self.admission = admission
-        self.stats = stats
-        self.deadline_s = deadline_s
+        self.gate = RequestGate(profile.persona, engine, admission, stats, deadline_s)
+        self.search = search or NoWebSearch()
+        self.assistant = assistant or OfficeAssistant()
         self.fallbacks = 0
         # History reads/writes that failed (store down or slow); the answer went on without.
         self.history_failures = {"read": 0, "write": 0}
 
-    async def chat(
+    @property
+    def admission(self) -> Admission:
+        return self.gate.admission
+
+    @property
+    def stats(self) -> PerformanceStats:
+        return self.gate.stats
+
+    @property
+    def deadline_s(self) -> float:
+        return self.gate.deadline_s
+
+    async def chat(self, turn: PersonaTurn) -> ChatResult:
+        """Answer one persona turn: the persona's prompt, and for an office turn that asks
+        for it the web search, are made inside the admitted slot, under the deadline."""
+        query = turn.question if isinstance(turn, OfficeTurn) and turn.search else None
+
+        def build(history: list[Turn], results: list[SearchResult]) -> list[ChatMessage]:
+            return persona_messages(turn, history, results, self.assistant)
+
+        return await self.answer(turn.user_input, turn.conversation, build, search_query=query)
+
+    async def answer(
         self,
         user_input: str,
-        conversation: tuple[str, str] | None,
-        build_messages: Callable[[list[Turn]], list[ChatMessage]],
+        conversation: Conversation | None,
+        build_messages: BuildMessages,
+        search_query: str | None = None,
     ) -> ChatResult:
-        """Answer `user_input`; `conversation` is (user_id, db_id) when history is wanted."""
-        started = time.monotonic()
-        admitted = started
-        try:
-            if not self.engine.status().ready:
-                raise EngineUnavailableError(
-                    f"The {self.profile.persona} model is not loaded yet; retry shortly."
-                )
-            async with asyncio.timeout(self.deadline_s):
-                async with self.admission.slot():
-                    admitted = time.monotonic()
-                    history = await self._history(conversation)
-                    # Rendering and tokenizing run beside the event loop, not on it.
-                    fit, messages = await asyncio.to_thread(self._fit, history, build_messages)
-                    if fit is not None:
-                        history = history[len(history) - fit.turns:]
-                    generated = await self._generate(messages, fit)
-        except QueueFullError:
-            self.stats.record_rejected()
-            raise
-        except TimeoutError as exc:
-            self._record_failure(started)
-            raise DeadlineExceededError(
-                f"No answer within the {self.deadline_s:g} s deadline; the generation was stopped."
-            ) from exc
-        except BaseException:  # includes cancellation when the client goes away
-            self._record_failure(started)
-            raise
+        """Answer `user_input` with the messages `build_messages` makes of the replayed
+        history and the search results; `conversation` is (user_id, db_id) when history is
+        wanted, `search_query` what to search the web for (None: no search)."""
+        async with self.gate.admitted() as ticket:
+            results = await self.search.search(search_query) if search_query else []
+            history = await self._history(conversation)
+            # Rendering and tokenizing run beside the event loop, not on it.
+            fit, messages = await asyncio.to_thread(
+                self._fit, history, lambda turns: build_messages(turns, results))
+            if fit is not None:
+                history = history[len(history) - fit.turns:]
+            generated = await self._generate(messages, fit)
         await self._remember(conversation, user_input, generated.text)
-        finished = time.monotonic()
-        result = ChatResult(
+        total = ticket.succeeded(generated.seconds, generated.tokens)
+        return ChatResult(
             text=generated.text,
             tokens=generated.tokens,
-            queue_s=admitted - started,
+            queue_s=ticket.queue_s,
             ttft_s=generated.ttft_s,
             generation_s=generated.seconds,
-            total_s=finished - started,
+            total_s=total,
             fallback_used=generated.fallback_used,
             history_turns=len(history),
             history_dropped=fit.dropped if fit is not None else 0,
             prompt_tokens=fit.prompt_tokens if fit is not None else None,
         )
-        self.stats.record(Outcome(True, result.total_s, result.generation_s, result.tokens))
-        return result
-
-    def _record_failure(self, started: float) -> None:
-        self.stats.record(Outcome(ok=False, total_s=time.monotonic() - started))
 
     def _fit(self, history: list[Turn],
              build_messages: Callable[[list[Turn]], list[ChatMessage]],

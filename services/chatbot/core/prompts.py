@@ -5,10 +5,11 @@ The model's own chat template (from the GGUF) turns these messages into a prompt
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from chatbot.domain.conversation import ChatMessage, SearchResult, Turn
+from chatbot.domain.conversation import ChatMessage, OfficeTurn, PersonaTurn, SearchResult, Turn
 
 SEOUL = ZoneInfo("Asia/Seoul")
 
@@ -74,3 +75,21 @@ def character_messages(
 ) -> list[ChatMessage]:
     system = CHARACTER_SYSTEM.format(name=character_name, context=context, greeting=greeting)
     return with_history(system, history, user_input)
+
+
+@dataclass(frozen=True)
+class OfficeAssistant:
+    """Who the office persona says it is (its settings `assistant_name`, `assistant_role`)."""
+
+    name: str = ""
+    role: str = ""
+
+
+def persona_messages(turn: PersonaTurn, history: list[Turn], results: list[SearchResult],
+                     assistant: OfficeAssistant) -> list[ChatMessage]:
+    """The messages of one persona turn: its system prompt, the replayed history, the input."""
+    if isinstance(turn, OfficeTurn):
+        return office_messages(assistant_name=assistant.name, role=assistant.role,
+                               user_input=turn.question, history=history, results=results)
+    return character_messages(character_name=turn.character_name, greeting=turn.greeting,
+                              context=turn.context, user_input=turn.line, history=history)

@@ -19,8 +19,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from chatbot.api.deps import Runtime, require_json
-from chatbot.api.errors import ClientDisconnectedError
-from chatbot.core import completions
+from chatbot.api.disconnect import unless_disconnected
 from chatbot.domain.chat_completions import ChatCompletionRequest
 from chatbot.domain.conversation import ChatMessage
 from chatbot.domain.errors import ChatError
@@ -42,26 +41,6 @@ def _finish_reason(tokens: int, max_tokens: int) -> str:
     return "length" if tokens >= max_tokens else "stop"
 
 
-async def _until_disconnect(request: Request, work: asyncio.Future):
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    gone = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        work.cancel()
-        raise
-    finally:
-        gone.cancel()
-    if not work.done():
-        work.cancel()
-        await asyncio.gather(work, return_exceptions=True)
-        raise ClientDisconnectedError("The client closed the connection; generation stopped.")
-    return work.result()
-
-
 @router.post(
     "/v1/chat/completions", dependencies=[Depends(require_json)],
     summary="OpenAI-compatible chat completions on this persona's local model",
@@ -72,17 +51,17 @@ async def _until_disconnect(request: Request, work: asyncio.Future):
                503: {"description": "Model not loaded"}},
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request, rt: Runtime):
-    service = rt.service
+    completions = rt.completions
     messages = _messages(body)
     # Counted before anything is queued: a prompt that cannot fit is a 400, never a stream.
-    fitted = await asyncio.to_thread(completions.budget, service, messages,
-                                     body.sampling(service.profile.generation))
+    fitted = await asyncio.to_thread(completions.budget, messages,
+                                     body.sampling(rt.service.profile.generation))
     params = fitted.params
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
-    model = service.engine.model_name
+    model = completions.engine.model_name
     if body.stream:
-        pieces = completions.stream(service, messages, params)
+        pieces = completions.stream(messages, params)
         await anext(pieces)  # admitted: a full queue has raised 429 before the response starts
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = _sse(pieces, completion_id, created, model, params.max_tokens, include_usage,
@@ -90,8 +69,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, rt: Ru
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    work = asyncio.ensure_future(completions.complete(service, messages, params))
-    result = await _until_disconnect(request, work)
+    result = await unless_disconnected(request, completions.complete(messages, params))
     return JSONResponse({
         "id": completion_id, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},

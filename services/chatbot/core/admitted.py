@@ -1,0 +1,101 @@
+"""One persona's request gate: readiness, the admission queue, the deadline, the statistics.
+
+Every use case (the persona chat, the OpenAI-compatible completion and its stream) runs its
+work inside `RequestGate.admitted()`, so a full queue, a passed deadline, a model that is
+not loaded and a failure are reported, and counted, the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from chatbot.core.admission import Admission
+from chatbot.core.ports import ChatEngine
+from chatbot.core.stats import Outcome, PerformanceStats
+from chatbot.domain.errors import DeadlineExceededError, EngineUnavailableError, QueueFullError
+
+
+@dataclass
+class Admitted:
+    """A request inside the gate: when it arrived and was admitted, and its deadline (the
+    event loop's clock) for work that outlives one task (a streamed response)."""
+
+    gate: RequestGate
+    started: float
+    deadline: float
+    admitted: float = 0.0
+
+    @property
+    def queue_s(self) -> float:
+        return self.admitted - self.started
+
+    def succeeded(self, generation_s: float, tokens: int) -> float:
+        """Counts the request as answered; returns its total seconds."""
+        total = time.monotonic() - self.started
+        self.gate.stats.record(Outcome(True, total, generation_s, tokens))
+        return total
+
+    def deadline_error(self) -> DeadlineExceededError:
+        return self.gate.deadline_error()
+
+
+class RequestGate:
+    def __init__(self, persona: str, engine: ChatEngine, admission: Admission,
+                 stats: PerformanceStats, deadline_s: float) -> None:
+        self.persona = persona
+        self.engine = engine
+        self.admission = admission
+        self.stats = stats
+        self.deadline_s = deadline_s
+
+    def require_ready(self) -> None:
+        if not self.engine.status().ready:
+            raise EngineUnavailableError(
+                f"The {self.persona} model is not loaded yet; retry shortly.")
+
+    def deadline_error(self) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"No answer within the {self.deadline_s:g} s deadline; the generation was stopped.")
+
+    @asynccontextmanager
+    async def admitted(self, *, spans_tasks: bool = False) -> AsyncIterator[Admitted]:
+        """Waits for a slot and holds it for the block. The deadline covers the wait and,
+        unless `spans_tasks`, the whole block; a block that yields to other tasks (a
+        streamed response) bounds its own awaits with `timeout_at(admitted.deadline)`.
+
+        A full queue counts as rejected; a passed deadline (-> DeadlineExceededError), a
+        failure or a cancellation as failed. Success is counted by `Admitted.succeeded`.
+        """
+        started = time.monotonic()
+        ticket = Admitted(self, started, asyncio.get_running_loop().time() + self.deadline_s)
+        try:
+            self.require_ready()
+            if spans_tasks:
+                async with asyncio.timeout_at(ticket.deadline):
+                    await self.admission.acquire()
+                try:
+                    ticket.admitted = time.monotonic()
+                    yield ticket
+                finally:
+                    self.admission.release()
+            else:
+                async with asyncio.timeout_at(ticket.deadline):
+                    async with self.admission.slot():
+                        ticket.admitted = time.monotonic()
+                        yield ticket
+        except QueueFullError:
+            self.stats.record_rejected()
+            raise
+        except TimeoutError as exc:
+            self._failed(started)
+            raise self.deadline_error() from exc
+        except BaseException:  # includes cancellation when the client goes away
+            self._failed(started)
+            raise
+
+    def _failed(self, started: float) -> None:
+        self.stats.record(Outcome(ok=False, total_s=time.monotonic() - started))
