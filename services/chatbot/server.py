@@ -193,17 +193,19 @@ def not_found_app() -> Starlette:
 
 
 def create_app(settings: Settings, personas: list[Persona] | None = None, *,
-               engines: Mapping[Persona, ChatEngine] | None = None):
+               engines: Mapping[Persona, ChatEngine] | None = None,
+               search: WebSearch | None = None):
     """The ASGI app: both personas under /office and /character, or one persona at the root.
 
-    `engines` replaces the llama.cpp engines the settings describe (in-process tests give
-    scripted ones); each needs `load()` and `close()` besides the `ChatEngine` port.
+    `engines` and `search` replace the llama.cpp engines and the web search the settings
+    describe (in-process tests give scripted ones); an engine needs `load()` and `close()`
+    besides the `ChatEngine` port.
     """
     personas = personas or list(Persona)
     engines = (Engines(engines) if engines is not None
                else Engines.from_settings(settings, personas))
     store = build_store(settings)
-    search = build_search(settings)
+    search = search or build_search(settings)
     runtimes = {p: build_runtime(p, settings, engines.by_persona[p], store, search)
                 for p in personas}
 

@@ -9,6 +9,7 @@ tests and by tests/service's real `chatbot serve` processes.
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from chatbot.core.ports import Completion, EngineStatus
 
@@ -17,12 +18,15 @@ class ScriptedEngine:
     model_name = "scripted"
 
     def __init__(self, stream_pieces, stream_error=None, complete_text="", *,
-                 ready: bool = True, piece_delay_s: float = 0.0):
+                 ready: bool = True, piece_delay_s: float = 0.0,
+                 hold: threading.Event | None = None):
         self.stream_pieces, self.stream_error = stream_pieces, stream_error
         self.complete_text = complete_text
         self.complete_calls = []
         self.ready = ready
         self.piece_delay_s = piece_delay_s  # a slow model: each piece takes this long
+        self.hold = hold  # a stuck model: streams nothing until the test sets it
+        self.streams = 0  # generations started
         self.loads = self.closes = 0
 
     def status(self):
@@ -33,6 +37,9 @@ class ScriptedEngine:
         return None  # like a remote API: no fitting
 
     async def stream(self, messages, params):
+        self.streams += 1
+        while self.hold is not None and not self.hold.is_set():
+            await asyncio.sleep(0.005)
         for piece in self.stream_pieces:
             if self.piece_delay_s:
                 await asyncio.sleep(self.piece_delay_s)
@@ -72,3 +79,15 @@ class CountingEngine(ScriptedEngine):
         self.streamed.append((messages, params))
         async for piece in super().stream(messages, params):
             yield piece
+
+
+class RecordingSearch:
+    """A `WebSearch` double: answers every query with `results` and records the queries."""
+
+    def __init__(self, results=()):
+        self.results = list(results)
+        self.queries = []
+
+    async def search(self, query):
+        self.queries.append(query)
+        return list(self.results)
