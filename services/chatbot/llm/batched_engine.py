@@ -33,23 +33,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from chatbot.core.ports import Completion, EngineStatus
 from chatbot.domain.conversation import ChatMessage
 from chatbot.domain.errors import ContextLengthExceededError, EngineUnavailableError
 from chatbot.domain.personas import STOP_STRINGS, SamplingParams
-from chatbot.llm.chat_format import ChatFormat
-from chatbot.llm.loading import (
-    LlamaLogCapture,
-    cpu_count,
-    kv_cache_type,
-    layers_offloaded,
-    llama_cpp_build,
-    log_llama_cpp_build,
-    wait_for_file,
-)
+from chatbot.llm.lifecycle import ModelLifecycle, model_chat_format
+from chatbot.llm.loading import LlamaLogCapture, cpu_count, kv_cache_type
 from chatbot.llm.relay import END, Relay
 from chatbot.llm.sampling import sampler_chain
 from chatbot.llm.slots import Slot, SlotTable, common_prefix
@@ -95,21 +86,15 @@ class _Sequence:
         self.first_token_at = 0.0  # perf_counter() when its first token was sampled
 
 
-class BatchedEngine:
+class BatchedEngine(ModelLifecycle):
     """Implements `ChatEngine` for every persona that shares one model file."""
 
     def __init__(self, path: Path, settings: ModelSettings, n_seq: int = 1,
                  wait_timeout_s: float = 0.0) -> None:
         if n_seq < 1:
             raise ValueError("n_seq must be at least 1")
-        self.path = Path(path)
-        self.settings = settings
+        super().__init__(path, settings, wait_timeout_s, thread_name="llama-batch")
         self.n_seq = n_seq
-        self.wait_timeout_s = wait_timeout_s
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-batch")
-        self._loaded = False
-        self._detail = f"waiting to load {self.path}"
-        self._facts: dict = {}
         self._cond = threading.Condition()
         self._pending: deque[_Request] = deque()
         self._stopping = False
@@ -132,13 +117,8 @@ class BatchedEngine:
         self.peak_sequence_tokens = 0
         self._slots: SlotTable | None = None
 
-    @property
-    def model_name(self) -> str:
-        return self.path.name
-
     def status(self) -> EngineStatus:
-        facts = dict(self._facts)
-        facts.update(
+        return self._status(dict(
             generated_tokens=self.generated_tokens, generating=bool(self._running),
             sequences_active=len(self._running), sequences_waiting=len(self._pending),
             prompt_tokens_evaluated=self.prompt_tokens_evaluated,
@@ -148,8 +128,7 @@ class BatchedEngine:
             prompt_seconds=self.prompt_seconds, predict_seconds=self.predict_seconds,
             busy_sequence_steps=self.busy_sequence_steps,
             peak_sequence_tokens=self.peak_sequence_tokens, **self._kv_cells(),
-        )
-        return EngineStatus(self._loaded, self.model_name, self._detail, facts)
+        ))
 
     def _kv_cells(self) -> dict:
         """KV cells holding tokens: of sequences generating now, and of all (idle slots keep a
@@ -167,28 +146,6 @@ class BatchedEngine:
                 "kv_cells_total": self._n_ctx_seq * self.n_seq}
 
     # -- loading ---------------------------------------------------------------------------
-
-    async def load(self) -> None:
-        """Load the model and start the step loop; on failure the engine says why."""
-        try:
-            await self._wait_for_file()
-            self._detail = f"loading {self.path}"
-            started = time.monotonic()
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._load_blocking)
-            self._facts["load_seconds"] = round(time.monotonic() - started, 3)
-            self._executor.submit(self._serve)
-            self._loaded = True
-            self._detail = "model loaded"
-            log.info("loaded %s in %.2fs: %s", self.path, self._facts["load_seconds"], self._facts)
-            log_llama_cpp_build(self._facts["llama_cpp"])
-        except Exception as exc:
-            self._detail = f"model load failed: {exc}"
-            log.error("%s", self._detail)
-
-    async def _wait_for_file(self) -> None:
-        if not self.path.is_file():
-            self._detail = f"waiting for model file {self.path}"
-        await wait_for_file(self.path, self.wait_timeout_s)
 
     def _load_blocking(self) -> None:
         import llama_cpp as lc
@@ -234,29 +191,24 @@ class BatchedEngine:
                                             verbose=False)
         self._n_ctx_seq = lc.llama_n_ctx_seq(context.ctx)
         self._n_vocab = model.n_vocab()
-        meta = model.metadata()
-        eos, bos = model.token_eos(), model.token_bos()
-        self._format = ChatFormat(
-            meta, model.token_get_text(bos) if bos != -1 else "",
-            model.token_get_text(eos) if eos != -1 else "", eos)
-        arch = meta.get("general.architecture", "llama")
-        self._facts = {
-            "engine": "batched", "n_seq_max": self.n_seq,
-            "n_ctx": lc.llama_n_ctx(context.ctx), "n_ctx_per_sequence": self._n_ctx_seq,
-            "n_batch": s.n_batch, "n_layer": int(meta.get(f"{arch}.block_count", 0)),
-            "gpu_offload_supported": bool(lc.llama_supports_gpu_offload()),
-            "gpu_layers_requested": s.n_gpu_layers,
-            "gpu_layers_offloaded": layers_offloaded(log_lines),
-            "main_gpu": s.main_gpu, "flash_attn": s.flash_attn, "kv_cache_type": s.kv_cache_type,
-            "n_threads": threads,
-            "chat_template": "gguf" if "tokenizer.chat_template" in meta else "none",
-            "chat_format": self._format.name,
-            "llama_cpp": llama_cpp_build(),
-        }
+        self._format = model_chat_format(model)
+        self._facts = self.model_facts(
+            "batched", model.metadata(), log_lines, threads, n_seq_max=self.n_seq,
+            n_ctx=lc.llama_n_ctx(context.ctx), n_ctx_per_sequence=self._n_ctx_seq,
+            chat_format=self._format.name)
 
-    def _require(self) -> None:
-        if not self._loaded:
-            raise EngineUnavailableError(f"The model is not available: {self._detail}")
+    def _after_load(self) -> None:
+        self._executor.submit(self._serve)  # the step loop, on the model's thread
+
+    def _before_close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+
+    def _release_blocking(self) -> None:
+        self._batch.close()
+        self._context.close()
+        self._model.close()
 
     # -- the port --------------------------------------------------------------------------
 
@@ -308,21 +260,6 @@ class BatchedEngine:
             self._pending.append(request)
             self._cond.notify()
         return request
-
-    async def close(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-
-        def release() -> None:
-            if self._loaded:
-                self._loaded = False
-                self._batch.close()
-                self._context.close()
-                self._model.close()
-
-        await asyncio.get_running_loop().run_in_executor(self._executor, release)
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- the step loop (decode thread) -----------------------------------------------------
 

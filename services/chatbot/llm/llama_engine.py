@@ -12,78 +12,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from chatbot.core.ports import Completion, EngineStatus
 from chatbot.domain.conversation import ChatMessage
-from chatbot.domain.errors import ContextLengthExceededError, EngineUnavailableError
+from chatbot.domain.errors import ContextLengthExceededError
 from chatbot.domain.personas import STOP_STRINGS, SamplingParams
-from chatbot.llm.chat_format import ChatFormat
-from chatbot.llm.loading import (
-    LlamaLogCapture,
-    cpu_count,
-    kv_cache_type,
-    layers_offloaded,
-    llama_cpp_build,
-    log_llama_cpp_build,
-    wait_for_file,
-)
+from chatbot.llm.lifecycle import ModelLifecycle, model_chat_format
+from chatbot.llm.loading import LlamaLogCapture, cpu_count, kv_cache_type
 from chatbot.llm.relay import END, Relay
 from chatbot.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
 
-class LlamaEngine:
+class LlamaEngine(ModelLifecycle):
     def __init__(self, path: Path, settings: ModelSettings, wait_timeout_s: float = 0.0) -> None:
-        self.path = Path(path)
-        self.settings = settings
-        self.wait_timeout_s = wait_timeout_s
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-decode")
+        super().__init__(path, settings, wait_timeout_s, thread_name="llama-decode")
         self._llm = None
-        self._detail = f"waiting to load {self.path}"
-        self._facts: dict = {}
         self.generated_tokens = 0
         self._generating = False
 
-    @property
-    def model_name(self) -> str:
-        return self.path.name
-
     def status(self) -> EngineStatus:
-        facts = dict(self._facts)
-        facts.update(generated_tokens=self.generated_tokens, generating=self._generating)
-        return EngineStatus(self._llm is not None, self.model_name, self._detail, facts)
+        return self._status({"generated_tokens": self.generated_tokens,
+                             "generating": self._generating})
 
     # -- loading ---------------------------------------------------------------------------
 
-    async def load(self) -> None:
-        """Load the model; on failure the engine stays unavailable and says why."""
-        try:
-            await self._wait_for_file()
-            self._detail = f"loading {self.path}"
-            loop = asyncio.get_running_loop()
-            started = time.monotonic()
-            self._llm = await loop.run_in_executor(self._executor, self._load_blocking)
-            self._facts["load_seconds"] = round(time.monotonic() - started, 3)
-            self._detail = "model loaded"
-            log.info("loaded %s in %.2fs: %s", self.path, self._facts["load_seconds"], self._facts)
-            log_llama_cpp_build(self._facts["llama_cpp"])
-        except Exception as exc:
-            self._detail = f"model load failed: {exc}"
-            log.error("%s", self._detail)
-
-    async def _wait_for_file(self) -> None:
-        if not self.path.is_file():
-            self._detail = f"waiting for model file {self.path}"
-        await wait_for_file(self.path, self.wait_timeout_s)
-
-    def _load_blocking(self):
+    def _load_blocking(self) -> None:
         import llama_cpp
 
         s = self.settings
@@ -102,31 +61,19 @@ class LlamaEngine:
             kwargs.update(rope_scaling_type=s.rope_scaling_type, rope_freq_scale=s.rope_freq_scale)
         with LlamaLogCapture() as log_lines:
             llm = llama_cpp.Llama(**kwargs)
-        meta = llm.metadata
-        arch = meta.get("general.architecture", "llama")
-        n_layer = int(meta.get(f"{arch}.block_count", 0))
-        offloaded = layers_offloaded(log_lines)
-        requested = s.n_gpu_layers
-        self._facts = {
-            "engine": "sequential", "n_ctx": llm.n_ctx(), "n_batch": s.n_batch, "n_layer": n_layer,
-            "gpu_offload_supported": bool(llama_cpp.llama_supports_gpu_offload()),
-            "gpu_layers_requested": requested, "gpu_layers_offloaded": offloaded,
-            "main_gpu": s.main_gpu, "flash_attn": s.flash_attn, "kv_cache_type": s.kv_cache_type,
-            "n_threads": kwargs["n_threads"],
-            "chat_template": "gguf" if "tokenizer.chat_template" in meta else "none",
-            "llama_cpp": llama_cpp_build(),
-        }
+        self._facts = self.model_facts("sequential", llm.metadata, log_lines, threads,
+                                       n_ctx=llm.n_ctx())
         self._eos = llm.token_eos()
-        bos = llm.token_bos()
         # The same prompt create_chat_completion renders, for counting it beforehand.
-        self._format = ChatFormat(
-            meta, llm._model.token_get_text(bos) if bos != -1 else "",
-            llm._model.token_get_text(self._eos) if self._eos != -1 else "", self._eos)
-        return llm
+        self._format = model_chat_format(llm._model)
+        self._llm = llm
+
+    def _release_blocking(self) -> None:
+        self._llm.close()
+        self._llm = None
 
     def _require(self):
-        if self._llm is None:
-            raise EngineUnavailableError(f"The model is not available: {self._detail}")
+        super()._require()
         return self._llm
 
     # -- counting --------------------------------------------------------------------------
@@ -223,15 +170,6 @@ class LlamaEngine:
             return await asyncio.get_running_loop().run_in_executor(self._executor, run)
         finally:
             cancel.set()
-
-    async def close(self) -> None:
-        def release() -> None:
-            if self._llm is not None:
-                self._llm.close()
-                self._llm = None
-
-        await asyncio.get_running_loop().run_in_executor(self._executor, release)
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _domain_error(exc: Exception) -> Exception:
