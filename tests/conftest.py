@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny GGUF models written once per session by `chatbot tiny-model`, real
+"""Shared fixtures: tiny GGUF models written once per session by `chatbot-dev tiny-model`, real
 `chatbot serve` processes on them, FerretDB; a Docker Engine and the project's images
 (tests/images/fixtures.py, used by tests/images and tests/cluster)."""
 
@@ -13,7 +13,7 @@ from tests.service.server import ChatbotServer
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, object]:
     """Office gets a Q4_1 model and character a Q4_0 one, mirroring the seed."""
-    from chatbot.llm.tiny_model import write_tiny_model
+    from chatbot_dev.tiny_model import write_tiny_model
 
     root = tmp_path_factory.mktemp("models")
     return {

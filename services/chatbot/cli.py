@@ -1,5 +1,5 @@
-"""The `chatbot` command: `serve` the personas, write a `tiny-model` for smoke tests,
-`loadtest` a running stack."""
+"""The `chatbot` command: `serve` the personas, `loadtest` a running stack, serve the
+route's `not-found` page. (The tiny test model is `chatbot-dev tiny-model`.)"""
 
 from __future__ import annotations
 
@@ -64,14 +64,6 @@ def _not_found(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tiny_model(args: argparse.Namespace) -> int:
-    from chatbot.llm.tiny_model import write_tiny_model
-
-    path = write_tiny_model(Path(args.out), quant=args.quant, seed=args.seed)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, {args.quant}, seed {args.seed})")
-    return 0
-
-
 def _loadtest(args: argparse.Namespace) -> int:
     from chatbot.loadtest.command import loadtest
 
@@ -101,12 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
     not_found.add_argument("--host", default="127.0.0.1")
     not_found.add_argument("--port", type=int, default=8080)
     not_found.set_defaults(func=_not_found)
-
-    tiny = sub.add_parser("tiny-model", help="write a tiny random-weight Llama-3 GGUF")
-    tiny.add_argument("out", help="output .gguf path")
-    tiny.add_argument("--quant", default="Q4_0", choices=["Q4_0", "Q4_1", "F16"])
-    tiny.add_argument("--seed", type=int, default=0)
-    tiny.set_defaults(func=_tiny_model)
 
     from chatbot.loadtest.command import add_arguments
 

@@ -101,8 +101,8 @@ def build_search(settings: Settings) -> WebSearch:
         from chatbot.search.ddgs_search import DdgsSearch
 
         return DdgsSearch(settings.search_timeout_s)
-    if settings.search == "recorded":
-        from chatbot.search.recorded import RecordedSearch
+    if settings.search == "recorded":  # development tooling: tests, offline demos
+        from chatbot_dev.recorded_search import RecordedSearch
 
         return RecordedSearch(settings.search_recorded_path)
     return NoWebSearch()

@@ -28,10 +28,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from chatbot_dev.tiny_model import write_tiny_model  # noqa: E402
+
 from chatbot.core.prompts import office_messages  # noqa: E402
 from chatbot.domain.personas import OFFICE, STOP_STRINGS  # noqa: E402
 from chatbot.llm.bundled import bundled_model_path  # noqa: E402
-from chatbot.llm.tiny_model import write_tiny_model  # noqa: E402
 from chatbot.loadtest.answers import server_timing_s  # noqa: E402
 from chatbot.settings import OfficeSettings  # noqa: E402
 from tests.service.server import ChatbotServer, free_port  # noqa: E402

@@ -43,8 +43,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from chatbot_dev.tiny_model import write_tiny_model  # noqa: E402
+
 from chatbot.llm.bundled import BUNDLED_FILE, bundled_model_path  # noqa: E402
-from chatbot.llm.tiny_model import write_tiny_model  # noqa: E402
 from tests.images import engine  # noqa: E402
 from tests.images.persona_pod import Container, example_spec, models_dir  # noqa: E402
 

@@ -78,7 +78,7 @@ def _identity(kubeconfig, tmp_path) -> dict[str, str]:
 def test_auto_layers_fit_the_gpu_and_a_cpu_fallback_is_not_ready(
         kube_api, namespace, operator, volumes, fake_gpu_nodes, sa_kubeconfig,  # noqa: F811
         tmp_path):
-    from chatbot.llm.tiny_model import write_tiny_model
+    from chatbot_dev.tiny_model import write_tiny_model
 
     core = kubernetes.client.CoreV1Api(kube_api)
     apps = kubernetes.client.AppsV1Api(kube_api)

@@ -164,7 +164,7 @@ def test_estimate_matches_llama_cpps_own_buffers(model, w, tmp_path):
 
         path = bundled_model_path()
     else:
-        from chatbot.llm.tiny_model import write_tiny_model
+        from chatbot_dev.tiny_model import write_tiny_model
 
         path = write_tiny_model(tmp_path / "tiny.gguf", quant="Q4_1")
     facts = read_facts(copy_header(path, tmp_path / "header-only.gguf"))

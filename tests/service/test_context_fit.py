@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from chatbot_dev.history import embedded_document
 from pymongo import MongoClient
 
 from chatbot.stores.embedded import EmbeddedHistoryStore
@@ -98,7 +99,7 @@ def test_a_30_turn_conversation_with_long_answers_keeps_answering(start_server, 
             doc = client[database]["office_log_long-talker"].find_one({"id": ref["db_id"]})
     else:
         db = Path(server.log.parent / f"h-{server.port}.db")
-        doc = EmbeddedHistoryStore(db).document("office", "long-talker", ref["db_id"])
+        doc = embedded_document(EmbeddedHistoryStore(db), "office", "long-talker", ref["db_id"])
     assert [t["index"] for t in doc["value"]] == list(range(1, TURNS + 2))
     assert [t["input_data"] for t in doc["value"][:TURNS]] == [_question(i)
                                                                for i in range(TURNS)]
@@ -159,8 +160,8 @@ def test_a_prompt_that_cannot_fit_is_400_on_the_chat_routes_and_nothing_is_store
     assert perf["fallbacks"] == 0  # never retried
     db = Path(tight.log.parent / f"h-{tight.port}.db")
     store = EmbeddedHistoryStore(db)
-    assert store.document("office", "too-long", ref["db_id"]) is None
-    assert store.document("character", "too-long", ref["db_id"]) is None
+    assert embedded_document(store, "office", "too-long", ref["db_id"]) is None
+    assert embedded_document(store, "character", "too-long", ref["db_id"]) is None
 
 
 def _huge_messages() -> list[dict]:
@@ -214,7 +215,8 @@ def test_gpt_routes_pass_the_upstreams_limit_on_as_400(start_server, tight):
     assert body["context_tokens"] == _n_ctx(tight, "character") < body["prompt_tokens"]
     assert "OpenAI" in body["detail"]
     db = Path(server.log.parent / f"h-{server.port}.db")
-    assert EmbeddedHistoryStore(db).document("character", "gpt-too-long", ref["db_id"]) is None
+    store = EmbeddedHistoryStore(db)
+    assert embedded_document(store, "character", "gpt-too-long", ref["db_id"]) is None
 
 
 def test_gpt_routes_read_llama_servers_overflow_error_too(start_server):

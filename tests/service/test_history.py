@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+from chatbot_dev.history import embedded_document
+
 from chatbot.stores.embedded import EmbeddedHistoryStore
 
 CHAR = {"character_name": "Rachel", "greeting": "Hello!", "context": "A shy student."}
@@ -45,9 +47,9 @@ def test_every_turn_is_stored_as_the_mongodb_document_would_be(gateway):
                                                     "user_id": "doc-user"}).json()
                    for i in range(3)]
     store = EmbeddedHistoryStore(Path(gateway.log.parent / f"h-{gateway.port}.db"))
-    doc = store.document("office", "doc-user", db_id)
+    doc = embedded_document(store, "office", "doc-user", db_id)
     assert doc["id"] == db_id
     assert [t["index"] for t in doc["value"]] == [1, 2, 3]
     assert [t["input_data"] for t in doc["value"]] == ["질문 0", "질문 1", "질문 2"]
     assert [t["output_data"] for t in doc["value"]] == answers
-    assert store.document("character", "doc-user", db_id) is None
+    assert embedded_document(store, "character", "doc-user", db_id) is None

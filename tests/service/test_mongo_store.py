@@ -10,6 +10,7 @@ import time
 import uuid
 
 import pytest
+from chatbot_dev.history import mongo_document
 from pymongo.errors import PyMongoError
 
 from chatbot.stores.mongo import MongoHistoryStore
@@ -27,7 +28,7 @@ def test_turns_are_stored_as_one_document_per_conversation_and_replayed_oldest_f
             indexes = [await store.append_turn("office", "u1", db_id, f"q{i}", f"a{i}")
                        for i in range(1, 11)]
             last8 = await store.recent_turns("office", "u1", db_id, 8)
-            doc = await store.document("office", "u1", db_id)
+            doc = await mongo_document(store, "office", "u1", db_id)
             raw = await store._db["office_log_u1"].find({}).to_list()
             index_info = await store._db["office_log_u1"].index_information()
         finally:
@@ -53,7 +54,7 @@ def test_concurrent_turns_of_one_conversation_get_distinct_consecutive_indexes(f
             got = await asyncio.gather(*(
                 store.append_turn("character", "racer", db_id, f"in {i}", f"out {i}")
                 for i in range(20)))
-            doc = await store.document("character", "racer", db_id)
+            doc = await mongo_document(store, "character", "racer", db_id)
         finally:
             await store.close()
         return got, doc

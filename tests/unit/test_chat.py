@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from chatbot_dev.history import embedded_document
 
 from chatbot.core.admission import Admission
 from chatbot.core.chat import ChatService
@@ -52,14 +53,14 @@ def test_when_both_fail_it_is_an_error_and_nothing_is_remembered():
     service = _service(ScriptedEngine(["  "], None, "   "), store)
     with pytest.raises(GenerationFailedError):
         _chat(service, ("u1", "db"))
-    assert store.document("character", "u1", "db") is None
+    assert embedded_document(store, "character", "u1", "db") is None
     assert service.stats.snapshot()["failed"] == 1
 
 
 def test_a_successful_turn_is_remembered():
     store = EmbeddedHistoryStore()
     _chat(_service(ScriptedEngine(["Nice to meet you!"]), store), ("u1", "db"))
-    doc = store.document("character", "u1", "db")
+    doc = embedded_document(store, "character", "u1", "db")
     assert doc["value"][0]["output_data"] == "Nice to meet you!"
 
 
@@ -89,7 +90,7 @@ def test_history_is_fitted_to_the_context_and_the_store_keeps_every_turn():
     assert result.prompt_tokens == engine.count_prompt_tokens(messages) == 60 + 3 * 208
     assert params.max_tokens == CHARACTER.generation.max_tokens == 256
     assert result.prompt_tokens + params.max_tokens <= 1000
-    assert len(store.document("character", "u1", "db")["value"]) == 11  # 10 + this turn
+    assert len(embedded_document(store, "character", "u1", "db")["value"]) == 11  # 10 + this turn
 
 
 def test_the_answer_budget_shrinks_to_what_is_left_and_the_fallback_too():
@@ -112,7 +113,7 @@ def test_a_prompt_that_cannot_fit_is_context_length_exceeded_and_nothing_is_reme
         asyncio.run(service.answer("hi", ("u1", "db"), _build("hi", system="S" * 90)))
     assert (caught.value.prompt_tokens, caught.value.context_tokens) == (100, 100)
     assert engine.streamed == [] and engine.complete_calls == []  # never generated, no retry
-    assert store.document("character", "u1", "db") is None
+    assert embedded_document(store, "character", "u1", "db") is None
     assert service.stats.snapshot()["failed"] == 1
 
 

@@ -1,4 +1,4 @@
-"""The `chatbot` command line, as a user runs it."""
+"""The `chatbot` command line (and the development `chatbot-dev`), as a user runs it."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 CHATBOT = str(Path(sys.executable).parent / "chatbot")
+CHATBOT_DEV = str(Path(sys.executable).parent / "chatbot-dev")
 
 
 def test_tiny_model_writes_a_deterministic_gguf(tmp_path):
     outs = []
     for name in ("a.gguf", "b.gguf"):
-        run = subprocess.run([CHATBOT, "tiny-model", str(tmp_path / name), "--quant", "Q4_1"],
+        run = subprocess.run([CHATBOT_DEV, "tiny-model", str(tmp_path / name), "--quant", "Q4_1"],
                              capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr
         assert "Q4_1" in run.stdout
@@ -23,8 +24,8 @@ def test_tiny_model_writes_a_deterministic_gguf(tmp_path):
 
 
 def test_unknown_quant_and_persona_are_usage_errors(tmp_path):
-    bad_quant = subprocess.run([CHATBOT, "tiny-model", str(tmp_path / "x.gguf"), "--quant", "Q2"],
-                               capture_output=True, text=True, timeout=60)
+    bad_quant = subprocess.run([CHATBOT_DEV, "tiny-model", str(tmp_path / "x.gguf"),
+                                "--quant", "Q2"], capture_output=True, text=True, timeout=60)
     bad_persona = subprocess.run([CHATBOT, "serve", "lawyer"], capture_output=True, text=True,
                                  timeout=60)
     assert bad_quant.returncode == 2 and "--quant" in bad_quant.stderr

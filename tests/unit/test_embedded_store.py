@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from chatbot_dev.history import embedded_document
+
 from chatbot.core.ports import collection_name
 from chatbot.stores.embedded import EmbeddedHistoryStore
 
@@ -17,7 +19,8 @@ def test_concurrent_turns_of_one_conversation_get_distinct_indexes(tmp_path):
 
     indexes = asyncio.run(many())
     assert sorted(indexes) == list(range(1, 41))
-    assert [t["index"] for t in store.document("office", "u", "c")["value"]] == list(range(1, 41))
+    document = embedded_document(store, "office", "u", "c")
+    assert [t["index"] for t in document["value"]] == list(range(1, 41))
 
 
 def test_recent_turns_are_the_last_n_oldest_first_and_survive_a_restart(tmp_path):

@@ -11,11 +11,10 @@ pytest.importorskip("numpy")
 pytest.importorskip("gguf")
 llama_cpp = pytest.importorskip("llama_cpp")
 
+from chatbot_dev import tiny_model  # noqa: E402
+from chatbot_dev.tiny_model import QUANT_TYPES, SPECIAL_TOKENS, write_tiny_model  # noqa: E402
 from llama_cpp import Llama  # noqa: E402
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter  # noqa: E402
-
-from chatbot.llm import tiny_model  # noqa: E402
-from chatbot.llm.tiny_model import QUANT_TYPES, SPECIAL_TOKENS, write_tiny_model  # noqa: E402
 
 TEXTS = [
     "Good morning, team. Please send the quarterly report by Thursday.",

@@ -53,13 +53,6 @@ class EmbeddedHistoryStore:
             self._append, collection_name(persona, user_id), db_id, input_data, output_data
         )
 
-    def document(self, persona: str, user_id: str, db_id: str) -> dict | None:
-        """The conversation as its MongoDB document would look."""
-        turns = self._recent(collection_name(persona, user_id), db_id, limit=None)
-        if not turns:
-            return None
-        return {"id": db_id, "value": [t.__dict__ for t in turns]}
-
     def status(self) -> dict:
         return {"kind": "embedded", "path": self.path, "state": "ok"}
 

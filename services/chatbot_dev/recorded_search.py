@@ -2,7 +2,8 @@
 
 For tests and offline demos only (there is no internet in CI): the file holds a list of
 ddgs-shaped results `[{"title", "href", "body"}, ...]`, as `DDGS().text()` returns them.
-Select it with `CHATBOT_SEARCH=recorded` and `CHATBOT_SEARCH_RECORDED_PATH=<file>`.
+Select it with `CHATBOT_SEARCH=recorded` and `CHATBOT_SEARCH_RECORDED_PATH=<file>`; the
+composition root imports it from here only then.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from chatbot.llm.bpe import BPEVocab, train_bpe
+from chatbot_dev.bpe import BPEVocab, train_bpe
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -278,7 +278,7 @@ def _write_f32(path: Path, cfg: TinyModelConfig, tok: TinyTokenizer, seed: int) 
     w.add_type("model")
     w.add_name("ChatBot AI Tiny Random Llama")
     w.add_description(
-        "Random-weight smoke-test model written by chatbot.llm.tiny_model;"
+        "Random-weight smoke-test model written by chatbot_dev.tiny_model;"
         " it produces no meaningful text."
     )
     w.add_uint32("chatbot.tiny_model.version", _WRITER_VERSION)

@@ -1,6 +1,6 @@
 """A small, deterministic byte-level BPE trainer (GPT-2 / Llama-3 style).
 
-This is the tokenizer half of :mod:`chatbot.llm.tiny_model`. It learns merges
+This is the tokenizer half of :mod:`chatbot_dev.tiny_model`. It learns merges
 from a built-in corpus at write time, so the repository carries no third-party
 vocabulary files.
 
