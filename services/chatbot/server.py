@@ -153,8 +153,8 @@ def build_runtime(
     metrics = PersonaMetrics(persona.value, service.admission, engine)
     gpt = build_gpt_services(persona, settings, service)
     metrics.watch_dependencies(lambda: [service, *gpt.values()], store, search)
-    return PersonaRuntime(persona, ps, service, ChatCompletions(engine, service.gate), metrics,
-                          gpt)
+    completions = ChatCompletions(engine, service.gate, profile.generation)
+    return PersonaRuntime(persona, ps, service, completions, metrics, gpt)
 
 
 def persona_app(runtime: PersonaRuntime, root_path: str = "", lifespan=None) -> FastAPI:

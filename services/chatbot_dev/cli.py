@@ -8,7 +8,6 @@ test of a deployment needs. Needs the `llm` extra (gguf, numpy, llama-cpp-python
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -28,14 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("out", help="output .gguf path")
     tiny.add_argument("--quant", default="Q4_0", choices=["Q4_0", "Q4_1", "F16"])
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.set_defaults(func=_tiny_model)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return _tiny_model(build_parser().parse_args(argv))  # the only command, so far

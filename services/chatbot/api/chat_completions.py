@@ -55,7 +55,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, rt: Ru
     messages = _messages(body)
     # Counted before anything is queued: a prompt that cannot fit is a 400, never a stream.
     fitted = await asyncio.to_thread(completions.budget, messages,
-                                     body.sampling(rt.service.profile.generation))
+                                     body.sampling(completions.defaults))
     params = fitted.params
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())

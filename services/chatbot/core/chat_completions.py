@@ -29,9 +29,10 @@ class Budget:
 
 
 class ChatCompletions:
-    def __init__(self, engine: ChatEngine, gate: RequestGate) -> None:
+    def __init__(self, engine: ChatEngine, gate: RequestGate, defaults: SamplingParams) -> None:
         self.engine = engine
         self.gate = gate
+        self.defaults = defaults  # the persona's sampling; a request overrides fields of it
 
     def budget(self, messages: list[ChatMessage], params: SamplingParams) -> Budget:
         """Counts the prompt with the model's tokenizer; raises ContextLengthExceededError
