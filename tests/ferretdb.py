@@ -1,11 +1,11 @@
 """A real MongoDB-wire server for the tests: FerretDB v1 on its SQLite backend, on loopback.
 
 Why FerretDB v1.24 with SQLite: it is a production-used, MongoDB-compatible server built from
-its Go module by `tests/cluster/build-binaries` (pinned in tests/cluster/versions.env), and its
+its Go module by `tests/cluster/build-binaries` (pinned in tests/kube/versions.env), and its
 SQLite backend needs nothing else. FerretDB v2 needs PostgreSQL with the DocumentDB extension,
 which cannot be installed here without Docker.
 
-The binary is located the way the cluster tests locate theirs (tests/cluster/localcluster.py).
+The binary is located the way the cluster tests locate theirs (tests/kube/localcluster.py).
 When it is missing (e.g. `CHATBOT_TEST_KUBECONFIG` made `tests/run` skip build-binaries) the
 tests build it if Go is available, else skip with the reason; with `CHATBOT_REQUIRE_CLUSTER=1`
 (or `CI`) a missing binary fails them instead.
@@ -18,15 +18,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "cluster"))
-
-import localcluster  # noqa: E402
+from tests.kube import localcluster
 
 
 def _required() -> bool:

@@ -29,13 +29,15 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
-from cluster_helpers import importorskip
+
+from tests.kube import importorskip
 
 kubernetes = importorskip("kubernetes")
 
-import localcluster  # noqa: E402
-from cluster_helpers import wait_for  # noqa: E402
-from operator_fixtures import (  # noqa: E402
+from tests.images import engine  # noqa: E402
+from tests.images.podrun import docker_run_args  # noqa: E402
+from tests.kube import localcluster, wait_for  # noqa: E402
+from tests.kube.operator_fixtures import (  # noqa: E402
     GROUP,
     PLURAL,
     ROOT,
@@ -45,9 +47,6 @@ from operator_fixtures import (  # noqa: E402
     get_cbm,
     model_volumes,
 )
-
-from tests.images import engine  # noqa: E402
-from tests.images.podrun import docker_run_args  # noqa: E402
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker]
 

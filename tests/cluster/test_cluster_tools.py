@@ -4,9 +4,9 @@ import socket
 import struct
 import subprocess
 
-import localcluster
 import pytest
-from cluster_helpers import importorskip, require_cluster, wait_for
+
+from tests.kube import importorskip, localcluster, require_cluster, wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -20,7 +20,8 @@ import yaml
 from chatbot_operator import builders
 from chatbot_operator.builders import Owner
 from chatbot_operator.spec import ChatbotModelSpec
-from tests.chart.helm import cluster_helpers, template
+from tests.kube import helpers as cluster_helpers
+from tests.kube.helm import template
 from tests.route import httproute_nginx, ingress_nginx
 from tests.route.nginx import Nginx, http_config, nginx_binary
 from tests.service.server import ChatbotServer, free_port
