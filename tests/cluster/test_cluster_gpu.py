@@ -42,7 +42,7 @@ from tests.kube.operator_fixtures import (  # noqa: E402
 )
 from tests.operator.gguf_shapes import LLAMA_31_8B, Q, write_header  # noqa: E402
 from tests.operator.model_server import ModelServer  # noqa: E402
-from tests.service.server import ChatbotServer  # noqa: E402
+from tests.support.server import ChatbotServer  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.kube import localcluster
+from tests.support.ports import free_port
 
 
 def _required() -> bool:
@@ -50,12 +51,6 @@ def ferretdb_binary() -> Path:
     return localcluster.binary("ferretdb")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class FerretDB:
     """One FerretDB process; `stop()`/`start()` keep the port and the data (outage tests)."""
 
@@ -64,13 +59,13 @@ class FerretDB:
         self.workdir = workdir
         self.data = workdir / "sqlite"
         self.data.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"mongodb://127.0.0.1:{self.port}/"
         self.proc: subprocess.Popen | None = None
         self.log = workdir / "ferretdb.log"
 
     def start(self, timeout: float = 30) -> None:
-        debug_port = _free_port()
+        debug_port = free_port()
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [str(self.binary), "--handler=sqlite", f"--sqlite-url=file:{self.data}/",
