@@ -11,8 +11,10 @@ middlewares our routes use); they remove what this binary therefore lacks:
 - lego's DNS-challenge providers pull SDKs the proxy refuses (ucloud, alidns, ...):
   ACME's DNS-01 challenge is disabled (HTTP-01 and TLS-ALPN-01 remain);
 - the ``containous/go-http-auth`` fork is refused: upstream ``abbot/go-http-auth``
-  v0.4.0 replaces it, without the fork's two additions (the htpasswd hash check
-  for basic auth falls back to upstream's, and digest auth has no stale nonces).
+  v0.4.0 replaces it, without the fork's two additions: basic auth checks a password
+  against its htpasswd hash (MD5, SHA, bcrypt) through upstream's ``CheckAuth`` instead
+  of the fork's ``CheckSecret``, and digest auth answers a stale nonce with a plain 401
+  challenge (no ``stale=true``), so a client re-authenticates instead of retrying.
 """
 
 from __future__ import annotations
@@ -47,6 +49,22 @@ def _sub(path: Path, pattern: str, repl: str, *, count: int = 0) -> None:
     path.write_text(new)
 
 
+TRAEFIK_CHECK_SECRET_GO = """
+
+// checkSecretUpstream is the fork's goauth.CheckSecret on upstream go-http-auth v0.4.0:
+// its BasicAuth.CheckAuth compares a password with an htpasswd entry (MD5, SHA, bcrypt).
+func checkSecretUpstream(password, secret string) bool {
+	req, err := http.NewRequest(http.MethodGet, "/", nil)
+	if err != nil {
+		return false
+	}
+	req.SetBasicAuth("user", password)
+	check := &goauth.BasicAuth{Secrets: func(string, string) string { return secret }}
+	return check.CheckAuth(req) != ""
+}
+"""
+
+
 def patch_traefik(src: Path) -> None:
     """Patch a writable copy of Traefik's module source so it builds from the proxy."""
     ext = src / "pkg" / "config" / "dynamic" / "ext"
@@ -70,3 +88,9 @@ def patch_traefik(src: Path) -> None:
         r"^\s*github.com/abbot/go-http-auth => github.com/containous/go-http-auth \S+$",
         "\tgithub.com/abbot/go-http-auth => github.com/abbot/go-http-auth v0.4.0",
     )
+    auth = src / "pkg" / "middlewares" / "auth"
+    _sub(auth / "basic_auth.go", r"goauth\.CheckSecret,", "checkSecretUpstream,")
+    with open(auth / "basic_auth.go", "a") as fh:
+        fh.write(TRAEFIK_CHECK_SECRET_GO)
+    _sub(auth / "digest_auth.go", r"d\.auth\.RequireAuthStale\(rw, req\)",
+         "d.auth.RequireAuth(rw, req)")
