@@ -1,13 +1,13 @@
 """Shared fixtures: tiny GGUF models written once per session by `chatbot tiny-model`, real
 `chatbot serve` processes on them, FerretDB; a Docker Engine and the project's images
-(tests/images/fixtures.py, used by tests/images and tests/cluster)."""
+(tests/support/image_fixtures.py, used by tests/images and tests/cluster)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.images.fixtures import docker_engine, operator_image, service_image  # noqa: F401
-from tests.service.server import ChatbotServer
+from tests.support.image_fixtures import docker_engine, operator_image, service_image  # noqa: F401
+from tests.support.server import ChatbotServer
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +25,7 @@ def tiny_models(tmp_path_factory) -> dict[str, object]:
 @pytest.fixture(scope="session")
 def ferretdb(tmp_path_factory):
     """A FerretDB (MongoDB wire protocol, SQLite backend) shared by the session's tests."""
-    from tests.ferretdb import FerretDB, ferretdb_binary
+    from tests.support.ferretdb import FerretDB, ferretdb_binary
 
     server = FerretDB(ferretdb_binary(), tmp_path_factory.mktemp("ferretdb"))
     server.start()
@@ -36,7 +36,7 @@ def ferretdb(tmp_path_factory):
 @pytest.fixture
 def fresh_ferretdb(tmp_path):
     """A FerretDB of the test's own, for tests that stop, pause or restart it."""
-    from tests.ferretdb import FerretDB, ferretdb_binary
+    from tests.support.ferretdb import FerretDB, ferretdb_binary
 
     server = FerretDB(ferretdb_binary(), tmp_path / "ferretdb")
     server.start()

@@ -41,6 +41,10 @@ def _path(api_version: str, kind: str, namespace: str, name: str | None = None) 
     return f"{path}/{name}" if name else path
 
 
+def _custom_path(group: str, version: str, plural: str, namespace: str, name: str) -> str:
+    return f"/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}"
+
+
 class Cluster:
     """The few calls the operator makes, on one ApiClient."""
 
@@ -91,19 +95,28 @@ class Cluster:
             if exc.status != 404:
                 raise
 
-    def custom(self, group: str, version: str, plural: str, namespace: str, name: str,
-               *, status_patch: dict | None = None) -> dict | None:
-        path = f"/apis/{group}/{version}/namespaces/{namespace}/{plural}/{name}"
+    def get_custom(self, group: str, version: str, plural: str, namespace: str,
+                   name: str) -> dict | None:
+        """A custom resource (the ChatbotModel); None when it is gone."""
         try:
-            if status_patch is None:
-                return self._call("GET", path)
-            return self._call("PATCH", path + "/status", body=status_patch,
-                              content_type="application/merge-patch+json")
+            return self._call("GET", _custom_path(group, version, plural, namespace, name))
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
 
+    def patch_custom_status(self, group: str, version: str, plural: str, namespace: str,
+                            name: str, patch: dict) -> dict | None:
+        """A JSON merge patch of a custom resource's status subresource; None when the
+        resource is gone."""
+        path = _custom_path(group, version, plural, namespace, name) + "/status"
+        try:
+            return self._call("PATCH", path, body=patch,
+                              content_type="application/merge-patch+json")
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def event(self, obj: dict, type_: str, reason: str, message: str) -> None:
         """A core/v1 Event about ``obj`` (kopf's own posting only carries its warnings)."""

@@ -10,6 +10,8 @@ import json
 import math
 from dataclasses import dataclass
 
+from chatbot import contract
+from chatbot.contract import env_name
 from chatbot_operator.config import OperatorConfig
 from chatbot_operator.profiles import GPU_RESOURCE, GpuProfile, resolve
 from chatbot_operator.spec import GROUP, KIND, PERSONAS, VERSION, ChatbotModelSpec, Persona
@@ -124,29 +126,28 @@ def model_path(spec: ChatbotModelSpec, persona: str) -> str:
 def persona_settings(spec: ChatbotModelSpec, persona: str, profile: GpuProfile) -> dict[str, str]:
     """The CHATBOT_* variables (services/chatbot/settings.py) for one persona."""
     p = spec.persona(persona)
-    up = persona.upper()
     env = {
-        f"CHATBOT_{up}_MODEL": model_path(spec, persona),
-        f"CHATBOT_{up}__MAX_CONCURRENT": str(p.max_concurrent),
-        f"CHATBOT_{up}__MODEL__N_CTX": str(p.context_size),
-        f"CHATBOT_{up}__MODEL__N_BATCH": str(p.batch_size),
-        f"CHATBOT_{up}__MODEL__N_GPU_LAYERS": str(gpu_layers(p, profile)),
+        env_name(f"{persona}_model"): model_path(spec, persona),
+        env_name(persona, "max_concurrent"): str(p.max_concurrent),
+        env_name(persona, "model", "n_ctx"): str(p.context_size),
+        env_name(persona, "model", "n_batch"): str(p.batch_size),
+        env_name(persona, "model", "n_gpu_layers"): str(gpu_layers(p, profile)),
         # The container sees only its own GPU, always as device 0.
-        f"CHATBOT_{up}__MODEL__MAIN_GPU": "0",
+        env_name(persona, "model", "main_gpu"): "0",
     }
     resources = p.resources or {}
     cpus = cpu_count((resources.get("limits") or {}).get("cpu")
                      or (resources.get("requests") or {}).get("cpu"))
     if cpus:
         # llama.cpp's threads spin-wait: more threads than cores collapses throughput.
-        env[f"CHATBOT_{up}__MODEL__N_THREADS"] = str(cpus)
+        env[env_name(persona, "model", "n_threads")] = str(cpus)
     return env
 
 
 def shared_settings(config: OperatorConfig) -> dict[str, str]:
     return {
-        "CHATBOT_MODEL_WAIT_TIMEOUT_S": str(int(config.model_wait_timeout_s)),
-        "CHATBOT_HISTORY_PATH": f"{DATA_DIR}/history.sqlite3",
+        env_name("model_wait_timeout_s"): str(int(config.model_wait_timeout_s)),
+        env_name("history_path"): f"{DATA_DIR}/history.sqlite3",
     }
 
 
@@ -261,7 +262,8 @@ def fetch_job(owner: Owner, spec: ChatbotModelSpec, persona: str, profiles,
 
 def _secret_env(spec: ChatbotModelSpec) -> list[dict]:
     env = []
-    for var, ref in (("MONGO_URL", spec.secrets.mongodb), ("OPENAI_API_KEY", spec.secrets.openai)):
+    for var, ref in ((contract.MONGO_URL_ENV, spec.secrets.mongodb),
+                     (contract.OPENAI_API_KEY_ENV, spec.secrets.openai)):
         if ref:
             env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name,
                                                                       "key": ref.key}}})
@@ -288,10 +290,11 @@ def _report_env(owner: Owner, spec: ChatbotModelSpec, persona: str, profile: Gpu
     """Where the service reports what it really offloaded (status.acceleration.<persona>),
     tagged with the settings it was started with."""
     return [
-        {"name": "CHATBOT_STATUS_REPORT", "value": f"{owner.namespace}/{owner.name}"},
-        {"name": "CHATBOT_SETTINGS_HASH",
+        {"name": env_name("status_report"), "value": f"{owner.namespace}/{owner.name}"},
+        {"name": env_name("settings_hash"),
          "value": settings_hash(spec, persona, profile, config)},
-        {"name": "CHATBOT_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": env_name("pod_name"),
+         "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
 
 
@@ -310,13 +313,13 @@ def persona_deployment(owner: Owner, spec: ChatbotModelSpec, persona: str, profi
                     "--port", str(HTTP_PORT), "--forwarded-allow-ips", "*"],
         "ports": [{"name": "http", "containerPort": HTTP_PORT}],
         "envFrom": [{"configMapRef": {"name": settings_name(owner)}}],
-        "env": [{"name": "CHATBOT_ROOT_PATH", "value": f"/{persona}"}, *_secret_env(spec),
+        "env": [{"name": env_name("root_path"), "value": f"/{persona}"}, *_secret_env(spec),
                 *_report_env(owner, spec, persona, profile, config)],
         "resources": _resources(p, profile),
-        "startupProbe": _probe("/healthz", periodSeconds=5, failureThreshold=60),
-        "livenessProbe": _probe("/healthz", periodSeconds=10, failureThreshold=3),
+        "startupProbe": _probe(contract.HEALTH_PATH, periodSeconds=5, failureThreshold=60),
+        "livenessProbe": _probe(contract.HEALTH_PATH, periodSeconds=10, failureThreshold=3),
         # Not ready until the model is loaded (and while it waits for the file).
-        "readinessProbe": _probe("/readyz", periodSeconds=5, failureThreshold=3),
+        "readinessProbe": _probe(contract.READY_PATH, periodSeconds=5, failureThreshold=3),
         "securityContext": _container_security(),
         "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
                          {"name": "data", "mountPath": DATA_DIR},
@@ -386,7 +389,8 @@ def not_found_deployment(owner: Owner, spec: ChatbotModelSpec) -> dict:
                         "ports": [{"name": "http", "containerPort": HTTP_PORT}],
                         "resources": {"requests": {"cpu": "10m", "memory": "64Mi"},
                                       "limits": {"memory": "256Mi"}},
-                        "readinessProbe": _probe("/__healthz", periodSeconds=10),
+                        "readinessProbe": _probe(contract.NOT_FOUND_HEALTH_PATH,
+                                                 periodSeconds=10),
                         "securityContext": _container_security(),
                     }],
                 },
@@ -422,7 +426,8 @@ def ingress(owner: Owner, spec: ChatbotModelSpec) -> dict:
         "nginx.ingress.kubernetes.io/custom-http-errors": "404",
         "nginx.ingress.kubernetes.io/default-backend": not_found,
         "nginx.ingress.kubernetes.io/proxy-read-timeout": "300",
-        "nginx.ingress.kubernetes.io/proxy-body-size": "64k",
+        # The service's own limit, so that a body too large is refused before it.
+        "nginx.ingress.kubernetes.io/proxy-body-size": f"{contract.MAX_BODY_BYTES // 1024}k",
     }
     return {
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",

@@ -11,6 +11,7 @@ import sys
 
 import yaml
 
+from chatbot.contract import DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT_SIZE
 from chatbot_operator.spec import (
     CHARACTER_DEFAULTS,
     DEFAULT_SERVICE_IMAGE,
@@ -40,7 +41,8 @@ def _persona(defaults: dict, what: str) -> dict:
         "type": "object",
         "description": f"the {what} persona's Deployment",
         # A default object is checked against the rules as it stands: give it in full.
-        "default": {**defaults, "contextSize": 8191, "batchSize": 2048, "replicas": 1,
+        "default": {**defaults, "contextSize": DEFAULT_CONTEXT_SIZE,
+                    "batchSize": DEFAULT_BATCH_SIZE, "replicas": 1,
                     "allowCpuFallback": False},
         "properties": {
             "file": {"type": "string", "default": defaults["file"], "maxLength": 512,
@@ -63,9 +65,10 @@ def _persona(defaults: dict, what: str) -> dict:
                                                 "Accelerated=False warning condition)"},
             "maxConcurrent": {"type": "integer", "default": defaults["maxConcurrent"],
                               "minimum": 1, "maximum": 64},
-            "contextSize": {"type": "integer", "default": 8191, "minimum": 256,
+            "contextSize": {"type": "integer", "default": DEFAULT_CONTEXT_SIZE, "minimum": 256,
                             "maximum": 131072},
-            "batchSize": {"type": "integer", "default": 2048, "minimum": 1, "maximum": 131072},
+            "batchSize": {"type": "integer", "default": DEFAULT_BATCH_SIZE, "minimum": 1,
+                          "maximum": 131072},
             "replicas": {"type": "integer", "default": 1, "minimum": 0, "maximum": 64},
             "resources": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
             "image": {"type": "string", "description": "overrides spec.image"},

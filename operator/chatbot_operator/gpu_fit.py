@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from chatbot.contract import DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT_SIZE
 from chatbot_operator.gguf_header import GgufFacts
 
 MiB = 1 << 20
@@ -36,9 +37,9 @@ KV_BYTES_PER_ELEMENT = {"f16": 2.0, "f32": 4.0, "q8_0": 34 / 32}
 class Workload:
     """How the service will run the model (the persona's settings)."""
 
-    n_ctx: int = 8191  # per sequence
+    n_ctx: int = DEFAULT_CONTEXT_SIZE  # per sequence
     n_seq: int = 1  # maxConcurrent: one sequence per slot
-    n_batch: int = 2048
+    n_batch: int = DEFAULT_BATCH_SIZE
     kv_cache_type: str = "f16"
     flash_attn: bool = True
 

@@ -7,6 +7,10 @@ the pods' GPU offload report) reconcile their owner again, coalesced: one pass p
 after a quiet period (calm.py).
 No timer: kopf would put a finalizer on every resource for it, and deleting one would then
 wait for a running operator.
+
+Everything the handlers share lives in kopf's memo, made once at startup: the configuration
+(OperatorConfig, read from the environment), the Cluster client, the GPU profiles, the
+Applied cache and the Coalescer.
 """
 
 from __future__ import annotations
@@ -21,10 +25,8 @@ from chatbot_operator.apply import RETRYABLE, Cluster
 from chatbot_operator.calm import Applied, Coalescer
 from chatbot_operator.config import OperatorConfig
 from chatbot_operator.profiles import load_profiles
-from chatbot_operator.reconcile import reconcile
+from chatbot_operator.reconcile import Outcome, reconcile
 from chatbot_operator.spec import GROUP, KIND, PLURAL, VERSION
-
-CONFIG = OperatorConfig()
 
 
 def _api_client() -> kubernetes.client.ApiClient:
@@ -37,20 +39,19 @@ def _api_client() -> kubernetes.client.ApiClient:
 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger, **_):
-    global CONFIG
-    CONFIG = OperatorConfig()
+    memo.config = config = OperatorConfig()
     # reconcile posts its own Events for what happened; kopf's "handler succeeded" would
     # repeat on every watch event, so only its warnings and errors become Events.
     settings.posting.level = logging.WARNING
     # Under load (many resources, few cores) kopf's own annotation patch can take longer than
     # its default 5 s to come back through the watch; kopf would then handle an older event
     # as a new creation. Wait for it longer.
-    settings.persistence.consistency_timeout = CONFIG.consistency_timeout_s
-    memo.cluster = Cluster(_api_client(), CONFIG.field_manager)
-    memo.profiles = load_profiles(CONFIG.gpu_profiles)
+    settings.persistence.consistency_timeout = config.consistency_timeout_s
+    memo.cluster = Cluster(_api_client(), config.field_manager)
+    memo.profiles = load_profiles(config.gpu_profiles)
     memo.applied = Applied()
-    memo.coalescer = Coalescer(lambda key: _run(memo, *key), CONFIG.coalesce_s,
-                               CONFIG.coalesce_max_s, retry_if=_transient)
+    memo.coalescer = Coalescer(lambda key: _run(memo, *key), config.coalesce_s,
+                               config.coalesce_max_s, retry_if=_transient)
     logger.info("GPU profiles: %s", ", ".join(sorted(memo.profiles)))
 
 
@@ -71,9 +72,9 @@ def cleanup(memo: kopf.Memo, **_):
         cluster.api.close()
 
 
-def _run(memo: kopf.Memo, namespace: str, name: str) -> dict | None:
-    return reconcile(memo.cluster, CONFIG, memo.profiles, namespace, name, memo.cluster.event,
-                     memo.applied)
+def _run(memo: kopf.Memo, namespace: str, name: str) -> Outcome:
+    return reconcile(memo.cluster, memo.config, memo.profiles, namespace, name,
+                     memo.cluster.event, memo.applied)
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
@@ -93,12 +94,9 @@ def on_change(memo: kopf.Memo, namespace: str, name: str, **_):
     _check(_run(memo, namespace, name))
 
 
-def _check(status: dict | None) -> None:
-    status = status or {}
-    for cond in status.get("conditions") or []:
-        if cond["reason"] == "RouteAPIMissing":
-            # Reported in status; check again later (the API may get installed).
-            raise kopf.TemporaryError(cond["message"], delay=CONFIG.retry_delay_s)
+def _check(outcome: Outcome) -> None:
+    if outcome.retry_after is not None:
+        raise kopf.TemporaryError(outcome.retry_reason, delay=outcome.retry_after)
 
 
 MANAGED = {"app.kubernetes.io/managed-by": "chatbot-operator"}

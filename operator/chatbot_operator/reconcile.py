@@ -1,5 +1,9 @@
 """One reconcile pass: read the resource fresh, apply its children, write its status.
 
+A pass returns an Outcome: the status it wrote and, when something could not be done yet
+(the route's API is not served), after how long to try again; the kopf handlers turn that
+into a retry. The conditions themselves are built in status.py.
+
 Called from the create/update/resume handlers and (coalesced, calm.py) from watch events of
 the children; a per-object lock serialises them, and the fresh read means a pass never
 applies a stale spec. Children whose manifest did not change since their last successful
@@ -12,6 +16,7 @@ import datetime
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from kubernetes.client import ApiException
 from pydantic import ValidationError
@@ -25,12 +30,18 @@ from chatbot_operator.profiles import GpuProfile, UnknownProfile, resolve
 from chatbot_operator.spec import GROUP, PERSONAS, PLURAL, VERSION, ChatbotModelSpec
 from chatbot_operator.status import (
     Condition,
+    accelerated_condition,
+    all_failed,
     deployment_ready,
-    job_failure,
     job_state,
     merge_conditions,
+    model_condition,
+    persona_condition,
     phase,
     progress_text,
+    route_api_missing,
+    route_applied,
+    route_disabled,
     transitions,
 )
 
@@ -56,6 +67,16 @@ class SpecError(ValueError):
     pass
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What a pass did: the status it wrote (None: the resource is gone or being deleted)
+    and, when something it could not do yet may work later, when to try again and why."""
+
+    status: dict | None
+    retry_after: float | None = None
+    retry_reason: str = ""
+
+
 def _parse(obj: dict, profiles: dict[str, GpuProfile]) -> ChatbotModelSpec:
     try:
         spec = ChatbotModelSpec.parse(obj.get("spec") or {})
@@ -71,8 +92,7 @@ def _parse(obj: dict, profiles: dict[str, GpuProfile]) -> ChatbotModelSpec:
 
 def reconcile(cluster: Cluster, config: OperatorConfig, profiles: dict[str, GpuProfile],
               namespace: str, name: str, event: EventSink,
-              applied: Applied | None = None) -> dict | None:
-    """Returns the status written (None when the resource is gone or being deleted)."""
+              applied: Applied | None = None) -> Outcome:
     applied = applied if applied is not None else Applied()
     with _lock(namespace, name):
         try:
@@ -88,19 +108,18 @@ def reconcile(cluster: Cluster, config: OperatorConfig, profiles: dict[str, GpuP
 
 
 def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: str, name: str,
-               event: EventSink, applied: Applied) -> dict | None:
-    obj = cluster.custom(GROUP, VERSION, PLURAL, namespace, name)
+               event: EventSink, applied: Applied) -> Outcome:
+    obj = cluster.get_custom(GROUP, VERSION, PLURAL, namespace, name)
     if obj is None or obj["metadata"].get("deletionTimestamp"):
-        return None
+        return Outcome(None)
     owner = Owner(name, namespace, obj["metadata"]["uid"])
     applied.bind(namespace, name, owner.uid)
     previous = obj.get("status") or {}
     try:
         spec = _parse(obj, profiles)
     except SpecError as exc:
-        conds = [Condition(t, False, "InvalidSpec", str(exc)) for t in
-                 ("ModelReady", "OfficeReady", "CharacterReady", "RouteReady")]
-        return _write_status(cluster, obj, owner, conds, {}, {}, None, event)
+        conds = all_failed("InvalidSpec", str(exc))
+        return Outcome(_write_status(cluster, obj, owner, conds, {}, {}, None, event))
 
     download = previous.get("download") or {}
     plans = {p: gpu_plan.plan(spec, p, resolve(spec.persona(p).gpu_profile, profiles),
@@ -112,27 +131,12 @@ def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: st
     except ApiException as exc:
         if exc.status in RETRYABLE or not exc.status:
             raise
-        message = str(as_kopf_error(exc, "applying a child"))
-        conds = [Condition(t, False, "ApplyFailed", message) for t in
-                 ("ModelReady", "OfficeReady", "CharacterReady", "RouteReady")]
-        return _write_status(cluster, obj, owner, conds, {}, {}, spec, event)
-    model_states, ready, route_cond, jobs = states
+        conds = all_failed("ApplyFailed", str(as_kopf_error(exc, "applying a child")))
+        return Outcome(_write_status(cluster, obj, owner, conds, {}, {}, spec, event))
+    model_states, ready, (route_cond, route_retry), jobs = states
 
-    conds: list[Condition] = []
-    failed = {p: s for p, s in model_states.items() if s == "failed"}
-    if failed:
-        msg = "; ".join(f"{p}: {job_failure(jobs[p])}" for p in failed)
-        download = previous.get("download") or {}
-        detail = "; ".join(f"{p}: {(download.get(p) or {}).get('message')}" for p in failed
-                           if (download.get(p) or {}).get("message"))
-        conds.append(Condition("ModelReady", False, "FetchFailed", detail or msg))
-    elif all(s == "complete" for s in model_states.values()):
-        reason = "Downloaded" if builders.needs_fetch(spec) else "ExistingClaim"
-        conds.append(Condition("ModelReady", True, reason, "model files are on the volume"))
-    else:
-        waiting = [p for p, s in model_states.items() if s != "complete"]
-        conds.append(Condition("ModelReady", False, "Downloading",
-                               f"fetching the model for {', '.join(waiting)}"))
+    conds = [model_condition(model_states, jobs, previous.get("download"),
+                             builders.needs_fetch(spec))]
     accel: dict[str, gpu_plan.Acceleration] = {}
     for persona in PERSONAS:
         p = spec.persona(persona)
@@ -143,39 +147,24 @@ def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: st
             builders.settings_hash(spec, persona, profile, config))
     for persona in PERSONAS:
         ok, figure = ready[persona]
-        p, a, too_large = spec.persona(persona), accel[persona], plans[persona].too_large
-        if too_large:
-            c = Condition(f"{persona.capitalize()}Ready", False, "ModelTooLarge", too_large)
-        elif ok and a.fallback and not p.allow_cpu_fallback:
-            c = Condition(f"{persona.capitalize()}Ready", False, "CpuFallback",
-                          f"{a.message}; set allowCpuFallback: true to accept it")
-        elif ok:
-            c = Condition(f"{persona.capitalize()}Ready", True, "DeploymentReady",
-                          f"{figure} replicas ready")
-        elif model_states[persona] != "complete":
-            c = Condition(f"{persona.capitalize()}Ready", False, "WaitingForModel",
-                          "the Deployment starts once its model is downloaded")
-        else:
-            c = Condition(f"{persona.capitalize()}Ready", False, "RollingOut",
-                          f"{figure} replicas ready")
-        conds.append(c)
+        a = accel[persona]
+        conds.append(persona_condition(
+            persona, ready=ok, figure=figure, model_state=model_states[persona],
+            too_large=plans[persona].too_large,
+            cpu_fallback=a.message if a.fallback and not spec.persona(persona).allow_cpu_fallback
+            else None))
     conds.append(route_cond)
-    fallbacks = [a.message for a in accel.values() if a.fallback]
-    if fallbacks:
-        conds.append(Condition("Accelerated", False, "CpuFallback", "; ".join(fallbacks)))
-    elif all(a.reported or a.text.endswith(" cpu") for a in accel.values()):
-        conds.append(Condition("Accelerated", True, "AsTold",
-                               "; ".join(a.message for a in accel.values())))
-    else:
-        conds.append(Condition("Accelerated", None, "NotReported",
-                               "; ".join(a.message for a in accel.values())))
+    conds.append(accelerated_condition(list(accel.values())))
     figures = {p: ready[p][1] for p in PERSONAS}
     extra: dict = {"accel": ", ".join(a.text for a in accel.values())}
     gpu_fits = {p: pl.status for p, pl in plans.items() if pl.status}
     if gpu_fits or previous.get("gpuFit"):
         extra["gpuFit"] = gpu_fits
-    return _write_status(cluster, obj, owner, conds, figures, model_states, spec, event,
-                         extra)
+    status = _write_status(cluster, obj, owner, conds, figures, model_states, spec, event, extra)
+    if route_retry:
+        # Reported in status; the route's API may get installed: check again later.
+        return Outcome(status, config.retry_delay_s, route_cond.message)
+    return Outcome(status)
 
 
 def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: ChatbotModelSpec,
@@ -209,11 +198,12 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
                                    job_name)
             if job is None:
                 job = apply(builders.fetch_job(owner, spec, persona, profiles, config), None)
-                cluster.custom(GROUP, VERSION, PLURAL, owner.namespace, owner.name,
-                               status_patch={"status": {"download": {persona: {
-                                   "phase": "Pending", "percent": 0, "bytesDone": 0,
-                                   "file": spec.persona(persona).file, "message": None,
-                                   "gguf": None}}}})
+                cluster.patch_custom_status(GROUP, VERSION, PLURAL, owner.namespace, owner.name,
+                                            {"status": {"download": {persona: {
+                                                "phase": "Pending", "percent": 0,
+                                                "bytesDone": 0,
+                                                "file": spec.persona(persona).file,
+                                                "message": None, "gguf": None}}}})
                 event(obj, "Normal", "FetchStarted",
                       f"{persona}: downloading {spec.persona(persona).file} (Job {job_name})")
             jobs[persona] = job
@@ -241,9 +231,9 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
         apply(builders.persona_service(owner, persona))
         ready[persona] = deployment_ready(dep, spec.persona(persona).replicas)
 
-    route_cond = _apply_route(cluster, owner, spec, apply)
+    route = _apply_route(cluster, owner, spec, apply)
     applied.pass_done(key)
-    return model_states, ready, route_cond, jobs
+    return model_states, ready, route, jobs
 
 
 def _delete_stale_jobs(cluster: Cluster, owner: Owner, persona: str, current: str,
@@ -257,23 +247,21 @@ def _delete_stale_jobs(cluster: Cluster, owner: Owner, persona: str, current: st
             event(obj, "Normal", "FetchJobReplaced", f"{persona}: deleted old Job {old}")
 
 
-def _apply_route(cluster: Cluster, owner: Owner, spec: ChatbotModelSpec, apply) -> Condition:
+def _apply_route(cluster: Cluster, owner: Owner, spec: ChatbotModelSpec,
+                 apply) -> tuple[Condition, bool]:
+    """The route and its 404 backend: (RouteReady, whether to try again later)."""
     manifest = builders.route(owner, spec)
     if manifest is None:
-        return Condition("RouteReady", True, "Disabled", "route.kind is None")
+        return route_disabled(), False
     apply(builders.not_found_deployment(owner, spec))
     apply(builders.service(owner, builders.not_found_name(owner), "not-found"))
     try:
         apply(manifest)
     except ApiException as exc:
         if exc.status == 404:
-            return Condition("RouteReady", False, "RouteAPIMissing",
-                             f"{manifest['kind']} ({manifest['apiVersion']}) is not served by "
-                             "this cluster: install its CRDs or use another route.kind")
+            return route_api_missing(manifest["kind"], manifest["apiVersion"]), True
         raise
-    return Condition("RouteReady", True, "Applied",
-                     f"{manifest['kind']} {owner.name}: /office and /character on port "
-                     f"{builders.ROUTE_PORT}")
+    return route_applied(manifest["kind"], owner.name, builders.ROUTE_PORT), False
 
 
 def _write_status(cluster: Cluster, obj: dict, owner: Owner, conds: list[Condition],
@@ -309,8 +297,8 @@ def _write_status(cluster: Cluster, obj: dict, owner: Owner, conds: list[Conditi
     changed = {k: _replacing(previous.get(k), v) if k == "gpuFit" else v
                for k, v in status.items() if previous.get(k) != v}
     if changed:
-        cluster.custom(GROUP, VERSION, PLURAL, owner.namespace, owner.name,
-                       status_patch={"status": changed})
+        cluster.patch_custom_status(GROUP, VERSION, PLURAL, owner.namespace, owner.name,
+                                    {"status": changed})
     return status
 
 

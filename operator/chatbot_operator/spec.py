@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chatbot.contract import DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT_SIZE
+
 GROUP = "chatbot.treenut.ai"
 VERSION = "v1alpha1"
 KIND = "ChatbotModel"
@@ -52,8 +54,8 @@ class Persona(_Model):
     tolerations: list[dict] = Field(default_factory=list)
     gpu_layers: int | Literal["auto"] = Field(alias="gpuLayers")
     max_concurrent: int = Field(alias="maxConcurrent")
-    context_size: int = Field(default=8191, alias="contextSize")
-    batch_size: int = Field(default=2048, alias="batchSize")
+    context_size: int = Field(default=DEFAULT_CONTEXT_SIZE, alias="contextSize")
+    batch_size: int = Field(default=DEFAULT_BATCH_SIZE, alias="batchSize")
     replicas: int = 1
     resources: dict = Field(default_factory=dict)
     image: str | None = None

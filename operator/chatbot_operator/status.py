@@ -1,9 +1,16 @@
-"""Pure status computation: observed children -> phase, conditions, columns."""
+"""Pure status computation: observed children -> conditions, phase, columns.
+
+reconcile.py observes (children, their states, the route's API) and writes; every condition
+it reports is built here, from plain values.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
+# The conditions Ready is made of, in the order they are reported.
 CONDITIONS = ("ModelReady", "OfficeReady", "CharacterReady", "RouteReady")
 FAILURES = ("FetchFailed", "InvalidSpec", "ApplyFailed", "RouteAPIMissing", "ModelTooLarge",
             "CpuFallback")
@@ -21,6 +28,86 @@ class Condition:
     @property
     def status_text(self) -> str:
         return "Unknown" if self.status is None else "True" if self.status else "False"
+
+
+class AccelerationReport(Protocol):
+    """A persona's GPU offload as gpu_plan.acceleration() reads it."""
+
+    text: str
+    fallback: bool
+    reported: bool
+    message: str
+
+
+def all_failed(reason: str, message: str) -> list[Condition]:
+    """Every readiness condition False for one reason (an invalid spec, a refused apply)."""
+    return [Condition(t, False, reason, message) for t in CONDITIONS]
+
+
+def model_condition(states: Mapping[str, str], jobs: Mapping[str, dict],
+                    download: Mapping[str, dict] | None, fetched: bool) -> Condition:
+    """ModelReady from each persona's fetch state (job_state); ``download`` is the fetch
+    Jobs' own report (status.download), ``fetched`` whether the model comes from a fetch
+    rather than an existing claim."""
+    failed = [p for p, s in states.items() if s == "failed"]
+    if failed:
+        reports = {p: ((download or {}).get(p) or {}).get("message") for p in failed}
+        detail = "; ".join(f"{p}: {reports[p]}" for p in failed if reports[p])
+        return Condition("ModelReady", False, "FetchFailed",
+                         detail or "; ".join(f"{p}: {job_failure(jobs[p])}" for p in failed))
+    if all(s == "complete" for s in states.values()):
+        return Condition("ModelReady", True, "Downloaded" if fetched else "ExistingClaim",
+                         "model files are on the volume")
+    waiting = [p for p, s in states.items() if s != "complete"]
+    return Condition("ModelReady", False, "Downloading",
+                     f"fetching the model for {', '.join(waiting)}")
+
+
+def persona_condition(persona: str, *, ready: bool, figure: str, model_state: str,
+                      too_large: str | None = None, cpu_fallback: str | None = None
+                      ) -> Condition:
+    """OfficeReady / CharacterReady. ``figure``: "ready/wanted" replicas; ``too_large``: why
+    the model cannot fit its profile; ``cpu_fallback``: the offload report of a pod that fell
+    back to the CPU when the resource does not accept that."""
+    type_ = f"{persona.capitalize()}Ready"
+    if too_large:
+        return Condition(type_, False, "ModelTooLarge", too_large)
+    if ready and cpu_fallback is not None:
+        return Condition(type_, False, "CpuFallback",
+                         f"{cpu_fallback}; set allowCpuFallback: true to accept it")
+    if ready:
+        return Condition(type_, True, "DeploymentReady", f"{figure} replicas ready")
+    if model_state != "complete":
+        return Condition(type_, False, "WaitingForModel",
+                         "the Deployment starts once its model is downloaded")
+    return Condition(type_, False, "RollingOut", f"{figure} replicas ready")
+
+
+def route_disabled() -> Condition:
+    return Condition("RouteReady", True, "Disabled", "route.kind is None")
+
+
+def route_api_missing(kind: str, api_version: str) -> Condition:
+    """The cluster does not serve the route's kind (its CRDs are not installed)."""
+    return Condition("RouteReady", False, "RouteAPIMissing",
+                     f"{kind} ({api_version}) is not served by this cluster: install its CRDs "
+                     "or use another route.kind")
+
+
+def route_applied(kind: str, name: str, port: int) -> Condition:
+    return Condition("RouteReady", True, "Applied",
+                     f"{kind} {name}: /office and /character on port {port}")
+
+
+def accelerated_condition(reports: Sequence[AccelerationReport]) -> Condition:
+    """Accelerated (a warning, not part of Ready): did every pod offload as told?"""
+    fallbacks = [a.message for a in reports if a.fallback]
+    if fallbacks:
+        return Condition("Accelerated", False, "CpuFallback", "; ".join(fallbacks))
+    summary = "; ".join(a.message for a in reports)
+    if all(a.reported or a.text.endswith(" cpu") for a in reports):
+        return Condition("Accelerated", True, "AsTold", summary)
+    return Condition("Accelerated", None, "NotReported", summary)
 
 
 def job_state(job: dict | None) -> str:

@@ -21,6 +21,7 @@ from chatbot.api.metrics import PersonaMetrics
 from chatbot.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from chatbot.api.openai_compat import router as openai_compat
 from chatbot.api.routes import character, common, office
+from chatbot.contract import NOT_FOUND_HEALTH_PATH
 from chatbot.core.admission import Admission
 from chatbot.core.chat import ChatService
 from chatbot.core.ports import HistoryStore, NoWebSearch, WebSearch
@@ -154,9 +155,6 @@ def persona_app(runtime: PersonaRuntime, root_path: str = "", lifespan=None) -> 
 
 async def _not_found(request: Request, exc: Exception | None = None) -> HTMLResponse:
     return HTMLResponse(NOT_FOUND_PAGE, status_code=404)
-
-
-NOT_FOUND_HEALTH_PATH = "/__healthz"
 
 
 def not_found_app() -> Starlette:

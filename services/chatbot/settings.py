@@ -17,6 +17,16 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from chatbot.contract import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CONTEXT_SIZE,
+    ENV_PREFIX,
+    MAX_BODY_BYTES,
+    MONGO_URL_ENV,
+    NESTED_DELIMITER,
+    OPENAI_API_KEY_ENV,
+    env_name,
+)
 from chatbot.domain.personas import Persona, SamplingOverrides
 
 
@@ -27,8 +37,8 @@ def _data_home() -> Path:
 class ModelSettings(BaseModel):
     """How llama.cpp loads a persona's model (the seed's values by default)."""
 
-    n_ctx: int = Field(default=8191, gt=0)
-    n_batch: int = Field(default=2048, gt=0)
+    n_ctx: int = Field(default=DEFAULT_CONTEXT_SIZE, gt=0)
+    n_batch: int = Field(default=DEFAULT_BATCH_SIZE, gt=0)
     n_gpu_layers: int = Field(default=-1, ge=-1)
     main_gpu: int = Field(default=0, ge=0)
     flash_attn: bool = True
@@ -78,7 +88,7 @@ class CharacterSettings(PersonaSettings):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="CHATBOT_", env_nested_delimiter="__", extra="ignore"
+        env_prefix=ENV_PREFIX, env_nested_delimiter=NESTED_DELIMITER, extra="ignore"
     )
 
     engine: Literal["batched", "sequential"] = Field(
@@ -99,7 +109,7 @@ class Settings(BaseSettings):
         default=0.0, ge=0,
         description="wait this long for a missing model file to appear (0: fail at once)",
     )
-    max_body_bytes: int = Field(default=64 * 1024, gt=0)
+    max_body_bytes: int = Field(default=MAX_BODY_BYTES, gt=0)
     root_path: str = Field(default="", description="path prefix a proxy strips, e.g. /office")
     shutdown_grace_s: float = Field(
         default=20.0, gt=0, description="on SIGTERM, in-flight answers get this long to finish"
@@ -108,7 +118,7 @@ class Settings(BaseSettings):
 
     # Conversation memory in MongoDB; without a URL the embedded store above is used.
     mongo_url: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("MONGO_URL", "CHATBOT_MONGO_URL"),
+        default=None, validation_alias=AliasChoices(MONGO_URL_ENV, env_name("mongo_url")),
         description="a standard mongodb:// connection string (may hold credentials)")
     mongo_database: str = Field(
         default="chatbot", min_length=1,
@@ -118,7 +128,8 @@ class Settings(BaseSettings):
 
     # The GPT routes (OpenAI). Without a key they answer 503.
     openai_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "CHATBOT_OPENAI_API_KEY"))
+        default=None,
+        validation_alias=AliasChoices(OPENAI_API_KEY_ENV, env_name("openai_api_key")))
     openai_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "CHATBOT_OPENAI_BASE_URL"),
         description="another OpenAI-compatible endpoint, e.g. http://host/office/v1")

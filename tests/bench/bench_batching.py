@@ -42,13 +42,15 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from chatbot.core.ports import Turn  # noqa: E402
 from chatbot.core.prompts import office_messages  # noqa: E402
 from chatbot.domain.personas import OFFICE, STOP_STRINGS  # noqa: E402
 from chatbot.llm.bundled import bundled_model_path  # noqa: E402
 from chatbot.llm.tiny_model import write_tiny_model  # noqa: E402
 from chatbot.loadtest.answers import server_timing_s  # noqa: E402
 from chatbot.settings import OfficeSettings  # noqa: E402
-from tests.service.server import ChatbotServer, free_port  # noqa: E402
+from tests.support import free_port  # noqa: E402
+from tests.support.server import ChatbotServer  # noqa: E402
 
 THREADS = len(os.sched_getaffinity(0))  # --threads overrides
 SLOTS = 8
@@ -65,10 +67,13 @@ class Sample:
     tokens: int
 
 
-def _messages(question: str) -> list[dict]:
+def peer_messages(question: str, history: list[tuple[str, str]] = ()) -> list[dict]:
+    """What our service renders for this turn, for a peer to be sent the same prompt: the
+    office persona's prompt, its last turns (question, answer), the new question."""
     s = OfficeSettings()
+    turns = [Turn(i, q, a, "") for i, (q, a) in enumerate(list(history)[-OFFICE.history_turns:])]
     msgs = office_messages(assistant_name=s.assistant_name, role=s.assistant_role,
-                           user_input=question, history=[], results=[])
+                           user_input=question, history=turns, results=[])
     return [{"role": m.role, "content": m.content} for m in msgs]
 
 
@@ -142,7 +147,7 @@ class LlamaServer:
         raise RuntimeError(f"llama-server never got ready; see {self._log.name}")
 
     def request(self, http: httpx.Client, question: str) -> Sample:
-        return self.chat(http, _messages(question))[0]
+        return self.chat(http, peer_messages(question))[0]
 
     def chat(self, http: httpx.Client, messages: list[dict]) -> tuple[Sample, str]:
         """One streamed `/v1/chat/completions` (prompt cache on); its sample and answer."""

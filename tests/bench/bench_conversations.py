@@ -35,14 +35,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "bench"))
 
-import bench_batching as bb  # noqa: E402
-
-from chatbot.core.ports import Turn  # noqa: E402
-from chatbot.core.prompts import office_messages  # noqa: E402
-from chatbot.domain.personas import OFFICE  # noqa: E402
-from chatbot.settings import OfficeSettings  # noqa: E402
+from tests.bench import bench_batching as bb  # noqa: E402
 
 QUESTIONS = (
     "How should I write the minutes of a project kickoff meeting?",
@@ -58,16 +52,6 @@ QUESTIONS = (
 
 def question(turn: int, user: int) -> str:
     return f"{QUESTIONS[turn % len(QUESTIONS)]} (user {user})"
-
-
-def peer_messages(history: list[tuple[str, str]], user_input: str) -> list[dict]:
-    """What our service renders for this turn: the persona's prompt, its last turns, the
-    new question."""
-    s = OfficeSettings()
-    turns = [Turn(i, q, a, "") for i, (q, a) in enumerate(history[-OFFICE.history_turns:])]
-    msgs = office_messages(assistant_name=s.assistant_name, role=s.assistant_role,
-                           user_input=user_input, history=turns, results=[])
-    return [{"role": m.role, "content": m.content} for m in msgs]
 
 
 def prompt_counters(url: str) -> tuple[float, float]:
@@ -100,7 +84,7 @@ def run_level(contender, users: int, turns: int, tag: str):
                     if ours:
                         sample, answer = contender.ask(http, {"input_data": q, **conversation})
                     else:
-                        sample, answer = contender.chat(http, peer_messages(history, q))
+                        sample, answer = contender.chat(http, bb.peer_messages(q, history))
                 except BaseException as exc:  # reported after the level
                     errors.append(exc)
                     return

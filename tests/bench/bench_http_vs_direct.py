@@ -28,13 +28,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from chatbot.core.prompts import office_messages  # noqa: E402
 from chatbot.domain.personas import OFFICE, STOP_STRINGS  # noqa: E402
 from chatbot.llm.bundled import bundled_model_path  # noqa: E402
 from chatbot.llm.tiny_model import write_tiny_model  # noqa: E402
 from chatbot.loadtest.answers import server_timing_s  # noqa: E402
-from chatbot.settings import OfficeSettings  # noqa: E402
-from tests.service.server import ChatbotServer, free_port  # noqa: E402
+from tests.bench.bench_batching import peer_messages  # noqa: E402
+from tests.support import free_port  # noqa: E402
+from tests.support.server import ChatbotServer  # noqa: E402
 
 TOKENS = 128
 QUESTION = "Explain in a few sentences how to write good meeting notes."
@@ -52,13 +52,6 @@ class Sample:
     in_server: float = 0.0  # ours only: Server-Timing total - queue - gen
 
 
-def _messages(question: str) -> list[dict]:
-    s = OfficeSettings()
-    msgs = office_messages(assistant_name=s.assistant_name, role=s.assistant_role,
-                           user_input=question, history=[], results=[])
-    return [{"role": m.role, "content": m.content} for m in msgs]
-
-
 def _sampling() -> dict:
     g = OFFICE.generation
     return dict(max_tokens=TOKENS, temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
@@ -70,7 +63,7 @@ def _sampling() -> dict:
 def direct(llm, question: str) -> Sample:
     started = time.perf_counter()
     first, tokens = 0.0, 0
-    for chunk in llm.create_chat_completion(messages=_messages(question), stream=True,
+    for chunk in llm.create_chat_completion(messages=peer_messages(question), stream=True,
                                             **_sampling()):
         if chunk["choices"][0]["delta"].get("content"):
             tokens += 1
@@ -90,7 +83,7 @@ def ours(http: httpx.Client, question: str) -> Sample:
 
 def peer(http: httpx.Client, question: str) -> Sample:
     """llama_cpp.server, streamed so its time to first token is seen by the client."""
-    body = {"messages": _messages(question), "stream": True, **_sampling()}
+    body = {"messages": peer_messages(question), "stream": True, **_sampling()}
     started = time.perf_counter()
     first, tokens = 0.0, 0
     with http.stream("POST", "/v1/chat/completions", json=body) as r:

@@ -45,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from chatbot.llm.bundled import BUNDLED_FILE, bundled_model_path  # noqa: E402
 from chatbot.llm.tiny_model import write_tiny_model  # noqa: E402
-from tests.images import engine  # noqa: E402
 from tests.images.persona_pod import Container, example_spec, models_dir  # noqa: E402
+from tests.support import docker_engine as engine  # noqa: E402
 
 BUDGET_MB = {"service": 800, "operator": 500}
 BUDGET_READY_S = {"service SmolLM2": 10.0, "service tiny": 10.0, "operator fetch": 5.0,

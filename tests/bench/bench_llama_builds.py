@@ -44,7 +44,7 @@ from install import PORTABLE_CMAKE_ARGS  # noqa: E402
 
 from chatbot.llm.bundled import bundled_model_path  # noqa: E402
 from chatbot.llm.loading import system_info_features  # noqa: E402
-from tests.service.server import ChatbotServer  # noqa: E402
+from tests.support.server import ChatbotServer  # noqa: E402
 
 CACHE = Path(os.environ.get("CHATBOT_DEV_CACHE", Path.home() / ".cache/chatbot-dev"))
 VERSION = "0.3.36"

@@ -36,13 +36,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "tests/cluster"), str(ROOT)]
+sys.path.insert(0, str(ROOT))
 
 import kubernetes  # noqa: E402
-import localcluster  # noqa: E402
-import rbac_audit  # noqa: E402
-from cluster_helpers import api_client, service_account_kubeconfig  # noqa: E402
-from operator_fixtures import (  # noqa: E402
+
+from tests.kube import api_client, localcluster, rbac_audit, service_account_kubeconfig  # noqa: E402
+from tests.kube.operator_fixtures import (  # noqa: E402
     GROUP,
     PLURAL,
     VERSION,

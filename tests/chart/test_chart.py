@@ -20,8 +20,8 @@ import yaml
 from chatbot_operator import builders, profiles
 from chatbot_operator.config import OperatorConfig
 from chatbot_operator.spec import DEFAULT_SERVICE_IMAGE, ChatbotModelSpec
-from tests.chart.helm import CHART, find, one, run, template
 from tests.chart.value_sets import EXTERNAL, FULL, VALUE_SETS
+from tests.kube.helm import CHART, find, one, run, template
 
 RBAC_RULES = yaml.safe_load((CHART / "files/operator-rbac.yaml").read_text())["rules"]
 CRD = yaml.safe_load((CHART / "crds/chatbotmodels.yaml").read_text())

@@ -1,6 +1,6 @@
 """skaffold.yaml, checked against skaffold's own published JSON schema for its apiVersion
 (docs-v2/content/en/schemas/<version>.json from the skaffold Go module, SKAFFOLD_VERSION in
-tests/cluster/versions.env, fetched by tests/cluster/build-binaries), with every profile's
+tests/kube/versions.env, fetched by tests/cluster/build-binaries), with every profile's
 patches applied; and what it deploys: the chart rendered with each profile's values and
 the images skaffold would build.
 """
@@ -15,7 +15,9 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.chart.helm import CHART, ROOT, cluster_helpers, localcluster, one, run, template
+from tests.kube import helpers as cluster_helpers
+from tests.kube import localcluster
+from tests.kube.helm import CHART, ROOT, one, run, template
 
 SKAFFOLD = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())

@@ -6,7 +6,7 @@ Which cluster:
   deliberately ignored so that a developer's or CI's ambient cluster is never
   used by accident.
 * otherwise - a session-scoped local control plane (etcd, kube-apiserver,
-  controller-manager, scheduler, kwok; see localcluster.py) from the binaries
+  controller-manager, scheduler, kwok; see tests/kube/localcluster.py) from the binaries
   built by ``tests/cluster/build-binaries``. If they are missing the tests are
   skipped, unless ``CHATBOT_REQUIRE_CLUSTER=1`` (or ``CI`` is set), which makes
   it an error.
@@ -22,17 +22,14 @@ import contextlib
 import os
 import re
 import secrets
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import cluster_helpers  # noqa: E402
-import localcluster  # noqa: E402
+from tests.kube import helpers as cluster_helpers
+from tests.kube import localcluster
 
 EXTERNAL_ENV = "CHATBOT_TEST_KUBECONFIG"
 

@@ -1,12 +1,14 @@
 """Things only a real API server does: CEL validation, schema checks, SSA, RBAC."""
 
 import pytest
-from cluster_helpers import importorskip
+
+from tests.kube import importorskip
 
 kubernetes = importorskip("kubernetes")
 
-from cluster_helpers import wait_for  # noqa: E402
 from kubernetes.client import ApiException  # noqa: E402
+
+from tests.kube import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 

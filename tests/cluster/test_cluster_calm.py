@@ -11,15 +11,15 @@ from __future__ import annotations
 import time
 
 import pytest
-from cluster_helpers import importorskip
+
+from tests.kube import importorskip
 
 kubernetes = importorskip("kubernetes")
 importorskip("kopf")
 
-import rbac_audit  # noqa: E402
-from cluster_helpers import wait_for  # noqa: E402
-from operator_fixtures import GROUP, PLURAL, VERSION, example, get_cbm  # noqa: E402
-from test_cluster_operator import crd, operator, volumes  # noqa: E402, F401
+from tests.cluster.test_cluster_operator import crd, operator, volumes  # noqa: E402, F401
+from tests.kube import rbac_audit, wait_for  # noqa: E402
+from tests.kube.operator_fixtures import GROUP, PLURAL, VERSION, example, get_cbm  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 

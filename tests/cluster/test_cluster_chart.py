@@ -30,15 +30,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from cluster_helpers import importorskip
+
+from tests.kube import importorskip
 
 kubernetes = importorskip("kubernetes")
 importorskip("kopf")
 
-import localcluster  # noqa: E402
-from cluster_helpers import service_account_kubeconfig, wait_for  # noqa: E402
 from kubernetes.client import ApiException  # noqa: E402
-from operator_fixtures import (  # noqa: E402
+
+from tests.kube import localcluster, service_account_kubeconfig, wait_for  # noqa: E402
+from tests.kube.operator_fixtures import (  # noqa: E402
     GROUP,
     PLURAL,
     ROOT,
@@ -281,8 +282,8 @@ def test_every_rendered_object_passes_the_api_servers_strict_validation(
     """Each object `helm template` renders, sent to the API server as a server-side dry run
     with strict field validation: unknown or misplaced fields, bad enums and the CRD's own
     rules for the ChatbotModel are refused here, though nothing is created."""
-    from tests.chart.helm import template
     from tests.chart.value_sets import VALUE_SETS
+    from tests.kube.helm import template
 
     install_crd(kube_api)
     values = dict(VALUE_SETS[value_set])

@@ -14,14 +14,14 @@ import sys
 import threading
 
 import pytest
-from cluster_helpers import importorskip
+
+from tests.kube import importorskip
 
 kubernetes = importorskip("kubernetes")
 
-from operator_fixtures import GROUP, PLURAL, VERSION, example, get_cbm, install_crd  # noqa: E402
-
 from chatbot_operator import builders  # noqa: E402
 from chatbot_operator.apply import Cluster  # noqa: E402
+from tests.kube.operator_fixtures import GROUP, PLURAL, VERSION, example, get_cbm, install_crd  # noqa: E402
 from tests.operator.model_server import ModelServer  # noqa: E402
 
 pytestmark = pytest.mark.cluster

@@ -1,12 +1,14 @@
 """The garbage collector (kube-controller-manager) deletes dependents of deleted owners."""
 
 import pytest
-from cluster_helpers import importorskip
+
+from tests.kube import importorskip
 
 kubernetes = importorskip("kubernetes")
 
-from cluster_helpers import wait_for  # noqa: E402
 from kubernetes.client import ApiException  # noqa: E402
+
+from tests.kube import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 

@@ -21,14 +21,18 @@ import sys
 
 import pytest
 import yaml
-from cluster_helpers import importorskip
+
+from tests.kube import importorskip
 
 kubernetes = importorskip("kubernetes")
 importorskip("kopf")
 importorskip("llama_cpp")
 
-from cluster_helpers import wait_for  # noqa: E402
-from operator_fixtures import (  # noqa: E402
+from chatbot_operator import gpu_fit  # noqa: E402
+from chatbot_operator.gguf_header import read_facts  # noqa: E402
+from tests.cluster.test_cluster_operator import crd, operator, volumes  # noqa: E402, F401
+from tests.kube import wait_for  # noqa: E402
+from tests.kube.operator_fixtures import (  # noqa: E402
     GROUP,
     PLURAL,
     VERSION,
@@ -36,13 +40,9 @@ from operator_fixtures import (  # noqa: E402
     example,
     get_cbm,
 )
-from test_cluster_operator import crd, operator, volumes  # noqa: E402, F401
-
-from chatbot_operator import gpu_fit  # noqa: E402
-from chatbot_operator.gguf_header import read_facts  # noqa: E402
 from tests.operator.gguf_shapes import LLAMA_31_8B, Q, write_header  # noqa: E402
 from tests.operator.model_server import ModelServer  # noqa: E402
-from tests.service.server import ChatbotServer  # noqa: E402
+from tests.support.server import ChatbotServer  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 

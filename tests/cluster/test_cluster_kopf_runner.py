@@ -3,13 +3,15 @@
 from pathlib import Path
 
 import pytest
-from cluster_helpers import importorskip
+
+from tests.kube import importorskip
 
 kubernetes = importorskip("kubernetes")
 importorskip("kopf")
 
-from cluster_helpers import wait_for  # noqa: E402
 from kubernetes.client import ApiException  # noqa: E402
+
+from tests.kube import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 
@@ -75,7 +77,7 @@ def test_operator_runs_in_process_with_a_service_account_token(
 
 def test_operator_with_admin_credentials_by_module_name(kube_api, namespace, kopf_operator):
     core = kubernetes.client.CoreV1Api(kube_api)
-    with kopf_operator("kopf_echo_operator", namespace=namespace):
+    with kopf_operator("tests.cluster.kopf_echo_operator", namespace=namespace):
         core.create_namespaced_config_map(namespace, _source("admin"))
         child = wait_for(lambda: _echoed(core, namespace, "admin"), timeout=60,
                          desc="operator created admin-echo")

@@ -15,14 +15,16 @@ import secrets
 
 import pytest
 import yaml
-from cluster_helpers import importorskip
+
+from tests.kube import importorskip
 
 kubernetes = importorskip("kubernetes")
 importorskip("kopf")
 
-from cluster_helpers import wait_for  # noqa: E402
 from kubernetes.client import ApiException  # noqa: E402
-from operator_fixtures import (  # noqa: E402
+
+from tests.kube import wait_for  # noqa: E402
+from tests.kube.operator_fixtures import (  # noqa: E402
     GROUP,
     OPERATOR_MODULE,
     PLURAL,
@@ -329,8 +331,8 @@ def test_gateway_route_reports_a_missing_api_then_applies_the_httproute(
         kube_api, namespace, operator, volumes, fake_gpu_nodes, monkeypatch):
     """Without the Gateway API the route is reported (and retried); once its CRDs are there,
     the HTTPRoute passes the real Gateway API schema and validation."""
-    from cluster_helpers import require_cluster
-    from operator_fixtures import gateway_api_crd, install_crd_object
+    from tests.kube import require_cluster
+    from tests.kube.operator_fixtures import gateway_api_crd, install_crd_object
 
     ext = kubernetes.client.ApiextensionsV1Api(kube_api)
     try:
@@ -382,8 +384,8 @@ def test_the_operator_used_every_permission_the_chart_grants_and_none_was_refuse
     Gateway route (HTTPRoute applied). A permission none of them used is one to remove; a
     refused call is one kopf or the operator swallowed (kopf only logs a refused Event).
     """
-    import rbac_audit
-    from operator_fixtures import RBAC_FILE
+    from tests.kube import rbac_audit
+    from tests.kube.operator_fixtures import RBAC_FILE
 
     if kube_cluster.local is None:
         pytest.skip("only the local control plane writes an audit log")

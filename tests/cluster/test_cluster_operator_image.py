@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import secrets as random
-import socket
 import subprocess
 import time
 import urllib.error
@@ -29,13 +28,14 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
-from cluster_helpers import importorskip
+
+from tests.kube import importorskip
 
 kubernetes = importorskip("kubernetes")
 
-import localcluster  # noqa: E402
-from cluster_helpers import wait_for  # noqa: E402
-from operator_fixtures import (  # noqa: E402
+from tests.images.podrun import docker_run_args  # noqa: E402
+from tests.kube import localcluster, wait_for  # noqa: E402
+from tests.kube.operator_fixtures import (  # noqa: E402
     GROUP,
     PLURAL,
     ROOT,
@@ -45,21 +45,14 @@ from operator_fixtures import (  # noqa: E402
     get_cbm,
     model_volumes,
 )
-
-from tests.images import engine  # noqa: E402
-from tests.images.podrun import docker_run_args  # noqa: E402
+from tests.support import docker_engine as engine  # noqa: E402
+from tests.support import free_port  # noqa: E402
 
 pytestmark = [pytest.mark.cluster, pytest.mark.docker]
 
 CHART = ROOT / "charts/chatbot"
 RELEASE = "chatbot"
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("0.0.0.0", 0))
-        return sock.getsockname()[1]
 
 
 def _helm(kube_cluster, *args: str) -> str:
@@ -105,7 +98,7 @@ def _status(url: str) -> int | None:
 def test_the_operator_image_reconciles_the_example_as_the_chart_runs_it(
         kube_cluster, kube_api, namespace, fake_gpu_nodes, operator_image, tmp_path):
     image, tag = operator_image[0].rsplit(":", 1)
-    health = _free_port()
+    health = free_port("0.0.0.0")
     custom = kubernetes.client.CustomObjectsApi(kube_api)
     volumes = model_volumes(kube_api, namespace, "chatbot")
     name = f"chatbot-operator-image-{random.token_hex(3)}"

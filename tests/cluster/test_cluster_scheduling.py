@@ -1,11 +1,12 @@
 """The scheduler and kwok: nodeSelector placement, extended-resource capacity, readiness."""
 
 import pytest
-from cluster_helpers import importorskip
+
+from tests.kube import importorskip
 
 kubernetes = importorskip("kubernetes")
 
-from cluster_helpers import wait_for  # noqa: E402
+from tests.kube import wait_for  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 

@@ -4,9 +4,10 @@ import socket
 import struct
 import subprocess
 
-import localcluster
 import pytest
-from cluster_helpers import importorskip, require_cluster, wait_for
+
+from tests.kube import importorskip, localcluster, require_cluster, wait_for
+from tests.support import free_port
 
 pytestmark = pytest.mark.cluster
 
@@ -83,7 +84,7 @@ def test_ferretdb_serves_mongodb_wire_protocol_on_loopback_with_sqlite(tmp_path)
     help_out = subprocess.run([ferretdb, "--help"], capture_output=True, text=True, check=True)
     assert "sqlite" in help_out.stdout.lower()
 
-    port, debug_port = localcluster._free_port(), localcluster._free_port()
+    port, debug_port = free_port(), free_port()
     data = tmp_path / "sqlite"
     data.mkdir()
     log = open(tmp_path / "ferretdb.log", "w")

@@ -17,9 +17,9 @@ from chatbot_operator import builders
 from chatbot_operator.config import OperatorConfig
 from chatbot_operator.profiles import BUILTIN
 from chatbot_operator.spec import ChatbotModelSpec
-from tests.images import engine
 from tests.images.podrun import docker_run_args
-from tests.service.server import free_port
+from tests.support import docker_engine as engine
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "operator/examples/chatbotmodel.yaml"

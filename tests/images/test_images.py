@@ -24,7 +24,8 @@ from chatbot_operator import builders
 from chatbot_operator.config import OperatorConfig
 from chatbot_operator.profiles import BUILTIN
 from chatbot_operator.spec import DEFAULT_SERVICE_IMAGE, ChatbotModelSpec
-from tests.service.server import ChatbotServer, free_port
+from tests.support import free_port
+from tests.support.server import ChatbotServer
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"

@@ -24,9 +24,9 @@ from chatbot_operator import builders
 from chatbot_operator.config import OperatorConfig
 from chatbot_operator.profiles import BUILTIN
 from chatbot_operator.spec import ChatbotModelSpec
-from tests.images import engine
 from tests.images.podrun import docker_run_args
 from tests.operator.model_server import ModelServer
+from tests.support import docker_engine as engine
 
 pytestmark = pytest.mark.docker
 

@@ -28,8 +28,8 @@ import pytest
 
 from chatbot.llm.bundled import BUNDLED_FILE, bundled_model_path
 from chatbot_operator import builders
-from tests.images import engine
 from tests.images.persona_pod import Container, example_spec, models_dir
+from tests.support import docker_engine as engine
 
 pytestmark = pytest.mark.docker
 

@@ -8,10 +8,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.service.server import ChatbotServer
+from tests.support.server import ChatbotServer, performance
 
 PERSONAS = ("office", "character")
 # Office runs one answer at a time with two waiting, character two with two waiting, so 20
@@ -32,10 +31,6 @@ LOAD_ENV = {
 
 def chatbot_command() -> str:
     return shutil.which("chatbot", path=str(Path(sys.executable).parent)) or "chatbot"
-
-
-def performance(url: str, persona: str) -> dict:
-    return httpx.get(f"{url}/{persona}/performance", timeout=10).json()
 
 
 def idle_performance(url: str, persona: str, timeout: float = 30) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from tests.load.conftest import LOAD_ENV, chatbot_command, read_csv
-from tests.service.server import free_port
+from tests.support import free_port
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 

@@ -19,13 +19,9 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
-
-import localcluster  # noqa: E402
-import realnode  # noqa: E402
-from operator_fixtures import gateway_api_crds, install_crd_object  # noqa: E402
-
-from tests.images import engine  # noqa: E402
+from tests.kube import localcluster, realnode
+from tests.kube.operator_fixtures import gateway_api_crds, install_crd_object
+from tests.support import docker_engine as engine
 
 REQUIRE_ENV = "CHATBOT_REQUIRE_NODE"
 

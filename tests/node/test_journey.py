@@ -14,22 +14,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
-
-import localcluster  # noqa: E402
-from cluster_helpers import wait_for  # noqa: E402
-from operator_fixtures import GROUP, PLURAL, ROOT, VERSION  # noqa: E402
-
-from tests.operator.model_server import ModelServer  # noqa: E402
+from tests.kube import localcluster
+from tests.kube.helpers import wait_for
+from tests.kube.operator_fixtures import GROUP, PLURAL, ROOT, VERSION
+from tests.operator.model_server import ModelServer
 
 pytestmark = pytest.mark.node
 

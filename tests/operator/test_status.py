@@ -6,11 +6,17 @@ import kopf
 from kubernetes.client import ApiException
 
 from chatbot_operator.apply import as_kopf_error
+from chatbot_operator.gpu_plan import Acceleration
 from chatbot_operator.status import (
+    CONDITIONS,
     Condition,
+    accelerated_condition,
+    all_failed,
     deployment_ready,
     job_state,
     merge_conditions,
+    model_condition,
+    persona_condition,
     phase,
     progress_text,
     transitions,
@@ -72,3 +78,43 @@ def test_transient_api_errors_retry_and_others_do_not():
     err = as_kopf_error(ApiException(status=422, reason="Invalid",
                                      body='{"message": "spec.replicas: bad"}'), "applying")
     assert isinstance(err, kopf.PermanentError) and "spec.replicas: bad" in str(err)
+
+
+def test_an_invalid_spec_fails_every_readiness_condition():
+    conds = all_failed("InvalidSpec", "office: unknown GPU profile")
+    assert [c.type for c in conds] == list(CONDITIONS)
+    assert phase(conds) == "Failed"
+
+
+def test_a_failed_fetch_reports_the_jobs_own_account_before_the_job_condition():
+    jobs = {"office": {"status": {"conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+         "message": "Job has reached the specified backoff limit"}]}}}
+    states = {"office": "failed", "character": "complete"}
+    told = model_condition(states, jobs, {"office": {"message": "sha256 mismatch"}}, True)
+    assert (told.reason, told.message) == ("FetchFailed", "office: sha256 mismatch")
+    untold = model_condition(states, jobs, None, True)
+    assert untold.message == "office: BackoffLimitExceeded: Job has reached the specified " \
+                             "backoff limit"
+    waiting = model_condition({"office": "running", "character": "complete"}, {}, None, True)
+    assert (waiting.reason, waiting.message) == ("Downloading", "fetching the model for office")
+    assert model_condition({"office": "complete"}, {}, None, False).reason == "ExistingClaim"
+
+
+def test_a_pod_that_fell_back_to_the_cpu_is_not_ready_unless_that_is_accepted():
+    ready = dict(ready=True, figure="1/1", model_state="complete")
+    refused = persona_condition("office", **ready, cpu_fallback="office: 0/33 layers on GPU")
+    assert (refused.type, refused.status, refused.reason) == ("OfficeReady", False,
+                                                              "CpuFallback")
+    assert "allowCpuFallback: true" in refused.message
+    assert persona_condition("office", **ready).reason == "DeploymentReady"
+    assert persona_condition("office", ready=False, figure="0/1",
+                             model_state="running").reason == "WaitingForModel"
+    too_large = persona_condition("office", **ready, too_large="needs 9 GiB of 8")
+    assert (too_large.reason, too_large.message) == ("ModelTooLarge", "needs 9 GiB of 8")
+    fallback = accelerated_condition([Acceleration("office gpu! 0/33", fallback=True,
+                                                   message="office: 0/33 layers on GPU"),
+                                      Acceleration("character cpu", message="no GPU")])
+    assert (fallback.status, fallback.reason) == (False, "CpuFallback")
+    unknown = accelerated_condition([Acceleration("office gpu 33/33", message="asked 33")])
+    assert (unknown.status, unknown.reason) == (None, "NotReported")

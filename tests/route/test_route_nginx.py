@@ -20,10 +20,12 @@ import yaml
 from chatbot_operator import builders
 from chatbot_operator.builders import Owner
 from chatbot_operator.spec import ChatbotModelSpec
-from tests.chart.helm import cluster_helpers, template
+from tests.kube import helpers as cluster_helpers
+from tests.kube.helm import template
 from tests.route import httproute_nginx, ingress_nginx
 from tests.route.nginx import Nginx, http_config, nginx_binary
-from tests.service.server import ChatbotServer, free_port
+from tests.support import free_port
+from tests.support.server import ChatbotServer
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "operator/examples/chatbotmodel.yaml"
 OWNER = Owner("chatbot", "chatbot", "uid-1")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.service.server import ChatbotServer
+from tests.support.server import ChatbotServer
 
 
 @pytest.fixture(scope="session")

@@ -10,14 +10,10 @@ import httpx
 LONG = {"input_data": "긴 보고서를 써 주세요."}
 
 
-def _perf(server) -> dict:
-    return httpx.get(server.url + "/office/performance", timeout=10).json()
-
-
 def _wait_idle(server, timeout: float = 10) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        perf = _perf(server)
+        perf = server.performance("office")
         if not perf["engine_generating"] and perf["active_connections"] == 0:
             return perf
         time.sleep(0.05)
@@ -61,7 +57,8 @@ def test_the_deadline_gives_504_and_stops_the_generation(start_server):
     assert elapsed < 5
     stopped = _wait_idle(server)
     time.sleep(0.5)
-    assert _perf(server)["engine_generated_tokens"] == stopped["engine_generated_tokens"]
+    assert (server.performance("office")["engine_generated_tokens"]
+            == stopped["engine_generated_tokens"])
     assert stopped["engine_generated_tokens"] < 6000
     assert stopped["failed"] == 1 and stopped["success_rate"] == 0.0
 
@@ -80,7 +77,7 @@ def test_clients_that_disconnect_free_their_slot_and_never_generate(start_server
     asyncio.run(impatient())
     idle = _wait_idle(server)
     time.sleep(0.5)
-    after = _perf(server)
+    after = server.performance("office")
     # The queued request never started: no tokens appear after the first one stopped.
     assert after["engine_generated_tokens"] == idle["engine_generated_tokens"]
     assert after["queue_size"] == 0 and after["active_connections"] == 0
@@ -105,7 +102,7 @@ def test_shutdown_stops_a_long_generation_within_the_grace_period(start_server):
     asker = threading.Thread(target=ask)
     asker.start()
     deadline = time.monotonic() + 10
-    while not _perf(server)["engine_generating"]:
+    while not server.performance("office")["engine_generating"]:
         assert time.monotonic() < deadline, "the generation never started"
         time.sleep(0.05)
     started = time.monotonic()

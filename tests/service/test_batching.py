@@ -18,11 +18,6 @@ def office3(start_server):
     })
 
 
-def perf(server) -> dict:
-    with server.client() as http:
-        return http.get("/performance").json()
-
-
 def test_max_concurrent_requests_decode_together(office3):
     def ask(i: int):
         with office3.client() as http:
@@ -31,7 +26,7 @@ def test_max_concurrent_requests_decode_together(office3):
     with ThreadPoolExecutor(3) as pool:
         answers = list(pool.map(ask, range(3)))
     assert [r.status_code for r in answers] == [200, 200, 200]
-    p = perf(office3)
+    p = office3.performance()
     assert p["engine_peak_sequences"] == 3
     assert p["engine_sequences_active"] == 0
 
@@ -42,11 +37,11 @@ def test_a_conversations_next_turn_reuses_its_earlier_prompt(office3):
     conversation = {"db_id": str(uuid.uuid4()), "user_id": "batching-test"}
     question = "Please review these minutes: " + "the budget line moved; " * 20
     with office3.client() as http:
-        before = perf(office3)
+        before = office3.performance()
         first = http.post("/Llama", json={"input_data": question, **conversation})
-        middle = perf(office3)
+        middle = office3.performance()
         second = http.post("/Llama", json={"input_data": "And the totals?", **conversation})
-        after = perf(office3)
+        after = office3.performance()
     assert first.status_code == second.status_code == 200
     assert second.headers["x-history-turns"] == "1"
     reused_first = middle["engine_prompt_tokens_reused"] - before["engine_prompt_tokens_reused"]

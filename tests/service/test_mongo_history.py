@@ -1,5 +1,5 @@
 """Conversation memory in MongoDB through the real service: `chatbot serve` with MONGO_URL
-pointing at FerretDB v1 (SQLite backend, see tests/ferretdb.py), over real HTTP.
+pointing at FerretDB v1 (SQLite backend, see tests/support/ferretdb.py), over real HTTP.
 
 What the prompt carries is read at a tiny real OpenAI-compatible upstream
 (tests/service/upstreams.py) that the GPT route sends its messages to.
@@ -15,8 +15,8 @@ import uuid
 import httpx
 from pymongo import MongoClient
 
-from tests.service.server import free_port
 from tests.service.upstreams import FailingUpstream, RecordingUpstream
+from tests.support import free_port
 
 CHAR = {"character_name": "Rachel", "greeting": "Hello!", "context": "A shy student."}
 

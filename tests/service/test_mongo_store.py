@@ -1,6 +1,6 @@
 """The MongoDB history store against a real MongoDB-wire server: FerretDB v1 (SQLite backend).
 
-See tests/ferretdb.py for why FerretDB v1: no PostgreSQL needed, built from its Go module.
+See tests/support/ferretdb.py for why FerretDB v1: no PostgreSQL needed, built from its Go module.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """A real MongoDB-wire server for the tests: FerretDB v1 on its SQLite backend, on loopback.
 
 Why FerretDB v1.24 with SQLite: it is a production-used, MongoDB-compatible server built from
-its Go module by `tests/cluster/build-binaries` (pinned in tests/cluster/versions.env), and its
+its Go module by `tests/cluster/build-binaries` (pinned in tests/kube/versions.env), and its
 SQLite backend needs nothing else. FerretDB v2 needs PostgreSQL with the DocumentDB extension,
 which cannot be installed here without Docker.
 
-The binary is located the way the cluster tests locate theirs (tests/cluster/localcluster.py).
+The binary is located the way the cluster tests locate theirs (tests/kube/localcluster.py).
 When it is missing (e.g. `CHATBOT_TEST_KUBECONFIG` made `tests/run` skip build-binaries) the
 tests build it if Go is available, else skip with the reason; with `CHATBOT_REQUIRE_CLUSTER=1`
 (or `CI`) a missing binary fails them instead.
@@ -18,15 +18,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "cluster"))
-
-import localcluster  # noqa: E402
+from tests.kube import localcluster
+from tests.support.ports import free_port
 
 
 def _required() -> bool:
@@ -53,12 +51,6 @@ def ferretdb_binary() -> Path:
     return localcluster.binary("ferretdb")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class FerretDB:
     """One FerretDB process; `stop()`/`start()` keep the port and the data (outage tests)."""
 
@@ -67,13 +59,13 @@ class FerretDB:
         self.workdir = workdir
         self.data = workdir / "sqlite"
         self.data.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"mongodb://127.0.0.1:{self.port}/"
         self.proc: subprocess.Popen | None = None
         self.log = workdir / "ferretdb.log"
 
     def start(self, timeout: float = 30) -> None:
-        debug_port = _free_port()
+        debug_port = free_port()
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [str(self.binary), "--handler=sqlite", f"--sqlite-url=file:{self.data}/",

@@ -51,10 +51,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-try:
-    from . import localcluster
-except ImportError:  # imported from tests/cluster/ on sys.path
-    import localcluster
+from tests.kube import localcluster
+from tests.support.ports import free_port
 
 NODE_NAME = "node-1"
 POD_CIDR = "10.88.0.0/16"
@@ -389,10 +387,10 @@ state = "{d / 'state'}"
                                "x509": {"clientCAFile": str(c.pki / "ca.crt")}},
             "authorization": {"mode": "AlwaysAllow"},
             "address": self.ip,
-            "port": localcluster._free_port(),
+            "port": free_port(),
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
-            "healthzPort": localcluster._free_port(),
+            "healthzPort": free_port(),
             "clusterDNS": [self.ip],
             "clusterDomain": "cluster.local",
             "resolvConf": str(resolv),
@@ -441,8 +439,8 @@ state = "{d / 'state'}"
             # unless the service traffic is masqueraded to the bridge address.
             "iptables": {"masqueradeAll": True},
             "conntrack": {"maxPerCore": 0},
-            "metricsBindAddress": f"127.0.0.1:{localcluster._free_port()}",
-            "healthzBindAddress": f"127.0.0.1:{localcluster._free_port()}",
+            "metricsBindAddress": f"127.0.0.1:{free_port()}",
+            "healthzBindAddress": f"127.0.0.1:{free_port()}",
         }
         path = self.dir / "kube-proxy.json"
         path.write_text(json.dumps(cfg, indent=2))
@@ -517,7 +515,7 @@ state = "{d / 'state'}"
         c = self.cluster
         c.api("POST", "/apis/networking.k8s.io/v1/ingressclasses", {
             "metadata": {"name": "nginx"}, "spec": {"controller": "k8s.io/ingress-nginx"}})
-        ping_port = localcluster._free_port()
+        ping_port = free_port()
         args = [
             str(localcluster.binary("traefik")),
             f"--entryPoints.web.address=:{ROUTE_PORT}",

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import kubernetes
 import yaml
-from cluster_helpers import wait_for
 from kubernetes.client import ApiException
+
+from tests.kube.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "charts/chatbot/crds/chatbotmodels.yaml"
@@ -111,7 +112,7 @@ def gateway_api_crd(kind_file: str = "gateway.networking.k8s.io_httproutes.yaml"
     import tempfile
     import zipfile
 
-    import localcluster
+    from tests.kube import localcluster
 
     version = localcluster.versions()["GATEWAY_API_VERSION"]
     env = localcluster.go_env()
@@ -135,7 +136,7 @@ def gateway_api_crds() -> list[dict]:
     watches: GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant, ...)."""
     import zipfile
 
-    import localcluster
+    from tests.kube import localcluster
 
     gateway_api_crd()  # downloads the module zip once
     version = localcluster.versions()["GATEWAY_API_VERSION"]

@@ -132,6 +132,13 @@ def inspect(tag: str) -> dict:
     return json.loads(docker("image", "inspect", tag).stdout)[0]
 
 
+def installed_distributions(tag: str) -> set[str]:
+    """The (normalised) names of the Python distributions installed in an image."""
+    code = ("import importlib.metadata as m, re; print(*sorted({re.sub(r'[-_.]+', '-', "
+            "d.metadata['Name']).lower() for d in m.distributions()}))")
+    return set(docker("run", "--rm", "--entrypoint", "python", tag, "-c", code).stdout.split())
+
+
 def build_base_image(tag: str = BASE_IMAGE) -> str:
     """Debian bookworm (minbase) with Python 3.11, venv and useradd; trusts the host's local
     CAs (TLS to the package registries is intercepted here) so pip and apt work in builds."""

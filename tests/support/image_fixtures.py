@@ -1,5 +1,5 @@
 """Session fixtures for tests that run the project's images (tests/images, tests/cluster):
-a Docker Engine (started here when none answers; see engine.py) and the images built on it.
+a Docker Engine (started here when none answers; see docker_engine.py) and the images built on it.
 
 Without Docker (not root, no docker.io) the tests that need it are skipped, or fail when
 ``CHATBOT_REQUIRE_DOCKER=1`` or ``CI`` is set.
@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from tests.images import engine
+from tests.support import docker_engine as engine
 
 
 def require_docker() -> bool:

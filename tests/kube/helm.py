@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.kube import helpers as cluster_helpers
+from tests.kube import localcluster
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts/chatbot"
-sys.path.insert(0, str(ROOT / "tests/cluster"))
-
-import cluster_helpers  # noqa: E402
-import localcluster  # noqa: E402
 
 
 def helm_binary() -> Path:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,11 +12,13 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.ports import free_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+def performance(url: str, persona: str | None = None) -> dict:
+    """The /performance numbers of a persona (of the only one, for a single-persona server)."""
+    path = f"/{persona}/performance" if persona else "/performance"
+    return httpx.get(url + path, timeout=10).json()
 
 
 class ChatbotServer:
@@ -37,6 +38,9 @@ class ChatbotServer:
             [chatbot, command, *args, "--port", str(self.port)],
             env=full_env, stdout=self._out, stderr=subprocess.STDOUT, cwd=cwd,
         )
+
+    def performance(self, persona: str | None = None) -> dict:
+        return performance(self.url, persona)
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60), **kwargs)

@@ -1,7 +1,8 @@
 """A real, local Kubernetes control plane for the test suite, built from Go modules.
 
-Standard library only (plus the ``openssl`` CLI), so that ``build-binaries`` and
-``local-cluster`` run with any Python >= 3.11, with or without the project's venv.
+Standard library only (plus the ``openssl`` CLI and ``tests.support.ports``, standard
+library too), so that ``build-binaries`` and ``local-cluster`` run with any Python >= 3.11,
+with or without the project's venv.
 
 * :func:`build_all` builds etcd, kube-apiserver, kube-controller-manager,
   kube-scheduler, kwok, helm and FerretDB from their Go modules at the versions
@@ -24,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -35,6 +35,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.support.ports import free_port
 
 HERE = Path(__file__).resolve().parent
 VERSIONS_FILE = HERE / "versions.env"
@@ -340,10 +342,7 @@ def build_component(comp: Component, *, started_all: float | None = None) -> flo
     if comp.name == "traefik":
         # The module proxy refuses some of Traefik's dependencies: build from a
         # patched copy of its source (gomod_patches.py says what and why).
-        try:
-            from . import gomod_patches
-        except ImportError:  # run as a script from tests/cluster/
-            import gomod_patches
+        from tests.kube import gomod_patches
         local = work / "traefik-src"
         shutil.copytree(src_dir, local)
         for p in local.rglob("*"):
@@ -543,12 +542,6 @@ SERVICE_IP = "10.96.0.1"
 
 def default_cluster_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"chatbot-local-cluster-{os.getuid()}"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -801,7 +794,7 @@ class LocalCluster:
         self.logs.mkdir()
         self._procs: dict[str, subprocess.Popen] = {}
         _make_pki(self.pki, self.node_ip)
-        ports = {k: _free_port() for k in ("etcd", "etcd_peer", "apiserver", "cm", "sched", "kwok")}
+        ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "cm", "sched", "kwok")}
         server = f"https://127.0.0.1:{ports['apiserver']}"
         self._save_state({"server": server, "ports": ports, "pids": {},
                           "versions": versions(), "dir": str(self.dir)})
@@ -1091,8 +1084,10 @@ def up_detached(cluster_dir: Path | str | None, timeout: float, progress) -> Pat
     keeper_log = cluster.dir / "keeper.log"
     with open(keeper_log, "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "_serve", str(cluster.dir),
+            [sys.executable, "-m", "tests.kube.localcluster", "_serve", str(cluster.dir),
              str(timeout)],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                [str(HERE.parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])},
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
             start_new_session=True, text=True,
         )
