@@ -797,7 +797,8 @@ class LocalCluster:
         ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "cm", "sched", "kwok")}
         server = f"https://127.0.0.1:{ports['apiserver']}"
         self._save_state({"server": server, "ports": ports, "pids": {},
-                          "versions": versions(), "dir": str(self.dir)})
+                          "versions": versions(), "dir": str(self.dir),
+                          "node_ip": self.node_ip})
         pki = self.pki
         try:
             self._start_all(pki, ports, server, die_with_parent, timeout, say)
@@ -1021,6 +1022,11 @@ class LocalCluster:
             if self._pid_alive(keeper):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(keeper, signal.SIGKILL)
+        if state.get("node_ip"):
+            # A real node's containers outlive containerd and the kubelet: kill them too.
+            from tests.kube import realnode
+
+            realnode.reap(self.dir)
         if state:
             state["pids"] = {}
             self._save_state(state)
@@ -1037,21 +1043,28 @@ READY_PREFIX = "READY "
 FAILED_PREFIX = "FAILED "
 
 
-def _serve(cluster_dir: str, timeout: float) -> int:
+def _serve(cluster_dir: str, timeout: float, node: bool = False) -> int:
     """Keeper process for ``local-cluster up``: parent (and reaper) of the components.
 
     It starts the cluster, reports READY/FAILED on stdout (a pipe to ``up``), then
     reaps its children until all have exited (``down`` stops them), so that no
     zombies are left for an init that does not reap.
     """
-    cluster = LocalCluster(cluster_dir)
+    realnode = None
+    if node:
+        from tests.kube import realnode
+    cluster = LocalCluster(cluster_dir, node_ip=realnode.node_ip() if realnode else None)
 
     def say(msg: str) -> None:
         print(msg, flush=True)
 
     try:
         kubeconfig = cluster.up(timeout=timeout, progress=say)
+        if realnode:
+            realnode.RealNode(cluster).up(timeout=max(timeout, 180), die_with_parent=False,
+                                          progress=say)
     except Exception as exc:  # noqa: BLE001 - reported to the `up` front-end
+        cluster.down()
         say(FAILED_PREFIX + str(exc).replace("\n", "\n  "))
         return 1
     state = cluster._load_state()
@@ -1074,7 +1087,8 @@ def _serve(cluster_dir: str, timeout: float) -> int:
               file=sys.stderr, flush=True)
 
 
-def up_detached(cluster_dir: Path | str | None, timeout: float, progress) -> Path:
+def up_detached(cluster_dir: Path | str | None, timeout: float, progress,
+                node: bool = False) -> Path:
     """Start the cluster in a detached keeper process; return the kubeconfig path."""
     cluster = LocalCluster(cluster_dir)
     if cluster.running():
@@ -1085,7 +1099,7 @@ def up_detached(cluster_dir: Path | str | None, timeout: float, progress) -> Pat
     with open(keeper_log, "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.kube.localcluster", "_serve", str(cluster.dir),
-             str(timeout)],
+             str(timeout), *(["node"] if node else [])],
             env={**os.environ, "PYTHONPATH": os.pathsep.join(
                 [str(HERE.parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])},
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
@@ -1107,5 +1121,5 @@ def up_detached(cluster_dir: Path | str | None, timeout: float, progress) -> Pat
                        f"see {keeper_log} and {cluster.logs}")
 
 
-if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "_serve":
-    sys.exit(_serve(sys.argv[2], float(sys.argv[3])))
+if __name__ == "__main__" and len(sys.argv) in (4, 5) and sys.argv[1] == "_serve":
+    sys.exit(_serve(sys.argv[2], float(sys.argv[3]), node=sys.argv[4:] == ["node"]))

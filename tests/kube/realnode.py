@@ -318,8 +318,7 @@ class RealNode:
 
     def down(self) -> None:
         """Stop the cluster's processes, then what the runtime left (containers, mounts)."""
-        self.cluster.down(remove=False)
-        reap(self.cluster.dir)
+        self.cluster.down(remove=False)  # reaps the node too (state["node_ip"])
 
     def _start_containerd(self, timeout: float) -> None:
         d = self.dir / "containerd"
