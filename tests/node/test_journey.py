@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from email.message import Message
 
 import pytest
 
@@ -63,23 +64,23 @@ def get_json(nc, *args: str) -> dict:
     return json.loads(kubectl(nc, "get", "-o", "json", *args))
 
 
-def post(url: str, body: bytes | dict, timeout: float = 120) -> tuple[int, dict, bytes]:
+def post(url: str, body: bytes | dict, timeout: float = 120) -> tuple[int, Message, bytes]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method="POST",
                                  headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, dict(r.headers), r.read()
+            return r.status, r.headers, r.read()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+        return e.code, e.headers, e.read()
 
 
-def get(url: str, timeout: float = 30) -> tuple[int, dict, bytes]:
+def get(url: str, timeout: float = 30) -> tuple[int, Message, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, dict(r.headers), r.read()
+            return r.status, r.headers, r.read()
     except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
+        return e.code, e.headers, e.read()
 
 
 def cbm(nc) -> dict:
@@ -158,6 +159,7 @@ def _chatbot_model(nc, mirror, route: dict | None = None) -> dict:
         "character": {"file": mirror.smollm2, "gpuProfile": "cpu", "contextSize": 2048,
                       "batchSize": 256, "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}},
         "storage": {"size": "1Gi"},
+        "secrets": {"mongodb": {"name": f"{RELEASE}-mongodb", "key": "url"}},
     }
     if route:
         spec["route"] = route
@@ -273,9 +275,13 @@ def test_history_is_in_the_mongodb_pod(node_cluster):
         found = []
         for name in client.list_database_names():
             for coll in client[name].list_collection_names():
-                found += list(client[name][coll].find({"db_id": db_id}))
-        text = json.dumps(found, default=str)
-        assert "meeting notes" in text and "one more tip" in text, text[:2000]
+                found += [(coll, d) for d in client[name][coll].find({"id": db_id}, {"_id": 0})]
+        by_collection = {coll: doc for coll, doc in found}
+        office = by_collection["office_log_journey-user"]
+        assert [t["input_data"] for t in office["value"]] == [
+            "What is a good way to write meeting notes?", "Give one more tip."]
+        assert all(t["output_data"].strip() for t in office["value"])
+        assert "character_log_journey-user" in by_collection
     finally:
         client.close()
 
