@@ -521,7 +521,7 @@ state = "{d / 'state'}"
             f"--entryPoints.ping.address=127.0.0.1:{ping_port}",
             "--ping=true", "--ping.entryPoint=ping",
             "--providers.kubernetesIngressNGINX=true",
-            "--log.level=INFO", "--accessLog=true",
+            "--log.level=INFO", "--log.noColor=true", "--accessLog=true",
         ]
         if c.api("GET", "/apis/gateway.networking.k8s.io/v1")[0] == 200:
             args.append("--providers.kubernetesGateway=true")
