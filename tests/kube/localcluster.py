@@ -718,7 +718,8 @@ class LocalCluster:
             return status, raw
 
     # ---------------------------------------------------------------- processes
-    def _spawn(self, name: str, argv: list[str], *, die_with_parent: bool) -> int:
+    def _spawn(self, name: str, argv: list[str], *, die_with_parent: bool,
+               death_signal: int = signal.SIGKILL, env: dict | None = None) -> int:
         log = open(self.logs / f"{name}.log", "ab")
 
         def preexec() -> None:
@@ -726,7 +727,7 @@ class LocalCluster:
                 import ctypes
 
                 libc = ctypes.CDLL("libc.so.6", use_errno=True)
-                libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+                libc.prctl(1, death_signal)  # PR_SET_PDEATHSIG
 
         proc = subprocess.Popen(
             argv,
@@ -737,6 +738,7 @@ class LocalCluster:
             start_new_session=True,
             preexec_fn=preexec,
             close_fds=True,
+            env=env,
         )
         log.close()
         state = self._load_state()

@@ -46,6 +46,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tarfile
 import time
 import urllib.request
@@ -57,6 +58,8 @@ from tests.support.ports import free_port
 NODE_NAME = "node-1"
 POD_CIDR = "10.88.0.0/16"
 BRIDGE = "chatbot0"
+# The bridge's own address: where the host's processes (Traefik) reach the pods from.
+BRIDGE_IP = "10.88.0.1"
 CNI_BIN = Path("/usr/lib/cni")
 PAUSE_IMAGE = "chatbot-local/pause:3.10"
 ROUTE_PORT = 8001
@@ -290,6 +293,17 @@ class RealNode:
         # Every process of the cluster mentions its directory (PID-reuse guard).
         c._spawn(name, argv, die_with_parent=self._die_with_parent)
 
+    def _start_reaper(self) -> None:
+        """A process that reaps the node's containers when it gets SIGTERM: from ``down``
+        (it is stopped after containerd and the kubelet, having been started before them),
+        or from the kernel when the process that started the node dies, even by SIGKILL."""
+        root = str(Path(__file__).resolve().parents[2])
+        self.cluster._spawn(
+            "node-reaper", [sys.executable, "-m", "tests.kube.realnode", "reap-on-term",
+                            str(self.cluster.dir)],
+            die_with_parent=self._die_with_parent, death_signal=signal.SIGTERM,
+            env={**os.environ, "PYTHONPATH": root})
+
     def _wait(self, what: str, cond, timeout: float, *procs: str) -> None:
         self.cluster._wait(what, cond, timeout, procs)
 
@@ -303,6 +317,7 @@ class RealNode:
         reap(self.cluster.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
+        self._start_reaper()
         self._start_containerd(timeout)
         say(f"containerd up ({time.monotonic() - started:.1f}s)")
         self.import_archive(oci_archive(
@@ -475,7 +490,7 @@ state = "{d / 'state'}"
                                    "paths": [str(base)]}]}
         helper_pod = {
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "helper-pod"},
-            "spec": {"containers": [{"name": "helper-pod", "image": PAUSE_IMAGE,
+            "spec": {"containers": [{"name": "helper-pod", "image": self.helper_image,
                                      "imagePullPolicy": "IfNotPresent"}]},
         }
         ns = LOCAL_PATH_NAMESPACE
@@ -548,3 +563,15 @@ def _dns_query(server: str, name: str, timeout: float = 2) -> str | None:
         return None
     # The answer starts after the question; A records end in a 4-byte address.
     return ".".join(str(b) for b in data[-4:])
+
+
+def _reap_on_term(state_dir: str) -> int:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    time.sleep(0.5)  # let the kubelet and containerd go first (they got the signal too)
+    reap(Path(state_dir))
+    return 0
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["reap-on-term"]:
+    sys.exit(_reap_on_term(sys.argv[2]))

@@ -90,8 +90,10 @@ def node_cluster() -> NodeCluster:
         _unavailable(f"no Docker Engine to build the images: {exc}")
 
     say = lambda msg: print(f"[node] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    workdir = Path(tempfile.mkdtemp(prefix="chatbot-node-"))
-    cluster = localcluster.LocalCluster(workdir / "c", node_ip=realnode.node_ip())
+    # One fixed place: a node is one per host (port 8001, the bridge), and a killed
+    # session's leftovers are found there by the next.
+    workdir = Path(tempfile.gettempdir()) / f"chatbot-node-{os.getuid()}"
+    cluster = localcluster.LocalCluster(workdir, node_ip=realnode.node_ip())
     node = realnode.RealNode(cluster)
     timings: dict[str, float] = {}
     started = time.monotonic()

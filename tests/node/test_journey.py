@@ -22,7 +22,7 @@ from email.message import Message
 
 import pytest
 
-from tests.kube import localcluster
+from tests.kube import localcluster, realnode
 from tests.kube.helpers import wait_for
 from tests.kube.operator_fixtures import GROUP, PLURAL, ROOT, VERSION
 from tests.operator.model_server import ModelServer
@@ -123,7 +123,9 @@ def test_helm_install_brings_up_operator_and_mongodb(node_cluster, mirror):
                      "hfEndpoint": mirror.url, "retryDelaySeconds": 5},
         "mongodb": {"server": "ferretdb", "image": {"repository": mongo_repo, "tag": mongo_tag},
                     "persistence": {"size": "1Gi", "deleteOnUninstall": True}},
-        "route": {"testUrl": f"http://{nc.node.ip}:8001", "peers": []},
+        # Traefik runs on the host: it reaches the pods from the bridge's address.
+        "route": {"testUrl": f"http://{nc.node.ip}:8001",
+                  "peers": [{"ipBlock": {"cidr": f"{realnode.BRIDGE_IP}/32"}}]},
     }
     values_file = nc.cluster.dir / "values.json"
     values_file.write_text(json.dumps(values))
