@@ -42,6 +42,7 @@ import hashlib
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -83,6 +84,10 @@ int main(void) {
 
 class NodeError(RuntimeError):
     pass
+
+
+def containerd_root() -> Path:
+    return localcluster.cache_root() / "node-containerd"
 
 
 def node_ip() -> str:
@@ -226,8 +231,8 @@ def reap(state_dir: Path) -> None:
     # Mounts under the node's directories (container rootfs, pod volumes, netns).
     with contextlib.suppress(OSError):
         mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-        for m in sorted((m for m in mounts if m.startswith(str(state_dir))), key=len,
-                        reverse=True):
+        ours = (str(state_dir), str(containerd_root()))
+        for m in sorted((m for m in mounts if m.startswith(ours)), key=len, reverse=True):
             subprocess.run(["umount", "-l", m], capture_output=True)
     subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
     kube_proxy = localcluster.binary("kube-proxy") if not localcluster.missing_components(
@@ -239,17 +244,21 @@ def reap(state_dir: Path) -> None:
 
 
 def _flush_iptables(prefix: str) -> None:
+    """Remove the rules jumping to chains named ``prefix*`` and those chains."""
     for table in ("nat", "filter"):
         rules = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True,
                                text=True).stdout.splitlines()
+        chains = [r.split()[1] for r in rules
+                  if r.startswith("-N ") and r.split()[1].startswith(prefix)]
         for rule in rules:
-            if rule.startswith("-A ") and prefix in rule:
-                subprocess.run(["iptables", "-t", table, *("-D " + rule[3:]).split()],
+            if rule.startswith("-A ") and f"-j {prefix}" in rule \
+                    and not rule.split()[1].startswith(prefix):
+                subprocess.run(["iptables", "-t", table, "-D", *shlex.split(rule)[1:]],
                                capture_output=True)
-        for rule in rules:
-            if rule.startswith("-N ") and rule.split()[1].startswith(prefix):
-                subprocess.run(["iptables", "-t", table, "-X", rule.split()[1]],
-                               capture_output=True)
+        for chain in chains:
+            subprocess.run(["iptables", "-t", table, "-F", chain], capture_output=True)
+        for chain in chains:
+            subprocess.run(["iptables", "-t", table, "-X", chain], capture_output=True)
 
 
 # --------------------------------------------------------------------------- the node
@@ -263,6 +272,8 @@ class RealNode:
         self.dir = cluster.dir / "node"
         self.ip = cluster.node_ip or node_ip()
         self.sock = self.dir / "containerd" / "containerd.sock"
+        # The image store outlives the cluster: a warm start finds its images there.
+        self.containerd_root = containerd_root()
 
     # ------------------------------------------------------------- helpers
     def ctr(self, *args: str, input: bytes | None = None, timeout: float = 300) -> str:
@@ -275,13 +286,22 @@ class RealNode:
     def import_archive(self, archive: bytes) -> None:
         self.ctr("images", "import", "--no-unpack", "-", input=archive)
 
-    def load_docker_image(self, ref: str, docker: str = "docker") -> float:
-        """Copy a local Docker image into the node's runtime; return the seconds it took."""
-        started = time.monotonic()
+    def load_docker_image(self, ref: str, docker: str = "docker") -> bool:
+        """Copy a local Docker image into the node's runtime, unless this very image (same
+        Docker image ID) is there already from an earlier run; return whether it copied."""
+        image_id = subprocess.run([docker, "image", "inspect", "--format", "{{.Id}}", ref],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+        marker = self.containerd_root / "imported" / ref.replace("/", "_").replace(":", "@")
+        full = ref if "/" in ref.split(":")[0] and "." in ref.split("/")[0] else \
+            "docker.io/" + ref
+        if marker.is_file() and marker.read_text() == image_id and full in self.images():
+            return False
         saved = subprocess.run([docker, "save", ref], capture_output=True, check=True,
                                timeout=600).stdout
         self.ctr("images", "import", "-", input=saved, timeout=600)
-        return time.monotonic() - started
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(image_id)
+        return True
 
     def images(self) -> list[str]:
         return [line.split()[0] for line in self.ctr("images", "ls", "-q").splitlines()]
@@ -354,7 +374,7 @@ class RealNode:
         cri = 'plugins."io.containerd.grpc.v1.cri"'
         (d / "config.toml").write_text(f"""\
 version = 2
-root = "{d / 'root'}"
+root = "{self.containerd_root / 'root'}"
 state = "{d / 'state'}"
 [grpc]
   address = "{self.sock}"

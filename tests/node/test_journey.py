@@ -35,6 +35,10 @@ CBM = "chatbot-cpu"
 HF_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 CHART = ROOT / "charts/chatbot"
 ROUTE_WAIT = 120
+# Two cores: requests small enough for both personas, a second office replica and the
+# chart's pods to fit on the node; limits at one core (llama.cpp's threads follow it).
+RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"},
+             "limits": {"cpu": "1", "memory": "1Gi"}}
 
 
 class Journey:
@@ -157,9 +161,9 @@ def _chatbot_model(nc, mirror, route: dict | None = None) -> dict:
         "source": {"uri": f"hf://{HF_REPO}"},
         "image": nc.images["service"],
         "office": {"file": mirror.smollm2, "gpuProfile": "cpu", "contextSize": 2048,
-                   "batchSize": 256, "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}},
+                   "batchSize": 256, "resources": RESOURCES},
         "character": {"file": mirror.smollm2, "gpuProfile": "cpu", "contextSize": 2048,
-                      "batchSize": 256, "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}},
+                      "batchSize": 256, "resources": RESOURCES},
         "storage": {"size": "1Gi"},
         "secrets": {"mongodb": {"name": f"{RELEASE}-mongodb", "key": "url"}},
     }
