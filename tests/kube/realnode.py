@@ -368,6 +368,9 @@ class RealNode:
                           "routes": [{"dst": "0.0.0.0/0"}],
                           "dataDir": str(self.dir / "cni" / "ipam")}},
                 {"type": "portmap", "capabilities": {"portMappings": True}},
+                # Docker sets the FORWARD policy to DROP, and bridged pod-to-pod traffic
+                # passes FORWARD (br_netfilter): the firewall plugin lets each pod's through.
+                {"type": "firewall", "backend": "iptables"},
             ],
         }
         (self.dir / "cni" / "10-chatbot.conflist").write_text(json.dumps(cni, indent=2))

@@ -110,6 +110,14 @@ def mirror(node_cluster):
         yield server
 
 
+def diagnose(nc, persona: str) -> str:
+    """What a failed assertion shows: the persona's /readyz and its pod's log tail."""
+    _, _, ready = get(nc.route(f"/{persona}/readyz"))
+    logs = kubectl(nc, "logs", "-n", NS, "--tail=40", "-l",
+                   f"app.kubernetes.io/component={persona}", check=False)
+    return f"/{persona}/readyz: {ready.decode(errors='replace')}\n--- log ---\n{logs}"
+
+
 def office_question(db_id: str, text: str) -> dict:
     return {"input_data": text, "google_access": False, "db_id": db_id,
             "user_id": "journey-user"}
@@ -240,7 +248,7 @@ def _ask_both(nc, label: str) -> None:
                                  office_question(db_id, "Give one more tip."))
     assert status == 200, body
     # The second turn replays the first: its prompt holds the first question and answer.
-    assert int(headers["X-Prompt-Tokens"]) > first_prompt + 5, headers
+    assert int(headers["X-Prompt-Tokens"]) > first_prompt + 5, diagnose(nc, "office")
     assert int(headers.get("X-History-Turns-Dropped", "0")) == 0
 
     status, _, body = post(nc.route("/character/Llama"), {
