@@ -470,6 +470,10 @@ def http_route(owner: Owner, spec: ChatbotModelSpec) -> dict:
             "metadata": _meta(owner, owner.name, "route"), "spec": route_spec}
 
 
+ROUTE_API_VERSIONS = {"Ingress": "networking.k8s.io/v1",
+                      "HTTPRoute": "gateway.networking.k8s.io/v1"}
+
+
 def route(owner: Owner, spec: ChatbotModelSpec) -> dict | None:
     if spec.route.kind == "Ingress":
         return ingress(owner, spec)

@@ -156,7 +156,9 @@ def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: st
     conds.append(route_cond)
     conds.append(accelerated_condition(list(accel.values())))
     figures = {p: ready[p][1] for p in PERSONAS}
-    extra: dict = {"accel": ", ".join(a.text for a in accel.values())}
+    extra: dict = {"accel": ", ".join(a.text for a in accel.values()),
+                   # What the next pass deletes should route.kind change.
+                   "route": {"kind": spec.route.kind if route_cond.reason == "Applied" else None}}
     gpu_fits = {p: pl.status for p, pl in plans.items() if pl.status}
     if gpu_fits or previous.get("gpuFit"):
         extra["gpuFit"] = gpu_fits
@@ -231,7 +233,8 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
         apply(builders.persona_service(owner, persona))
         ready[persona] = deployment_ready(dep, spec.persona(persona).replicas)
 
-    route = _apply_route(cluster, owner, spec, apply)
+    route = _apply_route(cluster, owner, spec, apply,
+                         ((obj.get("status") or {}).get("route") or {}).get("kind"))
     applied.pass_done(key)
     return model_states, ready, route, jobs
 
@@ -248,9 +251,16 @@ def _delete_stale_jobs(cluster: Cluster, owner: Owner, persona: str, current: st
 
 
 def _apply_route(cluster: Cluster, owner: Owner, spec: ChatbotModelSpec,
-                 apply) -> tuple[Condition, bool]:
-    """The route and its 404 backend: (RouteReady, whether to try again later)."""
+                 apply, previous_kind: str | None) -> tuple[Condition, bool]:
+    """The route and its 404 backend: (RouteReady, whether to try again later).
+
+    When route.kind changed, the route of the previous kind (``status.route.kind``) is
+    deleted: an Ingress left behind by a move to HTTPRoute would go on serving."""
     manifest = builders.route(owner, spec)
+    if previous_kind and previous_kind != (manifest or {}).get("kind"):
+        api_version = builders.ROUTE_API_VERSIONS.get(previous_kind)
+        if api_version:
+            cluster.delete(api_version, previous_kind, owner.namespace, owner.name)
     if manifest is None:
         return route_disabled(), False
     apply(builders.not_found_deployment(owner, spec))

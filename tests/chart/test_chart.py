@@ -264,6 +264,24 @@ def test_in_chart_mongodb_statefulset_with_generated_secret():
                                    svc["spec"]["ports"][0]["port"])]
 
 
+def test_mongodb_server_ferretdb_is_configured_by_its_environment():
+    """A MongoDB-wire image other than mongo's: FerretDB, with the same Secret's root user."""
+    objs = template({"mongodb": {"server": "ferretdb", "image": {
+        "repository": "ghcr.io/ferretdb/ferretdb", "tag": "1.24.2"}}})
+    sts = one(objs, "StatefulSet", "chatbot-mongodb")
+    [c] = sts["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == "ghcr.io/ferretdb/ferretdb:1.24.2"
+    assert "args" not in c  # mongod's --bind_ip_all means nothing to FerretDB
+    env = _env(c)
+    assert "MONGO_INITDB_ROOT_PASSWORD" not in env
+    assert env["FERRETDB_SETUP_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "chatbot-mongodb", "key": "password"}
+    assert env["FERRETDB_SQLITE_URL"]["value"] == "file:/data/db/"
+    assert env["FERRETDB_LISTEN_ADDR"]["value"] == ":27017"
+    assert "exec" not in c["livenessProbe"]  # no mongosh in that image
+    assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/data/db"}
+
+
 def test_mongodb_existing_secret_creates_no_secret():
     objs = template({"mongodb": {"auth": {"existingSecret": "my-mongo"}},
                      "chatbotModel": {"create": True}})
@@ -458,6 +476,7 @@ BAD_VALUES = [
     ({"operator": {"runAsUser": 0}}, "/operator/runAsUser"),
     ({"operator": {"gpuProfiles": {"a100": {"gpus": -1}}}}, "/operator/gpuProfiles/a100/gpus"),
     ({"operator": {"gpuProfiles": {"a100": {"nodeSelektor": {}}}}}, "nodeSelektor"),
+    ({"mongodb": {"server": "postgres"}}, "/mongodb/server"),
     ({"serviceImage": {"variant": "rocm"}}, "/serviceImage/variant"),
     ({"chatbotModel": {"create": "yes"}}, "/chatbotModel/create"),
     ({"chatbotModel": {"name": "My_Chatbot"}}, "/chatbotModel/name"),

@@ -373,6 +373,27 @@ def test_gateway_route_reports_a_missing_api_then_applies_the_httproute(
         assert office["filters"][0]["urlRewrite"]["path"]["replacePrefixMatch"] == "/"
         assert office["backendRefs"][0]["name"] == "chatbot-office"
 
+        # A change of route.kind replaces the route: the old one must not go on serving.
+        net = kubernetes.client.NetworkingV1Api(kube_api)
+
+        def httproute_gone():
+            try:
+                custom.get_namespaced_custom_object(
+                    "gateway.networking.k8s.io", "v1", namespace, "httproutes", "chatbot")
+                return False
+            except ApiException as exc:
+                return exc.status == 404
+
+        custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "chatbot", {
+            "spec": {"route": {"kind": "Ingress", "gateway": None}}})
+        wait_for(lambda: httproute_gone() and net.read_namespaced_ingress("chatbot", namespace),
+                 timeout=60, desc="the HTTPRoute replaced by an Ingress")
+        custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "chatbot", {
+            "spec": {"route": {"kind": "None"}}})
+        wait_for(lambda: not net.list_namespaced_ingress(namespace).items, timeout=60,
+                 desc="the Ingress deleted with route.kind None")
+        assert httproute_gone()
+
 
 def test_the_operator_used_every_permission_the_chart_grants_and_none_was_refused(
         kube_cluster):

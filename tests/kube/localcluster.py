@@ -93,11 +93,20 @@ COMPONENTS: dict[str, Component] = {
         Component("kwok", "KWOK_VERSION", ("kwok", "kwok-stages.yaml")),
         Component("helm", "HELM_VERSION", ("helm",)),
         Component("ferretdb", "FERRETDB_VERSION", ("ferretdb",)),
+        Component("kube-node", "KUBERNETES_VERSION", ("kubelet", "kube-proxy")),
+        Component("kubectl", "KUBERNETES_VERSION", ("kubectl",)),
+        Component("coredns", "COREDNS_VERSION", ("coredns",)),
+        Component("traefik", "TRAEFIK_VERSION", ("traefik",)),
+        Component(
+            "local-path-provisioner", "LOCAL_PATH_PROVISIONER_VERSION", ("local-path-provisioner",)
+        ),
     )
 }
 
 # Components the cluster itself needs (helm and FerretDB are for other tests).
 CLUSTER_COMPONENTS = ("etcd", "kubernetes", "kwok")
+# What a real node adds (tests/cluster/realnode.py).
+NODE_COMPONENTS = ("kube-node", "kubectl", "coredns", "traefik", "local-path-provisioner")
 
 
 def binary(name: str) -> Path:
@@ -228,7 +237,7 @@ def _recipe(comp: Component) -> _Recipe:
     v = comp.version
     if comp.name == "etcd":
         return _Recipe("go.etcd.io/etcd/server/v3", ["go.etcd.io/etcd/server/v3"], ["etcd"])
-    if comp.name == "kubernetes":
+    if comp.name in ("kubernetes", "kube-node", "kubectl"):
         major, minor = v.lstrip("v").split(".")[:2]
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         ld = []
@@ -272,6 +281,28 @@ def _recipe(comp: Component) -> _Recipe:
             ["github.com/FerretDB/FerretDB/cmd/ferretdb"],
             ["ferretdb"],
         )
+    if comp.name == "coredns":
+        return _Recipe(
+            "github.com/coredns/coredns",
+            ["github.com/coredns/coredns"],
+            ["coredns"],
+            [f"-X github.com/coredns/coredns/coremain.GitCommit={v}"],
+        )
+    if comp.name == "traefik":
+        mod = "github.com/traefik/traefik/v3"
+        return _Recipe(
+            mod,
+            [f"{mod}/cmd/traefik"],
+            ["traefik"],
+            [f"-X {mod}/pkg/version.Version={v}", f"-X {mod}/pkg/version.Codename=chatbot-dev"],
+        )
+    if comp.name == "local-path-provisioner":
+        return _Recipe(
+            "github.com/rancher/local-path-provisioner",
+            ["github.com/rancher/local-path-provisioner"],
+            ["local-path-provisioner"],
+            [f"-X main.VERSION={v}"],
+        )
     raise KeyError(comp.name)
 
 
@@ -291,7 +322,7 @@ def build_component(comp: Component, *, started_all: float | None = None) -> flo
 
     gomod = [f"module chatbot.local/build/{comp.name}", "", f"go {_go_version()}", ""]
     src_dir, dep_gomod = _module_zip_dir(recipe.module, comp.version, work, log_file)
-    if comp.name == "kubernetes":
+    if comp.name in ("kubernetes", "kube-node", "kubectl"):
         staging = "v0." + comp.version.lstrip("v").split(".", 1)[1]
         gomod += _staging_replaces(dep_gomod, staging)
         m = re.search(r"^godebug\s+(.*)$", dep_gomod.read_text(), re.M)
@@ -308,14 +339,30 @@ def build_component(comp: Component, *, started_all: float | None = None) -> flo
         (local / "build" / "version" / "version.txt").write_text(comp.version + "\n")
         (local / "build" / "version" / "package.txt").write_text("chatbot-dev\n")
         gomod += [f"replace {recipe.module} => ./ferretdb-src"]
-    (work / "go.mod").write_text("\n".join(gomod) + "\n")
-    _run_go(
-        ["get", *(f"{p}@{comp.version}" for p in recipe.packages)],
-        work,
-        log_file,
-        f"{comp.name} (resolve modules)",
-        started,
-    )
+    if comp.name == "traefik":
+        # The module proxy refuses some of Traefik's dependencies: build from a
+        # patched copy of its source (gomod_patches.py says what and why).
+        from tests.kube import gomod_patches
+        local = work / "traefik-src"
+        shutil.copytree(src_dir, local)
+        for p in local.rglob("*"):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        gomod_patches.patch_traefik(local)
+    build_dir = work
+    if comp.name == "traefik":
+        # Its go.mod's replace directives only apply to the main module: build in it.
+        build_dir = work / "traefik-src"
+        recipe.packages = ["./cmd/traefik"]
+        _run_go(["mod", "tidy", "-e"], build_dir, log_file, "traefik (resolve modules)", started)
+    else:
+        (work / "go.mod").write_text("\n".join(gomod) + "\n")
+        _run_go(
+            ["get", *(f"{p}@{comp.version}" for p in recipe.packages)],
+            work,
+            log_file,
+            f"{comp.name} (resolve modules)",
+            started,
+        )
     _log(f"  {comp.name}: modules resolved/downloaded after {_fmt(time.monotonic() - started)}")
     staging_out = work / "out"
     staging_out.mkdir()
@@ -326,7 +373,7 @@ def build_component(comp: Component, *, started_all: float | None = None) -> flo
         args += ["-o", str(staging_out / recipe.outputs[0]), recipe.packages[0]]
     else:
         args += ["-o", str(staging_out) + "/", *recipe.packages]
-    _run_go(args, work, log_file, f"{comp.name} (compile)", started)
+    _run_go(args, build_dir, log_file, f"{comp.name} (compile)", started)
 
     if comp.name == "kwok":
         # kwok needs Stage objects to know how to fake nodes and pods; these are
@@ -486,6 +533,9 @@ NODES: list[dict] = [
 ]
 
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+# With a real node, the fake GPU nodes carry the GPU nodes' usual taint, so that only
+# pods that tolerate it (the operator's GPU pods) land there.
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
 
@@ -500,8 +550,12 @@ def _openssl(*args: str, cwd: Path) -> None:
         raise RuntimeError(f"openssl {' '.join(args)} failed:\n{r.stderr}")
 
 
-def _make_pki(pki: Path) -> None:
-    """CA, API server serving cert, client certs, service-account key pair."""
+def _make_pki(pki: Path, node_ip: str | None = None) -> None:
+    """CA, API server serving cert, client certs, service-account key pair.
+
+    With ``node_ip`` (a real node), the API server's certificate also names that address,
+    and a kubelet client certificate (group ``system:nodes``) is made.
+    """
     pki.mkdir(parents=True, exist_ok=True)
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650",
@@ -509,7 +563,8 @@ def _make_pki(pki: Path) -> None:
     (pki / "apiserver.ext").write_text(
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth\n"
-        "subjectAltName=IP:127.0.0.1,IP:" + SERVICE_IP + ",DNS:localhost,DNS:kubernetes,"
+        "subjectAltName=IP:127.0.0.1,IP:" + SERVICE_IP + (f",IP:{node_ip}" if node_ip else "")
+        + ",DNS:localhost,DNS:kubernetes,"
         "DNS:kubernetes.default,DNS:kubernetes.default.svc,"
         "DNS:kubernetes.default.svc.cluster.local\n"
     )
@@ -524,6 +579,8 @@ def _make_pki(pki: Path) -> None:
         "scheduler": ("/CN=system:kube-scheduler", "client.ext"),
         "kwok": ("/O=system:masters/CN=kwok-controller", "client.ext"),
     }
+    if node_ip:
+        certs["kubelet"] = ("/O=system:nodes/CN=system:node:node-1", "client.ext")
     for name, (subj, ext) in certs.items():
         _openssl("req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
                  "-subj", subj, cwd=pki)
@@ -586,8 +643,12 @@ class LocalCluster:
     All state (certs, etcd data, logs, PIDs, kubeconfigs) lives in ``dir``.
     """
 
-    def __init__(self, dir: Path | str | None = None):
+    def __init__(self, dir: Path | str | None = None, *, node_ip: str | None = None):
         self.dir = (Path(dir) if dir else default_cluster_dir()).resolve()
+        # Set for a cluster with a real node (realnode.py): the API server then listens on
+        # all addresses and advertises this one, which the pods reach it by; the kwok
+        # nodes are the GPU ones only, tainted as GPU nodes are.
+        self.node_ip = node_ip
         self.pki = self.dir / "pki"
         self.logs = self.dir / "logs"
         self.state_file = self.dir / "state.json"
@@ -657,7 +718,8 @@ class LocalCluster:
             return status, raw
 
     # ---------------------------------------------------------------- processes
-    def _spawn(self, name: str, argv: list[str], *, die_with_parent: bool) -> int:
+    def _spawn(self, name: str, argv: list[str], *, die_with_parent: bool,
+               death_signal: int = signal.SIGKILL, env: dict | None = None) -> int:
         log = open(self.logs / f"{name}.log", "ab")
 
         def preexec() -> None:
@@ -665,7 +727,7 @@ class LocalCluster:
                 import ctypes
 
                 libc = ctypes.CDLL("libc.so.6", use_errno=True)
-                libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+                libc.prctl(1, death_signal)  # PR_SET_PDEATHSIG
 
         proc = subprocess.Popen(
             argv,
@@ -676,6 +738,7 @@ class LocalCluster:
             start_new_session=True,
             preexec_fn=preexec,
             close_fds=True,
+            env=env,
         )
         log.close()
         state = self._load_state()
@@ -732,11 +795,12 @@ class LocalCluster:
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
         self.logs.mkdir()
         self._procs: dict[str, subprocess.Popen] = {}
-        _make_pki(self.pki)
+        _make_pki(self.pki, self.node_ip)
         ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "cm", "sched", "kwok")}
         server = f"https://127.0.0.1:{ports['apiserver']}"
         self._save_state({"server": server, "ports": ports, "pids": {},
-                          "versions": versions(), "dir": str(self.dir)})
+                          "versions": versions(), "dir": str(self.dir),
+                          "node_ip": self.node_ip})
         pki = self.pki
         try:
             self._start_all(pki, ports, server, die_with_parent, timeout, say)
@@ -783,7 +847,13 @@ class LocalCluster:
             f"--audit-policy-file={audit_policy}",
             f"--audit-log-path={self.audit_log}",
             "--audit-log-format=json", "--audit-log-mode=blocking",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            *(("--bind-address=0.0.0.0", f"--advertise-address={self.node_ip}",
+               f"--kubelet-client-certificate={pki / 'admin.crt'}",
+               f"--kubelet-client-key={pki / 'admin.key'}",
+               "--kubelet-preferred-address-types=InternalIP")
+              if self.node_ip else
+              ("--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+               "--endpoint-reconciler-type=none")),
             f"--secure-port={ports['apiserver']}",
             f"--cert-dir={pki}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -794,7 +864,6 @@ class LocalCluster:
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",
@@ -854,7 +923,7 @@ class LocalCluster:
         ], die_with_parent=die_with_parent)
         say("controller-manager, scheduler, kwok started")
 
-        for node in NODES:
+        for node in self.fake_nodes:
             body = {
                 "apiVersion": "v1",
                 "kind": "Node",
@@ -866,7 +935,7 @@ class LocalCluster:
                                "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
                                **node["labels"]},
                 },
-                "spec": {},
+                "spec": {"taints": [GPU_TAINT]} if self.node_ip else {},
                 "status": {"capacity": node["capacity"], "allocatable": node["capacity"],
                            "nodeInfo": {"kubeletVersion": "fake", "architecture": "amd64",
                                         "operatingSystem": "linux"}},
@@ -888,7 +957,7 @@ class LocalCluster:
                 if conds.get("Ready") == "True" and not any(
                         k.startswith("node.kubernetes.io/") for k in taints):
                     ready.add(n["metadata"]["name"])
-            return ready >= {n["name"] for n in NODES}
+            return ready >= {n["name"] for n in self.fake_nodes}
 
         self._wait("kwok nodes Ready", nodes_ready, timeout, all_procs)
         say("nodes ready")
@@ -898,6 +967,21 @@ class LocalCluster:
             return status == 200
 
         self._wait("ServiceAccount default/default", default_sa, timeout, all_procs)
+        if self.node_ip:
+            # RBAC only (no Node authorizer): the kubelet's rights come from system:node.
+            self.api("POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", {
+                "metadata": {"name": "chatbot-local:nodes"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": "system:node"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                              "name": "system:nodes"}],
+            })
+
+    @property
+    def fake_nodes(self) -> list[dict]:
+        if self.node_ip:
+            return [n for n in NODES if "nvidia.com/gpu" in n["capacity"]]
+        return NODES
 
     def down(self, *, remove: bool = False, timeout: float = 15) -> list[str]:
         """Stop every process of this cluster; return the names that were running.
@@ -940,6 +1024,11 @@ class LocalCluster:
             if self._pid_alive(keeper):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(keeper, signal.SIGKILL)
+        if state.get("node_ip"):
+            # A real node's containers outlive containerd and the kubelet: kill them too.
+            from tests.kube import realnode
+
+            realnode.reap(self.dir)
         if state:
             state["pids"] = {}
             self._save_state(state)
@@ -956,21 +1045,28 @@ READY_PREFIX = "READY "
 FAILED_PREFIX = "FAILED "
 
 
-def _serve(cluster_dir: str, timeout: float) -> int:
+def _serve(cluster_dir: str, timeout: float, node: bool = False) -> int:
     """Keeper process for ``local-cluster up``: parent (and reaper) of the components.
 
     It starts the cluster, reports READY/FAILED on stdout (a pipe to ``up``), then
     reaps its children until all have exited (``down`` stops them), so that no
     zombies are left for an init that does not reap.
     """
-    cluster = LocalCluster(cluster_dir)
+    realnode = None
+    if node:
+        from tests.kube import realnode
+    cluster = LocalCluster(cluster_dir, node_ip=realnode.node_ip() if realnode else None)
 
     def say(msg: str) -> None:
         print(msg, flush=True)
 
     try:
         kubeconfig = cluster.up(timeout=timeout, progress=say)
+        if realnode:
+            realnode.RealNode(cluster).up(timeout=max(timeout, 180), die_with_parent=False,
+                                          progress=say)
     except Exception as exc:  # noqa: BLE001 - reported to the `up` front-end
+        cluster.down()
         say(FAILED_PREFIX + str(exc).replace("\n", "\n  "))
         return 1
     state = cluster._load_state()
@@ -993,7 +1089,8 @@ def _serve(cluster_dir: str, timeout: float) -> int:
               file=sys.stderr, flush=True)
 
 
-def up_detached(cluster_dir: Path | str | None, timeout: float, progress) -> Path:
+def up_detached(cluster_dir: Path | str | None, timeout: float, progress,
+                node: bool = False) -> Path:
     """Start the cluster in a detached keeper process; return the kubeconfig path."""
     cluster = LocalCluster(cluster_dir)
     if cluster.running():
@@ -1004,7 +1101,7 @@ def up_detached(cluster_dir: Path | str | None, timeout: float, progress) -> Pat
     with open(keeper_log, "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.kube.localcluster", "_serve", str(cluster.dir),
-             str(timeout)],
+             str(timeout), *(["node"] if node else [])],
             env={**os.environ, "PYTHONPATH": os.pathsep.join(
                 [str(HERE.parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])},
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
@@ -1026,5 +1123,5 @@ def up_detached(cluster_dir: Path | str | None, timeout: float, progress) -> Pat
                        f"see {keeper_log} and {cluster.logs}")
 
 
-if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "_serve":
-    sys.exit(_serve(sys.argv[2], float(sys.argv[3])))
+if __name__ == "__main__" and len(sys.argv) in (4, 5) and sys.argv[1] == "_serve":
+    sys.exit(_serve(sys.argv[2], float(sys.argv[3]), node=sys.argv[4:] == ["node"]))

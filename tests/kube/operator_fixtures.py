@@ -131,6 +131,24 @@ def gateway_api_crd(kind_file: str = "gateway.networking.k8s.io_httproutes.yaml"
         return yaml.safe_load(zf.read(name))
 
 
+def gateway_api_crds() -> list[dict]:
+    """Every standard-channel Gateway API CRD (what a Gateway controller such as Traefik
+    watches: GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant, ...)."""
+    import zipfile
+
+    from tests.kube import localcluster
+
+    gateway_api_crd()  # downloads the module zip once
+    version = localcluster.versions()["GATEWAY_API_VERSION"]
+    zip_path = (Path(localcluster.go_env()["GOMODCACHE"]) / "cache/download/sigs.k8s.io/"
+                f"gateway-api/@v/{version}.zip")
+    prefix = f"sigs.k8s.io/gateway-api@{version}/config/crd/standard/"
+    with zipfile.ZipFile(zip_path) as zf:
+        return [yaml.safe_load(zf.read(n)) for n in sorted(zf.namelist())
+                if n.startswith(prefix) and n.endswith(".yaml")
+                and "_vap_" not in n]
+
+
 def install_crd_object(api, body: dict) -> None:
     ext = kubernetes.client.ApiextensionsV1Api(api)
     try:

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class ModelServer:
-    def __init__(self, files: dict[str, bytes]):
+    def __init__(self, files: dict[str, bytes], host: str = "127.0.0.1"):
         self.files = files
         self.cut_after: int | None = None
         self.cuts_left = 0
@@ -58,7 +58,7 @@ class ModelServer:
                     return
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property

@@ -30,6 +30,7 @@ WHEELS_CONTEXT = ROOT / "images/llama-cpp-wheels"
 BASE_IMAGE = "chatbot-local/python:3.11-bookworm"
 SERVICE_IMAGE = "chatbot-local/chatbot-service:test-cpu"
 OPERATOR_IMAGE = "chatbot-local/chatbot-operator:test"
+FERRETDB_IMAGE = "chatbot-local/ferretdb"  # :<version>
 BASE_PACKAGES = ["python3", "python3-venv", "python-is-python3", "passwd", "ca-certificates"]
 # As Docker's Debian images: no manuals, docs or translations (dpkg's path-exclude, kept in
 # the image for later apt installs) and no apt package caches (pkgcache.bin and friends,
@@ -221,3 +222,19 @@ def build_service_image() -> tuple[str, str]:
 def build_operator_image() -> tuple[str, str]:
     return OPERATOR_IMAGE, build("images/operator/Dockerfile", OPERATOR_IMAGE,
                                  f"PYTHON_IMAGE={build_base_image()}")
+
+
+def build_ferretdb_image(binary: Path, version: str) -> str:
+    """The FerretDB binary the cluster harness builds, as an image like FerretDB's own
+    (``ghcr.io/ferretdb/ferretdb``, which no registry here serves): the chart's MongoDB-wire
+    server with ``mongodb.server: ferretdb``."""
+    import tempfile
+
+    tag = f"{FERRETDB_IMAGE}:{version}"
+    with tempfile.TemporaryDirectory() as ctx:
+        shutil.copy2(binary, Path(ctx) / "ferretdb")
+        (Path(ctx) / "Dockerfile").write_text(
+            f"FROM {build_base_image()}\nCOPY ferretdb /ferretdb\nUSER 999:999\n"
+            'EXPOSE 27017\nENTRYPOINT ["/ferretdb"]\n')
+        docker("build", "-t", tag, ctx, timeout=600)
+    return tag

@@ -1,0 +1,115 @@
+"""A cluster with a real node (tests/cluster/realnode.py): the user's journey on real pods.
+
+One per test session, started on first use and stopped (processes, containers, mounts,
+bridge, iptables chains) when the session ends; a SIGKILLed session's leftovers are reaped
+at the next start. Needs root, Docker (the images are built locally and copied into the
+node's containerd), containerd/runc/CNI plugins from Debian and the Go programs of
+``tests/cluster/build-binaries``. Without them the tests skip, or fail under CI
+(``CI`` or ``CHATBOT_REQUIRE_NODE=1``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.kube import localcluster, realnode
+from tests.kube.operator_fixtures import gateway_api_crds, install_crd_object
+from tests.support import docker_engine as engine
+
+REQUIRE_ENV = "CHATBOT_REQUIRE_NODE"
+
+
+def _require() -> bool:
+    flag = os.environ.get(REQUIRE_ENV, "").strip().lower()
+    if flag:
+        return flag not in ("0", "false", "no")
+    return bool(os.environ.get("CI"))
+
+
+def _unavailable(msg: str):
+    if _require():
+        pytest.fail(msg, pytrace=False)
+    pytest.skip(msg)
+
+
+def pytest_collection_modifyitems(config, items):
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if here in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.node)
+
+
+@dataclass
+class NodeCluster:
+    cluster: localcluster.LocalCluster
+    node: realnode.RealNode
+    images: dict[str, str]  # role -> image reference in the node's runtime
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.cluster.kubeconfig
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def route(self, path: str) -> str:
+        return f"http://127.0.0.1:{realnode.ROUTE_PORT}{path}"
+
+
+def _build_images() -> dict[str, str]:
+    engine.Daemon().start()
+    ferretdb = localcluster.COMPONENTS["ferretdb"]
+    if not ferretdb.is_built():
+        localcluster.build_all(["ferretdb"])
+    engine.seed_wheels()
+    return {
+        "service": engine.build_service_image()[0],
+        "operator": engine.build_operator_image()[0],
+        "mongodb": engine.build_ferretdb_image(localcluster.binary("ferretdb"),
+                                               ferretdb.version),
+        "helper": engine.build_base_image(),
+    }
+
+
+@pytest.fixture(scope="session")
+def node_cluster() -> NodeCluster:
+    missing = realnode.missing_prerequisites()
+    if missing:
+        _unavailable("no real node on this host: missing " + ", ".join(missing))
+    try:
+        images = _build_images()
+    except engine.DockerUnavailable as exc:
+        _unavailable(f"no Docker Engine to build the images: {exc}")
+
+    say = lambda msg: print(f"[node] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    # One fixed place: a node is one per host (port 8001, the bridge), and a killed
+    # session's leftovers are found there by the next.
+    workdir = Path(tempfile.gettempdir()) / f"chatbot-node-{os.getuid()}"
+    cluster = localcluster.LocalCluster(workdir, node_ip=realnode.node_ip())
+    node = realnode.RealNode(cluster)
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    try:
+        cluster.up(die_with_parent=True, progress=say)
+        import kubernetes
+
+        api = kubernetes.config.new_client_from_config(str(cluster.kubeconfig))
+        for crd in gateway_api_crds():
+            install_crd_object(api, crd)
+        node.up(die_with_parent=True, progress=say)
+        timings["cluster up"] = time.monotonic() - started
+        loaded = time.monotonic()
+        copied = [ref for ref in images.values() if node.load_docker_image(ref)]
+        timings[f"images into containerd ({len(copied)} of {len(images)} copied)"] = (
+            time.monotonic() - loaded)
+        yield NodeCluster(cluster, node, images, timings)
+    finally:
+        node.down()
