@@ -1,6 +1,6 @@
 """Install the project into the running interpreter's environment, with llama.cpp built portably.
 
-    .venv/bin/python services/install.py '.[service,llm]'            # what the README's run command does
+    .venv/bin/python services/install.py -e '.[service,llm]'   # the README's run command
     CHATBOT_LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON" .venv/bin/python services/install.py '.[service,llm]'
 
 Why this exists rather than a plain `pip install`:
