@@ -1,7 +1,7 @@
 """Install the project into the running interpreter's environment, with llama.cpp built portably.
 
     .venv/bin/python services/install.py -e '.[service,llm]'   # the README's run command
-    CHATBOT_LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON" .venv/bin/python services/install.py '.[service,llm]'
+    CHATBOT_LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON" .venv/bin/python services/install.py '.[llm]'
 
 Why this exists rather than a plain `pip install`:
 
