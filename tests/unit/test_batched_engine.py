@@ -119,7 +119,7 @@ def test_a_prompt_longer_than_n_batch_is_chunked(tiny_models):
     long_question = " ".join(f"item {i}: check the figures and the dates." for i in range(36))
 
     async def run(n_batch: int):
-        async with engine(tiny_models, 1, n_batch=n_batch) as e:
+        async with engine(tiny_models, 1, n_batch=n_batch, prompt_tokens_per_step=n_batch) as e:
             prompt, _ = e.tokenize_chat(chat(long_question))
             text = await answer(e, chat(long_question))
             return len(prompt), text, e.status().facts
