@@ -327,7 +327,7 @@ def test_with_more_conversations_than_slots_a_next_turn_evaluates_only_its_new_p
 
     without, facts = asyncio.run(scenario(cache_ram_mib=0))
     assert facts["kv_host_saves"] == 0 and facts["kv_host_bytes"] == 0
-    for n_first, n_second, d in without:
+    for _, n_second, d in without:
         assert d["prompt_tokens_restored"] == 0
         # All but the system header the conversations share (their system prompts differ).
         assert d["prompt_tokens_evaluated"] >= n_second - 16
