@@ -148,7 +148,8 @@ def bench_model(model: Path, args, workdir: Path) -> list[dict]:
                 print(f"  {model.name} users={users} {c.name}: {r['tok_s']:.1f} tok/s, TTFT "
                       f"p95 {r['ttft_p95'] * 1000:.0f} ms, prompt tokens evaluated "
                       f"{r['evaluated']:.0f} / reused {r['reused']:.0f} (restored from RAM "
-                      f"{restored(r)})", file=sys.stderr,
+                      f"{restored(r)}), TTFT p50 turn 1 {ms(r['turn_p50'][0])} ms, turn "
+                      f"{args.turns} {ms(r['turn_p50'][-1])} ms", file=sys.stderr,
                       flush=True)
     finally:
         for c in contenders:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 OFFICE_BODY = {"input_data": "회의록을 잘 쓰는 방법을 알려주세요."}
@@ -223,3 +224,40 @@ def test_llama_server_metric_names_follow_the_traffic(start_server):
     assert 0 < seen["kv_cache_usage_ratio"] <= 1
     assert 1 < after["n_busy_slots_per_decode"] <= 2
     assert after["tokens_predicted_total"] > twice["tokens_predicted_total"]
+
+
+def test_a_conversation_whose_slot_went_to_another_comes_back_from_ram(start_server):
+    """One slot, two users: Alice's second turn finds Bob's conversation in the slot, gets
+    her own cells back from host RAM, and evaluates only her new question; /metrics and
+    /performance count the restored tokens."""
+    server = start_server("office", env={
+        "CHATBOT_OFFICE__MAX_CONCURRENT": "1",
+        "CHATBOT_OFFICE__GENERATION__TEMPERATURE": "0",
+    })
+    alice = {"db_id": str(uuid.uuid4()), "user_id": "alice"}
+    bob = {"db_id": str(uuid.uuid4()), "user_id": "bob"}
+
+    def restored(http) -> float:
+        for line in http.get("/metrics").text.splitlines():
+            if line.startswith("chatbot_engine_prompt_tokens_restored_total{"):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError("no chatbot_engine_prompt_tokens_restored_total")
+
+    with server.client() as http:
+        for body in ({"input_data": "How do I write meeting minutes?", **alice},
+                     {"input_data": "What should a project plan hold?", **bob}):
+            assert http.post("/Llama", json=body).status_code == 200
+        before, restored_before = llamacpp_metrics(http), restored(http)
+        second = http.post("/Llama", json={"input_data": "And the action items?", **alice})
+        after, performance = llamacpp_metrics(http), http.get("/performance").json()
+        restored_after = restored(http)
+    assert second.status_code == 200
+    assert restored_before == 0
+    # Alice's first turn (system prompt, question, answer) came back from RAM ...
+    assert restored_after > 40
+    assert performance["engine_prompt_tokens_restored"] == restored_after
+    assert performance["engine_kv_host_restores"] == 1
+    # ... and counts as cached, so only about the new question was evaluated.
+    assert after["prompt_tokens_cached_total"] - before["prompt_tokens_cached_total"] >= (
+        restored_after)
+    assert after["prompt_tokens_total"] - before["prompt_tokens_total"] < 40

@@ -12,6 +12,7 @@ from chatbot.core.ports import ChatMessage
 from chatbot.domain.errors import ContextLengthExceededError
 from chatbot.domain.personas import SamplingParams
 from chatbot.llm.batched_engine import BatchedEngine
+from chatbot.llm.bundled import bundled_model_path
 from chatbot.settings import ModelSettings
 
 GREEDY = SamplingParams(max_tokens=64, temperature=0, top_p=1, repeat_penalty=1.1)
@@ -32,9 +33,9 @@ def chat(question: str, *history: tuple[str, str], system: str = "") -> list[Cha
 
 
 @asynccontextmanager
-async def engine(tiny_models, n_seq: int, **model):
+async def engine(tiny_models, n_seq: int, path=None, **model):
     settings = ModelSettings(n_ctx=model.pop("n_ctx", 2048), n_threads=2, **model)
-    e = BatchedEngine(tiny_models["office"], settings, n_seq)
+    e = BatchedEngine(path or tiny_models["office"], settings, n_seq)
     await e.load()
     assert e.status().ready, e.status().detail
     try:
@@ -247,28 +248,31 @@ def _turns(question: str, reply: str, follow_up: str) -> tuple[list, list]:
     return chat(question), chat(follow_up, (question, reply.strip()))
 
 
-def test_greedy_output_is_the_same_whether_history_stayed_in_its_slot_came_back_from_ram_or_was_evaluated_again(tiny_models):  # noqa: E501
+@pytest.mark.parametrize("model", ["tiny", pytest.param("smollm2", marks=pytest.mark.smoke)])
+def test_greedy_output_is_the_same_whether_history_stayed_in_its_slot_came_back_from_ram_or_was_evaluated_again(tiny_models, model):  # noqa: E501
     """A conversation's second turn, three ways: its cells still in the slot; its slot taken
     by another conversation (so its cells were saved to host RAM and are restored); and a
-    fresh engine evaluating the whole prompt. The answers are the same.
+    fresh engine evaluating the whole prompt. The answers are the same, on the random tiny
+    model and on the real SmolLM2.
 
     Restored cells are byte for byte what the slot held, so "kept" and "restored" evaluate
     the same suffix on the same cells. "Evaluated again" computes the history in other
-    batch shapes; llama.cpp's CPU kernels are not bit-identical across shapes, so on this
-    random-weight model a near-tie could flip there (README, near-ties); these questions
-    have none on the portable (AVX2) build.
+    batch shapes; llama.cpp's CPU kernels are not bit-identical across shapes, so a near-tie
+    could flip there (README, near-ties); these questions have none on the portable (AVX2)
+    build.
     """
+    path = bundled_model_path() if model == "smollm2" else None
     cases = [(QUESTIONS[0], "And who should get them?"),
              (QUESTIONS[2], "And the totals?")]
     other = chat("Tell me about the weather in spring.", system="Someone else entirely. ")
 
     async def second_turn(mode: str, question: str, follow_up: str):
-        async with engine(tiny_models, 1) as e:
+        async with engine(tiny_models, 1, path) as e:
             first = chat(question)
             reply = await answer(e, first, GREEDY_PLAIN)
             second = chat(follow_up, (question, reply.strip()))
             if mode == "fresh":
-                async with engine(tiny_models, 1) as fresh:
+                async with engine(tiny_models, 1, path) as fresh:
                     return await answer(fresh, second, GREEDY_PLAIN), fresh.status().facts
             if mode == "restored":
                 await answer(e, other, GREEDY_PLAIN)  # takes the only slot
