@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from contextlib import asynccontextmanager
 
@@ -34,7 +35,8 @@ def chat(question: str, *history: tuple[str, str], system: str = "") -> list[Cha
 
 @asynccontextmanager
 async def engine(tiny_models, n_seq: int, path=None, **model):
-    settings = ModelSettings(n_ctx=model.pop("n_ctx", 2048), n_threads=2, **model)
+    settings = ModelSettings(n_ctx=model.pop("n_ctx", 2048), n_threads=model.pop("n_threads", 2),
+                             **model)
     e = BatchedEngine(path or tiny_models["office"], settings, n_seq)
     await e.load()
     assert e.status().ready, e.status().detail
@@ -256,23 +258,28 @@ def test_greedy_output_is_the_same_whether_history_stayed_in_its_slot_came_back_
     model and on the real SmolLM2.
 
     Restored cells are byte for byte what the slot held, so "kept" and "restored" evaluate
-    the same suffix on the same cells. "Evaluated again" computes the history in other
-    batch shapes; llama.cpp's CPU kernels are not bit-identical across shapes, so a near-tie
-    could flip there (README, near-ties); these questions have none on the portable (AVX2)
-    build.
+    the same suffix on the same cells: identical on both models. "Evaluated again" computes
+    the history in one batch where the slot computed the answer token by token; llama.cpp's
+    CPU kernels are not bit-identical across batch shapes (README, near-ties). On the tiny
+    model these questions have no near-tie on the portable (AVX2) build. On SmolLM2 the two
+    computations move the logits by up to ~0.2, and these follow-ups meet near-ties early
+    (top-2 gaps of 0.14 logits at the 4th token of "And the totals?", 0.04 at the 6th of
+    another; reproduced with llama-cpp-python's own `Llama`, so llama.cpp's, not this
+    engine's): there the answers only share their opening.
     """
-    path = bundled_model_path() if model == "smollm2" else None
+    # SmolLM2 on one thread: two spin-waiting threads on a busy machine are far slower.
+    path, threads = (bundled_model_path(), 1) if model == "smollm2" else (None, 2)
     cases = [(QUESTIONS[0], "And who should get them?"),
              (QUESTIONS[2], "And the totals?")]
     other = chat("Tell me about the weather in spring.", system="Someone else entirely. ")
 
     async def second_turn(mode: str, question: str, follow_up: str):
-        async with engine(tiny_models, 1, path) as e:
+        async with engine(tiny_models, 1, path, n_threads=threads) as e:
             first = chat(question)
             reply = await answer(e, first, GREEDY_PLAIN)
             second = chat(follow_up, (question, reply.strip()))
             if mode == "fresh":
-                async with engine(tiny_models, 1, path) as fresh:
+                async with engine(tiny_models, 1, path, n_threads=threads) as fresh:
                     return await answer(fresh, second, GREEDY_PLAIN), fresh.status().facts
             if mode == "restored":
                 await answer(e, other, GREEDY_PLAIN)  # takes the only slot
@@ -292,7 +299,10 @@ def test_greedy_output_is_the_same_whether_history_stayed_in_its_slot_came_back_
         assert (restored_facts["prompt_tokens_reused"] - restored_facts["prompt_tokens_restored"]
                 <= kept_facts["prompt_tokens_reused"])
         assert restored == kept
-        assert fresh == kept
+        if model == "tiny":
+            assert fresh == kept
+        else:  # the near-ties above
+            assert len(os.path.commonprefix([fresh, kept])) >= 20
 
 
 def test_with_more_conversations_than_slots_a_next_turn_evaluates_only_its_new_part(tiny_models):
