@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -175,6 +176,7 @@ def test_llama_server_metric_names_follow_the_traffic(start_server):
         "CHATBOT_OFFICE__GENERATION__MAX_TOKENS": "64",
         "CHATBOT_OFFICE__GENERATION__TEMPERATURE": "0",
         "CHATBOT_OFFICE__MODEL__N_THREADS": "1",  # no spin-waiting threads on a busy machine
+        "CHATBOT_OFFICE__MODEL__PROMPT_TOKENS_PER_STEP": "64",
     })
     with server.client() as http:
         idle = llamacpp_metrics(http)
@@ -196,8 +198,9 @@ def test_llama_server_metric_names_follow_the_traffic(start_server):
     assert prompt > 10 and once["prompt_tokens_cached_total"] == 0
     assert twice["prompt_tokens_total"] == prompt + 1  # only the last token evaluated again
     assert twice["prompt_tokens_cached_total"] == prompt - 1
-    # One sequence at a time: a decode call per token, one busy slot in each.
-    assert once["n_decode_total"] == once["tokens_predicted_total"]
+    # One sequence at a time: a decode call per 64-token prompt chunk, then one per token
+    # (the last chunk's call samples the first), one busy slot in each.
+    assert once["n_decode_total"] == once["tokens_predicted_total"] + math.ceil(prompt / 64) - 1
     assert once["n_busy_slots_per_decode"] == 1
     assert once["prompt_seconds_total"] > 0 and once["tokens_predicted_seconds_total"] > 0
     assert once["predicted_tokens_seconds"] > 0 and once["prompt_tokens_seconds"] > 0
