@@ -39,6 +39,16 @@ class ModelSettings(BaseModel):
 
     n_ctx: int = Field(default=DEFAULT_CONTEXT_SIZE, gt=0)
     n_batch: int = Field(default=DEFAULT_BATCH_SIZE, gt=0)
+    prompt_tokens_per_step: int = Field(
+        default=256, gt=0,
+        description="batched engine: at most this many prompt tokens per decode step, after "
+        "one token of every generating sequence (long prompts are chunked, so running "
+        "conversations keep getting tokens while new ones are prefilled)")
+    cache_ram_mib: int = Field(
+        default=1024, ge=0,
+        description="batched engine: host RAM for the KV cells of conversations whose slot "
+        "went to another one, restored on their next turn (LRU; 0: off; llama-server's "
+        "--cache-ram)")
     n_gpu_layers: int = Field(default=-1, ge=-1)
     main_gpu: int = Field(default=0, ge=0)
     flash_attn: bool = True

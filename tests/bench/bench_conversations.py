@@ -13,7 +13,9 @@ users than slots, a conversation's next turn may find its slot taken by another.
 
 It prints, per user level and contender: TTFT p50/p95 per turn index, aggregate tok/s,
 prompt tokens evaluated and reused (both servers' `llamacpp:prompt_tokens_total` and
-`llamacpp:prompt_tokens_cached_total`), and our ratio to llama-server. The markdown ends
+`llamacpp:prompt_tokens_cached_total`; of ours, those restored from host RAM after another
+conversation took the slot: `chatbot_engine_prompt_tokens_restored_total`), and our ratio
+to llama-server. The markdown ends
 with the ratio table: `users | agg tok/s ratio | TTFT p95 ratio | turn-last/turn-1 TTFT
 p50` (ours over llama-server's, except the last column: ours alone).
 
@@ -54,15 +56,17 @@ def question(turn: int, user: int) -> str:
     return f"{QUESTIONS[turn % len(QUESTIONS)]} (user {user})"
 
 
-def prompt_counters(url: str) -> tuple[float, float]:
-    """(evaluated, reused) prompt tokens so far: llama-server's metric names, ours too."""
+def prompt_counters(url: str) -> tuple[float, float, float | None]:
+    """(evaluated, reused, of which restored from host RAM) prompt tokens so far:
+    llama-server's metric names, ours too; restored is ours only (None for llama-server)."""
     values = {}
     for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
-        if line.startswith("llamacpp:prompt_tokens"):
-            name, value = line.split(" ")
-            values[name] = float(value)
+        if line.startswith(("llamacpp:prompt_tokens", "chatbot_engine_prompt_tokens_restored")):
+            name, value = line.rsplit(" ", 1)
+            values[name.split("{")[0]] = float(value)
     return (values.get("llamacpp:prompt_tokens_total", 0.0),
-            values.get("llamacpp:prompt_tokens_cached_total", 0.0))
+            values.get("llamacpp:prompt_tokens_cached_total", 0.0),
+            values.get("chatbot_engine_prompt_tokens_restored_total"))
 
 
 def run_level(contender, users: int, turns: int, tag: str):
@@ -122,16 +126,23 @@ def bench_model(model: Path, args, workdir: Path) -> list[dict]:
                     "turn_p50": [bb.pct([s.ttft for s in turn], 0.5) for turn in per_turn],
                     "turn_p95": [bb.pct([s.ttft for s in turn], 0.95) for turn in per_turn],
                     "evaluated": after[0] - before[0], "reused": after[1] - before[1],
+                    "restored": None if after[2] is None else after[2] - (before[2] or 0),
                 })
                 r = rows[-1]
                 print(f"  {model.name} users={users} {c.name}: {r['tok_s']:.1f} tok/s, TTFT "
                       f"p95 {r['ttft_p95'] * 1000:.0f} ms, prompt tokens evaluated "
-                      f"{r['evaluated']:.0f} / reused {r['reused']:.0f}", file=sys.stderr,
+                      f"{r['evaluated']:.0f} / reused {r['reused']:.0f} (restored from RAM "
+                      f"{restored(r)}), TTFT p50 turn 1 {ms(r['turn_p50'][0])} ms, turn "
+                      f"{args.turns} {ms(r['turn_p50'][-1])} ms", file=sys.stderr,
                       flush=True)
     finally:
         for c in contenders:
             c.stop()
     return rows
+
+
+def restored(row: dict) -> str:
+    return "-" if row["restored"] is None else f"{row['restored']:.0f}"
 
 
 def ms(seconds: float) -> str:
@@ -145,15 +156,15 @@ def table(rows: list[dict], args, load: float) -> str:
         f"tokens per answer (greedy), {bb.THREADS} threads, {bb.SLOTS} slots x "
         f"{bb.N_CTX_PER_SLOT} tokens, 1-minute load average at start {load:.2f}.", "",
         "| model | contender | users | requests | agg tok/s | TTFT p50 ms | TTFT p95 ms | "
-        "prompt tokens evaluated | reused | "
+        "prompt tokens evaluated | reused | of which restored from RAM | "
         + " | ".join(f"turn {t + 1} p50/p95 ms" for t in range(turns)) + " |",
-        "|---" * (9 + turns) + "|",
+        "|---" * (10 + turns) + "|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['contender']} | {r['users']} | {r['requests']} | "
             f"{r['tok_s']:.1f} | {ms(r['ttft_p50'])} | {ms(r['ttft_p95'])} | "
-            f"{r['evaluated']:.0f} | {r['reused']:.0f} | "
+            f"{r['evaluated']:.0f} | {r['reused']:.0f} | {restored(r)} | "
             + " | ".join(f"{ms(a)}/{ms(b)}" for a, b in zip(r["turn_p50"], r["turn_p95"],
                                                           strict=True)) + " |")
     for model in dict.fromkeys(r["model"] for r in rows):

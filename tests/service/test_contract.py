@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 OFFICE_BODY = {"input_data": "회의록을 잘 쓰는 방법을 알려주세요."}
@@ -174,6 +176,7 @@ def test_llama_server_metric_names_follow_the_traffic(start_server):
         "CHATBOT_OFFICE__GENERATION__MAX_TOKENS": "64",
         "CHATBOT_OFFICE__GENERATION__TEMPERATURE": "0",
         "CHATBOT_OFFICE__MODEL__N_THREADS": "1",  # no spin-waiting threads on a busy machine
+        "CHATBOT_OFFICE__MODEL__PROMPT_TOKENS_PER_STEP": "64",
     })
     with server.client() as http:
         idle = llamacpp_metrics(http)
@@ -195,8 +198,9 @@ def test_llama_server_metric_names_follow_the_traffic(start_server):
     assert prompt > 10 and once["prompt_tokens_cached_total"] == 0
     assert twice["prompt_tokens_total"] == prompt + 1  # only the last token evaluated again
     assert twice["prompt_tokens_cached_total"] == prompt - 1
-    # One sequence at a time: a decode call per token, one busy slot in each.
-    assert once["n_decode_total"] == once["tokens_predicted_total"]
+    # One sequence at a time: a decode call per 64-token prompt chunk, then one per token
+    # (the last chunk's call samples the first), one busy slot in each.
+    assert once["n_decode_total"] == once["tokens_predicted_total"] + math.ceil(prompt / 64) - 1
     assert once["n_busy_slots_per_decode"] == 1
     assert once["prompt_seconds_total"] > 0 and once["tokens_predicted_seconds_total"] > 0
     assert once["predicted_tokens_seconds"] > 0 and once["prompt_tokens_seconds"] > 0
@@ -223,3 +227,40 @@ def test_llama_server_metric_names_follow_the_traffic(start_server):
     assert 0 < seen["kv_cache_usage_ratio"] <= 1
     assert 1 < after["n_busy_slots_per_decode"] <= 2
     assert after["tokens_predicted_total"] > twice["tokens_predicted_total"]
+
+
+def test_a_conversation_whose_slot_went_to_another_comes_back_from_ram(start_server):
+    """One slot, two users: Alice's second turn finds Bob's conversation in the slot, gets
+    her own cells back from host RAM, and evaluates only her new question; /metrics and
+    /performance count the restored tokens."""
+    server = start_server("office", env={
+        "CHATBOT_OFFICE__MAX_CONCURRENT": "1",
+        "CHATBOT_OFFICE__GENERATION__TEMPERATURE": "0",
+    })
+    alice = {"db_id": str(uuid.uuid4()), "user_id": "alice"}
+    bob = {"db_id": str(uuid.uuid4()), "user_id": "bob"}
+
+    def restored(http) -> float:
+        for line in http.get("/metrics").text.splitlines():
+            if line.startswith("chatbot_engine_prompt_tokens_restored_total{"):
+                return float(line.rsplit(" ", 1)[1])
+        raise AssertionError("no chatbot_engine_prompt_tokens_restored_total")
+
+    with server.client() as http:
+        for body in ({"input_data": "How do I write meeting minutes?", **alice},
+                     {"input_data": "What should a project plan hold?", **bob}):
+            assert http.post("/Llama", json=body).status_code == 200
+        before, restored_before = llamacpp_metrics(http), restored(http)
+        second = http.post("/Llama", json={"input_data": "And the action items?", **alice})
+        after, performance = llamacpp_metrics(http), http.get("/performance").json()
+        restored_after = restored(http)
+    assert second.status_code == 200
+    assert restored_before == 0
+    # Alice's first turn (system prompt, question, answer) came back from RAM ...
+    assert restored_after > 40
+    assert performance["engine_prompt_tokens_restored"] == restored_after
+    assert performance["engine_kv_host_restores"] == 1
+    # ... and counts as cached, so only about the new question was evaluated.
+    assert after["prompt_tokens_cached_total"] - before["prompt_tokens_cached_total"] >= (
+        restored_after)
+    assert after["prompt_tokens_total"] - before["prompt_tokens_total"] < 40

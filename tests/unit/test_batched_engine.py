@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from contextlib import asynccontextmanager
 
@@ -12,6 +13,7 @@ from chatbot.domain.conversation import ChatMessage
 from chatbot.domain.errors import ContextLengthExceededError
 from chatbot.domain.personas import SamplingParams
 from chatbot.llm.batched_engine import BatchedEngine
+from chatbot.llm.bundled import bundled_model_path
 from chatbot.settings import ModelSettings
 
 GREEDY = SamplingParams(max_tokens=64, temperature=0, top_p=1, repeat_penalty=1.1)
@@ -32,9 +34,10 @@ def chat(question: str, *history: tuple[str, str], system: str = "") -> list[Cha
 
 
 @asynccontextmanager
-async def engine(tiny_models, n_seq: int, **model):
-    settings = ModelSettings(n_ctx=model.pop("n_ctx", 2048), n_threads=2, **model)
-    e = BatchedEngine(tiny_models["office"], settings, n_seq)
+async def engine(tiny_models, n_seq: int, path=None, **model):
+    settings = ModelSettings(n_ctx=model.pop("n_ctx", 2048), n_threads=model.pop("n_threads", 2),
+                             **model)
+    e = BatchedEngine(path or tiny_models["office"], settings, n_seq)
     await e.load()
     assert e.status().ready, e.status().detail
     try:
@@ -119,7 +122,7 @@ def test_a_prompt_longer_than_n_batch_is_chunked(tiny_models):
     long_question = " ".join(f"item {i}: check the figures and the dates." for i in range(36))
 
     async def run(n_batch: int):
-        async with engine(tiny_models, 1, n_batch=n_batch) as e:
+        async with engine(tiny_models, 1, n_batch=n_batch, prompt_tokens_per_step=n_batch) as e:
             prompt, _ = e.tokenize_chat(chat(long_question))
             text = await answer(e, chat(long_question))
             return len(prompt), text, e.status().facts
@@ -241,3 +244,147 @@ def test_a_prompt_longer_than_the_context_is_refused(tiny_models):
             assert caught.value.prompt_tokens == e.count_prompt_tokens(chat(QUESTIONS[2] * 10))
 
     asyncio.run(scenario())
+
+
+def _turns(question: str, reply: str, follow_up: str) -> tuple[list, list]:
+    return chat(question), chat(follow_up, (question, reply.strip()))
+
+
+@pytest.mark.parametrize("model", ["tiny", pytest.param("smollm2", marks=pytest.mark.smoke)])
+def test_greedy_output_is_the_same_whether_history_stayed_in_its_slot_came_back_from_ram_or_was_evaluated_again(tiny_models, model):  # noqa: E501
+    """A conversation's second turn, three ways: its cells still in the slot; its slot taken
+    by another conversation (so its cells were saved to host RAM and are restored); and a
+    fresh engine evaluating the whole prompt. The answers are the same, on the random tiny
+    model and on the real SmolLM2.
+
+    Restored cells are byte for byte what the slot held, so "kept" and "restored" evaluate
+    the same suffix on the same cells: identical on both models. "Evaluated again" computes
+    the history in one batch where the slot computed the answer token by token; llama.cpp's
+    CPU kernels are not bit-identical across batch shapes (README, near-ties). On the tiny
+    model these questions have no near-tie on the portable (AVX2) build. On SmolLM2 the two
+    computations move the logits by up to ~0.2, and these follow-ups meet near-ties early
+    (top-2 gaps of 0.14 logits at the 4th token of "And the totals?", 0.04 at the 6th of
+    another; reproduced with llama-cpp-python's own `Llama`, so llama.cpp's, not this
+    engine's): there the answers only share their opening.
+    """
+    # SmolLM2 on one thread: two spin-waiting threads on a busy machine are far slower.
+    path, threads = (bundled_model_path(), 1) if model == "smollm2" else (None, 2)
+    cases = [(QUESTIONS[0], "And who should get them?"),
+             (QUESTIONS[2], "And the totals?")]
+    other = chat("Tell me about the weather in spring.", system="Someone else entirely. ")
+
+    async def second_turn(mode: str, question: str, follow_up: str):
+        async with engine(tiny_models, 1, path, n_threads=threads) as e:
+            first = chat(question)
+            reply = await answer(e, first, GREEDY_PLAIN)
+            second = chat(follow_up, (question, reply.strip()))
+            if mode == "fresh":
+                async with engine(tiny_models, 1, path, n_threads=threads) as fresh:
+                    return await answer(fresh, second, GREEDY_PLAIN), fresh.status().facts
+            if mode == "restored":
+                await answer(e, other, GREEDY_PLAIN)  # takes the only slot
+            return await answer(e, second, GREEDY_PLAIN), e.status().facts
+
+    async def scenario():
+        return [{mode: await second_turn(mode, q, f) for mode in ("kept", "restored", "fresh")}
+                for q, f in cases]
+
+    for got in asyncio.run(scenario()):
+        (kept, kept_facts), (restored, restored_facts), (fresh, _) = (
+            got["kept"], got["restored"], got["fresh"])
+        assert kept_facts["kv_host_restores"] == 0
+        assert restored_facts["kv_host_saves"] >= 1 and restored_facts["kv_host_restores"] == 1
+        # The second turn reused as much from RAM as it reused from the slot.
+        assert restored_facts["prompt_tokens_restored"] > 0
+        assert (restored_facts["prompt_tokens_reused"] - restored_facts["prompt_tokens_restored"]
+                <= kept_facts["prompt_tokens_reused"])
+        assert restored == kept
+        if model == "tiny":
+            assert fresh == kept
+        else:  # the near-ties above
+            assert len(os.path.commonprefix([fresh, kept])) >= 20
+
+
+def test_with_more_conversations_than_slots_a_next_turn_evaluates_only_its_new_part(tiny_models):
+    """Four conversations on two slots, turn 1 each, then turn 2 each: every second turn
+    finds its slot taken by a later conversation, gets its cells back from host RAM, and
+    evaluates only what is new since turn 1. Without the RAM cache the history is
+    evaluated again."""
+    conversations = [chat(q, system=f"{i}. ") for i, q in enumerate(QUESTIONS)]
+    follow_up = "Thank you. Can you say that again in fewer words?"
+
+    async def scenario(cache_ram_mib: int):
+        async with engine(tiny_models, 2, cache_ram_mib=cache_ram_mib) as e:
+            seconds = []
+            for first in conversations:
+                reply = await answer(e, first, GREEDY_PLAIN)
+                seconds.append((first, [*first, ChatMessage("assistant", reply.strip()),
+                                        ChatMessage("user", follow_up)]))
+            turns = []
+            for first, second in seconds:
+                before = e.status().facts
+                await answer(e, second, GREEDY_PLAIN)
+                after = e.status().facts
+                turns.append((len(e.tokenize_chat(first)[0]), len(e.tokenize_chat(second)[0]),
+                              {k: after[k] - before[k] for k in (
+                                  "prompt_tokens_evaluated", "prompt_tokens_reused",
+                                  "prompt_tokens_restored")}))
+            return turns, e.status().facts
+
+    turns, facts = asyncio.run(scenario(cache_ram_mib=64))
+    assert facts["kv_host_saves"] >= 4 and facts["kv_host_restores"] == 4
+    assert facts["kv_host_bytes"] > 0
+    for n_first, n_second, d in turns:
+        assert d["prompt_tokens_evaluated"] + d["prompt_tokens_reused"] == n_second
+        assert d["prompt_tokens_restored"] >= n_first - 2  # (header/answer boundary, above)
+        assert d["prompt_tokens_evaluated"] <= n_second - n_first + 2
+
+    without, facts = asyncio.run(scenario(cache_ram_mib=0))
+    assert facts["kv_host_saves"] == 0 and facts["kv_host_bytes"] == 0
+    for _, n_second, d in without:
+        assert d["prompt_tokens_restored"] == 0
+        # All but the system header the conversations share (their system prompts differ).
+        assert d["prompt_tokens_evaluated"] >= n_second - 16
+
+
+def test_a_generating_conversation_keeps_getting_tokens_while_a_long_prompt_is_prefilled(tiny_models):  # noqa: E501
+    """One conversation is generating when a ~1 500-token prompt arrives. With 16 prompt
+    tokens per step the prompt is prefilled over ~90 steps, each also decoding the running
+    conversation's next token, so the running one finishes its answer before the new one's
+    first token. With the whole prompt in one step (the cap at n_batch) the running one gets
+    one token during the prefill and finishes after."""
+    long_question = " ".join(f"item {i}: check the figures and the dates." for i in range(64))
+    running_params = SamplingParams(max_tokens=60, temperature=0, top_p=1)
+
+    async def scenario(per_step: int):
+        async with engine(tiny_models, 2, prompt_tokens_per_step=per_step) as e:
+            events = []
+
+            async def running():
+                n = 0
+                async for _ in e.stream(chat(QUESTIONS[0]), running_params):
+                    n += 1
+                    if n == 1:
+                        joined.set()
+                events.append(("running ends", n))
+
+            async def joining():
+                await joined.wait()
+                async for _ in e.stream(chat(long_question), GREEDY_PLAIN):
+                    events.append(("first token", 0))
+                    break
+
+            joined = asyncio.Event()
+            await asyncio.gather(running(), joining())
+            return events, len(e.tokenize_chat(chat(long_question))[0]), e.status().facts
+
+    events, n_long, facts = asyncio.run(scenario(16))
+    assert n_long > 1400
+    assert facts["peak_batch_tokens"] == 17  # 16 prompt tokens + the running one's token
+    assert [name for name, _ in events] == ["running ends", "first token"]
+    assert events[0][1] >= 40  # it really was generating through the prefill
+
+    events, _, facts = asyncio.run(scenario(2048))
+    # The whole prompt in one step (but the system prompt, copied from the running slot).
+    assert facts["peak_batch_tokens"] > n_long - 64
+    assert [name for name, _ in events] == ["first token", "running ends"]

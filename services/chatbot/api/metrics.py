@@ -27,6 +27,28 @@ class _EngineTokens:
         yield family
 
 
+class _EngineHostCache:
+    """The batched engine's KV cells kept in host RAM for conversations whose slot went to
+    another one (`cache_ram_mib`), read live."""
+
+    def __init__(self, engine: ChatEngine, persona: str) -> None:
+        self.engine, self.persona = engine, persona
+
+    def collect(self):
+        f = self.engine.status().facts
+        for kind, name, doc, value in (
+            (CounterMetricFamily, "chatbot_engine_prompt_tokens_restored",
+             "Prompt tokens restored from host RAM instead of evaluated (part of "
+             "llamacpp:prompt_tokens_cached_total)", f.get("prompt_tokens_restored", 0)),
+            (GaugeMetricFamily, "chatbot_engine_kv_host_bytes",
+             "Bytes of saved conversations' KV cells held in host RAM",
+             f.get("kv_host_bytes", 0)),
+        ):
+            family = kind(name, doc, labels=["persona"])
+            family.add_metric([self.persona], value)
+            yield family
+
+
 class _LlamaServerMetrics:
     """llama-server's own `/metrics` names, read live from the engine, so that autoscalers and
     dashboards written for llama-server (an HPA on `llamacpp:requests_deferred`, say) work
@@ -156,6 +178,7 @@ class PersonaMetrics:
               registry=r).labels(persona).set_function(lambda: admission.active)
         r.register(_EngineTokens(engine, persona))
         r.register(_LlamaServerMetrics(engine, admission))
+        r.register(_EngineHostCache(engine, persona))
         self.persona = persona
 
     def watch_dependencies(self, services, store, search) -> None:

@@ -93,6 +93,8 @@ async def character_gpt(gpt_set: str, body: CharacterRequest, request: Request, 
 _ENGINE_COUNTERS = (
     "sequences_active", "sequences_waiting", "peak_sequences", "prompt_tokens_evaluated",
     "prompt_tokens_reused", "prompt_tokens_copied", "decode_steps", "peak_batch_tokens",
+    "prompt_tokens_restored", "kv_host_bytes", "kv_host_sequences", "kv_host_saves",
+    "kv_host_saved_tokens", "kv_host_restores", "kv_host_evictions",
 )
 
 

@@ -8,10 +8,13 @@ it). That thread runs the step loop:
 1. requests waiting for a sequence take a free slot, reusing the KV cells of the longest
    prefix that slot still holds (`llama_memory_seq_rm` drops the rest), or copying them
    from another slot that holds more of the prompt (`llama_memory_seq_cp`: the shared
-   system prompt is evaluated once, not once per slot);
-2. one `llama_batch` gets the last sampled token of every generating sequence plus as many
-   prompt tokens of starting sequences as fit in `n_batch` (a long prompt is chunked over
-   several steps);
+   system prompt is evaluated once, not once per slot), or from host RAM
+   (`kv_host_cache.py`: a slot's conversation is saved there before another prompt
+   overwrites its cells, and restored into a slot when that conversation comes back);
+2. one `llama_batch` gets the last sampled token of every generating sequence first, then
+   prompt tokens of starting sequences, oldest first, up to `prompt_tokens_per_step` and
+   `n_batch` (llama-server's order; a long prompt is chunked over several steps, so a wave
+   of new prompts does not stall the conversations already generating);
 3. one `llama_decode`;
 4. every sequence that got logits samples its next token with its own native sampler chain
    (its persona's parameters, its own seed), and its text goes to its own HTTP response
@@ -39,17 +42,20 @@ from chatbot.core.ports import Completion, EngineStatus
 from chatbot.domain.conversation import ChatMessage
 from chatbot.domain.errors import ContextLengthExceededError, EngineUnavailableError
 from chatbot.domain.personas import STOP_STRINGS, SamplingParams
+from chatbot.llm.kv_host_cache import KvHostCache
 from chatbot.llm.lifecycle import ModelLifecycle, model_chat_format
 from chatbot.llm.loading import LlamaLogCapture, cpu_count, kv_cache_type
 from chatbot.llm.relay import END, Relay
 from chatbot.llm.sampling import sampler_chain
-from chatbot.llm.slots import Slot, SlotTable, common_prefix
+from chatbot.llm.slots import COPY_MIN_GAIN, Slot, SlotTable, common_prefix
 from chatbot.llm.text_stream import TextStream
 from chatbot.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 
 N_UBATCH_MAX = 512
+# A slot's cells are saved to host RAM when at least this many of them would be overwritten.
+SAVE_MIN_TOKENS = COPY_MIN_GAIN
 
 
 class _Request:
@@ -105,6 +111,7 @@ class BatchedEngine(ModelLifecycle):
         self.prompt_tokens_evaluated = 0
         self.prompt_tokens_reused = 0  # of which copied from another sequence:
         self.prompt_tokens_copied = 0
+        self.prompt_tokens_restored = 0  # ... and of which restored from host RAM
         self.decode_steps = 0
         self.peak_sequences = 0
         self.peak_batch_tokens = 0
@@ -116,6 +123,11 @@ class BatchedEngine(ModelLifecycle):
         self.busy_sequence_steps = 0
         self.peak_sequence_tokens = 0
         self._slots: SlotTable | None = None
+        self._host = KvHostCache(settings.cache_ram_mib * 2**20)
+        self.kv_host_restores = 0
+        # Sequences whose cells are the source or target of a stream copy that llama.cpp
+        # carries out at the next decode: their cells are not saved or restored until then.
+        self._unsettled: set[int] = set()
 
     def status(self) -> EngineStatus:
         return self._status(dict(
@@ -123,7 +135,12 @@ class BatchedEngine(ModelLifecycle):
             sequences_active=len(self._running), sequences_waiting=len(self._pending),
             prompt_tokens_evaluated=self.prompt_tokens_evaluated,
             prompt_tokens_reused=self.prompt_tokens_reused,
-            prompt_tokens_copied=self.prompt_tokens_copied, decode_steps=self.decode_steps,
+            prompt_tokens_copied=self.prompt_tokens_copied,
+            prompt_tokens_restored=self.prompt_tokens_restored,
+            kv_host_bytes=self._host.bytes, kv_host_sequences=len(self._host),
+            kv_host_saves=self._host.saved, kv_host_saved_tokens=self._host.saved_tokens,
+            kv_host_restores=self.kv_host_restores, kv_host_evictions=self._host.evicted,
+            decode_steps=self.decode_steps,
             peak_sequences=self.peak_sequences, peak_batch_tokens=self.peak_batch_tokens,
             prompt_seconds=self.prompt_seconds, predict_seconds=self.predict_seconds,
             busy_sequence_steps=self.busy_sequence_steps,
@@ -187,6 +204,7 @@ class BatchedEngine(ModelLifecycle):
         self._ctx, self._vocab = context.ctx, model.vocab
         self._memory = lc.llama_get_memory(context.ctx)
         self._n_batch = s.n_batch
+        self._prompt_step = s.prompt_tokens_per_step
         self._batch = _internals.LlamaBatch(n_tokens=s.n_batch, embd=0, n_seq_max=1,
                                             verbose=False)
         self._n_ctx_seq = lc.llama_n_ctx_seq(context.ctx)
@@ -195,6 +213,7 @@ class BatchedEngine(ModelLifecycle):
         self._facts = self.model_facts(
             "batched", model.metadata(), log_lines, threads, n_seq_max=self.n_seq,
             n_ctx=lc.llama_n_ctx(context.ctx), n_ctx_per_sequence=self._n_ctx_seq,
+            prompt_tokens_per_step=s.prompt_tokens_per_step, cache_ram_mib=s.cache_ram_mib,
             chat_format=self._format.name)
 
     def _after_load(self) -> None:
@@ -279,6 +298,17 @@ class BatchedEngine(ModelLifecycle):
                     request = self._pending.popleft()
                     if not request.cancelled:  # a request cancelled while waiting never runs
                         starting.append((request, *slots.claim(request.prompt)))
+            # Host RAM first (saving a slot's leaving conversation, restoring a returning
+            # one), then the copies between slots: llama.cpp copies a stream at the next
+            # decode, so a copy must see the restored cells, never the other way round.
+            for i, (request, slot, reused, donor) in enumerate(starting):
+                try:
+                    starting[i] = (request, slot, *self._swap(lc, request.prompt, slot,
+                                                              reused, donor))
+                except Exception:  # the cache is an optimization: evaluate instead
+                    log.exception("could not save or restore KV cells in host RAM")
+                    self._forget_cells(lc, slot)
+                    starting[i] = (request, slot, 0, None)
             for request, slot, reused, donor in starting:
                 try:
                     self._start(lc, request, slot, reused, donor)
@@ -302,6 +332,42 @@ class BatchedEngine(ModelLifecycle):
                 self._pending.popleft().relay.put(
                     EngineUnavailableError("The model engine is shutting down."), flush=True)
 
+    def _swap(self, lc, prompt: list[int], slot: Slot, reused: int,
+              donor: Slot | None) -> tuple[int, Slot | None]:
+        """Saves the cells `slot` is about to lose to host RAM and restores a saved
+        conversation that holds more of `prompt` than the slot or its donor would; returns
+        the new (reused, donor)."""
+        host = self._host
+        if not host.budget_bytes or slot.seq_id in self._unsettled:
+            return reused, donor
+        key, n = host.best(prompt)
+        n = min(n, len(prompt) - 1)  # the last prompt token is evaluated for its logits
+        restore = key is not None and n - reused >= COPY_MIN_GAIN
+        keeps = 0 if restore or donor is not None else reused
+        if len(slot.tokens) - keeps >= SAVE_MIN_TOKENS and not host.covers(slot.tokens):
+            self._save(lc, slot)
+        if not restore:
+            return reused, donor
+        entry = host.take(key)
+        read = lc.llama_state_seq_set_data(self._ctx, entry.state, entry.size, slot.seq_id)
+        if read != entry.size:  # llama.cpp emptied the sequence
+            log.warning("could not restore %d saved KV cells into sequence %d",
+                        len(entry.tokens), slot.seq_id)
+            slot.tokens.clear()
+            return (reused, donor) if donor is not None else (0, None)
+        slot.tokens[:] = entry.tokens
+        self.kv_host_restores += 1
+        self.prompt_tokens_restored += n
+        return n, None
+
+    def _save(self, lc, slot: Slot) -> None:
+        size = lc.llama_state_seq_get_size(self._ctx, slot.seq_id)
+        if not self._host.fits(size):
+            return
+        state = (ctypes.c_uint8 * size)()
+        if lc.llama_state_seq_get_data(self._ctx, state, size, slot.seq_id) == size:
+            self._host.put(slot.tokens, state, size)
+
     def _start(self, lc, request: _Request, slot: Slot, reused: int,
                donor: Slot | None) -> None:
         if donor is not None:
@@ -311,6 +377,7 @@ class BatchedEngine(ModelLifecycle):
             # Non-unified cache: a copy between sequences copies the donor's whole stream
             # (at the next decode, before anything new is written); then keep the prefix.
             lc.llama_memory_seq_cp(self._memory, donor.seq_id, slot.seq_id, -1, -1)
+            self._unsettled.update((donor.seq_id, slot.seq_id))
             slot.tokens[:] = donor.tokens[:reused]
             self.prompt_tokens_copied += reused
             lc.llama_memory_seq_rm(self._memory, slot.seq_id, reused, -1)
@@ -349,12 +416,13 @@ class BatchedEngine(ModelLifecycle):
                 n += 1
             else:
                 seq.logits_at = -1
-        # ... and prompts fill the rest of the batch, oldest first.
+        # ... and prompts fill the rest of the batch, oldest first, within the step's budget.
+        limit = min(self._n_batch, n + self._prompt_step)
         for seq in running:
-            if seq.last >= 0 or n >= self._n_batch:
+            if seq.last >= 0 or n >= limit:
                 continue
             prompt, slot = seq.request.prompt, seq.slot
-            chunk = prompt[seq.fed:seq.fed + self._n_batch - n]
+            chunk = prompt[seq.fed:seq.fed + limit - n]
             at, sid = len(slot.tokens), slot.seq_id
             for t in chunk:
                 token[n], pos[n], seq_ids[n][0], n_seq_id[n], logits[n] = t, at, sid, 1, 0
@@ -376,7 +444,9 @@ class BatchedEngine(ModelLifecycle):
         self.decode_steps += 1
         self.busy_sequence_steps += len(running)
         self.peak_batch_tokens = max(self.peak_batch_tokens, n)
-        if rc != 0:
+        if rc == 0:
+            self._unsettled.clear()  # llama.cpp copied the streams before decoding
+        else:
             raise RuntimeError(f"llama_decode failed with {rc} ({n} tokens, "
                                f"{len(running)} sequences)")
         ctx, vocab, sample, is_eog = self._ctx, self._vocab, lc.llama_sampler_sample, \
