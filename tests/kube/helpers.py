@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.support.requirements import required
+
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
@@ -35,10 +37,7 @@ REQUIRE_ENV = "CHATBOT_REQUIRE_CLUSTER"
 
 def require_cluster() -> bool:
     """Whether missing cluster binaries are an error (CI) rather than a reason to skip."""
-    flag = os.environ.get(REQUIRE_ENV, "").strip().lower()
-    if flag:
-        return flag not in ("0", "false", "no")
-    return bool(os.environ.get("CI"))
+    return required(REQUIRE_ENV)
 
 
 def importorskip(modname: str):

@@ -105,7 +105,7 @@ COMPONENTS: dict[str, Component] = {
 
 # Components the cluster itself needs (helm and FerretDB are for other tests).
 CLUSTER_COMPONENTS = ("etcd", "kubernetes", "kwok")
-# What a real node adds (tests/cluster/realnode.py).
+# What a real node adds (tests/kube/realnode.py).
 NODE_COMPONENTS = ("kube-node", "kubectl", "coredns", "traefik", "local-path-provisioner")
 
 

@@ -1,4 +1,4 @@
-"""A cluster with a real node (tests/cluster/realnode.py): the user's journey on real pods.
+"""A cluster with a real node (tests/kube/realnode.py): the user's journey on real pods.
 
 One per test session, started on first use and stopped (processes, containers, mounts,
 bridge, iptables chains) when the session ends; a SIGKILLed session's leftovers are reaped
@@ -22,28 +22,9 @@ import pytest
 from tests.kube import localcluster, realnode
 from tests.kube.operator_fixtures import gateway_api_crds, install_crd_object
 from tests.support import docker_engine as engine
+from tests.support.requirements import unavailable
 
 REQUIRE_ENV = "CHATBOT_REQUIRE_NODE"
-
-
-def _require() -> bool:
-    flag = os.environ.get(REQUIRE_ENV, "").strip().lower()
-    if flag:
-        return flag not in ("0", "false", "no")
-    return bool(os.environ.get("CI"))
-
-
-def _unavailable(msg: str):
-    if _require():
-        pytest.fail(msg, pytrace=False)
-    pytest.skip(msg)
-
-
-def pytest_collection_modifyitems(config, items):
-    here = Path(__file__).resolve().parent
-    for item in items:
-        if here in Path(str(item.fspath)).resolve().parents:
-            item.add_marker(pytest.mark.node)
 
 
 @dataclass
@@ -64,30 +45,21 @@ class NodeCluster:
         return f"http://127.0.0.1:{realnode.ROUTE_PORT}{path}"
 
 
-def _build_images() -> dict[str, str]:
-    engine.Daemon().start()
+@pytest.fixture(scope="session")
+def node_cluster(docker_engine, service_image, operator_image) -> NodeCluster:
+    missing = realnode.missing_prerequisites()
+    if missing:
+        unavailable("no real node on this host: missing " + ", ".join(missing), REQUIRE_ENV)
     ferretdb = localcluster.COMPONENTS["ferretdb"]
     if not ferretdb.is_built():
         localcluster.build_all(["ferretdb"])
-    engine.seed_wheels()
-    return {
-        "service": engine.build_service_image()[0],
-        "operator": engine.build_operator_image()[0],
+    images = {
+        "service": service_image[0],
+        "operator": operator_image[0],
         "mongodb": engine.build_ferretdb_image(localcluster.binary("ferretdb"),
                                                ferretdb.version),
         "helper": engine.build_base_image(),
     }
-
-
-@pytest.fixture(scope="session")
-def node_cluster() -> NodeCluster:
-    missing = realnode.missing_prerequisites()
-    if missing:
-        _unavailable("no real node on this host: missing " + ", ".join(missing))
-    try:
-        images = _build_images()
-    except engine.DockerUnavailable as exc:
-        _unavailable(f"no Docker Engine to build the images: {exc}")
 
     say = lambda msg: print(f"[node] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     # One fixed place: a node is one per host (port 8001, the bridge), and a killed

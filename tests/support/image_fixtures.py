@@ -7,24 +7,20 @@ Without Docker (not root, no docker.io) the tests that need it are skipped, or f
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from tests.support import docker_engine as engine
+from tests.support.requirements import required, unavailable
+
+REQUIRE_ENV = "CHATBOT_REQUIRE_DOCKER"
 
 
 def require_docker() -> bool:
-    flag = os.environ.get("CHATBOT_REQUIRE_DOCKER", "").strip().lower()
-    if flag:
-        return flag not in ("0", "false", "no")
-    return bool(os.environ.get("CI"))
+    return required(REQUIRE_ENV)
 
 
 def _unavailable(msg: str):
-    if require_docker():
-        pytest.fail(msg, pytrace=False)
-    pytest.skip(msg)
+    unavailable(msg, REQUIRE_ENV)
 
 
 @pytest.fixture(scope="session")
