@@ -45,7 +45,7 @@ class ModelSettings(BaseModel):
         "one token of every generating sequence (long prompts are chunked, so running "
         "conversations keep getting tokens while new ones are prefilled)")
     cache_ram_mib: int = Field(
-        default=1024, ge=0,
+        default=256, ge=0,
         description="batched engine: host RAM for the KV cells of conversations whose slot "
         "went to another one, restored on their next turn (LRU; 0: off; llama-server's "
         "--cache-ram)")
