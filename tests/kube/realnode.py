@@ -307,11 +307,11 @@ class RealNode:
         return [line.split()[0] for line in self.ctr("images", "ls", "-q").splitlines()]
 
     def _spawn(self, name: str, argv: list[str], env: dict | None = None) -> None:
-        c = self.cluster
-        if env:
-            argv = ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
-        # Every process of the cluster mentions its directory (PID-reuse guard).
-        c._spawn(name, argv, die_with_parent=self._die_with_parent)
+        # Each argv names a file in the cluster's directory: the cluster's guard against
+        # PID reuse only counts processes whose command line mentions it.
+        assert str(self.cluster.dir) in " ".join(argv), argv
+        self.cluster._spawn(name, argv, die_with_parent=self._die_with_parent,
+                            env={**os.environ, **env} if env else None)
 
     def _start_reaper(self) -> None:
         """A process that reaps the node's containers when it gets SIGTERM: from ``down``
@@ -553,17 +553,20 @@ state = "{d / 'state'}"
         c.api("POST", "/apis/networking.k8s.io/v1/ingressclasses", {
             "metadata": {"name": "nginx"}, "spec": {"controller": "k8s.io/ingress-nginx"}})
         ping_port = free_port()
-        args = [
-            str(localcluster.binary("traefik")),
-            f"--entryPoints.web.address=:{ROUTE_PORT}",
-            f"--entryPoints.ping.address=127.0.0.1:{ping_port}",
-            "--ping=true", "--ping.entryPoint=ping",
-            "--providers.kubernetesIngressNGINX=true",
-            "--log.level=INFO", "--log.noColor=true", "--accessLog=true",
-        ]
+        static = {  # Traefik's static configuration (JSON is YAML)
+            "entryPoints": {"web": {"address": f":{ROUTE_PORT}"},
+                            "ping": {"address": f"127.0.0.1:{ping_port}"}},
+            "ping": {"entryPoint": "ping"},
+            "providers": {"kubernetesIngressNGINX": {}},
+            "log": {"level": "INFO", "noColor": True},
+            "accessLog": {},
+        }
         if c.api("GET", "/apis/gateway.networking.k8s.io/v1")[0] == 200:
-            args.append("--providers.kubernetesGateway=true")
-        self._spawn("traefik", args, env={"KUBECONFIG": str(c.kubeconfig)})
+            static["providers"]["kubernetesGateway"] = {}
+        config = self.dir / "traefik.yaml"
+        config.write_text(json.dumps(static, indent=2))
+        self._spawn("traefik", [str(localcluster.binary("traefik")), f"--configFile={config}"],
+                    env={"KUBECONFIG": str(c.kubeconfig)})
 
         def pings() -> bool:
             with urllib.request.urlopen(f"http://127.0.0.1:{ping_port}/ping", timeout=2) as r:
