@@ -35,6 +35,9 @@ CBM = "chatbot-cpu"
 HF_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
 CHART = ROOT / "charts/chatbot"
 ROUTE_WAIT = 120
+# Room for the replayed first turn beside office's 1 024-token answer budget: on 2 048 a
+# long (sampled) first answer is dropped from the second turn's prompt, as it should be.
+CONTEXT = 8192
 # Two cores: requests small enough for both personas, a second office replica and the
 # chart's pods to fit on the node; limits at one core (llama.cpp's threads follow it).
 RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"},
@@ -118,6 +121,35 @@ def diagnose(nc, persona: str) -> str:
     return f"/{persona}/readyz: {ready.decode(errors='replace')}\n--- log ---\n{logs}"
 
 
+def stored_turns(nc, db_id: str) -> list:
+    """The office turns of ``db_id`` as the MongoDB pod has them (for failure messages)."""
+    try:
+        client = _mongo_client(nc)
+        try:
+            doc = client.chatbot["office_log_journey-user"].find_one({"id": db_id},
+                                                                   {"_id": 0})
+            return (doc or {}).get("value", [])
+        finally:
+            client.close()
+    except Exception as exc:  # noqa: BLE001 - only a diagnostic
+        return [f"unreadable: {exc!r}"]
+
+
+def _mongo_client(nc):
+    import base64
+
+    import pymongo
+
+    [pod] = [p for p in get_json(nc, "-n", NS, "pods")["items"]
+             if "mongodb" in p["metadata"]["name"] and p["status"]["phase"] == "Running"]
+    secret = get_json(nc, "-n", NS, "secret", f"{RELEASE}-mongodb")
+    user = base64.b64decode(secret["data"]["username"]).decode()
+    password = base64.b64decode(secret["data"]["password"]).decode()
+    return pymongo.MongoClient(pod["status"]["podIP"], 27017, username=user,
+                               password=password, authSource="admin",
+                               serverSelectionTimeoutMS=10_000)
+
+
 def office_question(db_id: str, text: str) -> dict:
     return {"input_data": text, "google_access": False, "db_id": db_id,
             "user_id": "journey-user"}
@@ -168,9 +200,9 @@ def _chatbot_model(nc, mirror, route: dict | None = None) -> dict:
     spec = {
         "source": {"uri": f"hf://{HF_REPO}"},
         "image": nc.images["service"],
-        "office": {"file": mirror.smollm2, "gpuProfile": "cpu", "contextSize": 2048,
+        "office": {"file": mirror.smollm2, "gpuProfile": "cpu", "contextSize": CONTEXT,
                    "batchSize": 256, "resources": RESOURCES},
-        "character": {"file": mirror.smollm2, "gpuProfile": "cpu", "contextSize": 2048,
+        "character": {"file": mirror.smollm2, "gpuProfile": "cpu", "contextSize": CONTEXT,
                       "batchSize": 256, "resources": RESOURCES},
         "storage": {"size": "1Gi"},
         "secrets": {"mongodb": {"name": f"{RELEASE}-mongodb", "key": "url"}},
@@ -248,7 +280,10 @@ def _ask_both(nc, label: str) -> None:
                                  office_question(db_id, "Give one more tip."))
     assert status == 200, body
     # The second turn replays the first: its prompt holds the first question and answer.
-    assert int(headers["X-Prompt-Tokens"]) > first_prompt + 5, diagnose(nc, "office")
+    replayed = (headers["X-History-Turns"], int(headers["X-Prompt-Tokens"]))
+    assert replayed[0] == "1" and replayed[1] > first_prompt + 5, (
+        f"history turns, prompt tokens: {replayed} after {first_prompt}; "
+        f"stored: {stored_turns(nc, db_id)}\n{diagnose(nc, 'office')}")
     assert int(headers.get("X-History-Turns-Dropped", "0")) == 0
 
     status, _, body = post(nc.route("/character/Llama"), {
@@ -271,19 +306,7 @@ def test_both_personas_answer_through_the_ingress_on_8001(node_cluster):
 
 
 def test_history_is_in_the_mongodb_pod(node_cluster):
-    import pymongo
-
-    nc = node_cluster
-    [pod] = [p for p in get_json(nc, "-n", NS, "pods")["items"]
-             if "mongodb" in p["metadata"]["name"] and p["status"]["phase"] == "Running"]
-    secret = get_json(nc, "-n", NS, "secret", f"{RELEASE}-mongodb")
-    import base64
-
-    user = base64.b64decode(secret["data"]["username"]).decode()
-    password = base64.b64decode(secret["data"]["password"]).decode()
-    client = pymongo.MongoClient(pod["status"]["podIP"], 27017, username=user,
-                                 password=password, authSource="admin",
-                                 serverSelectionTimeoutMS=10_000)
+    client = _mongo_client(node_cluster)
     try:
         db_id = Journey.state["db_ids"][0]
         found = []

@@ -197,8 +197,12 @@ def test_v1_shrinks_max_tokens_and_streams_the_real_prompt_tokens(tight):
     usage = chunks[-1].usage
     n_ctx = _n_ctx(tight, "character")
     assert usage.prompt_tokens == plain.usage.prompt_tokens > n_ctx - 4000
-    assert plain.usage.completion_tokens <= n_ctx - plain.usage.prompt_tokens
-    assert plain.choices[0].finish_reason == "length"
+    room = n_ctx - plain.usage.prompt_tokens
+    assert plain.usage.completion_tokens <= room
+    # Sampled: the model may end on its own before the shrunk budget; when it used all of
+    # the room, the finish reason says so.
+    expected = "length" if plain.usage.completion_tokens == room else "stop"
+    assert plain.choices[0].finish_reason == expected, (plain.usage, room)
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
