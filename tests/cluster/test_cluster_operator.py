@@ -223,8 +223,12 @@ def test_file_change_rolls_office_only_and_replicas_scale_without_rollout(
         assert dep.spec.replicas == 0
         assert dep.spec.template == template
         assert replica_sets("office") == office_rs
-        obj = wait_for(lambda: _ready(kube_api, namespace), timeout=60, desc="Ready at 0")
-        assert obj["status"]["officeReady"] == "0/0"
+        # The status before the patch was Ready too: wait for the one that saw the patch.
+        obj = wait_for(lambda: (o := _ready(kube_api, namespace))
+                       and o["status"].get("observedGeneration") == o["metadata"]["generation"]
+                       and o["status"]["officeReady"] == "0/0" and o,
+                       timeout=60, desc="Ready at 0, office 0/0")
+        assert obj["status"]["phase"] == "Ready"
 
 
 def test_an_impossible_spec_is_reported_not_retried_hot(
