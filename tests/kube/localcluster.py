@@ -105,6 +105,8 @@ COMPONENTS: dict[str, Component] = {
 
 # Components the cluster itself needs (helm and FerretDB are for other tests).
 CLUSTER_COMPONENTS = ("etcd", "kubernetes", "kwok")
+# Built from the k8s.io/kubernetes module (its staging replaces, its version ldflags).
+KUBERNETES_MODULE_COMPONENTS = ("kubernetes", "kube-node", "kubectl")
 # What a real node adds (tests/kube/realnode.py).
 NODE_COMPONENTS = ("kube-node", "kubectl", "coredns", "traefik", "local-path-provisioner")
 
@@ -237,7 +239,7 @@ def _recipe(comp: Component) -> _Recipe:
     v = comp.version
     if comp.name == "etcd":
         return _Recipe("go.etcd.io/etcd/server/v3", ["go.etcd.io/etcd/server/v3"], ["etcd"])
-    if comp.name in ("kubernetes", "kube-node", "kubectl"):
+    if comp.name in KUBERNETES_MODULE_COMPONENTS:
         major, minor = v.lstrip("v").split(".")[:2]
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         ld = []
@@ -306,6 +308,14 @@ def _recipe(comp: Component) -> _Recipe:
     raise KeyError(comp.name)
 
 
+def _writable_copy(src: Path, dest: Path) -> Path:
+    """A copy of a (read-only) module-cache directory that a build may change."""
+    shutil.copytree(src, dest)
+    for p in dest.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return dest
+
+
 def build_component(comp: Component, *, started_all: float | None = None) -> float:
     """Build one component into its versioned cache dir. Returns seconds spent."""
     started = time.monotonic()
@@ -322,7 +332,7 @@ def build_component(comp: Component, *, started_all: float | None = None) -> flo
 
     gomod = [f"module chatbot.local/build/{comp.name}", "", f"go {_go_version()}", ""]
     src_dir, dep_gomod = _module_zip_dir(recipe.module, comp.version, work, log_file)
-    if comp.name in ("kubernetes", "kube-node", "kubectl"):
+    if comp.name in KUBERNETES_MODULE_COMPONENTS:
         staging = "v0." + comp.version.lstrip("v").split(".", 1)[1]
         gomod += _staging_replaces(dep_gomod, staging)
         m = re.search(r"^godebug\s+(.*)$", dep_gomod.read_text(), re.M)
@@ -332,26 +342,19 @@ def build_component(comp: Component, *, started_all: float | None = None) -> flo
         # FerretDB embeds build/version/*.txt and panics without version.txt, which
         # is generated at release time and absent from the module zip: build from a
         # copy of the module source with the file added.
-        local = work / "ferretdb-src"
-        shutil.copytree(src_dir, local)
-        for p in local.rglob("*"):
-            p.chmod(0o755 if p.is_dir() else 0o644)
+        local = _writable_copy(src_dir, work / "ferretdb-src")
         (local / "build" / "version" / "version.txt").write_text(comp.version + "\n")
         (local / "build" / "version" / "package.txt").write_text("chatbot-dev\n")
         gomod += [f"replace {recipe.module} => ./ferretdb-src"]
-    if comp.name == "traefik":
-        # The module proxy refuses some of Traefik's dependencies: build from a
-        # patched copy of its source (gomod_patches.py says what and why).
-        from tests.kube import gomod_patches
-        local = work / "traefik-src"
-        shutil.copytree(src_dir, local)
-        for p in local.rglob("*"):
-            p.chmod(0o755 if p.is_dir() else 0o644)
-        gomod_patches.patch_traefik(local)
     build_dir = work
     if comp.name == "traefik":
-        # Its go.mod's replace directives only apply to the main module: build in it.
-        build_dir = work / "traefik-src"
+        # The module proxy refuses some of Traefik's dependencies: build from a patched
+        # copy of its source (gomod_patches.py says what and why), as the main module,
+        # since go.mod's replace directives only apply there.
+        from tests.kube import gomod_patches
+
+        build_dir = _writable_copy(src_dir, work / "traefik-src")
+        gomod_patches.patch_traefik(build_dir)
         recipe.packages = ["./cmd/traefik"]
         _run_go(["mod", "tidy", "-e"], build_dir, log_file, "traefik (resolve modules)", started)
     else:

@@ -22,6 +22,7 @@ from email.message import Message
 
 import pytest
 
+from tests.kube import helm as helm_cli
 from tests.kube import localcluster, realnode
 from tests.kube.helpers import wait_for
 from tests.kube.operator_fixtures import GROUP, PLURAL, ROOT, VERSION
@@ -63,8 +64,9 @@ def kubectl(nc, *args: str, **kw) -> str:
     return _run(str(localcluster.binary("kubectl")), *args, env=nc.env(), **kw)
 
 
-def helm(nc, *args: str, **kw) -> str:
-    return _run(str(localcluster.binary("helm")), *args, env=nc.env(), **kw)
+def helm(nc, *args: str, values: dict | None = None, timeout: float = 300) -> str:
+    return helm_cli.run(*args, values=values, env=nc.env(), check=True,
+                        timeout=timeout).stdout
 
 
 def get_json(nc, *args: str) -> dict:
@@ -171,11 +173,9 @@ def test_helm_install_brings_up_operator_and_mongodb(node_cluster, mirror):
         "route": {"testUrl": f"http://{nc.node.ip}:8001",
                   "peers": [{"ipBlock": {"cidr": f"{realnode.BRIDGE_IP}/32"}}]},
     }
-    values_file = nc.cluster.dir / "values.json"
-    values_file.write_text(json.dumps(values))
     started = time.monotonic()
     helm(nc, "install", RELEASE, str(CHART), "-n", NS, "--create-namespace",
-         "-f", str(values_file), "--wait", "--timeout", "5m", timeout=400)
+         "--wait", "--timeout", "5m", values=values, timeout=400)
     Journey.timings["helm install --wait"] = time.monotonic() - started
     Journey.state["install_started"] = started
 
