@@ -401,6 +401,10 @@ def not_found_deployment(owner: Owner, spec: ChatbotModelSpec) -> dict:
 
 # ----------------------------------------------------------------------------- route
 
+ROUTE_API_VERSIONS = {"Ingress": "networking.k8s.io/v1",
+                      "HTTPRoute": "gateway.networking.k8s.io/v1"}
+
+
 def ingress(owner: Owner, spec: ChatbotModelSpec) -> dict:
     """ingress-nginx: /office(/|$)(.*) -> office /$2, same for character; other paths and
     404s get the project's 404 page from the not-found backend.
@@ -430,7 +434,7 @@ def ingress(owner: Owner, spec: ChatbotModelSpec) -> dict:
         "nginx.ingress.kubernetes.io/proxy-body-size": f"{contract.MAX_BODY_BYTES // 1024}k",
     }
     return {
-        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "apiVersion": ROUTE_API_VERSIONS["Ingress"], "kind": "Ingress",
         "metadata": _meta(owner, owner.name, "route", annotations=annotations),
         "spec": {"ingressClassName": spec.route.ingress_class_name,
                  "defaultBackend": {"service": {"name": not_found,
@@ -466,12 +470,8 @@ def http_route(owner: Owner, spec: ChatbotModelSpec) -> dict:
     }
     if spec.route.host:
         route_spec["hostnames"] = [spec.route.host]
-    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+    return {"apiVersion": ROUTE_API_VERSIONS["HTTPRoute"], "kind": "HTTPRoute",
             "metadata": _meta(owner, owner.name, "route"), "spec": route_spec}
-
-
-ROUTE_API_VERSIONS = {"Ingress": "networking.k8s.io/v1",
-                      "HTTPRoute": "gateway.networking.k8s.io/v1"}
 
 
 def route(owner: Owner, spec: ChatbotModelSpec) -> dict | None:
