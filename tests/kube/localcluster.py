@@ -100,6 +100,7 @@ COMPONENTS: dict[str, Component] = {
         Component(
             "local-path-provisioner", "LOCAL_PATH_PROVISIONER_VERSION", ("local-path-provisioner",)
         ),
+        Component("kube-router", "KUBE_ROUTER_VERSION", ("kube-router",)),
     )
 }
 
@@ -108,7 +109,8 @@ CLUSTER_COMPONENTS = ("etcd", "kubernetes", "kwok")
 # Built from the k8s.io/kubernetes module (its staging replaces, its version ldflags).
 KUBERNETES_MODULE_COMPONENTS = ("kubernetes", "kube-node", "kubectl")
 # What a real node adds (tests/kube/realnode.py).
-NODE_COMPONENTS = ("kube-node", "kubectl", "coredns", "traefik", "local-path-provisioner")
+NODE_COMPONENTS = ("kube-node", "kubectl", "coredns", "traefik", "local-path-provisioner",
+                   "kube-router")
 
 
 def binary(name: str) -> Path:
@@ -304,6 +306,14 @@ def _recipe(comp: Component) -> _Recipe:
             ["github.com/rancher/local-path-provisioner"],
             ["local-path-provisioner"],
             [f"-X main.VERSION={v}"],
+        )
+    if comp.name == "kube-router":
+        mod = "github.com/cloudnativelabs/kube-router/v2"
+        return _Recipe(
+            mod,
+            [f"{mod}/cmd/kube-router"],
+            ["kube-router"],
+            [f"-X {mod}/pkg/version.Version={v}", f"-X {mod}/pkg/version.BuildDate=chatbot-dev"],
         )
     raise KeyError(comp.name)
 
