@@ -106,7 +106,7 @@ def missing_prerequisites() -> list[str]:
                if shutil.which(c) is None]
     if not (CNI_BIN / "bridge").exists():
         missing.append("CNI plugins (apt-get install containernetworking-plugins)")
-    for tool in ("iptables", "conntrack", "gcc", "ip"):
+    for tool in ("iptables", "ipset", "conntrack", "gcc", "ip"):
         if shutil.which(tool) is None:
             missing.append(tool)
     if os.geteuid() != 0:

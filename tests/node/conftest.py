@@ -10,6 +10,7 @@ node's containerd), containerd/runc/CNI plugins from Debian and the Go programs 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import tempfile
@@ -63,8 +64,14 @@ def node_cluster(docker_engine, service_image, operator_image) -> NodeCluster:
 
     say = lambda msg: print(f"[node] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     # One fixed place: a node is one per host (port 8001, the bridge), and a killed
-    # session's leftovers are found there by the next.
+    # session's leftovers are found there by the next. A second session waits its turn.
     workdir = Path(tempfile.gettempdir()) / f"chatbot-node-{os.getuid()}"
+    lock = open(f"{workdir}.lock", "w")  # noqa: SIM115 - held for the whole session
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        say(f"another session holds the node ({lock.name}); waiting for it")
+        fcntl.flock(lock, fcntl.LOCK_EX)
     cluster = localcluster.LocalCluster(workdir, node_ip=realnode.node_ip())
     node = realnode.RealNode(cluster)
     timings: dict[str, float] = {}
@@ -85,3 +92,26 @@ def node_cluster(docker_engine, service_image, operator_image) -> NodeCluster:
         yield NodeCluster(cluster, node, images, timings)
     finally:
         node.down()
+        lock.close()
+
+
+@pytest.fixture(scope="module")
+def mirror(node_cluster):
+    """A Hugging Face mirror on the node's address, serving SmolLM2."""
+    from chatbot.llm.bundled import bundled_model_path
+    from tests.operator.model_server import ModelServer
+
+    smol = bundled_model_path()
+    with ModelServer({smol.name: smol.read_bytes()}, host=node_cluster.node.ip) as server:
+        server.smollm2 = smol.name
+        yield server
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault tests' table (tests/node/ledger.py), when any ran."""
+    from tests.node import ledger
+
+    if ledger.ROWS:
+        terminalreporter.write_line("")
+        for line in ledger.table():
+            terminalreporter.write_line(line)

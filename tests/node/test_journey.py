@@ -13,36 +13,35 @@ before left; the timings are printed at the end.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
-from email.message import Message
 
 import pytest
 
-from tests.kube import helm as helm_cli
-from tests.kube import localcluster, realnode
 from tests.kube.helpers import wait_for
-from tests.kube.operator_fixtures import GROUP, PLURAL, ROOT, VERSION
-from tests.operator.model_server import ModelServer
+from tests.node.release import (
+    CBM,
+    CHART,
+    NS,
+    RELEASE,
+    apply,
+    cbm,
+    chatbot_model,
+    diagnose,
+    get,
+    get_json,
+    helm,
+    helm_values,
+    kubectl,
+    mongo_client,
+    office_question,
+    post,
+    ready_pods,
+)
 
 pytestmark = pytest.mark.node
 
-NS = "chatbot"
-RELEASE = "chatbot"
-CBM = "chatbot-cpu"
-HF_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF"
-CHART = ROOT / "charts/chatbot"
 ROUTE_WAIT = 120
-# Room for the replayed first turn beside office's 1 024-token answer budget: on 2 048 a
-# long (sampled) first answer is dropped from the second turn's prompt, as it should be.
-CONTEXT = 8192
-# Two cores: requests small enough for both personas, a second office replica and the
-# chart's pods to fit on the node; limits at one core (llama.cpp's threads follow it).
-RESOURCES = {"requests": {"cpu": "250m", "memory": "256Mi"},
-             "limits": {"cpu": "1", "memory": "1Gi"}}
 
 
 class Journey:
@@ -52,81 +51,10 @@ class Journey:
     state: dict = {}
 
 
-def _run(*args: str, env=None, timeout: float = 300, check: bool = True) -> str:
-    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args[:4])} ... failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc.stdout
-
-
-def kubectl(nc, *args: str, **kw) -> str:
-    return _run(str(localcluster.binary("kubectl")), *args, env=nc.env(), **kw)
-
-
-def helm(nc, *args: str, values: dict | None = None, timeout: float = 300) -> str:
-    return helm_cli.run(*args, values=values, env=nc.env(), check=True,
-                        timeout=timeout).stdout
-
-
-def get_json(nc, *args: str) -> dict:
-    return json.loads(kubectl(nc, "get", "-o", "json", *args))
-
-
-def post(url: str, body: bytes | dict, timeout: float = 120) -> tuple[int, Message, bytes]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
-
-
-def get(url: str, timeout: float = 30) -> tuple[int, Message, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
-
-
-def cbm(nc) -> dict:
-    return get_json(nc, "-n", NS, f"{PLURAL}.{GROUP}", CBM)
-
-
-def ready_pods(nc, persona: str) -> list[dict]:
-    pods = get_json(nc, "-n", NS, "pods", "-l", f"app.kubernetes.io/component={persona}")
-    return [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")
-            and any(c["type"] == "Ready" and c["status"] == "True"
-                    for c in p["status"].get("conditions", []))]
-
-
-@pytest.fixture(scope="module")
-def mirror(node_cluster):
-    """A Hugging Face mirror on the node's address: SmolLM2 and a tiny model."""
-    from chatbot.llm.bundled import bundled_model_path
-
-    smol = bundled_model_path()
-    files = {smol.name: smol.read_bytes()}
-    with ModelServer(files, host=node_cluster.node.ip) as server:
-        server.smollm2 = smol.name
-        yield server
-
-
-def diagnose(nc, persona: str) -> str:
-    """What a failed assertion shows: the persona's /readyz and its pod's log tail."""
-    _, _, ready = get(nc.route(f"/{persona}/readyz"))
-    logs = kubectl(nc, "logs", "-n", NS, "--tail=40", "-l",
-                   f"app.kubernetes.io/component={persona}", check=False)
-    return f"/{persona}/readyz: {ready.decode(errors='replace')}\n--- log ---\n{logs}"
-
-
 def stored_turns(nc, db_id: str) -> list:
     """The office turns of ``db_id`` as the MongoDB pod has them (for failure messages)."""
     try:
-        client = _mongo_client(nc)
+        client = mongo_client(nc)
         try:
             doc = client.chatbot["office_log_journey-user"].find_one({"id": db_id},
                                                                    {"_id": 0})
@@ -137,42 +65,11 @@ def stored_turns(nc, db_id: str) -> list:
         return [f"unreadable: {exc!r}"]
 
 
-def _mongo_client(nc):
-    import base64
-
-    import pymongo
-
-    [pod] = [p for p in get_json(nc, "-n", NS, "pods")["items"]
-             if "mongodb" in p["metadata"]["name"] and p["status"]["phase"] == "Running"]
-    secret = get_json(nc, "-n", NS, "secret", f"{RELEASE}-mongodb")
-    user = base64.b64decode(secret["data"]["username"]).decode()
-    password = base64.b64decode(secret["data"]["password"]).decode()
-    return pymongo.MongoClient(pod["status"]["podIP"], 27017, username=user,
-                               password=password, authSource="admin",
-                               serverSelectionTimeoutMS=10_000)
-
-
-def office_question(db_id: str, text: str) -> dict:
-    return {"input_data": text, "google_access": False, "db_id": db_id,
-            "user_id": "journey-user"}
-
-
 # ----------------------------------------------------------------------------- 1. install
 
 def test_helm_install_brings_up_operator_and_mongodb(node_cluster, mirror):
     nc = node_cluster
-    images = nc.images
-    repo, tag = images["operator"].rsplit(":", 1)
-    mongo_repo, mongo_tag = images["mongodb"].rsplit(":", 1)
-    values = {
-        "operator": {"image": {"repository": repo, "tag": tag},
-                     "hfEndpoint": mirror.url, "retryDelaySeconds": 5},
-        "mongodb": {"server": "ferretdb", "image": {"repository": mongo_repo, "tag": mongo_tag},
-                    "persistence": {"size": "1Gi", "deleteOnUninstall": True}},
-        # Traefik runs on the host: it reaches the pods from the bridge's address.
-        "route": {"testUrl": f"http://{nc.node.ip}:8001",
-                  "peers": [{"ipBlock": {"cidr": f"{realnode.BRIDGE_IP}/32"}}]},
-    }
+    values = helm_values(nc, mirror)
     started = time.monotonic()
     helm(nc, "install", RELEASE, str(CHART), "-n", NS, "--create-namespace",
          "--wait", "--timeout", "5m", values=values, timeout=400)
@@ -196,29 +93,10 @@ def test_helm_install_brings_up_operator_and_mongodb(node_cluster, mirror):
 
 # ----------------------------------------------------------------------------- 2. apply
 
-def _chatbot_model(nc, mirror, route: dict | None = None) -> dict:
-    spec = {
-        "source": {"uri": f"hf://{HF_REPO}"},
-        "image": nc.images["service"],
-        "office": {"file": mirror.smollm2, "gpuProfile": "cpu", "contextSize": CONTEXT,
-                   "batchSize": 256, "resources": RESOURCES},
-        "character": {"file": mirror.smollm2, "gpuProfile": "cpu", "contextSize": CONTEXT,
-                      "batchSize": 256, "resources": RESOURCES},
-        "storage": {"size": "1Gi"},
-        "secrets": {"mongodb": {"name": f"{RELEASE}-mongodb", "key": "url"}},
-    }
-    if route:
-        spec["route"] = route
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ChatbotModel",
-            "metadata": {"name": CBM, "namespace": NS}, "spec": spec}
-
-
 def test_kubectl_apply_downloads_the_model_and_becomes_ready(node_cluster, mirror):
     nc = node_cluster
-    manifest = nc.cluster.dir / "chatbotmodel.json"
-    manifest.write_text(json.dumps(_chatbot_model(nc, mirror)))
     applied = time.monotonic()
-    kubectl(nc, "apply", "-f", str(manifest))
+    apply(nc, chatbot_model(nc, mirror), "chatbotmodel")
 
     progress: list = []
 
@@ -306,7 +184,7 @@ def test_both_personas_answer_through_the_ingress_on_8001(node_cluster):
 
 
 def test_history_is_in_the_mongodb_pod(node_cluster):
-    client = _mongo_client(node_cluster)
+    client = mongo_client(node_cluster)
     try:
         db_id = Journey.state["db_ids"][0]
         found = []
@@ -343,11 +221,10 @@ def test_the_httproute_variant_answers_the_same(node_cluster, mirror):
     path.write_text(json.dumps({"apiVersion": "v1", "kind": "List",
                                 "items": [gateway_class, gateway]}))
     kubectl(nc, "apply", "-f", str(path))
-    manifest = nc.cluster.dir / "chatbotmodel.json"
-    manifest.write_text(json.dumps(_chatbot_model(nc, mirror, route={
-        "kind": "HTTPRoute", "gateway": {"name": "chatbot-gateway", "sectionName": "http-8001"}})))
     before = {p: ready_pods(nc, p)[0]["metadata"]["name"] for p in ("office", "character")}
-    kubectl(nc, "apply", "-f", str(manifest))
+    apply(nc, chatbot_model(nc, mirror, route={
+        "kind": "HTTPRoute", "gateway": {"name": "chatbot-gateway", "sectionName": "http-8001"}}),
+        "chatbotmodel")
     wait_for(lambda: not get_json(nc, "-n", NS, "ingress")["items"], timeout=60,
              desc="the Ingress replaced")
     wait_for(lambda: get_json(nc, "-n", NS, "httproute")["items"], timeout=60,
