@@ -115,3 +115,19 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line("")
         for line in ledger.table():
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="module")
+def installed(node_cluster, mirror):
+    """The chart and the CPU ChatbotModel, Ready and answering on the route, for one test
+    module; deleted and uninstalled after it."""
+    from tests.node import release
+
+    started = time.monotonic()
+    release.install(node_cluster, mirror)
+    print(f"[node] release installed and Ready in {time.monotonic() - started:.0f}s",
+          file=sys.stderr, flush=True)
+    try:
+        yield node_cluster
+    finally:
+        release.uninstall(node_cluster)
