@@ -96,7 +96,7 @@ def reconcile(cluster: Cluster, config: OperatorConfig, profiles: dict[str, GpuP
     applied = applied if applied is not None else Applied()
     with _lock(namespace, name):
         try:
-            return _reconcile(cluster, config, profiles, namespace, name, event, applied)
+            outcome = _reconcile(cluster, config, profiles, namespace, name, event, applied)
         except ApiException as exc:
             applied.forget(namespace, name)  # re-check every child on the next pass
             if exc.status in RETRYABLE or not exc.status:
@@ -105,6 +105,12 @@ def reconcile(cluster: Cluster, config: OperatorConfig, profiles: dict[str, GpuP
         except Exception:  # a timeout, a cut connection: the same, retried by the caller
             applied.forget(namespace, name)
             raise
+    # One line per pass: how many passes a restart or a change took shows in the log.
+    log.info("reconciled %s/%s: %s%s", namespace, name,
+             (outcome.status or {}).get("phase", "gone or deleting"),
+             f" (again in {outcome.retry_after:g}s: {outcome.retry_reason})"
+             if outcome.retry_after is not None else "")
+    return outcome
 
 
 def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: str, name: str,

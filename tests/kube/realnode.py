@@ -37,6 +37,7 @@ bridge, kube-proxy's iptables chains) before the next start.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gzip
 import hashlib
 import io
@@ -463,6 +464,35 @@ state = "{d / 'state'}"
             return conds.get("Ready") == "True"
 
         self._wait(f"node {self.name} Ready", ready, timeout, "containerd", "kubelet")
+
+    def restart_kubelet(self, down_s: float = 10, timeout: float = 120) -> float:
+        """Stops the kubelet (SIGTERM), leaves the node without one for ``down_s``, starts
+        it again; returns the seconds from the stop until the new kubelet reported the node
+        Ready (a heartbeat newer than the stop)."""
+        c = self.cluster
+        pid = c.running()["kubelet"]
+        stopped, stopped_at = time.monotonic(), datetime.datetime.now(datetime.UTC)
+        os.kill(pid, signal.SIGTERM)
+        proc = c._procs.get("kubelet")
+        if proc is not None:
+            proc.wait(timeout=30)
+        self._wait("the kubelet to exit", lambda: not c._pid_alive(pid), 30)
+        time.sleep(down_s)
+        self._start_kubelet(timeout)
+
+        def heartbeat_after_stop() -> bool:
+            status, node = c.api("GET", f"/api/v1/nodes/{self.name}")
+            conds = {x["type"]: x for x in node.get("status", {}).get("conditions", [])} \
+                if status == 200 else {}
+            ready = conds.get("Ready") or {}
+            beat = ready.get("lastHeartbeatTime")
+            return ready.get("status") == "True" and beat is not None and \
+                datetime.datetime.fromisoformat(beat.replace("Z", "+00:00")) >= \
+                stopped_at.replace(microsecond=0)
+
+        self._wait(f"node {self.name} Ready from the new kubelet", heartbeat_after_stop,
+                   timeout, "kubelet")
+        return time.monotonic() - stopped
 
     def _start_kube_proxy(self) -> None:
         cfg = {

@@ -1,0 +1,385 @@
+"""Faults on the real node, under traffic: what users see and what the history keeps.
+
+Each test breaks one thing of the installed release (tests/node/conftest.py ``installed``)
+while users ask through the route on port 8001, then checks that every question ended in
+an answer or a clean error within its deadline, that nothing was lost or half-written in
+MongoDB, and how long the release took to answer again. Each adds a row to the table
+printed at the end of the session (tests/node/ledger.py).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+
+from tests.kube.helpers import wait_for
+from tests.node import ledger
+from tests.node.release import (
+    NS,
+    apply,
+    chatbot_model,
+    get,
+    get_json,
+    kubectl,
+    office_question,
+    post,
+    ready_pods,
+)
+from tests.node.traffic import (
+    Users,
+    history_problems,
+    pod_performance,
+    pod_rss,
+    rss_bytes,
+    stored_turns,
+)
+
+pytestmark = pytest.mark.node
+
+MiB = 1024 * 1024
+
+
+def _show(users: Users) -> str:
+    return "\n".join(f"{q.user} {q.text!r}: {[(a.status, a.error[:80]) for a in q.attempts]}"
+                     for q in users.questions[-20:])
+
+
+# ----------------------------------------------------------------------------- kubelet
+
+def test_kubelet_restart_keeps_pods_serving_and_the_node_comes_back_ready(installed):
+    nc = installed
+    before = {p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"]
+              for persona in ("office", "character") for p in ready_pods(nc, persona)}
+    with Users(nc, count=2, name="kubelet") as users:
+        time.sleep(3)
+        stopped = time.monotonic()
+        ready_s = nc.node.restart_kubelet(down_s=10)
+        time.sleep(3)
+    assert users.questions and not users.unanswered(), _show(users)
+    assert not users.status_5xx(), _show(users)
+    after = {p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"]
+             for persona in ("office", "character") for p in ready_pods(nc, persona)}
+    assert after == before, "the pods were restarted or replaced by the kubelet's restart"
+    assert not history_problems(nc, users, users.questions)
+    ledger.record(ledger.FaultRow("kubelet restarted (10 s down)", users.requests(), 0,
+                                  users.status_5xx(), ready_s,
+                                  f"{len(users.questions)} answers during; node Ready again"))
+    print(f"kubelet down 10 s: {len(users.questions)} questions answered meanwhile, node Ready "
+          f"{ready_s:.1f}s after the stop ({time.monotonic() - stopped:.1f}s in all)")
+
+
+# ----------------------------------------------------------------------------- MongoDB
+
+def _history_state(nc, persona: str = "office") -> str:
+    status, _, body = get(nc.route(f"/{persona}/readyz"))
+    return json.loads(body)["history"]["state"] if status == 200 else f"readyz {status}"
+
+
+def _mongo_pod(nc) -> dict:
+    [pod] = [p for p in get_json(nc, "-n", NS, "pods")["items"]
+             if "mongodb" in p["metadata"]["name"] and not p["metadata"].get("deletionTimestamp")]
+    return pod
+
+
+def test_mongodb_pod_deleted_under_load_answers_on_and_history_resumes(installed):
+    nc = installed
+    restarts = {p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"]
+                for p in ready_pods(nc, "office")}
+    with Users(nc, count=2, name="mongo") as users:
+        wait_for(lambda: sum(q.answered for q in users.questions) >= 4, timeout=120,
+                 desc="answers before the outage")
+        old = _mongo_pod(nc)
+        deleted = time.monotonic()
+        kubectl(nc, "delete", "pod", "-n", NS, old["metadata"]["name"], "--wait=false")
+        wait_for(lambda: _history_state(nc) == "degraded", timeout=60, interval=0.5,
+                 desc="/readyz shows the history degraded")
+        degraded_seen = time.monotonic() - deleted
+        wait_for(lambda: any(q.answered and q.sent_at > deleted + degraded_seen
+                             for q in users.questions), timeout=120,
+                 desc="an answer while MongoDB is down")
+        wait_for(lambda: _mongo_pod(nc)["metadata"]["uid"] != old["metadata"]["uid"]
+                 and _mongo_pod(nc)["status"].get("phase") == "Running", timeout=180,
+                 desc="the StatefulSet's new MongoDB pod running")
+        wait_for(lambda: _history_state(nc) == "ok", timeout=120, interval=0.5,
+                 desc="/readyz shows the history ok again")
+        back = time.monotonic()
+        wait_for(lambda: sum(q.answered and q.sent_at > back for q in users.questions) >= 4,
+                 timeout=180, desc="answers after the recovery")
+    assert not users.unanswered(), _show(users)
+    assert not users.status_5xx(), _show(users)
+    before = [q for q in users.questions if q.sent_at < deleted - 1 and q.answered]
+    after = [q for q in users.questions if q.sent_at > back and q.answered]
+    during = [q for q in users.questions if deleted + degraded_seen < q.sent_at < back]
+    assert before and after and during
+    # Turns written before the outage and after it are all there, once, whole.
+    problems = history_problems(nc, users, before + after)
+    assert not problems, problems
+    # History resumed: the turns after the recovery replayed what the store has.
+    for q in after[-2:]:
+        assert q.history_turns and q.history_turns > 0, (q.user, q.history_turns)
+    # Without any service restart.
+    assert {p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"]
+            for p in ready_pods(nc, "office")} == restarts
+    ledger.record(ledger.FaultRow(
+        "MongoDB pod deleted under load", users.requests(), 0, users.status_5xx(),
+        back - deleted, f"{len(during)} answered without history; degraded after "
+                        f"{degraded_seen:.1f}s"))
+
+
+# ----------------------------------------------------------------------------- pod killed
+
+@pytest.mark.parametrize("how", ["graceful", "forced"])
+def test_office_pod_deleted_while_answering(installed, how):
+    nc = installed
+    [pod] = ready_pods(nc, "office")
+    user, db_id = f"kill-{how}-{uuid.uuid4().hex[:6]}", str(uuid.uuid4())
+    outcome: dict = {}
+    deadline_s = 120
+
+    def ask() -> None:
+        started = time.monotonic()
+        try:
+            outcome["status"], _, body = post(
+                nc.route("/office/Llama"),
+                office_question(db_id, "Write a long, detailed plan for a team offsite.", user),
+                timeout=deadline_s)
+            outcome["body"] = body
+        except OSError as exc:
+            outcome["status"], outcome["error"] = 0, repr(exc)
+        outcome["after_s"] = time.monotonic() - started
+
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    wait_for(lambda: (pod_performance(pod) or {}).get("active_connections"), timeout=30,
+             interval=0.1, desc="the question in flight on the pod")
+    killed = time.monotonic()
+    args = ["--wait=false"] + (["--grace-period=0", "--force"] if how == "forced" else [])
+    kubectl(nc, "delete", "pod", "-n", NS, pod["metadata"]["name"], *args)
+    asking.join(deadline_s + 10)
+    assert not asking.is_alive(), "the client hung past its deadline"
+    status = outcome["status"]
+    # An answer, or an error that says so: never a 200 without one, never a hang.
+    assert status in (200, 502, 503, 504, 0), outcome
+    if status == 200:
+        assert json.loads(outcome["body"]).strip()
+
+    old_uid = pod["metadata"]["uid"]
+    wait_for(lambda: [p for p in ready_pods(nc, "office") if p["metadata"]["uid"] != old_uid],
+             timeout=300, interval=0.5, desc="the replacement office pod Ready")
+    ready_at = time.monotonic()
+    status_after, _, body = post(nc.route("/office/Llama"),
+                                 office_question(str(uuid.uuid4()), "Say hello.", user))
+    assert status_after == 200, body[:300]
+    answering = time.monotonic()
+
+    # Nothing half-written: the turn is whole and is the answer the user got, or absent.
+    turns = stored_turns(nc, "office", user, db_id)
+    assert len(turns) <= 1, turns
+    if turns:
+        assert turns[0]["output_data"].strip()
+        if status == 200:
+            assert turns[0]["output_data"] == json.loads(outcome["body"])
+    lost = 0 if status == 200 else 1
+    ledger.record(ledger.FaultRow(
+        f"office pod deleted mid-answer ({how})", 2, lost,
+        ledger.Counter({status: 1}) if status >= 500 else ledger.Counter(),
+        answering - killed,
+        f"in-flight got {status or outcome.get('error', '')[:40]} after "
+        f"{outcome['after_s']:.1f}s; stored turns {len(turns)}; Ready after "
+        f"{ready_at - killed:.1f}s"))
+    print(f"{how} delete: in-flight answer {status} after {outcome['after_s']:.1f}s, "
+          f"replacement Ready {ready_at - killed:.1f}s and answering {answering - killed:.1f}s "
+          f"after the kill")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def _slow_body(host: str, port: int, stop: threading.Event, results: list) -> None:
+    """A POST whose body trickles in, a byte a second (slow-loris)."""
+    s = socket.create_connection((host, port), timeout=5)
+    try:
+        s.sendall(b"POST /office/Llama HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 4000\r\n\r\n")
+        while not stop.is_set():
+            s.sendall(b" ")
+            stop.wait(1)
+        results.append("open until the end")
+    except OSError as exc:
+        results.append(f"closed by the server: {exc!r}"[:80])
+    finally:
+        s.close()
+
+
+STREAM_MAX_TOKENS = 2000
+
+
+def _leave_a_stream(nc, office: dict, host: str, port: int) -> str:
+    """A client that leaves a streamed answer after its first chunk: the pod must stop
+    generating for it (its connection count back to 0, far fewer tokens than asked for)."""
+    before = pod_performance(office)["engine_generated_tokens"]
+    payload = json.dumps({"messages": [{"role": "user", "content": "Count from 1 to 1000."}],
+                          "stream": True, "max_tokens": STREAM_MAX_TOKENS}).encode()
+    s = socket.create_connection((host, port), timeout=30)
+    s.sendall(b"POST /office/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+              b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(payload)
+              + payload)
+    first = s.recv(4096)
+    assert b" 200 " in first.split(b"\r\n", 1)[0], first[:200]
+    s.close()
+    left = time.monotonic()
+
+    def stopped():
+        perf = pod_performance(office) or {}
+        return not perf.get("engine_generating") and not perf.get("active_connections") and perf
+
+    perf = wait_for(stopped, timeout=120, interval=0.2, desc="generation for the gone client "
+                                                           "stopped")
+    tokens = perf["engine_generated_tokens"] - before
+    assert tokens < STREAM_MAX_TOKENS, f"{tokens} tokens generated for a client that left"
+    return f"stopped {time.monotonic() - left:.1f}s later after {tokens} tokens"
+
+
+def test_bad_input_at_the_edge_leaves_other_users_answered_and_memory_bounded(installed):
+    import resource
+
+    nc = installed
+    traefik_pid = nc.cluster.running()["traefik"]
+    [office] = ready_pods(nc, "office")
+    rss_before = {"traefik": rss_bytes([traefik_pid]), "office": pod_rss(nc, office)}
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    host, port = "127.0.0.1", 8001
+    left_after = _leave_a_stream(nc, office, host, port)
+    stop = threading.Event()
+    slow_results: list = []
+    idle: list[socket.socket] = []
+    with Users(nc, count=2, name="edge") as users:
+        # 1 000 idle connections to the route, held open.
+        for _ in range(1000):
+            idle.append(socket.create_connection((host, port), timeout=10))
+        # Slow bodies.
+        slow = [threading.Thread(target=_slow_body, args=(host, port, stop, slow_results),
+                                 daemon=True) for _ in range(20)]
+        for t in slow:
+            t.start()
+        # Non-UTF-8 bodies: a clear 4xx, never a 500 or an answer.
+        bad = {"latin-1 JSON": '{"input_data": "caf\xe9", "db_id": "x"}'.encode("latin-1"),
+               "random bytes": bytes(range(256)) * 4,
+               "UTF-16": json.dumps({"input_data": "hi", "db_id": "x"}).encode("utf-16")}
+        refused = {}
+        for what, body in bad.items():
+            status, _, text = post(nc.route("/office/Llama"), body)
+            refused[what] = status
+            assert 400 <= status < 500, (what, status, text[:200])
+        time.sleep(5)
+        during = len([q for q in users.questions if q.answered])
+    stop.set()
+    for t in slow:
+        t.join(5)
+    for s in idle:
+        s.close()
+    time.sleep(2)
+    rss_after = {"traefik": rss_bytes([traefik_pid]), "office": pod_rss(nc, office)}
+    assert during >= 2 and not users.unanswered(), _show(users)
+    assert not users.status_5xx(), _show(users)
+    print("RSS before -> after: " + ", ".join(
+        f"{k} {rss_before[k] / MiB:.0f} -> {rss_after[k] / MiB:.0f} MiB" for k in rss_before))
+    print(f"non-UTF-8 bodies answered {refused}; slow bodies: {sorted(set(slow_results))}; "
+          f"a stream left after its first chunk: {left_after}")
+    # Bounded: the idle and slow connections are closed, and what they cost is given back
+    # (or never taken); generous bounds, a leak of a buffer per connection passes them.
+    assert rss_after["traefik"] - rss_before["traefik"] < 150 * MiB
+    assert rss_after["office"] - rss_before["office"] < 100 * MiB
+    ledger.record(ledger.FaultRow(
+        "1000 idle conns, 20 slow bodies, non-UTF-8, a stream left", users.requests(), 0,
+        users.status_5xx(), None,
+        f"RSS MiB traefik {rss_before['traefik'] / MiB:.0f}->{rss_after['traefik'] / MiB:.0f}, "
+        f"office {rss_before['office'] / MiB:.0f}->{rss_after['office'] / MiB:.0f}"))
+
+
+# ----------------------------------------------------------------------------- operator
+
+def _operator_pod(nc) -> dict:
+    [pod] = [p for p in get_json(nc, "-n", NS, "pods", "-l",
+                                 "app.kubernetes.io/component=operator")["items"]
+             if not p["metadata"].get("deletionTimestamp")]
+    return pod
+
+
+def _kill_operator(nc) -> int:
+    """SIGKILLs the operator's container (not a clean stop); returns its restart count
+    before."""
+    from tests.node.traffic import container_id
+
+    pod = _operator_pod(nc)
+    restarts = pod["status"]["containerStatuses"][0]["restartCount"]
+    nc.node.ctr("tasks", "kill", "--signal", "SIGKILL", container_id(pod))
+    return restarts
+
+
+def _operator_back(nc, restarts: int) -> None:
+    def running_again():
+        s = _operator_pod(nc)["status"]["containerStatuses"][0]
+        return s["restartCount"] > restarts and s.get("ready") and "running" in s["state"]
+
+    wait_for(running_again, timeout=120, interval=0.5, desc="the operator restarted")
+
+
+def test_operator_sigkilled_during_reconcile_leaves_no_duplicates_and_reaches_ready(
+        installed, mirror):
+    nc = installed
+    name = "faults-op"
+    manifest = chatbot_model(nc, mirror)
+    manifest["metadata"]["name"] = name
+    for persona in ("office", "character"):
+        manifest["spec"][persona]["contextSize"] = 2048
+    points = {
+        "just after create": lambda: True,
+        "fetch Jobs created": lambda: _children(nc, name, "jobs"),
+        "Deployments created": lambda: _children(nc, name, "deployments"),
+    }
+    kills = []
+    applied = time.monotonic()
+    apply(nc, manifest, name)
+    for point, reached in points.items():
+        wait_for(reached, timeout=300, interval=0.2, desc=point)
+        kills.append((point, time.monotonic() - applied))
+        restarts = _kill_operator(nc)
+        _operator_back(nc, restarts)
+    restarted = time.monotonic()
+    wait_for(lambda: (get_json(nc, "-n", NS, "cbm", name).get("status") or {}).get("phase")
+             == "Ready", timeout=600, interval=1, desc=f"{name} Ready after the kills")
+    ready_s = time.monotonic() - restarted
+    passes = [line for line in kubectl(nc, "logs", "-n", NS,
+                                       _operator_pod(nc)["metadata"]["name"]).splitlines()
+              if f"reconciled {NS}/{name}" in line]
+    uid = get_json(nc, "-n", NS, "cbm", name)["metadata"]["uid"]
+    owned = {kind: _children(nc, name, kind) for kind in
+             ("deployments", "jobs", "persistentvolumeclaims", "configmaps", "services")}
+    counts = {kind: len(items) for kind, items in owned.items()}
+    print(f"kills at {[(p, round(t, 1)) for p, t in kills]}; Ready {ready_s:.1f}s after the "
+          f"last restart, {len(passes)} reconcile passes since; children {counts}")
+    assert counts["deployments"] == 2 and counts["jobs"] == 2, counts
+    assert counts["persistentvolumeclaims"] == 2 and counts["configmaps"] == 1, counts
+    # No Job without a living owner (an orphan) in the namespace.
+    living = {c["metadata"]["uid"] for c in get_json(nc, "-n", NS, "cbm")["items"]}
+    orphans = [j["metadata"]["name"] for j in get_json(nc, "-n", NS, "jobs")["items"]
+               if not {r["uid"] for r in j["metadata"].get("ownerReferences") or []} & living]
+    assert not orphans and uid in living
+    assert passes, "no reconcile pass logged after the last restart"
+    kubectl(nc, "delete", "cbm", name, "-n", NS, "--wait", "--timeout=180s", timeout=200)
+    ledger.record(ledger.FaultRow(
+        "operator SIGKILLed x3 (create, Jobs, Deployments)", 0, 0, ledger.Counter(), ready_s,
+        f"{len(passes)} passes after the last restart; children {counts}"))
+
+
+def _children(nc, owner: str, kind: str) -> list[dict]:
+    uid = get_json(nc, "-n", NS, "cbm", owner)["metadata"]["uid"]
+    return [i for i in get_json(nc, "-n", NS, kind)["items"]
+            if any(r["uid"] == uid for r in i["metadata"].get("ownerReferences") or [])]
+
