@@ -24,6 +24,12 @@ ROUTE_PORT = 8001
 HASH_ANNOTATION = f"{GROUP}/settings-hash"
 FETCH_KEY_LABEL = f"{GROUP}/fetch-key"
 RUN_AS = 1000
+# A terminating pod keeps listening this long before its SIGTERM, while the route and
+# kube-proxy stop sending to it: a rollout never sends a request to a closed port (502).
+PRE_STOP_SLEEP_S = 5
+# The preStop sleep, then the service's drain of the answers in flight, then a margin for
+# closing the engines, before the kubelet kills the container.
+TERMINATION_GRACE_S = PRE_STOP_SLEEP_S + contract.DEFAULT_SHUTDOWN_GRACE_S + 5
 
 
 @dataclass(frozen=True)
@@ -320,6 +326,7 @@ def persona_deployment(owner: Owner, spec: ChatbotModelSpec, persona: str, profi
         "livenessProbe": _probe(contract.HEALTH_PATH, periodSeconds=10, failureThreshold=3),
         # Not ready until the model is loaded (and while it waits for the file).
         "readinessProbe": _probe(contract.READY_PATH, periodSeconds=5, failureThreshold=3),
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP_S}}},
         "securityContext": _container_security(),
         "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
                          {"name": "data", "mountPath": DATA_DIR},
@@ -342,7 +349,7 @@ def persona_deployment(owner: Owner, spec: ChatbotModelSpec, persona: str, profi
                     # May only patch this resource's status: the GPU offload report.
                     "serviceAccountName": fetch_account_name(owner),
                     "securityContext": _pod_security(),
-                    "terminationGracePeriodSeconds": 30,
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
                     **_placement(p, profile),
                     "containers": [container],
                     "volumes": [

@@ -37,6 +37,10 @@ MAX_BODY_BYTES = 64 * 1024
 DEFAULT_CONTEXT_SIZE = 8191
 DEFAULT_BATCH_SIZE = 2048
 
+# On SIGTERM the service gives the answers in flight this long (CHATBOT_SHUTDOWN_GRACE_S);
+# the operator's pods wait longer than it plus their preStop sleep before the kubelet kills.
+DEFAULT_SHUTDOWN_GRACE_S = 20
+
 
 def env_name(*path: str) -> str:
     """The variable of a (nested) setting: ``env_name("office", "model", "n_ctx")`` is

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
@@ -21,7 +22,7 @@ from chatbot.api.deps import PersonaRuntime
 from chatbot.api.errors import install_error_handlers
 from chatbot.api.metrics import PersonaMetrics
 from chatbot.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
-from chatbot.api.routes import character, common, office
+from chatbot.api.routes import character, common, office, performance_report
 from chatbot.contract import NOT_FOUND_HEALTH_PATH
 from chatbot.core.admission import Admission
 from chatbot.core.chat import ChatService
@@ -37,6 +38,10 @@ from chatbot.stores.embedded import EmbeddedHistoryStore
 log = logging.getLogger(__name__)
 
 NOT_FOUND_PAGE = files("chatbot.api").joinpath("static/404.html").read_text(encoding="utf-8")
+
+# At shutdown, how long requests cut off by uvicorn get to count themselves before the
+# final counters are logged.
+SETTLE_S = 2.0
 
 _TITLES = {Persona.OFFICE: "ChatBot AI — office", Persona.CHARACTER: "ChatBot AI — character"}
 
@@ -190,6 +195,28 @@ def not_found_app() -> Starlette:
                      exception_handlers={404: _not_found, 405: _not_found})
 
 
+async def requests_settled(runtimes: Mapping[Persona, PersonaRuntime],
+                           timeout_s: float = SETTLE_S) -> None:
+    """Waits (at most `timeout_s`) until no request holds or waits for a slot: the ones
+    uvicorn cancelled after its grace period count themselves as failed as they unwind."""
+    services = [service for runtime in runtimes.values()
+                for service in (runtime.service, *runtime.gpt_services.values())]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while (any(s.admission.active or s.admission.waiting for s in services)
+           and loop.time() < deadline):
+        await asyncio.sleep(0.05)
+
+
+def log_final_counters(runtimes: Mapping[Persona, PersonaRuntime]) -> None:
+    """One line per persona once uvicorn drained the answers in flight (lifespan shutdown):
+    `final counters <persona>: <the /performance JSON>`, so that the requests a pod served
+    can be counted after it is gone (a rollout's terminated pods)."""
+    for persona, runtime in runtimes.items():
+        report = json.dumps(performance_report(runtime.service), default=str)
+        log.info("final counters %s: %s", persona.value, report)
+
+
 def create_app(settings: Settings, personas: list[Persona] | None = None, *,
                engines: Mapping[Persona, ChatEngine] | None = None,
                search: WebSearch | None = None):
@@ -225,11 +252,15 @@ def create_app(settings: Settings, personas: list[Persona] | None = None, *,
             yield
         finally:
             loading.cancel()
-            await engines.close()
-            await store.close()
-            for runtime in runtimes.values():
-                for gpt in runtime.gpt_services.values():
-                    await gpt.engine.close()
+            try:  # before the engines close: their live counters are part of the line
+                await requests_settled(runtimes)
+                log_final_counters(runtimes)
+            finally:
+                await engines.close()
+                await store.close()
+                for runtime in runtimes.values():
+                    for gpt in runtime.gpt_services.values():
+                        await gpt.engine.close()
 
     if len(personas) == 1:
         app = persona_app(runtimes[personas[0]], settings.root_path, lifespan)

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from chatbot.contract import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONTEXT_SIZE,
+    DEFAULT_SHUTDOWN_GRACE_S,
     ENV_PREFIX,
     MAX_BODY_BYTES,
     MONGO_URL_ENV,
@@ -122,7 +123,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=MAX_BODY_BYTES, gt=0)
     root_path: str = Field(default="", description="path prefix a proxy strips, e.g. /office")
     shutdown_grace_s: float = Field(
-        default=20.0, gt=0, description="on SIGTERM, in-flight answers get this long to finish"
+        default=float(DEFAULT_SHUTDOWN_GRACE_S), gt=0,
+        description="on SIGTERM, in-flight answers get this long to finish"
     )
     log_level: str = "info"
 

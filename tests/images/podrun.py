@@ -8,8 +8,10 @@ supplementary group, readOnlyRootFilesystem, capabilities drop, allowPrivilegeEs
 volumes (a claim is a given host directory; an emptyDir is what the kubelet makes of it, a
 fresh host directory of mode 0777 - not a Docker tmpfs, whose mount over an image directory
 takes that directory's owner and mode), container ports, CPU and memory
-limits, and terminationGracePeriodSeconds (the stop timeout). Probes are not Docker's: the
-tests poll the same paths. Anything else in the spec is an error, so nothing is silently
+limits, and terminationGracePeriodSeconds (the stop timeout, less a preStop sleep: the
+kubelet counts that sleep in the grace period, and without a route in front there is
+nothing to wait for, so Docker signals at once). Probes are not Docker's: the tests poll the
+same paths. Anything else in the spec is an error, so nothing is silently
 dropped.
 """
 
@@ -23,7 +25,7 @@ KNOWN_POD = {"securityContext", "terminationGracePeriodSeconds", "containers", "
              "automountServiceAccountToken", "restartPolicy"}
 KNOWN_CONTAINER = {"name", "image", "imagePullPolicy", "command", "args", "ports", "env",
                    "envFrom", "resources", "startupProbe", "livenessProbe", "readinessProbe",
-                   "securityContext", "volumeMounts"}
+                   "securityContext", "volumeMounts", "lifecycle"}
 
 
 class Unmapped(ValueError):
@@ -41,6 +43,16 @@ def _quantity_bytes(text: str) -> int:
 def _cpus(text: str) -> float:
     text = str(text)
     return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def _pre_stop_sleep_s(lifecycle: dict | None) -> float:
+    """The seconds of a `preStop: {sleep: ...}` hook; any other lifecycle hook is Unmapped."""
+    if lifecycle is None:
+        return 0.0
+    sleep = (lifecycle.get("preStop") or {}).get("sleep")
+    if set(lifecycle) != {"preStop"} or set(lifecycle["preStop"]) != {"sleep"} or not sleep:
+        raise Unmapped(f"container lifecycle other than a preStop sleep: {lifecycle}")
+    return float(sleep["seconds"])
 
 
 def docker_run_args(pod: dict, *, image: str, config_maps: dict[str, dict[str, str]],
@@ -63,6 +75,7 @@ def docker_run_args(pod: dict, *, image: str, config_maps: dict[str, dict[str, s
     extra = set(c) - KNOWN_CONTAINER
     if extra:
         raise Unmapped(f"container fields not mapped to docker: {sorted(extra)}")
+    pre_stop_s = _pre_stop_sleep_s(c.get("lifecycle"))
     args: list[str] = []
 
     pod_sec = pod.get("securityContext") or {}
@@ -130,7 +143,8 @@ def docker_run_args(pod: dict, *, image: str, config_maps: dict[str, dict[str, s
         cpus = _cpus(limits["cpu"])
         args += ["--cpus", str(min(cpus, max_cpus) if max_cpus else cpus)]
     if "terminationGracePeriodSeconds" in pod:
-        args += ["--stop-timeout", str(math.ceil(pod["terminationGracePeriodSeconds"]))]
+        grace = pod["terminationGracePeriodSeconds"] - pre_stop_s
+        args += ["--stop-timeout", str(math.ceil(grace))]
 
     command = [*c.get("command", []), *c.get("args", [])]
     if c.get("command"):

@@ -39,7 +39,8 @@ def test_the_persona_pod_maps_to_its_security_mounts_and_command(tmp_path):
                      "type=bind,source=/srv/models,target=/models,readonly",
                      f"type=bind,source={tmp_path}/data,target=/data",
                      "--publish 127.0.0.1:18080:8080", f"--memory {1 << 30}", "--cpus 2",
-                     "--stop-timeout 30"):
+                     # the pod's grace period less its preStop sleep, which Docker skips
+                     f"--stop-timeout {builders.TERMINATION_GRACE_S - builders.PRE_STOP_SLEEP_S}"):
         assert expected in joined, expected
     assert (tmp_path / "data").stat().st_mode & 0o777 == 0o777  # as an emptyDir
     assert "--env CHATBOT_POD_NAME=chatbot-pod" in joined  # the downward API's metadata.name
@@ -47,11 +48,18 @@ def test_the_persona_pod_maps_to_its_security_mounts_and_command(tmp_path):
     assert args[at + 1:at + 6] == ["chatbot", "img", "serve", "office", "--host"]
 
 
-@pytest.mark.parametrize("where, field", [("pod", "hostNetwork"), ("container", "lifecycle")])
+@pytest.mark.parametrize("where, field", [("pod", "hostNetwork"), ("container", "workingDir")])
 def test_a_field_it_cannot_express_is_an_error(tmp_path, where, field):
     pod = copy.deepcopy(_pod())
     (pod if where == "pod" else pod["containers"][0])[field] = {}
     with pytest.raises(Unmapped, match=field):
+        _args(pod, tmp_path)
+
+
+def test_a_lifecycle_hook_other_than_a_pre_stop_sleep_is_an_error(tmp_path):
+    pod = copy.deepcopy(_pod())
+    pod["containers"][0]["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", "5"]}}}
+    with pytest.raises(Unmapped, match="lifecycle"):
         _args(pod, tmp_path)
 
 

@@ -72,6 +72,13 @@ def test_a_run_time_that_is_not_a_duration_is_a_clear_error():
     assert "--run-time" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_negative_default_retry_after_is_a_clear_error():
+    result = subprocess.run([chatbot_command(), "loadtest", "--default-retry-after", "-1"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--default-retry-after: must not be negative" in result.stderr
+
+
 def test_locusts_web_ui_runs_the_users_and_writes_the_report(load_server, tmp_path):
     port = free_port()
     locust = shutil.which("locust", path=str(Path(sys.executable).parent)) or "locust"

@@ -60,13 +60,18 @@ def test_no_request_is_lost_csv_rows_match_the_servers_counters(load_run):
             "rejected": sum(r["status_code"] == "429" for r in rows),
             "failed": 0,
         }, persona
+        # every answer came from the service itself: each carries its X-Request-ID
+        assert all(r["request_id"] for r in rows), persona
+        assert len({r["request_id"] for r in rows}) == len(rows)
 
 
 def test_the_csvs_keep_the_originals_columns(load_run):
-    assert load_run.csv("character")[0] == CHARACTER_COLUMNS
+    character = load_run.csv("character")[0]
+    assert character[:len(CHARACTER_COLUMNS)] == CHARACTER_COLUMNS
     office = load_run.csv("office")[0]
     assert office[:len(OFFICE_COLUMNS)] == OFFICE_COLUMNS
     assert {"retry_count", "is_retry_record", "is_final_success"} <= set(office)
+    assert character[-1] == office[-1] == "request_id"  # appended after the originals'
 
 
 def test_progress_is_shown_while_it_runs(load_run):

@@ -7,6 +7,8 @@ import time
 
 import httpx
 
+from tests.service.test_shutdown import final_counters
+
 LONG = {"input_data": "긴 보고서를 써 주세요."}
 
 
@@ -112,3 +114,6 @@ def test_shutdown_stops_a_long_generation_within_the_grace_period(start_server):
     assert time.monotonic() - started < 10
     assert server.proc.returncode in (0, -signal.SIGTERM)  # uvicorn re-raises the signal
     assert outcome.get("status") != 200  # cut short, never a half answer in a 200
+    # ... and counted as failed in the counters the server logs last
+    office = final_counters(server.log.read_text(errors="replace"))["office"]
+    assert (office["failed"], office["succeeded"], office["active_connections"]) == (1, 0, 0)

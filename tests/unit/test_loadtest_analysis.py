@@ -1,8 +1,9 @@
 """The load-test arithmetic: CSV round trip, per-user outcomes, percentiles, reconciliation,
-and how a 429's wait is read. Rows go through the real CSV writer and reader."""
+and how a 429 or 503 wait is read. Rows go through the real CSV writer and reader."""
 
 from __future__ import annotations
 
+import csv
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -23,17 +24,21 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _attempt(user: str, at: float, status: int, retry: int = 0, final: bool = True,
-             persona: str = "character", rt: float = 1.0) -> Attempt:
+             persona: str = "character", rt: float = 1.0,
+             request_id: str | None = None) -> Attempt:
+    """`request_id`: the service's X-Request-ID; by default every HTTP answer has one."""
     ok = status == 200
+    retried = status in (429, 503) and not final
     extra = ({"character_name": "Rachel"} if persona == "character"
              else {"google_access": False, "question_length": 10})
     return Attempt(
         user_id=user, test_type=persona, endpoint=f"/{persona}/Llama", status_code=status,
         response_time=rt, success=ok, timestamp=(T0 + timedelta(seconds=at)).isoformat(),
-        retry_count=retry, is_retry_record=status == 429 and not final,
-        retry_after_seconds=2.0 if status == 429 and not final else None,
+        retry_count=retry, is_retry_record=retried, retry_after_seconds=2.0 if retried else None,
         is_final_success=final and ok, is_final_failure=final and not ok,
-        process_time=rt - 0.1 if ok else None, extra=extra)
+        process_time=rt - 0.1 if ok else None, extra=extra,
+        request_id=(f"id-{user}-{retry}" if status else "") if request_id is None
+        else request_id)
 
 
 def _rows(tmp_path, attempts: list[Attempt]) -> list[dict]:
@@ -58,6 +63,26 @@ def test_csv_files_have_the_original_columns_first_and_round_trip(tmp_path):
     retried = [r for r in rows if r["status_code"] == 429]
     assert retried[0]["is_retry_record"] and retried[0]["retry_after_seconds"] == 2.0
     assert sum(r["is_final_success"] for r in rows) == 2
+    assert header[-1] == office_header[-1] == "request_id"  # appended after the originals'
+    assert {r["request_id"] for r in rows} == {"id-char_user_0001-0", "id-office_user_0001-0",
+                                               "id-office_user_0001-1"}
+
+
+def test_csv_files_from_before_the_request_id_column_still_read_and_reconcile(tmp_path):
+    old_columns = [c for c in CHARACTER_COLUMNS if c != "request_id"]
+    rows = _rows(tmp_path, [_attempt("a", 0, 429, final=False), _attempt("a", 2, 200, retry=1)])
+    old = tmp_path / "old" / "character_t.csv"
+    old.parent.mkdir()
+    with open(old, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=old_columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({**r, "timestamp": r["sent_at"].isoformat()} for r in rows)
+    read = read_rows([old])
+    assert [r["request_id"] for r in read] == [None, None]
+    assert [r["status_code"] for r in read] == [429, 200]
+    # without the column every HTTP answer counts as one the server saw, as before
+    assert analysis.reconcile(read, {"total_requests": 0, "succeeded": 0, "rejected": 0},
+                              {"total_requests": 2, "succeeded": 1, "rejected": 1})["match"]
 
 
 def test_the_outcome_pie_counts_each_user_once(tmp_path):
@@ -118,13 +143,16 @@ def _response(status: int, body: dict | None = None, headers: dict | None = None
     return response
 
 
-@pytest.mark.parametrize(("body", "headers", "wait"), [
-    ({"retry_after": 7}, {"Retry-After": "3"}, 7.0),  # the body first
-    ({"code": "QUEUE_OVERLOADED"}, {"Retry-After": "3"}, 3.0),  # then the header
-    (None, {}, 60.0),  # else the original's 60 s
+@pytest.mark.parametrize(("status", "body", "headers", "default", "wait"), [
+    (429, {"retry_after": 7}, {"Retry-After": "3"}, 60.0, 7.0),  # the body first
+    (429, {"code": "QUEUE_OVERLOADED"}, {"Retry-After": "3"}, 60.0, 3.0),  # then the header
+    (429, None, {}, 60.0, 60.0),  # else the original's 60 s
+    (503, None, {"Retry-After": "2"}, 60.0, 2.0),  # a 503 is read the same way
+    (503, None, {}, 1.0, 1.0),  # a proxy's 503 names no wait: --default-retry-after
 ])
-def test_a_429_waits_as_long_as_the_body_then_the_header_says(body, headers, wait):
-    assert retry_after_s(_response(429, body, headers), 60.0) == wait
+def test_a_429_or_503_waits_as_long_as_the_body_then_the_header_says(status, body, headers,
+                                                                     default, wait):
+    assert retry_after_s(_response(status, body, headers), default) == wait
 
 
 def test_process_time_is_the_servers_total_from_server_timing():
@@ -159,3 +187,41 @@ def test_a_user_that_was_answered_before_the_run_ended_is_not_counted_as_cut_off
                             _attempt("looping", 4, 200, retry=1), cut])
     outcomes = analysis.user_outcomes(rows)
     assert outcomes[analysis.AFTER_RETRY] == 1 and sum(outcomes.values()) == 1
+
+
+def test_a_proxys_503_never_reached_a_server_and_is_not_reconciled(tmp_path):
+    rows = _rows(tmp_path, [
+        # no pod ready: the route answers 503 itself (no X-Request-ID), twice, then a 200
+        _attempt("a", 0, 503, final=False, request_id=""),
+        _attempt("a", 1, 503, retry=1, final=False, request_id=""),
+        _attempt("a", 2, 200, retry=2),
+        # the service's own 503 (model not loaded yet) is counted there, as a failure
+        _attempt("b", 0, 503, final=False), _attempt("b", 1, 429, retry=1, final=False),
+        _attempt("b", 3, 200, retry=2),
+    ])
+    assert analysis.client_counts(rows) == {"total_requests": 4, "succeeded": 2, "rejected": 1}
+    zero = {"total_requests": 0, "succeeded": 0, "rejected": 0}
+    served = {"total_requests": 4, "succeeded": 2, "rejected": 1, "failed": 1}
+    assert analysis.reconcile(rows, zero, served)["match"]
+    summary = analysis.summarize(rows)["character"]
+    assert (summary["retried_429"], summary["retried_503"], summary["answers"]) == (1, 3, 2)
+    assert analysis.user_outcomes(rows)[analysis.AFTER_RETRY] == 2
+
+
+def test_a_rollouts_rows_reconcile_with_the_sum_of_every_pods_counters(tmp_path):
+    rows = _rows(tmp_path, [
+        _attempt("a", 0, 200), _attempt("b", 1, 200),
+        _attempt("c", 2, 503, final=False, request_id=""),  # between the old and new pod
+        _attempt("c", 3, 429, retry=1, final=False), _attempt("c", 5, 200, retry=2),
+    ])
+    old_pod_before = {"total_requests": 10, "succeeded": 9, "rejected": 1}
+    # the old pod's `final counters` line: it served a and b; the new pod started at zero
+    old_pod_final = {"total_requests": 12, "succeeded": 11, "rejected": 1}
+    new_pod_after = {"total_requests": 2, "succeeded": 1, "rejected": 1}
+    result = analysis.reconcile_pods(rows, [old_pod_before], [old_pod_final, new_pod_after])
+    assert result == {"checked": True, "match": True,
+                      "client": {"total_requests": 4, "succeeded": 3, "rejected": 1},
+                      "server": {"total_requests": 4, "succeeded": 3, "rejected": 1}}
+    # a pod's counters left out (its log line lost): the rows no longer add up
+    assert not analysis.reconcile_pods(rows, [old_pod_before], [old_pod_final])["match"]
+    assert analysis.reconcile_pods(rows, [old_pod_before], [])["checked"] is False

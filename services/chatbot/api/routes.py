@@ -98,9 +98,9 @@ _ENGINE_COUNTERS = (
 )
 
 
-@common.get("/performance", summary="Measured performance of this service")
-async def performance(rt: Runtime) -> dict:
-    service = rt.service
+def performance_report(service: ChatService) -> dict:
+    """What /performance answers for a persona: its counters since start, its queue and
+    its engine's live counters."""
     engine = service.engine.status()
     return {
         **service.stats.snapshot(),
@@ -115,6 +115,11 @@ async def performance(rt: Runtime) -> dict:
         # The batched engine's live counters (shared by the personas on its model file).
         **{f"engine_{k}": engine.facts[k] for k in _ENGINE_COUNTERS if k in engine.facts},
     }
+
+
+@common.get("/performance", summary="Measured performance of this service")
+async def performance(rt: Runtime) -> dict:
+    return performance_report(rt.service)
 
 
 @common.get("/healthz", summary="Liveness: the process answers")

@@ -13,6 +13,7 @@ OUTCOMES = (DIRECT, AFTER_RETRY, FAILED, CUT_OFF)
 PERCENTILES = (50, 90, 95, 99)
 IN_FLIGHT_PREFIX = "stopped in flight"
 STOPPED_PREFIX = "stopped "  # the run ended before the question was answered
+RECONCILED = ("total_requests", "succeeded", "rejected")  # /performance counters compared
 
 
 def percentile(values: list[float], pct: float) -> float | None:
@@ -131,7 +132,8 @@ def summarize(rows: list[dict]) -> dict:
             "attempts": len(mine),
             "questions": len(logical_requests(mine)),
             "answers": len(answers),
-            "retried_429": sum(r["is_retry_record"] for r in mine),
+            "retried_429": sum(r["is_retry_record"] and r["status_code"] == 429 for r in mine),
+            "retried_503": sum(r["is_retry_record"] and r["status_code"] == 503 for r in mine),
             "final_failures": sum(r["is_final_failure"] and not _cut_off(r) for r in mine),
             "cut_off": sum(r["is_final_failure"] and _cut_off(r) for r in mine),
             "status_codes": {str(k): v for k, v in sorted(statuses.items())},
@@ -144,22 +146,49 @@ def summarize(rows: list[dict]) -> dict:
     return summary
 
 
+def reached_server(row: dict) -> bool:
+    """Whether the service saw this attempt: it answered (its `X-Request-ID` is in the row),
+    or the attempt was cut off in flight by the end of the run. A proxy's answer in its
+    place (a 503 while no pod is ready) never reached it. Rows of files from before the
+    `request_id` column count every HTTP answer."""
+    if row["failure_reason"].startswith(IN_FLIGHT_PREFIX):
+        return True
+    if row.get("request_id") is None:
+        return row["status_code"] != 0
+    return bool(row["request_id"])
+
+
+def client_counts(rows: list[dict]) -> dict:
+    """What the service must have counted of these rows, as its /performance names it."""
+    reached = [r for r in rows if reached_server(r)]
+    return {"total_requests": len(reached),
+            "succeeded": sum(r["status_code"] == 200 for r in reached),
+            "rejected": sum(r["status_code"] == 429 for r in reached)}
+
+
+def reconcile_pods(rows: list[dict], before: list[dict], after: list[dict]) -> dict:
+    """Compares the client's rows of one persona with the counters of every pod that served
+    them, summed: `before` holds the pods' `/performance` snapshots at the start (a pod
+    started during the run has none: it began at zero), `after` their snapshots at the end,
+    or a terminated pod's `final counters` log line."""
+    if not after:
+        return {"checked": False, "reason": "no counters after the run"}
+    client = client_counts(rows)
+    server = {key: sum(s.get(key, 0) for s in after) - sum(s.get(key, 0) for s in before)
+              for key in RECONCILED}
+    return {"checked": True, "client": client, "server": server, "match": client == server}
+
+
 def reconcile(rows: list[dict], before: dict | None, after: dict | None) -> dict:
     """Compares what the client sent with what the server counted, per persona.
 
     `before`/`after` are `/performance` snapshots of one persona. Every attempt that reached
-    the server (an HTTP answer, or one cut off in flight) must be in its `total_requests`;
-    its 200s in `succeeded` and its 429s in `rejected`.
+    the server (`reached_server`) must be in its `total_requests`; its 200s in `succeeded`
+    and its 429s in `rejected`.
     """
     if before is None or after is None:
         return {"checked": False, "reason": "no /performance snapshot"}
-    reached = [r for r in rows if r["status_code"] != 0
-               or r["failure_reason"].startswith(IN_FLIGHT_PREFIX)]
-    client = {"total_requests": len(reached),
-              "succeeded": sum(r["status_code"] == 200 for r in rows),
-              "rejected": sum(r["status_code"] == 429 for r in rows)}
-    server = {key: after.get(key, 0) - before.get(key, 0) for key in client}
-    return {"checked": True, "client": client, "server": server, "match": client == server}
+    return reconcile_pods(rows, [before], [after])
 
 
 def _cut_off(row: dict) -> bool:

@@ -22,7 +22,8 @@ def is_real_answer(body) -> bool:
 
 
 def retry_after_s(response, default_s: float) -> float:
-    """The wait a 429 asks for: `retry_after` in the body, then `Retry-After`, else default."""
+    """The wait a 429 or 503 asks for: `retry_after` in the body, then `Retry-After`, else
+    default."""
     body = body_json(response)
     if isinstance(body, dict) and isinstance(body.get("retry_after"), int | float):
         return float(body["retry_after"])

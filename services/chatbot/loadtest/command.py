@@ -23,6 +23,9 @@ def add_arguments(load: argparse.ArgumentParser) -> None:
                       help="questions per user, as the original: 1; 0 = ask until the end")
     load.add_argument("--google-access-ratio", type=float, default=0.5,
                       help="share of office questions sent with google_access (0..1)")
+    load.add_argument("--default-retry-after", type=float, default=60.0, metavar="SECONDS",
+                      help="wait before retrying a 429 or 503 that names no wait "
+                           "(default 60, the original's)")
     load.add_argument("--stop-timeout", type=float, default=30.0,
                       help="seconds in-flight questions get after --run-time")
     load.add_argument("--seed", type=int, help="seed for the office question draw")
@@ -66,7 +69,9 @@ def loadtest(args: argparse.Namespace) -> int:
                 else "",
                 "--google-access-ratio": "must be between 0 and 1"
                 if not 0 <= args.google_access_ratio <= 1 else "",
-                "--stop-timeout": "must not be negative" if args.stop_timeout < 0 else ""}
+                "--stop-timeout": "must not be negative" if args.stop_timeout < 0 else "",
+                "--default-retry-after": "must not be negative"
+                if args.default_retry_after < 0 else ""}
     for option, problem in problems.items():
         if problem:
             print(f"error: {option}: {problem}", file=sys.stderr)
@@ -75,7 +80,8 @@ def loadtest(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     personas = ("office", "character") if args.persona == "both" else (args.persona,)
     options = LoadOptions(requests_per_user=args.requests_per_user,
-                          google_access_ratio=args.google_access_ratio, seed=args.seed)
+                          google_access_ratio=args.google_access_ratio, seed=args.seed,
+                          default_retry_after_s=args.default_retry_after)
 
     def config(host: str) -> RunConfig:
         return RunConfig(host=host, out_dir=out_dir, users=args.users,

@@ -1,8 +1,11 @@
 """The CSV files of a run: one row per HTTP attempt, retries included.
 
 Both files keep the original's columns, in the original's order; the office file appends
-the retry columns the original office test did not have (it never retried). Times are in
-seconds; `timestamp` is when the attempt was sent (UTC, ISO 8601).
+the retry columns the original office test did not have (it never retried). Both end with
+`request_id`, the service's `X-Request-ID` (empty when no answer came from the service: a
+proxy's 503 while no pod is ready, a connection error). Times are in seconds; `timestamp`
+is when the attempt was sent (UTC, ISO 8601). Files written before `request_id` existed
+read back with `request_id` None.
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ CHARACTER_COLUMNS = (
     "user_id", "test_type", "endpoint", "character_name", "status_code", "response_time",
     "success", "failure_reason", "retry_count", "retry_after_seconds", "timestamp",
     "response_size", "is_retry_record", "is_final_failure", "is_final_success", "error",
-    "process_time",
+    "process_time", "request_id",
 )
 OFFICE_COLUMNS = (
     "user_id", "test_type", "endpoint", "google_access", "question_length", "status_code",
     "response_time", "success", "timestamp", "response_size",
     # not in the original office file, which had no retries:
     "failure_reason", "retry_count", "retry_after_seconds", "is_retry_record",
-    "is_final_failure", "is_final_success", "error", "process_time",
+    "is_final_failure", "is_final_success", "error", "process_time", "request_id",
 )
 COLUMNS = {"office": OFFICE_COLUMNS, "character": CHARACTER_COLUMNS}
 
@@ -42,13 +45,14 @@ class Attempt:
     timestamp: str
     response_size: int = 0
     retry_count: int = 0  # retries before this attempt
-    retry_after_seconds: float | None = None  # the wait this 429 asked for
-    is_retry_record: bool = False  # answered 429 and retried
+    retry_after_seconds: float | None = None  # the wait this 429 or 503 asked for
+    is_retry_record: bool = False  # answered 429 or 503 and retried
     is_final_failure: bool = False
     is_final_success: bool = False
     failure_reason: str = ""
     error: str = ""
     process_time: float | None = None  # the server's own total (Server-Timing)
+    request_id: str = ""  # the service's X-Request-ID: empty when the service did not answer
     extra: dict = field(default_factory=dict)  # character_name | google_access, question_length
 
     def row(self) -> dict:
@@ -72,7 +76,8 @@ class CsvRecorder:
         self.stamp = stamp or datetime.now().strftime("%Y-%m-%d_%H%M%S")
         self._lock = threading.Lock()
         self._files: dict[str, tuple] = {}
-        self.counts = {"attempts": 0, "answers": 0, "retried": 0, "final_failures": 0}
+        self.counts = {"attempts": 0, "answers": 0, "retried_429": 0, "retried_503": 0,
+                       "final_failures": 0}
 
     def path(self, persona: str) -> Path:
         return self.out_dir / f"{persona}_{self.stamp}.csv"
@@ -84,7 +89,8 @@ class CsvRecorder:
             handle.flush()
             self.counts["attempts"] += 1
             self.counts["answers"] += attempt.is_final_success
-            self.counts["retried"] += attempt.is_retry_record
+            if attempt.is_retry_record and attempt.status_code in (429, 503):
+                self.counts[f"retried_{attempt.status_code}"] += 1
             self.counts["final_failures"] += attempt.is_final_failure
 
     def _writer(self, persona: str):
@@ -129,4 +135,5 @@ def _typed(raw: dict) -> dict:
     for key in ("success", "is_retry_record", "is_final_failure", "is_final_success"):
         row[key] = raw.get(key) == "True"
     row["sent_at"] = datetime.fromisoformat(raw["timestamp"])
+    row["request_id"] = raw.get("request_id")  # None: a file from before the column
     return row

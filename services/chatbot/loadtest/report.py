@@ -148,7 +148,7 @@ def _percentiles(rows: list[dict]) -> str:
 def _failed_table(rows: list[dict]) -> str:
     picked = [r for r in rows if not r["is_final_success"]]
     head = ["user_id", "test_type", "status_code", "retry_count", "retry_after_seconds",
-            "response_time", "timestamp", "failure_reason", "error"]
+            "response_time", "timestamp", "failure_reason", "error", "request_id"]
     note = ""
     if len(picked) > FAILED_TABLE_LIMIT:
         note = f"<p>First {FAILED_TABLE_LIMIT} of {len(picked)} rows; all are in the CSVs.</p>"
@@ -177,8 +177,9 @@ def _meta(meta: dict) -> str:
 
 
 def _summary(summary: dict) -> str:
-    head = ["persona", "attempts", "questions", "answers", "retried_429", "final_failures",
-            "cut_off", "duration_s", "answers_per_s", "p50_s", "p95_s", "status_codes", "users"]
+    head = ["persona", "attempts", "questions", "answers", "retried_429", "retried_503",
+            "final_failures", "cut_off", "duration_s", "answers_per_s", "p50_s", "p95_s",
+            "status_codes", "users"]
     rows = [[persona, *(_compact(facts[k]) for k in head[1:])]
             for persona, facts in summary.items()]
     return _table(head, rows)
@@ -187,7 +188,7 @@ def _summary(summary: dict) -> str:
 def _reconciliation(reconciliation: dict) -> str:
     if not reconciliation:
         return ""
-    head = ["persona", "checked", "client sent", "server counted", "match"]
+    head = ["persona", "checked", "client rows that reached it", "server counted", "match"]
     rows = [[persona, r.get("checked"), _compact(r.get("client", r.get("reason", ""))),
              _compact(r.get("server", "")), r.get("match", "-")]
             for persona, r in reconciliation.items()]

@@ -138,7 +138,8 @@ def _print_progress(session: RunSession, runner, config: RunConfig, started: flo
     done = f", {session.users_done} done" if config.options.requests_per_user else ""
     say(f"[{time.monotonic() - started:5.1f}s] users {session.users_started}/{config.users} "
         f"spawned{done} | requests {c['attempts']} "
-        f"(answers {c['answers']}, 429 retried {c['retried']}) | errors {errors}")
+        f"(answers {c['answers']}, retried 429 {c['retried_429']} / 503 {c['retried_503']}) "
+        f"| errors {errors}")
 
 
 def _say_results(summary: dict, out_dir: Path, say) -> None:
@@ -146,7 +147,8 @@ def _say_results(summary: dict, out_dir: Path, say) -> None:
         p50 = "-" if r["p50_s"] is None else f"{r['p50_s']:.2f}s"
         p95 = "-" if r["p95_s"] is None else f"{r['p95_s']:.2f}s"
         say(f"{persona:>9}: {r['answers']}/{r['questions']} answered, "
-            f"{r['retried_429']} retries after 429, {r['final_failures']} failed, "
+            f"{r['retried_429']}/{r['retried_503']} retries after 429/503, "
+            f"{r['final_failures']} failed, "
             f"{r['cut_off']} cut off by the end of the run, "
             f"{r['answers_per_s']:.3f} answers/s, p50 {p50}, p95 {p95}, "
             f"status {r['status_codes']}")

@@ -24,7 +24,7 @@ class LoadOptions:
     requests_per_user: int = 1  # 0: keep asking until the run ends
     google_access_ratio: float = 0.5
     max_retries: int = 10
-    default_retry_after_s: float = 60.0  # when a 429 names no wait
+    default_retry_after_s: float = 60.0  # when a 429 or 503 names no wait
     office_timeout_s: float = 240.0
     character_timeout_s: float = 600.0
     seed: int | None = None

@@ -2,9 +2,11 @@
 
 Each simulated user has its own `user_id` and conversation `db_id` and asks once (or
 `requests_per_user` times), then idles until the run ends, so Locust never replaces it
-with a fresh user. A 429 is retried after the wait it names (`retry_after` in the body,
-then the `Retry-After` header, else 60 s), up to 10 times; every attempt is a CSV row.
-Success is a 200 whose body is a JSON string with at least 10 non-space characters.
+with a fresh user. A 429 (queue full) or a 503 (no pod ready, or its model not loaded
+yet) is retried after the wait it names (`retry_after` in the body, then the `Retry-After`
+header, else `default_retry_after_s`, 60 s), up to 10 times; every attempt is a CSV row,
+with the service's `X-Request-ID` (none when a proxy answered in its place). Success is a
+200 whose body is a JSON string with at least 10 non-space characters.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from chatbot.loadtest.scenario import character_body, new_db_id, office_body
 from chatbot.loadtest.session import session_of
 
 IDLE_S = 3600.0
+RETRIED_STATUSES = (429, 503)
+REQUEST_ID_HEADER = "X-Request-ID"  # set on every answer of the service (RequestIdMiddleware)
 IN_FLIGHT = "stopped in flight at the end of the run"
 WAITING = "stopped while waiting to retry at the end of the run"
 
@@ -73,11 +77,13 @@ class _ChatUser(HttpUser):
                                       name=self.endpoint, catch_response=True) as response:
                     elapsed = time.perf_counter() - started
                     attempt = self._attempt(response, elapsed, sent, retries, extra)
-                    if attempt.status_code == 429 and retries < options.max_retries:
+                    if (attempt.status_code in RETRIED_STATUSES
+                            and retries < options.max_retries):
                         attempt.is_retry_record = True
                         attempt.retry_after_seconds = retry_after_s(response,
                                                                   options.default_retry_after_s)
-                        response.failure(f"429, retrying in {attempt.retry_after_seconds:g}s")
+                        response.failure(f"{attempt.status_code}, retrying in "
+                                         f"{attempt.retry_after_seconds:g}s")
                     else:
                         attempt.is_final_success = attempt.success
                         attempt.is_final_failure = not attempt.success
@@ -107,6 +113,7 @@ class _ChatUser(HttpUser):
             status_code=status, response_time=elapsed, success=False, timestamp=sent,
             response_size=len(response.content or b""), retry_count=retries, extra=extra,
             process_time=process_time_s(response.headers.get("Server-Timing", "")),
+            request_id=response.headers.get(REQUEST_ID_HEADER, "") if status else "",
         )
         if status == 0:
             attempt.failure_reason = "no HTTP answer"
