@@ -47,7 +47,29 @@ class NodeCluster:
 
 
 @pytest.fixture(scope="session")
-def node_cluster(docker_engine, service_image, operator_image) -> NodeCluster:
+def node_lock():
+    """One node per host (port 8001, the bridge): a second session waits its turn, before
+    it uses Docker too (the first may stop the daemon it started when it ends)."""
+    lock = open(f"{_workdir()}.lock", "w")  # noqa: SIM115 - held for the whole session
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"[node] another session holds the node ({lock.name}); waiting for it",
+              file=sys.stderr, flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        lock.close()
+
+
+def _workdir() -> Path:
+    # One fixed place: a killed session's leftovers are found there by the next.
+    return Path(tempfile.gettempdir()) / f"chatbot-node-{os.getuid()}"
+
+
+@pytest.fixture(scope="session")
+def node_cluster(node_lock, docker_engine, service_image, operator_image) -> NodeCluster:
     missing = realnode.missing_prerequisites()
     if missing:
         unavailable("no real node on this host: missing " + ", ".join(missing), REQUIRE_ENV)
@@ -63,16 +85,7 @@ def node_cluster(docker_engine, service_image, operator_image) -> NodeCluster:
     }
 
     say = lambda msg: print(f"[node] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    # One fixed place: a node is one per host (port 8001, the bridge), and a killed
-    # session's leftovers are found there by the next. A second session waits its turn.
-    workdir = Path(tempfile.gettempdir()) / f"chatbot-node-{os.getuid()}"
-    lock = open(f"{workdir}.lock", "w")  # noqa: SIM115 - held for the whole session
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        say(f"another session holds the node ({lock.name}); waiting for it")
-        fcntl.flock(lock, fcntl.LOCK_EX)
-    cluster = localcluster.LocalCluster(workdir, node_ip=realnode.node_ip())
+    cluster = localcluster.LocalCluster(_workdir(), node_ip=realnode.node_ip())
     node = realnode.RealNode(cluster)
     timings: dict[str, float] = {}
     started = time.monotonic()
@@ -92,7 +105,6 @@ def node_cluster(docker_engine, service_image, operator_image) -> NodeCluster:
         yield NodeCluster(cluster, node, images, timings)
     finally:
         node.down()
-        lock.close()
 
 
 @pytest.fixture(scope="module")

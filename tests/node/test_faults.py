@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
+from tests.kube import localcluster
 from tests.kube.helpers import wait_for
 from tests.node import ledger
 from tests.node.release import (
@@ -26,6 +31,7 @@ from tests.node.release import (
     get,
     get_json,
     kubectl,
+    mongo_client,
     office_question,
     post,
     ready_pods,
@@ -33,6 +39,7 @@ from tests.node.release import (
 from tests.node.traffic import (
     Users,
     history_problems,
+    persona_pods,
     pod_performance,
     pod_rss,
     rss_bytes,
@@ -42,6 +49,7 @@ from tests.node.traffic import (
 pytestmark = pytest.mark.node
 
 MiB = 1024 * 1024
+ROLLOUT_RUN_S = 120  # the load test's length: the rollout happens inside it
 
 
 def _show(users: Users) -> str:
@@ -187,7 +195,7 @@ def test_office_pod_deleted_while_answering(installed, how):
     lost = 0 if status == 200 else 1
     ledger.record(ledger.FaultRow(
         f"office pod deleted mid-answer ({how})", 2, lost,
-        ledger.Counter({status: 1}) if status >= 500 else ledger.Counter(),
+        Counter({status: 1}) if status >= 500 else Counter(),
         answering - killed,
         f"in-flight got {status or outcome.get('error', '')[:40]} after "
         f"{outcome['after_s']:.1f}s; stored turns {len(turns)}; Ready after "
@@ -374,7 +382,7 @@ def test_operator_sigkilled_during_reconcile_leaves_no_duplicates_and_reaches_re
     assert passes, "no reconcile pass logged after the last restart"
     kubectl(nc, "delete", "cbm", name, "-n", NS, "--wait", "--timeout=180s", timeout=200)
     ledger.record(ledger.FaultRow(
-        "operator SIGKILLed x3 (create, Jobs, Deployments)", 0, 0, ledger.Counter(), ready_s,
+        "operator SIGKILLed x3 (create, Jobs, Deployments)", 0, 0, Counter(), ready_s,
         f"{len(passes)} passes after the last restart; children {counts}"))
 
 
@@ -383,3 +391,142 @@ def _children(nc, owner: str, kind: str) -> list[dict]:
     return [i for i in get_json(nc, "-n", NS, kind)["items"]
             if any(r["uid"] == uid for r in i["metadata"].get("ownerReferences") or [])]
 
+
+
+# ----------------------------------------------------------------------------- rollout
+
+class PodLogs:
+    """Follows the log of every pod of the personas, from when it runs until it is gone,
+    so the ``final counters`` a terminated pod logs are kept."""
+
+    def __init__(self, nc, out_dir):
+        self.nc, self.out_dir = nc, out_dir
+        self.followed: dict[str, tuple[str, subprocess.Popen]] = {}  # pod -> persona, kubectl
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> PodLogs:
+        self._follow_new()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        for _, proc in self.followed.values():
+            proc.terminate()
+            proc.wait(10)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self._follow_new()
+            except Exception:  # noqa: BLE001 - the API busy for a moment: next round
+                pass
+
+    def _follow_new(self) -> None:
+        for persona in ("office", "character"):
+            for pod in persona_pods(self.nc, persona):
+                name = pod["metadata"]["name"]
+                running = any("running" in s.get("state", {})
+                              for s in pod["status"].get("containerStatuses") or [])
+                if name in self.followed or not running:
+                    continue
+                log = open(self.out_dir / f"{name}.log", "wb")  # noqa: SIM115 - kubectl's
+                proc = subprocess.Popen([str(localcluster.binary("kubectl")), "logs", "-f",
+                                         "-n", NS, name], stdout=log, stderr=subprocess.STDOUT,
+                                        env=self.nc.env())
+                log.close()
+                self.followed[name] = (persona, proc)
+
+    def final_counters(self, pod: str) -> dict | None:
+        persona, _ = self.followed[pod]
+        marker = f"final counters {persona}: "
+        text = (self.out_dir / f"{pod}.log").read_text(errors="replace")
+        lines = [line.split(marker, 1)[1] for line in text.splitlines() if marker in line]
+        return json.loads(lines[-1]) if lines else None
+
+
+def _turns_in_mongo(nc, persona: str) -> dict[str, int]:
+    """Stored turns per load-test user: every conversation of the user's collection."""
+    client = mongo_client(nc)
+    try:
+        db = client.chatbot
+        prefix = f"{persona}_log_"
+        return {name[len(prefix):]: sum(len(d.get("value", [])) for d in db[name].find({}))
+                for name in db.list_collection_names() if name.startswith(prefix)
+                and "_user_" in name}
+    finally:
+        client.close()
+
+
+def test_load_during_a_rollout_loses_nothing(installed, mirror, tmp_path):
+    from chatbot.loadtest import analysis
+    from chatbot.loadtest.records import read_rows
+
+    nc = installed
+    out = tmp_path / "loadtest"
+    out.mkdir()
+    before_pods = {p: ready_pods(nc, p) for p in ("office", "character")}
+    before = {p: [pod_performance(pod) for pod in pods] for p, pods in before_pods.items()}
+    assert all(all(b) for b in before.values()), before
+    old_uids = {pod["metadata"]["uid"] for pods in before_pods.values() for pod in pods}
+    chatbot = Path(sys.executable).with_name("chatbot")
+    with PodLogs(nc, tmp_path) as logs:
+        load = subprocess.Popen(
+            [str(chatbot), "loadtest", "--host", nc.route(""), "--users", "4",
+             "--spawn-rate", "2", "--run-time", str(ROLLOUT_RUN_S), "--requests-per-user", "0",
+             "--google-access-ratio", "0", "--default-retry-after", "1",
+             "--stop-timeout", "180", "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(20)
+        changed = time.monotonic()
+        # A setting of both personas (llama.cpp's batch): a new pod template for each.
+        apply(nc, chatbot_model(nc, mirror, batchSize=128), "chatbotmodel")
+
+        def rolled() -> bool:
+            pods = {p: persona_pods(nc, p) for p in ("office", "character")}
+            return all(len(ps) == 1 and ps[0]["metadata"]["uid"] not in old_uids
+                       for ps in pods.values()) and all(
+                len(ready_pods(nc, p)) == 1 for p in ("office", "character"))
+
+        wait_for(rolled, timeout=300, interval=0.5, desc="both personas rolled")
+        rollout_s = time.monotonic() - changed
+        output, _ = load.communicate(timeout=ROLLOUT_RUN_S + 400)
+        print(output[-3000:])
+        after_pods = {p: ready_pods(nc, p) for p in ("office", "character")}
+        alive = {p: [pod_performance(pod) for pod in pods] for p, pods in after_pods.items()}
+        time.sleep(2)
+    rows = read_rows(sorted(out.glob("*.csv")))
+    assert rows, output[-2000:]
+    statuses = Counter(r["status_code"] for r in rows)
+    # Every question ended in an answer; only 429/503 on the way, each retried.
+    requests = analysis.logical_requests(rows)
+    unanswered = [a for a in requests if not a[-1]["is_final_success"]]
+    assert not unanswered, [(a[-1]["user_id"], a[-1]["status_code"], a[-1]["error"][:100])
+                            for a in unanswered]
+    assert set(statuses) <= {200, 429, 503}, statuses
+    # The CSV against the counters of every pod that served it, the terminated ones by the
+    # final counters they logged.
+    gone = {name: persona for name, (persona, _) in logs.followed.items()
+            if name not in {p["metadata"]["name"] for ps in after_pods.values() for p in ps}}
+    reconciled = {}
+    for persona in ("office", "character"):
+        finals = [logs.final_counters(name) for name, p in gone.items() if p == persona]
+        assert all(finals), f"a terminated {persona} pod logged no final counters: {gone}"
+        mine = [r for r in rows if r["test_type"] == persona]
+        reconciled[persona] = analysis.reconcile_pods(mine, before[persona],
+                                                      finals + alive[persona])
+        assert reconciled[persona]["match"], (persona, reconciled[persona])
+    # And against the history: one stored turn per answer, per user.
+    for persona in ("office", "character"):
+        answered = Counter(r["user_id"] for r in rows
+                           if r["test_type"] == persona and r["is_final_success"])
+        stored = _turns_in_mongo(nc, persona)
+        assert stored == dict(answered), (persona, stored, dict(answered))
+    ledger.record(ledger.FaultRow(
+        "rollout of both personas under load (chatbot loadtest)", len(rows), 0,
+        Counter({k: v for k, v in statuses.items() if k >= 500}), rollout_s,
+        f"{sum(r['is_final_success'] for r in rows)} answers, {statuses.get(429, 0)}x429 and "
+        f"{statuses.get(503, 0)}x503 retried; CSV = counters = MongoDB"))
+    print(f"rollout took {rollout_s:.1f}s; statuses {dict(statuses)}; reconciled {reconciled}")
