@@ -79,12 +79,14 @@ def cbm(nc) -> dict:
     return get_json(nc, "-n", NS, f"{PLURAL}.{GROUP}", CBM)
 
 
-def pods(nc, persona: str) -> list[dict]:
-    return get_json(nc, "-n", NS, "pods", "-l", f"app.kubernetes.io/component={persona}")["items"]
+def pods(nc, persona: str, instance: str = CBM) -> list[dict]:
+    """The pods of one persona of one ChatbotModel (the release's, unless named)."""
+    return get_json(nc, "-n", NS, "pods", "-l", f"app.kubernetes.io/component={persona},"
+                    f"app.kubernetes.io/instance={instance}")["items"]
 
 
-def ready_pods(nc, persona: str) -> list[dict]:
-    return [p for p in pods(nc, persona) if not p["metadata"].get("deletionTimestamp")
+def ready_pods(nc, persona: str, instance: str = CBM) -> list[dict]:
+    return [p for p in pods(nc, persona, instance) if not p["metadata"].get("deletionTimestamp")
             and any(c["type"] == "Ready" and c["status"] == "True"
                     for c in p["status"].get("conditions", []))]
 
@@ -169,8 +171,8 @@ def install(nc, mirror, *, ready_timeout: float = 600) -> None:
 
 def uninstall(nc) -> None:
     """The ChatbotModel deleted, the release uninstalled, the namespace's pods gone."""
-    kubectl(nc, "delete", "cbm", CBM, "-n", NS, "--ignore-not-found", "--wait",
-            "--timeout=180s", timeout=200, check=False)
+    kubectl(nc, "delete", "cbm", "--all", "-n", NS, "--wait", "--timeout=180s", timeout=200,
+            check=False)
     helm_cli.run("uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "3m", env=nc.env(),
                  check=False, timeout=240)
     wait_for(lambda: not get_json(nc, "-n", NS, "pods")["items"], timeout=180, interval=2,

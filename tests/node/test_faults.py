@@ -33,13 +33,13 @@ from tests.node.release import (
     kubectl,
     mongo_client,
     office_question,
+    pods,
     post,
     ready_pods,
 )
 from tests.node.traffic import (
     Users,
     history_problems,
-    persona_pods,
     pod_performance,
     pod_rss,
     rss_bytes,
@@ -49,6 +49,8 @@ from tests.node.traffic import (
 pytestmark = pytest.mark.node
 
 MiB = 1024 * 1024
+DEADLINE_S = 120  # a client's patience for one answer
+RETRY_FOR_S = 300  # how long the user of a killed answer keeps asking
 ROLLOUT_RUN_S = 120  # the load test's length: the rollout happens inside it
 
 
@@ -120,7 +122,9 @@ def test_mongodb_pod_deleted_under_load_answers_on_and_history_resumes(installed
                  timeout=180, desc="answers after the recovery")
     assert not users.unanswered(), _show(users)
     assert not users.status_5xx(), _show(users)
-    before = [q for q in users.questions if q.sent_at < deleted - 1 and q.answered]
+    # Answered before the pod was deleted: their turns were written (an answer finishing
+    # as the pod goes is given without history, as while it is away).
+    before = [q for q in users.questions if q.answered and q.answered_at < deleted]
     after = [q for q in users.questions if q.sent_at > back and q.answered]
     during = [q for q in users.questions if deleted + degraded_seen < q.sent_at < back]
     assert before and after and during
@@ -146,20 +150,25 @@ def test_office_pod_deleted_while_answering(installed, how):
     nc = installed
     [pod] = ready_pods(nc, "office")
     user, db_id = f"kill-{how}-{uuid.uuid4().hex[:6]}", str(uuid.uuid4())
+    question = office_question(db_id, "Write a long, detailed plan for a team offsite.", user)
+    tries: list[tuple[int, float]] = []  # (status, seconds) of each attempt
     outcome: dict = {}
-    deadline_s = 120
 
     def ask() -> None:
+        """The user of the killed answer: waits up to its deadline, and asks again after
+        an error, as the error invites."""
         started = time.monotonic()
-        try:
-            outcome["status"], _, body = post(
-                nc.route("/office/Llama"),
-                office_question(db_id, "Write a long, detailed plan for a team offsite.", user),
-                timeout=deadline_s)
-            outcome["body"] = body
-        except OSError as exc:
-            outcome["status"], outcome["error"] = 0, repr(exc)
-        outcome["after_s"] = time.monotonic() - started
+        while time.monotonic() - started < RETRY_FOR_S:
+            sent = time.monotonic()
+            try:
+                status, _, body = post(nc.route("/office/Llama"), question, timeout=DEADLINE_S)
+            except OSError as exc:
+                status, body = 0, repr(exc).encode()
+            tries.append((status, time.monotonic() - sent))
+            outcome.update(status=status, body=body)
+            if status == 200:
+                return
+            time.sleep(1)
 
     asking = threading.Thread(target=ask, daemon=True)
     asking.start()
@@ -168,40 +177,52 @@ def test_office_pod_deleted_while_answering(installed, how):
     killed = time.monotonic()
     args = ["--wait=false"] + (["--grace-period=0", "--force"] if how == "forced" else [])
     kubectl(nc, "delete", "pod", "-n", NS, pod["metadata"]["name"], *args)
-    asking.join(deadline_s + 10)
-    assert not asking.is_alive(), "the client hung past its deadline"
-    status = outcome["status"]
-    # An answer, or an error that says so: never a 200 without one, never a hang.
-    assert status in (200, 502, 503, 504, 0), outcome
-    if status == 200:
-        assert json.loads(outcome["body"]).strip()
 
+    # Others asking meanwhile: a clean 503 until a pod is back (never the 404 page, never a
+    # 500), then an answer. The time from the kill to that answer is the recovery time.
+    seen: Counter = Counter()
+    probe = office_question(str(uuid.uuid4()), "Say hello.", user)
+
+    def answered() -> bool:
+        status = post(nc.route("/office/Llama"), probe, timeout=60)[0]
+        seen[status] += 1
+        return status == 200
+
+    wait_for(answered, timeout=300, interval=0.5, desc="an answer after the kill")
+    answering = time.monotonic()
+    assert set(seen) <= {200, 502, 503}, seen
+    asking.join(RETRY_FOR_S + DEADLINE_S)
+    assert not asking.is_alive(), f"the killed answer's client hung: {tries}"
+    # The killed answer ended within its deadline, as an answer or an error that says so
+    # (never a 200 without one); asked again, it was answered.
+    first_status, first_s = tries[0]
+    assert first_s < DEADLINE_S and first_status in (200, 502, 503), tries
+    assert outcome["status"] == 200 and json.loads(outcome["body"]).strip(), tries
+
+    # Once the replacement is Ready (and the route knows it), its first answer is a 200.
     old_uid = pod["metadata"]["uid"]
     wait_for(lambda: [p for p in ready_pods(nc, "office") if p["metadata"]["uid"] != old_uid],
              timeout=300, interval=0.5, desc="the replacement office pod Ready")
     ready_at = time.monotonic()
+    wait_for(lambda: get(nc.route("/office/readyz"))[0] == 200, timeout=60, interval=0.2,
+             desc="the route on the replacement")
     status_after, _, body = post(nc.route("/office/Llama"),
                                  office_question(str(uuid.uuid4()), "Say hello.", user))
     assert status_after == 200, body[:300]
-    answering = time.monotonic()
 
-    # Nothing half-written: the turn is whole and is the answer the user got, or absent.
+    # Nothing half-written, nothing twice: one whole turn, the answer the user got.
     turns = stored_turns(nc, "office", user, db_id)
-    assert len(turns) <= 1, turns
-    if turns:
-        assert turns[0]["output_data"].strip()
-        if status == 200:
-            assert turns[0]["output_data"] == json.loads(outcome["body"])
-    lost = 0 if status == 200 else 1
+    assert [t["output_data"] for t in turns] == [json.loads(outcome["body"])], (tries, turns)
+    lost = 0
+    fives = Counter({k: v for k, v in seen.items() if k >= 500})
+    fives.update(status for status, _ in tries if status >= 500)
     ledger.record(ledger.FaultRow(
-        f"office pod deleted mid-answer ({how})", 2, lost,
-        Counter({status: 1}) if status >= 500 else Counter(),
-        answering - killed,
-        f"in-flight got {status or outcome.get('error', '')[:40]} after "
-        f"{outcome['after_s']:.1f}s; stored turns {len(turns)}; Ready after "
-        f"{ready_at - killed:.1f}s"))
-    print(f"{how} delete: in-flight answer {status} after {outcome['after_s']:.1f}s, "
-          f"replacement Ready {ready_at - killed:.1f}s and answering {answering - killed:.1f}s "
+        f"office pod deleted mid-answer ({how})", len(tries) + 1 + sum(seen.values()), lost,
+        fives, answering - killed,
+        f"in-flight got {first_status} after {first_s:.1f}s, then {len(tries) - 1} retries; "
+        f"pod Ready after {ready_at - killed:.1f}s"))
+    print(f"{how} delete: the answer in flight got {first_status} after {first_s:.1f}s "
+          f"(attempts {tries}); others saw {dict(seen)}; answering {answering - killed:.1f}s "
           f"after the kill")
 
 
@@ -285,7 +306,6 @@ def test_bad_input_at_the_edge_leaves_other_users_answered_and_memory_bounded(in
             refused[what] = status
             assert 400 <= status < 500, (what, status, text[:200])
         time.sleep(5)
-        during = len([q for q in users.questions if q.answered])
     stop.set()
     for t in slow:
         t.join(5)
@@ -293,7 +313,7 @@ def test_bad_input_at_the_edge_leaves_other_users_answered_and_memory_bounded(in
         s.close()
     time.sleep(2)
     rss_after = {"traefik": rss_bytes([traefik_pid]), "office": pod_rss(nc, office)}
-    assert during >= 2 and not users.unanswered(), _show(users)
+    assert len(users.questions) >= 2 and not users.unanswered(), _show(users)
     assert not users.status_5xx(), _show(users)
     print("RSS before -> after: " + ", ".join(
         f"{k} {rss_before[k] / MiB:.0f} -> {rss_after[k] / MiB:.0f} MiB" for k in rss_before))
@@ -351,6 +371,15 @@ def test_operator_sigkilled_during_reconcile_leaves_no_duplicates_and_reaches_re
         "fetch Jobs created": lambda: _children(nc, name, "jobs"),
         "Deployments created": lambda: _children(nc, name, "deployments"),
     }
+    try:
+        _kill_during_create(nc, manifest, points)
+    finally:
+        kubectl(nc, "delete", "cbm", name, "-n", NS, "--ignore-not-found", "--wait",
+                "--timeout=180s", timeout=200)
+
+
+def _kill_during_create(nc, manifest: dict, points: dict) -> None:
+    name = manifest["metadata"]["name"]
     kills = []
     applied = time.monotonic()
     apply(nc, manifest, name)
@@ -372,7 +401,8 @@ def test_operator_sigkilled_during_reconcile_leaves_no_duplicates_and_reaches_re
     counts = {kind: len(items) for kind, items in owned.items()}
     print(f"kills at {[(p, round(t, 1)) for p, t in kills]}; Ready {ready_s:.1f}s after the "
           f"last restart, {len(passes)} reconcile passes since; children {counts}")
-    assert counts["deployments"] == 2 and counts["jobs"] == 2, counts
+    # office, character and the route's not-found backend; a fetch Job per persona.
+    assert counts["deployments"] == 3 and counts["jobs"] == 2, counts
     assert counts["persistentvolumeclaims"] == 2 and counts["configmaps"] == 1, counts
     # No Job without a living owner (an orphan) in the namespace.
     living = {c["metadata"]["uid"] for c in get_json(nc, "-n", NS, "cbm")["items"]}
@@ -380,7 +410,6 @@ def test_operator_sigkilled_during_reconcile_leaves_no_duplicates_and_reaches_re
                if not {r["uid"] for r in j["metadata"].get("ownerReferences") or []} & living]
     assert not orphans and uid in living
     assert passes, "no reconcile pass logged after the last restart"
-    kubectl(nc, "delete", "cbm", name, "-n", NS, "--wait", "--timeout=180s", timeout=200)
     ledger.record(ledger.FaultRow(
         "operator SIGKILLed x3 (create, Jobs, Deployments)", 0, 0, Counter(), ready_s,
         f"{len(passes)} passes after the last restart; children {counts}"))
@@ -426,7 +455,7 @@ class PodLogs:
 
     def _follow_new(self) -> None:
         for persona in ("office", "character"):
-            for pod in persona_pods(self.nc, persona):
+            for pod in pods(self.nc, persona):
                 name = pod["metadata"]["name"]
                 running = any("running" in s.get("state", {})
                               for s in pod["status"].get("containerStatuses") or [])
@@ -485,7 +514,7 @@ def test_load_during_a_rollout_loses_nothing(installed, mirror, tmp_path):
         apply(nc, chatbot_model(nc, mirror, batchSize=128), "chatbotmodel")
 
         def rolled() -> bool:
-            pods = {p: persona_pods(nc, p) for p in ("office", "character")}
+            pods = {p: pods(nc, p) for p in ("office", "character")}
             return all(len(ps) == 1 and ps[0]["metadata"]["uid"] not in old_uids
                        for ps in pods.values()) and all(
                 len(ready_pods(nc, p)) == 1 for p in ("office", "character"))

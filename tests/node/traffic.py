@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.node.release import NS, get, get_json, mongo_client, post
+from tests.node.release import get, mongo_client, post
 
 RETRY_CAP_S = 2.0
 RETRYABLE = (429, 503)
@@ -37,6 +37,7 @@ class Question:
     sent_at: float
     attempts: list[Attempt] = field(default_factory=list)
     answer: str | None = None  # the 200's answer
+    answered_at: float | None = None  # time.monotonic() when the 200 came back
     history_turns: int | None = None  # X-History-Turns of the 200
 
     @property
@@ -109,7 +110,7 @@ class Users:
             q.attempts.append(Attempt(status, time.monotonic() - started,
                                       "" if status == 200 else body[:200].decode(errors="replace")))
             if status == 200:
-                q.answer = json.loads(body)
+                q.answer, q.answered_at = json.loads(body), time.monotonic()
                 q.history_turns = int(headers.get("X-History-Turns", "0"))
                 return
             if status not in RETRYABLE:
@@ -208,26 +209,3 @@ def pod_url(pod: dict, path: str) -> str:
 def pod_performance(pod: dict) -> dict | None:
     status, _, body = get(pod_url(pod, "/performance"), timeout=5)
     return json.loads(body) if status == 200 else None
-
-
-def persona_pods(nc, persona: str) -> list[dict]:
-    return get_json(nc, "-n", NS, "pods", "-l",
-                    f"app.kubernetes.io/component={persona}")["items"]
-
-
-def wait_for_answer(nc, persona: str = "office", timeout: float = 300,
-                    interval: float = 0.5) -> float:
-    """Asks until a 200 comes back; returns when it did (time.monotonic())."""
-    deadline = time.monotonic() + timeout
-    body = {"input_data": "Are you back?", "google_access": False,
-            "db_id": str(uuid.uuid4()), "user_id": "recovery-probe"}
-    if persona == "character":
-        body = {**body, "character_name": "Rachel", "greeting": "Hi.", "context": "A student."}
-    while time.monotonic() < deadline:
-        try:
-            if post(nc.route(f"/{persona}/Llama"), body, timeout=60)[0] == 200:
-                return time.monotonic()
-        except OSError:
-            pass
-        time.sleep(interval)
-    raise AssertionError(f"/{persona}/Llama gave no 200 within {timeout:.0f}s")
