@@ -273,6 +273,8 @@ def _flush_iptables(prefix: str) -> None:
 
 
 def _destroy_ipsets(prefixes: tuple[str, ...]) -> None:
+    if shutil.which("ipset") is None:
+        return
     names = subprocess.run(["ipset", "list", "-n"], capture_output=True,
                            text=True).stdout.split()
     for name in names:

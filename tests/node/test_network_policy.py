@@ -8,6 +8,12 @@ same ports, and to the route on the node: connected, so a refusal is the policy'
 broken probe, DNS or network. Through the route (the host's Traefik) both personas answer,
 and the personas reach MongoDB: their history is connected and a second turn replays the
 first.
+
+kube-router REJECTs what no policy allows (an ICMP port-unreachable: the client sees
+"connection refused" at once, not a timeout). It also accepts whatever the node itself
+sends to its pods, before any policy: the host's Traefik gets in by that rule as much as by
+route.peers' ipBlock (the bridge address), so (c) shows the route works under enforcement,
+not which of the two admitted it.
 """
 
 from __future__ import annotations
