@@ -31,7 +31,16 @@ import pytest
 from tests.kube import realnode
 from tests.kube.helpers import wait_for
 from tests.node import ledger
-from tests.node.release import NS, apply, get, get_json, kubectl, office_question, post
+from tests.node.release import (
+    NS,
+    apply,
+    get,
+    get_json,
+    kubectl,
+    office_question,
+    post,
+    ready_pods,
+)
 
 pytestmark = pytest.mark.node
 
@@ -138,6 +147,17 @@ def _arg(words: list[str], flag: str) -> str:
     return words[words.index(flag) + 1] if flag in words else ""
 
 
+def _wait_enforced(nc, components: tuple[str, ...]) -> None:
+    """Until kube-router's chains send the traffic to these components' pods through their
+    policies (it syncs on pod and policy events, and every 30 s)."""
+    policy = {c: _policy(nc, "-mongodb" if c == "mongodb" else "-services") for c in components}
+    ips = {c: _running_pod(nc, f"app.kubernetes.io/component={c}")["status"]["podIP"]
+           for c in components}
+    wait_for(lambda: realnode.forward_chain_first() == realnode.KUBE_ROUTER_FORWARD
+             and all(policy[c] in _pod_policies(ips[c]) for c in components),
+             timeout=120, interval=1, desc=f"kube-router's chains for {ips}")
+
+
 class Probes:
     """The probe pods, the targets' addresses, and what each connection did."""
 
@@ -147,6 +167,7 @@ class Probes:
         self.route_requests = 0
         self.route_5xx: Counter = Counter()
         self.enforced_after_s = 0.0
+        self.replaced_answering_s: float | None = None
 
     def connect(self, *targets: tuple[str, str, str]) -> list[dict]:
         """Connect from the probe pod to each (what, host:port, expected) target."""
@@ -183,17 +204,7 @@ def probes(installed):
     try:
         kubectl(nc, "wait", "-n", NS, "--for=condition=Ready", f"pod/{PROBE}", f"pod/{OPEN}",
                 "--timeout=120s", timeout=150)
-        # kube-router syncs on pod and policy events (and every 30 s): wait until its
-        # chains send the personas' and MongoDB's traffic through their policies.
-        guarded = {_running_pod(nc, "app.kubernetes.io/component=office")["status"]["podIP"]:
-                   _policy(nc, "-services"),
-                   _running_pod(nc, "app.kubernetes.io/component=character")["status"]["podIP"]:
-                   _policy(nc, "-services"),
-                   _running_pod(nc, "app.kubernetes.io/component=mongodb")["status"]["podIP"]:
-                   _policy(nc, "-mongodb")}
-        wait_for(lambda: realnode.forward_chain_first() == realnode.KUBE_ROUTER_FORWARD
-                 and all(policy in _pod_policies(ip) for ip, policy in guarded.items()),
-                 timeout=120, interval=1, desc="kube-router's chains for the guarded pods")
+        _wait_enforced(nc, ("office", "character", "mongodb"))
         probes.enforced_after_s = time.monotonic() - started
         print(f"\n[netpol] probe pods Ready and the policies' chains in place "
               f"{probes.enforced_after_s:.1f}s after the pods were applied", file=sys.stderr)
@@ -212,10 +223,11 @@ def _record(probes: Probes) -> None:
     held = sum(r["result"] in DENIED for r in denied)
     reached = sum(r["result"] == "connected" for r in allowed)
     ledger.record(ledger.FaultRow(
-        "NetworkPolicies (kube-router)", probes.route_requests, 0, probes.route_5xx, None,
+        "NetworkPolicies (kube-router)", probes.route_requests, 0, probes.route_5xx,
+        probes.replaced_answering_s,
         f"denied {held}/{len(denied)} ({', '.join(f'{k} x{v}' for k, v in how.items())}, "
         f"<= {slowest:.2f}s), allowed {reached}/{len(allowed)}; rules "
-        f"{probes.enforced_after_s:.0f}s after the probe pods"))
+        f"{probes.enforced_after_s:.0f}s after the probe pods; recovery: office pod replaced"))
 
 
 def _check(results: list[dict]) -> None:
@@ -286,3 +298,37 @@ def test_only_the_personas_reach_mongodb(probes):
         ("control: unselected pod, same port", f"{open_ip}:27017", "connected"),
     )
     _check(results)
+
+
+# ----------------------------------------------------------------------------- a new pod
+
+def test_a_replacement_office_pod_reaches_mongodb_and_is_guarded(probes):
+    """(e) The policies follow new pods: a replacement office pod is among MongoDB's allowed
+    sources in time for its first ping (none failed; pymongo's 2 s server selection would
+    hide a shorter refusal) and the conversation goes on, and the probe is refused by it as
+    by the old one. The fault tests replace pods under these policies too."""
+    nc = probes.nc
+    db_id = str(uuid.uuid4())
+    status, _, body = probes.route(
+        "POST", "/office/Llama", office_question(db_id, "Name one planet.", user_id="netpol-user"))
+    assert status == 200, body[:300]
+    old = _running_pod(nc, "app.kubernetes.io/component=office")
+    deleted = time.monotonic()
+    kubectl(nc, "delete", "pod", "-n", NS, old["metadata"]["name"], "--wait=false")
+    wait_for(lambda: [p for p in ready_pods(nc, "office")
+                      if p["metadata"]["uid"] != old["metadata"]["uid"]],
+             timeout=300, interval=1, desc="the replacement office pod Ready")
+    wait_for(lambda: get(nc.route("/office/readyz"))[0] == 200, timeout=120, interval=1,
+             desc="/office/readyz 200 from the replacement")
+    status, _, body = probes.route("GET", "/office/readyz")
+    history = json.loads(body)["history"]
+    print(f"  replacement office pod's history: {history}")
+    assert history["state"] == "ok" and not any(history["failures"].values()), history
+    status, headers, body = probes.route(
+        "POST", "/office/Llama", office_question(db_id, "Name another.", user_id="netpol-user"))
+    assert status == 200 and headers["X-History-Turns"] == "1", (status, dict(headers))
+    probes.replaced_answering_s = time.monotonic() - deleted
+
+    _wait_enforced(nc, ("office",))
+    new = _running_pod(nc, "app.kubernetes.io/component=office")["status"]["podIP"]
+    _check(probes.connect(("replacement office pod", f"{new}:8080", "denied")))
