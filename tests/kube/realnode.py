@@ -8,6 +8,7 @@ Beside :class:`localcluster.LocalCluster`'s control plane, the way Kubernetes'
   ``chatbot0`` with host-local IPAM on ``POD_CIDR``, masquerading to the outside);
 * **kubelet** and **kube-proxy** (iptables mode) built from the same ``k8s.io/kubernetes``
   module as the API server (``build-binaries kube-node``);
+* **kube-router**'s firewall alone, the NetworkPolicy engine (iptables chains and ipsets);
 * **CoreDNS** (``cluster.local``) on the node IP, the pods' ``clusterDNS``;
 * **local-path-provisioner** (rancher), the default StorageClass ``local-path``;
 * **Traefik v3** on port 8001, the route's controller: its ``kubernetesIngressNGINX``
@@ -31,7 +32,8 @@ Settings these machines need, and why:
 Everything dies with the cluster: the processes are the cluster's (tracked PIDs, process
 groups, parent-death signal); containers are killed through the kubelet's pod cgroups,
 and :func:`reap` clears what a SIGKILLed run left behind (shims, containers, mounts, the
-bridge, kube-proxy's iptables chains) before the next start.
+bridge, kube-proxy's and kube-router's iptables chains, kube-router's ipsets) before the
+next start.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ LOCAL_PATH_NAMESPACE = "local-path-storage"
 STORAGE_CLASS = "local-path"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 KUBEPODS = "kubepods"
+# kube-router's NetworkPolicy sets (pkg/controllers/netpol: kubeSourceIPSetPrefix and
+# kubeDestinationIPSetPrefix).
+KUBE_ROUTER_IPSETS = ("KUBE-SRC-", "KUBE-DST-")
+KUBE_ROUTER_FORWARD = "KUBE-ROUTER-FORWARD"
 
 PAUSE_C = r"""
 #include <signal.h>
@@ -240,8 +246,12 @@ def reap(state_dir: Path) -> None:
         ("kube-node",)) else None
     if kube_proxy:
         subprocess.run([str(kube_proxy), "--cleanup"], capture_output=True, timeout=60)
+    # KUBE- covers kube-proxy's chains and kube-router's (KUBE-ROUTER-*, KUBE-NWPLCY-*,
+    # KUBE-POD-FW-*); its ipsets go once no rule refers to them. Not `kube-router
+    # --cleanup-config`: that also tears down IPVS services and routes, which are the host's.
     for chain in ("CNI-", "KUBE-"):
         _flush_iptables(chain)
+    _destroy_ipsets(KUBE_ROUTER_IPSETS)
 
 
 def _flush_iptables(prefix: str) -> None:
@@ -260,6 +270,16 @@ def _flush_iptables(prefix: str) -> None:
             subprocess.run(["iptables", "-t", table, "-F", chain], capture_output=True)
         for chain in chains:
             subprocess.run(["iptables", "-t", table, "-X", chain], capture_output=True)
+
+
+def _destroy_ipsets(prefixes: tuple[str, ...]) -> None:
+    if shutil.which("ipset") is None:
+        return
+    names = subprocess.run(["ipset", "list", "-n"], capture_output=True,
+                           text=True).stdout.split()
+    for name in names:
+        if name.startswith(prefixes):
+            subprocess.run(["ipset", "destroy", name], capture_output=True)
 
 
 # --------------------------------------------------------------------------- the node
@@ -346,11 +366,12 @@ class RealNode:
         self._start_kubelet(timeout)
         say(f"kubelet: node {self.name} Ready ({time.monotonic() - started:.1f}s)")
         self._start_kube_proxy()
+        self._start_kube_router(timeout)
         self._start_coredns(timeout)
         self._start_local_path()
         self._start_traefik(timeout)
-        say(f"kube-proxy, CoreDNS, local-path-provisioner, Traefik on :{ROUTE_PORT} "
-            f"({time.monotonic() - started:.1f}s)")
+        say(f"kube-proxy, kube-router (NetworkPolicies), CoreDNS, local-path-provisioner, "
+            f"Traefik on :{ROUTE_PORT} ({time.monotonic() - started:.1f}s)")
 
     def down(self) -> None:
         """Stop the cluster's processes, then what the runtime left (containers, mounts)."""
@@ -514,6 +535,45 @@ state = "{d / 'state'}"
         self._spawn("kube-proxy", [str(localcluster.binary("kube-proxy")), f"--config={path}",
                                    "--v=1"])
 
+    def _start_kube_router(self, timeout: float) -> None:
+        """kube-router with only its firewall: the engine that enforces NetworkPolicies.
+
+        kube-router v2.1.0 is the one version the module proxy serves here, and security
+        advisories are reported against it: it is the test harness's policy engine, never
+        shipped with the chart.
+
+        It starts with the node, always, rather than only for the policy tests: the chart
+        enables its policies by default and clusters users install on enforce them, so the
+        journey and the fault tests run under them too. What they do stays allowed: the
+        host's processes (Traefik, the kubelet's probes, the tests' MongoDB client) reach
+        the pods through kube-router's rule that accepts traffic from the node's own
+        addresses, the pods reach the host (API server, CoreDNS, the model mirror, the route
+        for `helm test`) because no policy limits egress, and the services reach MongoDB as
+        the policy allows.
+        """
+        health_port = free_port()
+        self._spawn("kube-router", [
+            str(localcluster.binary("kube-router")),
+            "--run-firewall=true", "--run-router=false", "--run-service-proxy=false",
+            "--enable-cni=false",
+            f"--kubeconfig={self.cluster.kubeconfig}",
+            f"--hostname-override={self.name}",
+            f"--service-cluster-ip-range={localcluster.SERVICE_CIDR}",
+            f"--health-port={health_port}",
+            "--metrics-port=0",
+            # Besides the syncs that pod and policy events trigger: the CNI firewall plugin
+            # puts its FORWARD jump (which accepts every pod's traffic) first when the
+            # node's first pod starts, and each sync moves kube-router's back in front.
+            "--iptables-sync-period=30s",
+            "--v=1",
+        ])
+
+        def enforcing() -> bool:
+            return forward_chain_first() == KUBE_ROUTER_FORWARD and _http_ok(
+                f"http://127.0.0.1:{health_port}/healthz")
+
+        self._wait("kube-router's firewall chains", enforcing, timeout, "kube-router")
+
     def _start_coredns(self, timeout: float) -> None:
         corefile = self.dir / "Corefile"
         corefile.write_text(f"""\
@@ -603,6 +663,22 @@ state = "{d / 'state'}"
                 return r.status == 200
 
         self._wait("Traefik /ping", pings, timeout, "traefik")
+
+
+def forward_chain_first() -> str | None:
+    """The chain the filter table's FORWARD jumps to first (its first rule's target)."""
+    rules = subprocess.run(["iptables", "-t", "filter", "-S", "FORWARD"], capture_output=True,
+                           text=True).stdout.splitlines()
+    for rule in rules:
+        if rule.startswith("-A "):
+            words = shlex.split(rule)
+            return words[words.index("-j") + 1] if "-j" in words else None
+    return None
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as r:
+        return r.status == 200
 
 
 def _dns_query(server: str, name: str, timeout: float = 2) -> str | None:
