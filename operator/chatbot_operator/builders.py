@@ -413,12 +413,18 @@ ROUTE_API_VERSIONS = {"Ingress": "networking.k8s.io/v1",
 
 
 def ingress(owner: Owner, spec: ChatbotModelSpec) -> dict:
-    """ingress-nginx: /office(/|$)(.*) -> office /$2, same for character; other paths and
-    404s get the project's 404 page from the not-found backend.
+    """ingress-nginx: /office(/|$)(.*) -> office /$2, same for character; other paths get
+    the project's 404 page from the not-found backend (an unknown path inside a persona
+    gets the same page from the persona itself).
 
     The rule claims "/" itself (pathType Prefix, as the controller's own root location):
     spec.defaultBackend only covers a host's server, so without a host ingress-nginx would
-    answer other paths with its own 404 page."""
+    answer other paths with its own 404 page.
+
+    No `default-backend` annotation (nor `custom-http-errors`, which needs it): besides
+    serving the intercepted codes, that backend takes every request for a Service with no
+    ready endpoint, so while a persona restarts its clients would get the 404 page, which
+    they do not retry, instead of the controller's 503, which they do."""
     not_found = not_found_name(owner)
 
     def path(path: str, path_type: str, service: str) -> dict:
@@ -434,8 +440,6 @@ def ingress(owner: Owner, spec: ChatbotModelSpec) -> dict:
     annotations = {
         "nginx.ingress.kubernetes.io/use-regex": "true",
         "nginx.ingress.kubernetes.io/rewrite-target": "/$2",
-        "nginx.ingress.kubernetes.io/custom-http-errors": "404",
-        "nginx.ingress.kubernetes.io/default-backend": not_found,
         "nginx.ingress.kubernetes.io/proxy-read-timeout": "300",
         # The service's own limit, so that a body too large is refused before it.
         "nginx.ingress.kubernetes.io/proxy-body-size": f"{contract.MAX_BODY_BYTES // 1024}k",

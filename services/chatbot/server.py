@@ -15,6 +15,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Mount, Route
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocketClose
 
 from chatbot import __version__
 from chatbot.api.chat_completions import router as chat_completions
@@ -171,6 +173,7 @@ def persona_app(runtime: PersonaRuntime, root_path: str = "", lifespan=None) -> 
     app.include_router(common)
     app.include_router(chat_completions)
     install_error_handlers(app)
+    app.router.default = _no_such_route
     app.add_middleware(MetricsMiddleware, observe=runtime.metrics.observe_request)
     return app
 
@@ -179,10 +182,19 @@ async def _not_found(request: Request, exc: Exception | None = None) -> HTMLResp
     return HTMLResponse(NOT_FOUND_PAGE, status_code=404)
 
 
+async def _no_such_route(scope: Scope, receive: Receive, send: Send) -> None:
+    """A persona's answer to a path none of its routes match: the HTML 404 page, as for
+    paths outside the personas. Its router calls this only when no route matches, so a
+    route's own errors (an HTTPException, a 422, a 405 for a known path) stay JSON."""
+    if scope["type"] == "websocket":
+        return await WebSocketClose()(scope, receive, send)
+    await HTMLResponse(NOT_FOUND_PAGE, status_code=404)(scope, receive, send)
+
+
 def not_found_app() -> Starlette:
     """The route's default backend (`chatbot not-found`): the HTML 404 page for every path.
 
-    ingress-nginx sends unmatched paths and intercepted 404s here; its probe uses
+    The route sends the paths outside the personas here; its probe uses
     NOT_FOUND_HEALTH_PATH, a path no client asks for.
     """
 

@@ -201,8 +201,10 @@ def test_ingress_strips_prefixes_and_serves_the_404_page():
     ann = ing["metadata"]["annotations"]
     assert ann["nginx.ingress.kubernetes.io/rewrite-target"] == "/$2"
     assert ann["nginx.ingress.kubernetes.io/use-regex"] == "true"
-    assert ann["nginx.ingress.kubernetes.io/custom-http-errors"] == "404"
-    assert ann["nginx.ingress.kubernetes.io/default-backend"] == "chat-not-found"
+    # No default-backend: ingress-nginx would send a persona with no ready pod there,
+    # and its clients would get the 404 page instead of a 503 they retry.
+    assert sorted(ann) == [f"nginx.ingress.kubernetes.io/{name}" for name in (
+        "proxy-body-size", "proxy-read-timeout", "rewrite-target", "use-regex")]
     assert ing["spec"]["ingressClassName"] == "nginx"
     rule = ing["spec"]["rules"][0]
     assert rule["host"] == "chat.example"
@@ -222,6 +224,12 @@ def test_http_route_rewrites_prefixes_on_the_8001_listener():
     assert office["filters"][0]["urlRewrite"]["path"] == {
         "type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}
     assert route["spec"]["rules"][-1]["backendRefs"][0]["name"] == "chat-not-found"
+    # each persona's rule reaches its own Service only: with no ready pod the Gateway
+    # answers its own 5xx, never the 404 page
+    assert [[ref["name"] for ref in rule["backendRefs"]] for rule in route["spec"]["rules"]] \
+        == [["chat-office"], ["chat-character"], ["chat-not-found"]]
+    assert [[f["type"] for f in rule.get("filters", [])] for rule in route["spec"]["rules"]] \
+        == [["URLRewrite"], ["URLRewrite"], []]
 
 
 def test_example_resources_parse():

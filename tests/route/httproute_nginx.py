@@ -8,7 +8,8 @@ stand-in, and nginx, the HTTPRoute (from the operator's builder) and the backend
   never `/officer` (so `location = /office` plus `location /office/`); `/` matches all;
 - `URLRewrite` `ReplacePrefixMatch`: the matched prefix is replaced (`/office/healthz` with
   "/" becomes `/healthz`, `/office` becomes `/`);
-- paths no rule matches: the Gateway's own 404.
+- paths no rule matches: the Gateway's own 404;
+- a backend Service without a ready endpoint: 503 (`nginx.http_config`).
 """
 
 from __future__ import annotations

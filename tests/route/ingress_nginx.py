@@ -16,6 +16,8 @@ nginx.tmpl:
 - `rewrite-target`: `rewrite "(?i)path" target break;`;
 - `custom-http-errors` with `default-backend`: those upstream codes are answered by the
   default-backend service;
+- a Service without a ready endpoint: the location goes to its `default-backend` service
+  when it has one (getBackendServers), else the controller answers 503;
 - `proxy-read-timeout`, `proxy-body-size`, and the X-Real-IP / X-Forwarded-* headers.
 """
 
@@ -65,7 +67,7 @@ def _servers(ingresses: list[dict]) -> dict[str, list[_Location]]:
     return servers
 
 
-def _location(loc: _Location, regex: bool) -> list[str]:
+def _location(loc: _Location, regex: bool, unready: set[str]) -> list[str]:
     a = loc.annotations
     match = f'~* "^{loc.path}"' if regex else (
         f"= {loc.path}" if loc.path_type == "Exact" else loc.path)
@@ -79,12 +81,15 @@ def _location(loc: _Location, regex: bool) -> list[str]:
         f"    proxy_read_timeout {_ann(a, 'proxy-read-timeout', '60')}s;",
         f"    client_max_body_size {_ann(a, 'proxy-body-size', '1m')};",
     ]
-    errors, error_backend = _ann(a, "custom-http-errors"), _ann(a, "default-backend")
-    if errors and error_backend:
+    errors, default_backend = _ann(a, "custom-http-errors"), _ann(a, "default-backend")
+    if errors and default_backend:
         lines.append("    proxy_intercept_errors on;")
-        lines += [f"    error_page {code} = @custom_{error_backend}_{code};"
+        lines += [f"    error_page {code} = @custom_{default_backend}_{code};"
                   for code in errors.split(",")]
-    lines += [f"    proxy_pass http://{upstream(loc.service)};", "}"]
+    service = loc.service
+    if service in unready and default_backend and default_backend not in unready:
+        service = default_backend
+    lines += [f"    proxy_pass http://{upstream(service)};", "}"]
     return lines
 
 
@@ -108,8 +113,11 @@ def _error_locations(locations: list[_Location]) -> list[str]:
     return lines
 
 
-def servers(ingresses: list[dict], port: int) -> list[list[str]]:
-    """nginx server blocks for ``ingresses``, listening on ``port`` of 127.0.0.1."""
+def servers(ingresses: list[dict], port: int,
+            endpoints: dict[str, str | None] | None = None) -> list[list[str]]:
+    """nginx server blocks for ``ingresses``, listening on ``port`` of 127.0.0.1;
+    ``endpoints`` names the Services without a ready endpoint (None), as `http_config`."""
+    unready = {name for name, address in (endpoints or {}).items() if address is None}
     blocks = []
     for host, locations in _servers(ingresses).items():
         regex = any(_ann(loc.annotations, "use-regex") == "true" for loc in locations)
@@ -118,7 +126,7 @@ def servers(ingresses: list[dict], port: int) -> list[list[str]]:
         block = ["server {", f"    listen 127.0.0.1:{port}{default};",
                  f"    server_name {host};"]
         for loc in ordered:
-            block += ["    " + line for line in _location(loc, regex)]
+            block += ["    " + line for line in _location(loc, regex, unready)]
         block += ["    " + line for line in _error_locations(ordered)]
         blocks.append([*block, "}"])
     return blocks

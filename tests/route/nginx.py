@@ -11,6 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support import free_port
+
 CACHED_NGINX = Path.home() / ".cache/chatbot-dev/nginx/usr/sbin/nginx"
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 # What ingress-nginx and NGINX Gateway Fabric both pass to a backend.
@@ -36,9 +38,14 @@ def upstream(service: str) -> str:
     return f"svc_{service.replace('-', '_')}"
 
 
-def http_config(servers: list[list[str]], endpoints: dict[str, str], workdir: Path) -> str:
+def http_config(servers: list[list[str]], endpoints: dict[str, str | None],
+                workdir: Path) -> str:
     """nginx.conf: one upstream per Service (``endpoints``: name -> host:port, what a
-    controller reads from EndpointSlices) around the given server blocks."""
+    controller reads from EndpointSlices) around the given server blocks.
+
+    A Service without a ready endpoint (None) answers 503, as both controllers do:
+    ingress-nginx's balancer finds no peer, NGINX Gateway Fabric points the upstream at
+    a server that returns 503."""
     # Started by root, nginx's workers would become "nobody" and could not write request
     # bodies into the test's private temp dirs.
     user = ["user root;"] if os.geteuid() == 0 else []
@@ -46,8 +53,11 @@ def http_config(servers: list[list[str]], endpoints: dict[str, str], workdir: Pa
            "error_log stderr notice;", "events { worker_connections 256; }", "http {",
            f"    access_log {workdir / 'access.log'};"]
     out += [f"    {kind}_temp_path {workdir / 'tmp' / kind};" for kind in TEMP_PATHS]
-    out += [f"    upstream {upstream(name)} {{ server {address}; }}"
+    unavailable = f"127.0.0.1:{free_port()}"
+    out += [f"    upstream {upstream(name)} {{ server {address or unavailable}; }}"
             for name, address in endpoints.items()]
+    if None in endpoints.values():
+        out += ["    server {", f"        listen {unavailable};", "        return 503;", "    }"]
     for server in servers:
         out += ["    " + line for line in server]
     out.append("}")

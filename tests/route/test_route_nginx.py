@@ -60,7 +60,9 @@ def route(nginx_bin, endpoints, tmp_path):
     """Factory: nginx serving the operator's route for the example's spec + overrides."""
     started = []
 
-    def start(kind: str = "Ingress", **route_overrides) -> Nginx:
+    def start(kind: str = "Ingress", no_endpoints: tuple[str, ...] = (),
+              **route_overrides) -> Nginx:
+        """``no_endpoints``: personas whose Service has no ready pod."""
         spec = yaml.safe_load(EXAMPLE.read_text())["spec"]
         spec["route"] = {**spec["route"], "kind": kind, **route_overrides}
         if kind == "HTTPRoute":
@@ -68,13 +70,15 @@ def route(nginx_bin, endpoints, tmp_path):
             spec["route"]["gateway"] = {"name": "chatbot-gateway", "sectionName": "http-8001"}
         parsed = ChatbotModelSpec.parse(spec)
         port = free_port()
+        ready = {**endpoints, **{builders.deployment_name(OWNER, p): None
+                                 for p in no_endpoints}}
         if kind == "Ingress":
-            blocks = ingress_nginx.servers([builders.ingress(OWNER, parsed)], port)
+            blocks = ingress_nginx.servers([builders.ingress(OWNER, parsed)], port, ready)
         else:
             blocks = httproute_nginx.servers(builders.http_route(OWNER, parsed), port)
         workdir = tmp_path / f"nginx-{port}"
         workdir.mkdir()
-        server = Nginx(nginx_bin, workdir, http_config(blocks, endpoints, workdir), port)
+        server = Nginx(nginx_bin, workdir, http_config(blocks, ready, workdir), port)
         started.append(server)
         return server
 
@@ -162,22 +166,41 @@ def test_every_other_path_gets_the_projects_404_page(route, not_found_page, kind
         assert _is_project_404(client.post("/nope", json={}), not_found_page)
 
 
-def test_ingress_nginx_is_case_insensitive_and_intercepts_the_services_404s(
-        route, not_found_page):
+def test_ingress_nginx_is_case_insensitive(route):
     nginx = route("Ingress")
+    assert httpx.get(nginx.url + "/OFFICE/healthz", timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_inside_a_persona_an_unknown_path_is_the_404_page_and_its_own_errors_stay_json(
+        route, not_found_page, kind):
+    """The persona itself answers an unknown path with the project's page (nothing in the
+    route intercepts its answers); what its routes answer on purpose stays JSON."""
+    nginx = route(kind)
     with httpx.Client(base_url=nginx.url, timeout=30) as client:
-        assert client.get("/OFFICE/healthz").status_code == 200  # ~* regex locations
-        # (/office/<name> itself is the GPT route: POST only, so GET there is a 405)
         assert _is_project_404(client.get("/office/no/such/page"), not_found_page)
+        assert _is_project_404(client.post("/character/no/such/page", json={}), not_found_page)
+        # /office/<name> is the GPT route: POST only, so GET there is a 405
+        for answer, status in ((client.get("/office/Llama"), 405),
+                               (client.post("/office/Llama", json={}), 422)):
+            assert answer.status_code == status
+            assert answer.headers["content-type"] == "application/json"
+            assert answer.json()["detail"]
 
 
-def test_behind_a_gateway_a_personas_own_404_stays_json_as_with_chatbot_serve(route):
-    """The Gateway API has no error interception: an unknown path inside a persona's prefix
-    gets the persona's JSON 404, as the local `chatbot serve` gives it."""
-    nginx = route("HTTPRoute")
-    answer = httpx.get(nginx.url + "/office/no/such/page", timeout=30)
-    assert answer.status_code == 404
-    assert answer.json() == {"detail": "Not Found"}
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_persona_without_a_ready_pod_is_503_not_the_404_page(route, not_found_page, kind):
+    """While a persona has no ready pod (a restart, a rollout of its only replica) its
+    Service has no endpoint: the route answers 503, which clients retry; a 404 page would
+    lose the question. The other persona and the 404 page are unaffected."""
+    nginx = route(kind, no_endpoints=("office",))
+    with httpx.Client(base_url=nginx.url, timeout=30) as client:
+        for answer in (client.post("/office/Llama", json={"input_data": "안녕하세요"}),
+                       client.get("/office/healthz")):
+            assert answer.status_code == 503, (answer.status_code, answer.text[:200])
+            assert answer.text != not_found_page
+        assert client.get("/character/healthz").status_code == 200
+        assert _is_project_404(client.get("/nope"), not_found_page)
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])

@@ -65,12 +65,16 @@ def test_unmatched_paths_get_the_html_404_page(gateway):
         assert http.post("/Llama", json=OFFICE_BODY).status_code == 404
 
 
-def test_a_services_own_errors_stay_json(gateway):
+def test_an_unknown_path_inside_a_persona_is_the_page_and_its_own_errors_stay_json(gateway):
     with gateway.client() as http:
         missing = http.get("/office/no/such/thing")
         wrong_method = http.get("/character/Llama")
-    assert missing.status_code == 404 and wrong_method.status_code == 405
-    for r in (missing, wrong_method):
+        invalid = http.post("/office/Llama", json={})
+    assert missing.status_code == 404
+    assert missing.headers["content-type"].startswith("text/html")
+    assert "404 - 없는 페이지입니다" in missing.text
+    assert wrong_method.status_code == 405 and invalid.status_code == 422
+    for r in (wrong_method, invalid):
         assert r.headers["content-type"] == "application/json"
         assert r.json()["detail"]
 

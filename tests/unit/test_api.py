@@ -14,12 +14,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
 from chatbot.domain.conversation import SearchResult
 from chatbot.domain.personas import Persona
-from chatbot.server import create_app
+from chatbot.server import NOT_FOUND_PAGE, build_runtime, create_app, persona_app
 from chatbot.settings import CharacterSettings, OfficeSettings, Settings
+from chatbot.stores.embedded import EmbeddedHistoryStore
 from tests.support.engines import CountingEngine, RecordingSearch, ScriptedEngine
 
 ANSWER = ["A scripted ", "answer, ", "long enough."]
@@ -28,14 +30,18 @@ CHARACTER = {"input_data": "*waves*", "character_name": "Rachel", "greeting": "H
              "context": "Rachel is a shy student who loves astronomy."}
 
 
+def _settings(tmp_path, office_settings=None, **settings) -> Settings:
+    return Settings(history_path=tmp_path / "history.sqlite3", search="none",
+                    office=OfficeSettings(**(office_settings or {})),
+                    character=CharacterSettings(), **settings)
+
+
 def _client(tmp_path, office=None, character=None, search=None, office_settings=None,
-            **settings) -> TestClient:
+            personas=None, **settings) -> TestClient:
     engines = {Persona.OFFICE: office or ScriptedEngine(ANSWER),
                Persona.CHARACTER: character or ScriptedEngine(ANSWER)}
-    config = Settings(history_path=tmp_path / "history.sqlite3", search="none",
-                      office=OfficeSettings(**(office_settings or {})),
-                      character=CharacterSettings(), **settings)
-    return TestClient(create_app(config, engines=engines, search=search))
+    config = _settings(tmp_path, office_settings, **settings)
+    return TestClient(create_app(config, personas, engines=engines, search=search))
 
 
 def _wait_until(condition, timeout_s=10.0):
@@ -56,6 +62,38 @@ def test_an_answer_is_a_json_string_with_its_timing_headers(tmp_path):
     assert r.headers["x-history-turns"] == "0"
     assert {t.split(";")[0] for t in r.headers["server-timing"].split(", ")} == {
         "queue", "ttft", "gen", "total"}
+
+
+@pytest.mark.parametrize("personas, prefix", [(None, "/office"), ([Persona.OFFICE], "")],
+                         ids=["both-personas", "one-persona-at-the-root"])
+def test_an_unknown_path_inside_a_persona_is_the_html_404_page(tmp_path, personas, prefix):
+    """As the route's other paths: nothing in front of a persona turns its 404s into the
+    page any more (an Ingress that did would also answer a persona without a ready pod
+    with that page instead of a 503)."""
+    with _client(tmp_path, personas=personas) as client:
+        for method, path in (("GET", "/no/such/page"), ("POST", "/no/such/page"),
+                             ("DELETE", "/v1/nope")):
+            r = client.request(method, prefix + path)
+            assert r.status_code == 404, (method, path)
+            assert r.headers["content-type"].startswith("text/html")
+            assert r.text == NOT_FOUND_PAGE
+        wrong_method = client.get(prefix + "/Llama")  # a known path: its 405 stays JSON
+    assert wrong_method.status_code == 405
+    assert wrong_method.json() == {"detail": "Method Not Allowed"}
+
+
+def test_a_routes_own_404_stays_json(tmp_path):
+    settings = _settings(tmp_path)
+    runtime = build_runtime(Persona.OFFICE, settings, ScriptedEngine(ANSWER),
+                            EmbeddedHistoryStore(settings.history_path))
+    app = persona_app(runtime)
+
+    @app.get("/conversations/{db_id}")
+    def conversation(db_id: str):
+        raise HTTPException(404, f"no conversation {db_id}")
+
+    r = TestClient(app).get("/conversations/abc")
+    assert r.status_code == 404 and r.json() == {"detail": "no conversation abc"}
 
 
 def test_a_failed_generation_is_a_500_never_error_text_in_a_200(tmp_path):
