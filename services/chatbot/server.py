@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 
 NOT_FOUND_PAGE = files("chatbot.api").joinpath("static/404.html").read_text(encoding="utf-8")
 
-# At shutdown, how long requests cut off by uvicorn get to count themselves before the
-# final counters are logged.
+# At shutdown, how long requests cut off (by the service's Shutdown, or by uvicorn's own
+# timeout as a backstop) get to count themselves before the final counters are logged.
 SETTLE_S = 2.0
 
 _TITLES = {Persona.OFFICE: "ChatBot AI — office", Persona.CHARACTER: "ChatBot AI — character"}
@@ -199,8 +199,8 @@ def not_found_app() -> Starlette:
 
 async def requests_settled(runtimes: Mapping[Persona, PersonaRuntime],
                            timeout_s: float = SETTLE_S) -> None:
-    """Waits (at most `timeout_s`) until no request holds or waits for a slot: the ones
-    uvicorn cancelled after its grace period count themselves as failed as they unwind."""
+    """Waits (at most `timeout_s`) until no request holds or waits for a slot: the ones cut
+    off after the grace period count themselves as failed as they unwind."""
     services = [service for runtime in runtimes.values()
                 for service in (runtime.service, *runtime.gpt_services.values())]
     loop = asyncio.get_running_loop()

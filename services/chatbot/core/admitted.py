@@ -1,8 +1,10 @@
-"""One persona's request gate: readiness, the admission queue, the deadline, the statistics.
+"""One persona's request gate: readiness, the admission queue, the deadline, the shutdown,
+the statistics.
 
 Every use case (the persona chat, the OpenAI-compatible completion and its stream) runs its
 work inside `RequestGate.admitted()`, so a full queue, a passed deadline, a model that is
-not loaded and a failure are reported, and counted, the same way everywhere.
+not loaded, the service shutting down and a failure are reported, and counted, the same way
+everywhere.
 """
 
 from __future__ import annotations
