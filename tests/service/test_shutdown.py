@@ -60,7 +60,7 @@ def test_sigterm_ends_unfinished_answers_with_503_and_retry_after_and_stores_not
     error event and [DONE]. All count as failed in the final counters."""
     server = start_server(env={"CHATBOT_OFFICE__GENERATION__MAX_TOKENS": "6000",
                                "CHATBOT_CHARACTER__GENERATION__MAX_TOKENS": "6000",
-                               "CHATBOT_SHUTDOWN_GRACE_S": "2"})
+                               "CHATBOT_SHUTDOWN_GRACE_S": "1"})
     db_id = str(uuid.uuid4())
     outcome: dict[str, httpx.Response | str] = {}
 
