@@ -83,11 +83,11 @@ class RequestGate:
     async def admitted(self, *, spans_tasks: bool = False) -> AsyncIterator[Admitted]:
         """Waits for a slot and holds it for the block. The deadline covers the wait and,
         unless `spans_tasks`, the whole block; a block that yields to other tasks (a
-        streamed response) bounds its own awaits with `timeout_at(admitted.deadline)`.
+        streamed response) bounds its own awaits with `Admitted.bounded()`.
 
         Once the service is stopping, a request not yet admitted ends at once, one admitted
         when the shutdown's grace period ends (-> ServiceShuttingDownError, see
-        core/shutdown.py); `spans_tasks` blocks bound their awaits with `Admitted.bounded`.
+        core/shutdown.py).
 
         A full queue counts as rejected; a passed deadline (-> DeadlineExceededError), a
         failure, a shutdown or a cancellation as failed. Success is counted by
