@@ -28,7 +28,8 @@ RUN_AS = 1000
 # kube-proxy stop sending to it: a rollout never sends a request to a closed port (502).
 PRE_STOP_SLEEP_S = 5
 # The preStop sleep, then the service's drain of the answers in flight, then a margin for
-# closing the engines, before the kubelet kills the container.
+# closing the engines (more than contract.SHUTDOWN_CUTOFF_MARGIN_S, uvicorn's backstop after
+# the drain), before the kubelet kills the container.
 TERMINATION_GRACE_S = PRE_STOP_SLEEP_S + contract.DEFAULT_SHUTDOWN_GRACE_S + 5
 
 

@@ -13,10 +13,11 @@ from chatbot.domain.personas import Persona
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
     from pydantic import ValidationError
 
+    from chatbot.core.shutdown import Shutdown
     from chatbot.server import create_app, model_file
+    from chatbot.serving import serve
     from chatbot.settings import Settings
 
     overrides = {}
@@ -48,10 +49,10 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"error: {persona} model file not found: {path}", file=sys.stderr)
             return 2
         logging.getLogger("chatbot").info("%s model: %s", persona, path)
-    app = create_app(settings, personas)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level,
-                proxy_headers=True, forwarded_allow_ips=args.forwarded_allow_ips,
-                timeout_graceful_shutdown=settings.shutdown_grace_s)
+    shutdown = Shutdown(settings.shutdown_grace_s)
+    app = create_app(settings, personas, shutdown=shutdown)
+    serve(app, shutdown, host=args.host, port=args.port, log_level=settings.log_level,
+          proxy_headers=True, forwarded_allow_ips=args.forwarded_allow_ips)
     return 0
 
 

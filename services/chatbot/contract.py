@@ -40,6 +40,10 @@ DEFAULT_BATCH_SIZE = 2048
 # On SIGTERM the service gives the answers in flight this long (CHATBOT_SHUTDOWN_GRACE_S);
 # the operator's pods wait longer than it plus their preStop sleep before the kubelet kills.
 DEFAULT_SHUTDOWN_GRACE_S = 20
+# An answer still generating when that grace ends is stopped by the service itself (503 +
+# Retry-After); uvicorn's own cut-off (a bare 500) waits this much longer, as a backstop.
+# The pods' terminationGracePeriodSeconds leave more than this after the grace.
+SHUTDOWN_CUTOFF_MARGIN_S = 2
 
 
 def env_name(*path: str) -> str:

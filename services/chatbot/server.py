@@ -31,6 +31,7 @@ from chatbot.core.chat import ChatService
 from chatbot.core.chat_completions import ChatCompletions
 from chatbot.core.ports import ChatEngine, HistoryStore, NoWebSearch, WebSearch
 from chatbot.core.prompts import OfficeAssistant
+from chatbot.core.shutdown import Shutdown
 from chatbot.core.stats import PerformanceStats
 from chatbot.domain.personas import GPT_MODELS, GPT_SAMPLING, PROFILES, Persona
 from chatbot.llm.bundled import bundled_model_path
@@ -41,8 +42,8 @@ log = logging.getLogger(__name__)
 
 NOT_FOUND_PAGE = files("chatbot.api").joinpath("static/404.html").read_text(encoding="utf-8")
 
-# At shutdown, how long requests cut off by uvicorn get to count themselves before the
-# final counters are logged.
+# At shutdown, how long requests cut off (by the service's Shutdown, or by uvicorn's own
+# timeout as a backstop) get to count themselves before the final counters are logged.
 SETTLE_S = 2.0
 
 _TITLES = {Persona.OFFICE: "ChatBot AI — office", Persona.CHARACTER: "ChatBot AI — character"}
@@ -138,13 +139,14 @@ def build_gpt_services(persona: Persona, settings: Settings, base: ChatService,
     queue = _queue(settings.openai_max_concurrent, settings.openai_max_queue,
                    settings.persona(persona).prior_service_s)
     return {name: ChatService(profile, OpenAIEngine(client, model), base.store, *queue,
-                              base.deadline_s, base.search, base.assistant)
+                              base.deadline_s, base.search, base.assistant,
+                              base.gate.shutdown)
             for name, model in GPT_MODELS.items()}
 
 
 def build_runtime(
     persona: Persona, settings: Settings, engine, store: HistoryStore,
-    search: WebSearch | None = None,
+    search: WebSearch | None = None, shutdown: Shutdown | None = None,
 ) -> PersonaRuntime:
     ps = settings.persona(persona)
     profile = PROFILES[persona]
@@ -157,7 +159,7 @@ def build_runtime(
                                 getattr(ps, "assistant_role", ""))
     service = ChatService(profile, engine, store,
                           *_queue(ps.max_concurrent, ps.max_queue, ps.prior_service_s),
-                          ps.request_timeout_s, search, assistant)
+                          ps.request_timeout_s, search, assistant, shutdown)
     metrics = PersonaMetrics(persona.value, service.admission, engine)
     gpt = build_gpt_services(persona, settings, service)
     metrics.watch_dependencies(lambda: [service, *gpt.values()], store, search)
@@ -209,8 +211,8 @@ def not_found_app() -> Starlette:
 
 async def requests_settled(runtimes: Mapping[Persona, PersonaRuntime],
                            timeout_s: float = SETTLE_S) -> None:
-    """Waits (at most `timeout_s`) until no request holds or waits for a slot: the ones
-    uvicorn cancelled after its grace period count themselves as failed as they unwind."""
+    """Waits (at most `timeout_s`) until no request holds or waits for a slot: the ones cut
+    off after the grace period count themselves as failed as they unwind."""
     services = [service for runtime in runtimes.values()
                 for service in (runtime.service, *runtime.gpt_services.values())]
     loop = asyncio.get_running_loop()
@@ -231,19 +233,21 @@ def log_final_counters(runtimes: Mapping[Persona, PersonaRuntime]) -> None:
 
 def create_app(settings: Settings, personas: list[Persona] | None = None, *,
                engines: Mapping[Persona, ChatEngine] | None = None,
-               search: WebSearch | None = None):
+               search: WebSearch | None = None, shutdown: Shutdown | None = None):
     """The ASGI app: both personas under /office and /character, or one persona at the root.
 
     `engines` and `search` replace the llama.cpp engines and the web search the settings
     describe (in-process tests give scripted ones); an engine needs `load()` and `close()`
-    besides the `ChatEngine` port.
+    besides the `ChatEngine` port. `shutdown` is what the server begins on SIGTERM (see
+    chatbot/serving.py): it ends the requests still queued or generating with 503s.
     """
+    shutdown = shutdown or Shutdown(settings.shutdown_grace_s)
     personas = personas or list(Persona)
     engines = (Engines(engines) if engines is not None
                else Engines.from_settings(settings, personas))
     store = build_store(settings)
     search = search or build_search(settings)
-    runtimes = {p: build_runtime(p, settings, engines.by_persona[p], store, search)
+    runtimes = {p: build_runtime(p, settings, engines.by_persona[p], store, search, shutdown)
                 for p in personas}
 
     async def load_and_report() -> None:

@@ -136,7 +136,7 @@ def test_serves_a_tiny_model_for_the_character_persona_and_stops_gracefully(
 
     # SIGTERM (docker stop, the pod's 30 s grace) while an answer is being generated: the
     # answer still arrives whole and the process exits 0 within the grace period. (An answer
-    # still generating after CHATBOT_SHUTDOWN_GRACE_S, 20 s, is cut off with a 500.)
+    # still generating after CHATBOT_SHUTDOWN_GRACE_S, 20 s, is cut off with a 503.)
     outcome: dict = {}
 
     def ask() -> None:

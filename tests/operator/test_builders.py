@@ -140,6 +140,7 @@ def test_a_terminating_pod_keeps_serving_until_the_route_stopped_sending_to_it()
     """A rollout: the pod sleeps (Kubernetes' own preStop sleep, no binary in the image)
     while the route and kube-proxy drop it, then the service drains its answers in flight;
     the kubelet waits longer than both before it kills."""
+    from chatbot import contract
     from chatbot.settings import Settings
 
     dep = builders.persona_deployment(OWNER, _spec(), "character", PROFILES, CONFIG)
@@ -147,7 +148,8 @@ def test_a_terminating_pod_keeps_serving_until_the_route_stopped_sending_to_it()
     assert pre_stop == {"sleep": {"seconds": builders.PRE_STOP_SLEEP_S}}
     assert builders.PRE_STOP_SLEEP_S == 5
     grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace > pre_stop["sleep"]["seconds"] + Settings().shutdown_grace_s
+    assert grace > (pre_stop["sleep"]["seconds"] + Settings().shutdown_grace_s
+                    + contract.SHUTDOWN_CUTOFF_MARGIN_S)
 
 
 def test_a_file_change_changes_only_that_personas_pod_template():

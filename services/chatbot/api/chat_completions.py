@@ -48,7 +48,8 @@ def _finish_reason(tokens: int, max_tokens: int) -> str:
                                     "context (code context_length_exceeded)"},
                422: {"description": "A field is invalid (the error names it)"},
                429: {"description": "Queue full; see Retry-After"},
-               503: {"description": "Model not loaded"}},
+               503: {"description": "Model not loaded, or the service is shutting down "
+                                    "(code SHUTTING_DOWN; see Retry-After)"}},
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request, rt: Runtime):
     completions = rt.completions

@@ -16,6 +16,7 @@ from chatbot.domain.errors import (
     GenerationFailedError,
     InvalidModelNameError,
     QueueFullError,
+    ServiceShuttingDownError,
     UpstreamError,
     UpstreamTimeoutError,
 )
@@ -66,6 +67,13 @@ async def _queue_full(request: Request, exc: QueueFullError) -> JSONResponse:
     )
 
 
+async def _shutting_down(request: Request, exc: ServiceShuttingDownError) -> JSONResponse:
+    return JSONResponse(
+        {"detail": exc.message, "code": "SHUTTING_DOWN", "retry_after": exc.retry_after_s},
+        status_code=503, headers={"Retry-After": str(exc.retry_after_s)},
+    )
+
+
 def _simple(status: int, code: str):
     async def handler(request: Request, exc: Exception) -> JSONResponse:
         message = getattr(exc, "message", str(exc))
@@ -108,6 +116,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(QueueFullError, _queue_full)
+    app.add_exception_handler(ServiceShuttingDownError, _shutting_down)
     app.add_exception_handler(InvalidModelNameError, _invalid_model)
     app.add_exception_handler(ContextLengthExceededError, _context_length)
     app.add_exception_handler(HTTPException, _http)

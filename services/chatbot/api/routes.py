@@ -20,7 +20,8 @@ _ERRORS = {
              "even without history (code context_length_exceeded)", 413: "Body too large",
         415: "Body is not JSON", 422: "A field is invalid (the error names it)",
         429: "Queue full; see Retry-After",
-        503: "Model not loaded / OpenAI not configured (OPENAI_API_KEY)",
+        503: "Model not loaded / OpenAI not configured (OPENAI_API_KEY) / the service is "
+             "shutting down (code SHUTTING_DOWN; see Retry-After)",
         504: "Generation deadline passed (GPT routes: OpenAI timed out)",
         502: "GPT routes: OpenAI answered an error (its status is named)",
         500: "Generation failed",

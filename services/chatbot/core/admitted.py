@@ -1,13 +1,16 @@
-"""One persona's request gate: readiness, the admission queue, the deadline, the statistics.
+"""One persona's request gate: readiness, the admission queue, the deadline, the shutdown,
+the statistics.
 
 Every use case (the persona chat, the OpenAI-compatible completion and its stream) runs its
 work inside `RequestGate.admitted()`, so a full queue, a passed deadline, a model that is
-not loaded and a failure are reported, and counted, the same way everywhere.
+not loaded, the service shutting down and a failure are reported, and counted, the same way
+everywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 
 from chatbot.core.admission import Admission
 from chatbot.core.ports import ChatEngine
+from chatbot.core.shutdown import Shutdown
 from chatbot.core.stats import Outcome, PerformanceStats
 from chatbot.domain.errors import DeadlineExceededError, EngineUnavailableError, QueueFullError
 
@@ -42,15 +46,29 @@ class Admitted:
     def deadline_error(self) -> DeadlineExceededError:
         return self.gate.deadline_error()
 
+    @asynccontextmanager
+    async def bounded(self) -> AsyncIterator[None]:
+        """One await of work that outlives the admitted block's task (a streamed response's
+        next piece), under the request's deadline (-> DeadlineExceededError) and the
+        shutdown's grace period (-> ServiceShuttingDownError)."""
+        try:
+            async with (self.gate.shutdown.cutoff(admitted=True),
+                        asyncio.timeout_at(self.deadline)):
+                yield
+        except TimeoutError as exc:
+            raise self.deadline_error() from exc
+
 
 class RequestGate:
     def __init__(self, persona: str, engine: ChatEngine, admission: Admission,
-                 stats: PerformanceStats, deadline_s: float) -> None:
+                 stats: PerformanceStats, deadline_s: float,
+                 shutdown: Shutdown | None = None) -> None:
         self.persona = persona
         self.engine = engine
         self.admission = admission
         self.stats = stats
         self.deadline_s = deadline_s
+        self.shutdown = shutdown or Shutdown(math.inf)  # a service that never stops
 
     def require_ready(self) -> None:
         if not self.engine.status().ready:
@@ -65,28 +83,37 @@ class RequestGate:
     async def admitted(self, *, spans_tasks: bool = False) -> AsyncIterator[Admitted]:
         """Waits for a slot and holds it for the block. The deadline covers the wait and,
         unless `spans_tasks`, the whole block; a block that yields to other tasks (a
-        streamed response) bounds its own awaits with `timeout_at(admitted.deadline)`.
+        streamed response) bounds its own awaits with `Admitted.bounded()`.
+
+        Once the service is stopping, a request not yet admitted ends at once, one admitted
+        when the shutdown's grace period ends (-> ServiceShuttingDownError, see
+        core/shutdown.py).
 
         A full queue counts as rejected; a passed deadline (-> DeadlineExceededError), a
-        failure or a cancellation as failed. Success is counted by `Admitted.succeeded`.
+        failure, a shutdown or a cancellation as failed. Success is counted by
+        `Admitted.succeeded`.
         """
         started = time.monotonic()
         ticket = Admitted(self, started, asyncio.get_running_loop().time() + self.deadline_s)
         try:
-            self.require_ready()
             if spans_tasks:
-                async with asyncio.timeout_at(ticket.deadline):
-                    await self.admission.acquire()
+                async with self.shutdown.cutoff():
+                    self.require_ready()
+                    async with asyncio.timeout_at(ticket.deadline):
+                        await self.admission.acquire()
                 try:
                     ticket.admitted = time.monotonic()
                     yield ticket
                 finally:
                     self.admission.release()
             else:
-                async with asyncio.timeout_at(ticket.deadline):
-                    async with self.admission.slot():
-                        ticket.admitted = time.monotonic()
-                        yield ticket
+                async with self.shutdown.cutoff() as cutoff:
+                    self.require_ready()
+                    async with asyncio.timeout_at(ticket.deadline):
+                        async with self.admission.slot():
+                            cutoff.admit()
+                            ticket.admitted = time.monotonic()
+                            yield ticket
         except QueueFullError:
             self.stats.record_rejected()
             raise

@@ -14,6 +14,7 @@ from chatbot.core.admitted import RequestGate
 from chatbot.core.context_fit import Fit, fit_history
 from chatbot.core.ports import ChatEngine, HistoryStore, NoWebSearch, WebSearch
 from chatbot.core.prompts import OfficeAssistant, persona_messages
+from chatbot.core.shutdown import Shutdown
 from chatbot.core.stats import PerformanceStats
 from chatbot.domain.conversation import (
     ChatMessage,
@@ -88,11 +89,13 @@ class ChatService:
         deadline_s: float,
         search: WebSearch | None = None,
         assistant: OfficeAssistant | None = None,
+        shutdown: Shutdown | None = None,
     ) -> None:
         self.profile = profile
         self.engine = engine
         self.store = store
-        self.gate = RequestGate(profile.persona, engine, admission, stats, deadline_s)
+        self.gate = RequestGate(profile.persona, engine, admission, stats, deadline_s,
+                                shutdown)
         self.search = search or NoWebSearch()
         self.assistant = assistant or OfficeAssistant()
         self.fallbacks = 0

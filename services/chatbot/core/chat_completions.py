@@ -10,7 +10,6 @@ shrinks to what the context has left.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -64,13 +63,10 @@ class ChatCompletions:
             try:
                 yield ""
                 while True:
-                    try:
-                        async with asyncio.timeout_at(ticket.deadline):
-                            piece = await anext(pieces)
-                    except StopAsyncIteration:
+                    async with ticket.bounded():
+                        piece = await anext(pieces, None)
+                    if piece is None:
                         break
-                    except TimeoutError as exc:
-                        raise ticket.deadline_error() from exc
                     tokens += 1
                     yield piece
             finally:

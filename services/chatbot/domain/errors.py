@@ -39,6 +39,16 @@ class EngineUnavailableError(ChatError):
     """The model is not loaded (yet), failed to load, or the engine is not configured."""
 
 
+class ServiceShuttingDownError(ChatError):
+    """The service is stopping (SIGTERM): the request was not started, or its answer was
+    not done when the shutdown grace period ended and was stopped (nothing was stored).
+    Another replica, or the pod that replaces this one, will answer a retry."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(f"{message} Retry in {retry_after_s} s.")
+        self.retry_after_s = retry_after_s
+
+
 class GenerationFailedError(ChatError):
     """Both the streamed and the fallback generation failed to produce an answer."""
 
