@@ -252,14 +252,16 @@ def _leave_a_stream(nc, office: dict, host: str, port: int) -> str:
     """A client that leaves a streamed answer after some of it: the pod must stop
     generating for it (its connection count back to 0, far fewer tokens than asked for)."""
     before = pod_performance(office)["engine_generated_tokens"]
-    payload = json.dumps({"messages": [{"role": "user", "content": "Count from 1 to 1000."}],
-                          "stream": True, "max_tokens": STREAM_MAX_TOKENS}).encode()
+    payload = json.dumps({"messages": [{"role": "user", "content": (
+        "Write a long story about a lighthouse keeper, in at least ten paragraphs.")}],
+        "stream": True, "max_tokens": STREAM_MAX_TOKENS}).encode()
     s = socket.create_connection((host, port), timeout=30)
     s.sendall(b"POST /office/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
               b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(payload)
               + payload)
     received = b""
     while received.count(b'"content"') < STREAM_READ_CHUNKS:  # some of the answer, then go
+        assert b"[DONE]" not in received, f"the answer ended first: {received[-300:]!r}"
         chunk = s.recv(4096)
         assert chunk, received[-300:]
         received += chunk
