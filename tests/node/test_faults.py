@@ -526,9 +526,9 @@ def test_load_during_a_rollout_loses_nothing(installed, mirror, tmp_path):
         apply(nc, chatbot_model(nc, mirror, batchSize=128), "chatbotmodel")
 
         def rolled() -> bool:
-            pods = {p: pods(nc, p) for p in ("office", "character")}
+            current = {p: pods(nc, p) for p in ("office", "character")}
             return all(len(ps) == 1 and ps[0]["metadata"]["uid"] not in old_uids
-                       for ps in pods.values()) and all(
+                       for ps in current.values()) and all(
                 len(ready_pods(nc, p)) == 1 for p in ("office", "character"))
 
         wait_for(rolled, timeout=300, interval=0.5, desc="both personas rolled")
