@@ -131,9 +131,6 @@ class Users:
     def unanswered(self) -> list[Question]:
         return [q for q in self.questions if not q.answered]
 
-    def answered_between(self, start: float, end: float) -> list[Question]:
-        return [q for q in self.questions if q.answered and start <= q.sent_at <= end]
-
 
 def stored_turns(nc, persona: str, user: str, db_id: str) -> list[dict]:
     """The turns of one conversation as the MongoDB pod has them."""
