@@ -99,19 +99,45 @@ def diagnose(nc, persona: str) -> str:
     return f"/{persona}/readyz: {ready.decode(errors='replace')}\n--- log ---\n{logs}"
 
 
+def restart_counts(nc, *personas: str) -> dict[str, int]:
+    """Container restarts of the personas' Ready pods, by pod name."""
+    return {p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"]
+            for persona in personas for p in ready_pods(nc, persona)}
+
+
+def running_pod(nc, selector: str) -> dict:
+    """The one Running pod, not being deleted, that the label ``selector`` picks."""
+    found = [p for p in get_json(nc, "-n", NS, "pods", "-l", selector)["items"]
+             if p["status"].get("phase") == "Running" and p["status"].get("podIP")
+             and not p["metadata"].get("deletionTimestamp")]
+    assert len(found) == 1, f"{selector}: {[p['metadata']['name'] for p in found]}"
+    return found[0]
+
+
+MONGODB = "app.kubernetes.io/component=mongodb"  # the chart's StatefulSet pod
+
+
 def mongo_client(nc):
     """A client of the MongoDB pod (FerretDB), with the release's credentials."""
     import pymongo
 
-    [pod] = [p for p in get_json(nc, "-n", NS, "pods")["items"]
-             if "mongodb" in p["metadata"]["name"] and p["status"]["phase"] == "Running"
-             and not p["metadata"].get("deletionTimestamp")]
+    pod = running_pod(nc, MONGODB)
     secret = get_json(nc, "-n", NS, "secret", f"{RELEASE}-mongodb")
     user = base64.b64decode(secret["data"]["username"]).decode()
     password = base64.b64decode(secret["data"]["password"]).decode()
     return pymongo.MongoClient(pod["status"]["podIP"], 27017, username=user,
                                password=password, authSource="admin",
                                serverSelectionTimeoutMS=10_000)
+
+
+def stored_turns(nc, persona: str, user: str, db_id: str) -> list[dict]:
+    """The turns of one conversation as the MongoDB pod has them."""
+    client = mongo_client(nc)
+    try:
+        doc = client.chatbot[f"{persona}_log_{user}"].find_one({"id": db_id}, {"_id": 0})
+        return (doc or {}).get("value", [])
+    finally:
+        client.close()
 
 
 def helm_values(nc, mirror) -> dict:

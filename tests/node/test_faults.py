@@ -10,6 +10,7 @@ printed at the end of the session (tests/node/ledger.py).
 from __future__ import annotations
 
 import json
+import resource
 import socket
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from tests.kube import localcluster
 from tests.kube.helpers import wait_for
 from tests.node import ledger
 from tests.node.release import (
+    MONGODB,
     NS,
     apply,
     chatbot_model,
@@ -36,14 +38,17 @@ from tests.node.release import (
     pods,
     post,
     ready_pods,
+    restart_counts,
+    running_pod,
+    stored_turns,
 )
 from tests.node.traffic import (
     Users,
+    container_id,
     history_problems,
     pod_performance,
     pod_rss,
     rss_bytes,
-    stored_turns,
 )
 
 pytestmark = pytest.mark.node
@@ -64,8 +69,7 @@ def _show(users: Users) -> str:
 
 def test_kubelet_restart_keeps_pods_serving_and_the_node_comes_back_ready(installed):
     nc = installed
-    before = {p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"]
-              for persona in ("office", "character") for p in ready_pods(nc, persona)}
+    before = restart_counts(nc, "office", "character")
     with Users(nc, count=2, name="kubelet") as users:
         time.sleep(3)
         stopped = time.monotonic()
@@ -78,9 +82,8 @@ def test_kubelet_restart_keeps_pods_serving_and_the_node_comes_back_ready(instal
     assert not users.unanswered(), _show(users)
     assert during, f"no answer overlapped the kubelet's absence:\n{_show(users)}"
     assert not users.status_5xx(), _show(users)
-    after = {p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"]
-             for persona in ("office", "character") for p in ready_pods(nc, persona)}
-    assert after == before, "the pods were restarted or replaced by the kubelet's restart"
+    assert restart_counts(nc, "office", "character") == before, (
+        "the pods were restarted or replaced by the kubelet's restart")
     assert not history_problems(nc, users, users.questions)
     ledger.record(ledger.FaultRow(f"kubelet restarted ({KUBELET_DOWN_S} s down)",
                                   users.requests(), 0, users.status_5xx(), ready_s,
@@ -97,20 +100,13 @@ def _history_state(nc, persona: str = "office") -> str:
     return json.loads(body)["history"]["state"] if status == 200 else f"readyz {status}"
 
 
-def _mongo_pod(nc) -> dict:
-    [pod] = [p for p in get_json(nc, "-n", NS, "pods")["items"]
-             if "mongodb" in p["metadata"]["name"] and not p["metadata"].get("deletionTimestamp")]
-    return pod
-
-
 def test_mongodb_pod_deleted_under_load_answers_on_and_history_resumes(installed):
     nc = installed
-    restarts = {p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"]
-                for p in ready_pods(nc, "office")}
+    restarts = restart_counts(nc, "office")
     with Users(nc, count=2, name="mongo") as users:
         wait_for(lambda: sum(q.answered for q in users.questions) >= 4, timeout=120,
                  desc="answers before the outage")
-        old = _mongo_pod(nc)
+        old = running_pod(nc, MONGODB)
         deleted = time.monotonic()
         kubectl(nc, "delete", "pod", "-n", NS, old["metadata"]["name"], "--wait=false")
         wait_for(lambda: _history_state(nc) == "degraded", timeout=60, interval=0.5,
@@ -119,8 +115,8 @@ def test_mongodb_pod_deleted_under_load_answers_on_and_history_resumes(installed
         wait_for(lambda: any(q.answered and q.sent_at > deleted + degraded_seen
                              for q in users.questions), timeout=120,
                  desc="an answer while MongoDB is down")
-        wait_for(lambda: _mongo_pod(nc)["metadata"]["uid"] != old["metadata"]["uid"]
-                 and _mongo_pod(nc)["status"].get("phase") == "Running", timeout=180,
+        wait_for(lambda: running_pod(nc, MONGODB)["metadata"]["uid"] != old["metadata"]["uid"],
+                 timeout=180,
                  desc="the StatefulSet's new MongoDB pod running")
         wait_for(lambda: _history_state(nc) == "ok", timeout=120, interval=0.5,
                  desc="/readyz shows the history ok again")
@@ -142,8 +138,7 @@ def test_mongodb_pod_deleted_under_load_answers_on_and_history_resumes(installed
     for q in after[-2:]:
         assert q.history_turns and q.history_turns > 0, (q.user, q.history_turns)
     # Without any service restart.
-    assert {p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"]
-            for p in ready_pods(nc, "office")} == restarts
+    assert restart_counts(nc, "office") == restarts
     ledger.record(ledger.FaultRow(
         "MongoDB pod deleted under load", users.requests(), 0, users.status_5xx(),
         back - deleted, f"{len(during)} answered without history; degraded after "
@@ -301,8 +296,6 @@ def _leave_a_stream(nc, office: dict, host: str, port: int) -> str:
 
 
 def test_bad_input_at_the_edge_leaves_other_users_answered_and_memory_bounded(installed):
-    import resource
-
     nc = installed
     traefik_pid = nc.cluster.running()["traefik"]
     [office] = ready_pods(nc, "office")
@@ -371,8 +364,6 @@ def _operator_pod(nc) -> dict:
 def _kill_operator(nc) -> int:
     """SIGKILLs the operator's container (not a clean stop); returns its restart count
     before."""
-    from tests.node.traffic import container_id
-
     pod = _operator_pod(nc)
     restarts = pod["status"]["containerStatuses"][0]["restartCount"]
     nc.node.ctr("tasks", "kill", "--signal", "SIGKILL", container_id(pod))

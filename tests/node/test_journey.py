@@ -37,6 +37,7 @@ from tests.node.release import (
     office_question,
     post,
     ready_pods,
+    stored_turns,
 )
 
 pytestmark = pytest.mark.node
@@ -51,16 +52,10 @@ class Journey:
     state: dict = {}
 
 
-def stored_turns(nc, db_id: str) -> list:
+def turns_for_diagnosis(nc, db_id: str) -> list:
     """The office turns of ``db_id`` as the MongoDB pod has them (for failure messages)."""
     try:
-        client = mongo_client(nc)
-        try:
-            doc = client.chatbot["office_log_journey-user"].find_one({"id": db_id},
-                                                                   {"_id": 0})
-            return (doc or {}).get("value", [])
-        finally:
-            client.close()
+        return stored_turns(nc, "office", "journey-user", db_id)
     except Exception as exc:  # noqa: BLE001 - only a diagnostic
         return [f"unreadable: {exc!r}"]
 
@@ -161,7 +156,7 @@ def _ask_both(nc, label: str) -> None:
     replayed = (headers["X-History-Turns"], int(headers["X-Prompt-Tokens"]))
     assert replayed[0] == "1" and replayed[1] > first_prompt + 5, (
         f"history turns, prompt tokens: {replayed} after {first_prompt}; "
-        f"stored: {stored_turns(nc, db_id)}\n{diagnose(nc, 'office')}")
+        f"stored: {turns_for_diagnosis(nc, db_id)}\n{diagnose(nc, 'office')}")
     assert int(headers.get("X-History-Turns-Dropped", "0")) == 0
 
     status, _, body = post(nc.route("/character/Llama"), {

@@ -40,6 +40,7 @@ from tests.node.release import (
     office_question,
     post,
     ready_pods,
+    running_pod,
 )
 
 pytestmark = pytest.mark.node
@@ -109,14 +110,6 @@ def _pod(nc, name: str, command: list[str], **container) -> dict:
     }
 
 
-def _running_pod(nc, selector: str) -> dict:
-    pods = [p for p in get_json(nc, "-n", NS, "pods", "-l", selector)["items"]
-            if p["status"].get("phase") == "Running" and p["status"].get("podIP")
-            and not p["metadata"].get("deletionTimestamp")]
-    assert len(pods) == 1, f"{selector}: {[p['metadata']['name'] for p in pods]}"
-    return pods[0]
-
-
 def _service(nc, component: str) -> dict:
     services = get_json(nc, "-n", NS, "services", "-l",
                         f"app.kubernetes.io/component={component}")["items"]
@@ -151,7 +144,7 @@ def _wait_enforced(nc, components: tuple[str, ...]) -> None:
     """Until kube-router's chains send the traffic to these components' pods through their
     policies (it syncs on pod and policy events, and every 30 s)."""
     policy = {c: _policy(nc, "-mongodb" if c == "mongodb" else "-services") for c in components}
-    ips = {c: _running_pod(nc, f"app.kubernetes.io/component={c}")["status"]["podIP"]
+    ips = {c: running_pod(nc, f"app.kubernetes.io/component={c}")["status"]["podIP"]
            for c in components}
     wait_for(lambda: realnode.forward_chain_first() == realnode.KUBE_ROUTER_FORWARD
              and all(policy[c] in _pod_policies(ips[c]) for c in components),
@@ -269,10 +262,10 @@ def test_the_personas_reach_mongodb(probes):
 def test_a_pod_outside_the_route_peers_cannot_reach_the_personas(probes):
     """(a) The services' policy lets only route.peers in on 8080: not another pod."""
     nc = probes.nc
-    office = _running_pod(nc, "app.kubernetes.io/component=office")["status"]["podIP"]
-    character = _running_pod(nc, "app.kubernetes.io/component=character")["status"]["podIP"]
+    office = running_pod(nc, "app.kubernetes.io/component=office")["status"]["podIP"]
+    character = running_pod(nc, "app.kubernetes.io/component=character")["status"]["podIP"]
     svc = _service(nc, "office")
-    open_ip = _running_pod(nc, f"app.kubernetes.io/name={OPEN}")["status"]["podIP"]
+    open_ip = running_pod(nc, f"app.kubernetes.io/name={OPEN}")["status"]["podIP"]
     results = probes.connect(
         ("office pod", f"{office}:8080", "denied"),
         ("character pod", f"{character}:8080", "denied"),
@@ -288,9 +281,9 @@ def test_a_pod_outside_the_route_peers_cannot_reach_the_personas(probes):
 def test_only_the_personas_reach_mongodb(probes):
     """(b) MongoDB's policy lets only office and character pods in on 27017."""
     nc = probes.nc
-    mongo = _running_pod(nc, "app.kubernetes.io/component=mongodb")["status"]["podIP"]
+    mongo = running_pod(nc, "app.kubernetes.io/component=mongodb")["status"]["podIP"]
     svc = _service(nc, "mongodb")
-    open_ip = _running_pod(nc, f"app.kubernetes.io/name={OPEN}")["status"]["podIP"]
+    open_ip = running_pod(nc, f"app.kubernetes.io/name={OPEN}")["status"]["podIP"]
     results = probes.connect(
         ("MongoDB pod", f"{mongo}:27017", "denied"),
         ("MongoDB Service (headless, by DNS)",
@@ -312,7 +305,7 @@ def test_a_replacement_office_pod_reaches_mongodb_and_is_guarded(probes):
     status, _, body = probes.route(
         "POST", "/office/Llama", office_question(db_id, "Name one planet.", user_id="netpol-user"))
     assert status == 200, body[:300]
-    old = _running_pod(nc, "app.kubernetes.io/component=office")
+    old = running_pod(nc, "app.kubernetes.io/component=office")
     deleted = time.monotonic()
     kubectl(nc, "delete", "pod", "-n", NS, old["metadata"]["name"], "--wait=false")
     wait_for(lambda: [p for p in ready_pods(nc, "office")
@@ -330,5 +323,5 @@ def test_a_replacement_office_pod_reaches_mongodb_and_is_guarded(probes):
     probes.replaced_answering_s = time.monotonic() - deleted
 
     _wait_enforced(nc, ("office",))
-    new = _running_pod(nc, "app.kubernetes.io/component=office")["status"]["podIP"]
+    new = running_pod(nc, "app.kubernetes.io/component=office")["status"]["podIP"]
     _check(probes.connect(("replacement office pod", f"{new}:8080", "denied")))

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.node.release import get, mongo_client, post
+from tests.node.release import get, post, stored_turns
 
 RETRY_CAP_S = 2.0
 RETRYABLE = (429, 503)
@@ -130,16 +130,6 @@ class Users:
 
     def unanswered(self) -> list[Question]:
         return [q for q in self.questions if not q.answered]
-
-
-def stored_turns(nc, persona: str, user: str, db_id: str) -> list[dict]:
-    """The turns of one conversation as the MongoDB pod has them."""
-    client = mongo_client(nc)
-    try:
-        doc = client.chatbot[f"{persona}_log_{user}"].find_one({"id": db_id}, {"_id": 0})
-        return (doc or {}).get("value", [])
-    finally:
-        client.close()
 
 
 def history_problems(nc, users: Users, must_store: list[Question]) -> list[str]:

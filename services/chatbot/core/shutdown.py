@@ -29,7 +29,6 @@ class Shutdown:
         self.began = False
         self.grace_over = False
         self._scopes: set[Cutoff] = set()
-        self._timer: asyncio.TimerHandle | None = None
 
     def begin(self) -> None:
         """The service stops: cut the queued requests now, the running ones at the end of
@@ -37,7 +36,7 @@ class Shutdown:
         if self.began:
             return
         self.began = True
-        self._timer = asyncio.get_running_loop().call_later(self.grace_s, self._end_grace)
+        asyncio.get_running_loop().call_later(self.grace_s, self._end_grace)
         for scope in list(self._scopes):
             if not scope.admitted:
                 scope.cut()
