@@ -658,11 +658,8 @@ state = "{d / 'state'}"
         self._spawn("traefik", [str(localcluster.binary("traefik")), f"--configFile={config}"],
                     env={"KUBECONFIG": str(c.kubeconfig)})
 
-        def pings() -> bool:
-            with urllib.request.urlopen(f"http://127.0.0.1:{ping_port}/ping", timeout=2) as r:
-                return r.status == 200
-
-        self._wait("Traefik /ping", pings, timeout, "traefik")
+        self._wait("Traefik /ping", lambda: _http_ok(f"http://127.0.0.1:{ping_port}/ping"),
+                   timeout, "traefik")
 
 
 def forward_chain_first() -> str | None:
