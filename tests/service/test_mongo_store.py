@@ -138,3 +138,33 @@ def test_a_stopped_or_paused_server_degrades_then_recovers_without_a_new_client(
     assert after_restart == ["before"]  # the failed write left nothing behind
     assert slow_s < 5 and paused == "degraded"
     assert index == 2
+
+
+def test_an_idle_store_reports_the_server_gone_and_back(fresh_ferretdb):
+    """No request in between: /readyz still says `degraded` while the server is away."""
+    server = fresh_ferretdb
+
+    async def state_within(store, state, timeout=15.0) -> float:
+        started = time.monotonic()
+        while store.status()["state"] != state:
+            assert time.monotonic() - started < timeout, store.status()
+            await asyncio.sleep(0.05)
+        return time.monotonic() - started
+
+    async def scenario():
+        store = _store(server, timeout_s=0.5, probe_interval_s=0.2)
+        await store.start()
+        try:
+            await state_within(store, "ok")
+            server.kill()
+            gone_s = await state_within(store, "degraded")
+            detail = store.status()["detail"]
+            server.start()
+            back_s = await state_within(store, "ok")
+        finally:
+            await store.close()
+        return gone_s, detail, back_s
+
+    gone_s, detail, back_s = asyncio.run(scenario())
+    print(f"idle store: degraded {gone_s:.2f}s after the kill, ok {back_s:.2f}s after the start")
+    assert detail.startswith("ping failed")

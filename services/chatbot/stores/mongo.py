@@ -16,9 +16,10 @@ steps, so concurrent updates of one document are lost (FerretDB/FerretDB#3040; m
 20 concurrent `$push` kept 1).
 
 MongoDB being down or slow never fails an answer: every operation is bounded by
-`timeout_s` (pymongo's client-side timeout), failures are counted, `status()` reports
-`degraded`, and a background ping clears that state once the server answers again.
-pymongo reconnects by itself.
+`timeout_s` (pymongo's client-side timeout), failures are counted and `status()` reports
+`degraded`. A background ping every `probe_interval_s` watches the server between
+requests too, so `status()` (the service's /readyz) says `degraded` while the server does
+not answer, idle or not, and `ok` once it answers again. pymongo reconnects by itself.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class MongoHistoryStore:
         self._writing: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
 
     async def start(self) -> None:
-        """Check the server once in the background; never raises."""
+        """Start watching the server in the background; never raises."""
         self._ensure_probe()
 
     async def recent_turns(self, persona: str, user_id: str, db_id: str, limit: int) -> list[Turn]:
@@ -175,25 +176,25 @@ class MongoHistoryStore:
 
     def _ensure_probe(self) -> None:
         if self._probe is None or self._probe.done():
-            self._probe = asyncio.get_running_loop().create_task(self._probe_until_ok())
+            self._probe = asyncio.get_running_loop().create_task(self._watch())
 
-    async def _probe_until_ok(self) -> None:
-        while self._state != "ok":
+    async def _watch(self) -> None:
+        while True:
             try:
                 await self._client.admin.command("ping")
             except PyMongoError as exc:
                 self._failed_ping(exc)
-                await asyncio.sleep(self.probe_interval_s)
             else:
                 self._ok()
+            await asyncio.sleep(self.probe_interval_s)
 
     def _failed_ping(self, exc: Exception) -> None:
         self.failures["ping"] += 1
         self._last_error = f"ping failed: {type(exc).__name__}: {exc}"[:300]
-        if self._state == "connecting":
+        if self._state != "degraded":
             log.warning("MongoDB is not reachable; answering without history: %s",
                         self._last_error)
-            self._state = "degraded"
+        self._state = "degraded"
 
 
 def _turn(value: dict) -> Turn:
