@@ -26,6 +26,7 @@ from tests.kube import localcluster
 from tests.kube.helpers import wait_for
 from tests.node import ledger
 from tests.node.release import (
+    CBM,
     MONGODB,
     NS,
     apply,
@@ -382,7 +383,9 @@ def test_operator_sigkilled_during_reconcile_leaves_no_duplicates_and_reaches_re
         installed, mirror):
     nc = installed
     name = "faults-op"
-    manifest = chatbot_model(nc, mirror)
+    # A host of its own: without one its route would claim the release's paths on 8001 too,
+    # and the route controller could send the release's users to this model's pods.
+    manifest = chatbot_model(nc, mirror, route={"host": f"{name}.invalid"})
     manifest["metadata"]["name"] = name
     for persona in ("office", "character"):
         manifest["spec"][persona]["contextSize"] = 2048
@@ -396,6 +399,11 @@ def test_operator_sigkilled_during_reconcile_leaves_no_duplicates_and_reaches_re
     finally:
         kubectl(nc, "delete", "cbm", name, "-n", NS, "--ignore-not-found", "--wait",
                 "--timeout=180s", timeout=200)
+        # Its children go after it (garbage collection): the next test counts what the
+        # release's pods served, so none of this model's may still be answering.
+        wait_for(lambda: not get_json(nc, "-n", NS, "pods,ingress,services", "-l",
+                                      f"app.kubernetes.io/instance={name}")["items"],
+                 timeout=180, interval=1, desc=f"{name}'s pods, route and Services gone")
 
 
 def _kill_during_create(nc, manifest: dict, points: dict) -> None:
@@ -544,6 +552,11 @@ def test_load_during_a_rollout_loses_nothing(installed, mirror, tmp_path):
     before = {p: [pod_performance(pod) for pod in pods] for p, pods in before_pods.items()}
     assert all(all(b) for b in before.values()), before
     old_uids = {pod["metadata"]["uid"] for pods in before_pods.values() for pod in pods}
+    others = [f"{o['kind']} {o['metadata']['name']}" for o in get_json(
+        nc, "-n", NS, "pods,ingress", "-l",
+        f"app.kubernetes.io/component in (office,character,not-found,route),"
+        f"app.kubernetes.io/instance!={CBM}")["items"]]
+    assert not others, f"another model's pods or route would take a share of the load: {others}"
     chatbot = Path(sys.executable).with_name("chatbot")
     with PodLogs(nc, tmp_path) as logs:
         load = subprocess.Popen(
@@ -606,4 +619,5 @@ def test_load_during_a_rollout_loses_nothing(installed, mirror, tmp_path):
         Counter({k: v for k, v in statuses.items() if k >= 500}), rollout_s,
         f"{sum(r['is_final_success'] for r in rows)} answers, {statuses.get(429, 0)}x429 and "
         f"{statuses.get(503, 0)}x503 retried; CSV = counters = MongoDB"))
-    print(f"rollout took {rollout_s:.1f}s; statuses {dict(statuses)}; reconciled {reconciled}")
+    print(f"rollout took {rollout_s:.1f}s; statuses {dict(statuses)}; reconciled {reconciled}; "
+          f"container restarts {restarted}")
