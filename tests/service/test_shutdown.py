@@ -48,6 +48,12 @@ def test_sigterm_logs_each_personas_final_counters_with_the_request_it_served(st
     # one line per persona, after uvicorn's own shutdown lines
     assert log.index("Shutting down") < log.index("final counters office")
 
+    # Its successor counts from zero under another name: a load test does not subtract
+    # one's counters from the other's.
+    successor = start_server().performance("office")
+    assert office["instance"] == served["instance"] != successor["instance"]
+    assert successor["total_requests"] == 0
+
 
 def _sse_events(text: str) -> list:
     return [e.removeprefix("data: ") for e in text.split("\n\n") if e.startswith("data: ")]

@@ -225,3 +225,17 @@ def test_a_rollouts_rows_reconcile_with_the_sum_of_every_pods_counters(tmp_path)
     # a pod's counters left out (its log line lost): the rows no longer add up
     assert not analysis.reconcile_pods(rows, [old_pod_before], [old_pod_final])["match"]
     assert analysis.reconcile_pods(rows, [old_pod_before], [])["checked"] is False
+
+
+def test_counters_of_another_server_at_the_end_are_not_reconciled(tmp_path):
+    """A rollout or a restart during the run: the end's counters began at zero elsewhere."""
+    rows = _rows(tmp_path, [_attempt("a", 0, 200), _attempt("b", 0, 200)])
+    before = {"instance": "office-abc/1f2e3d4c", "total_requests": 40, "succeeded": 40,
+              "rejected": 0}
+    replaced = {"instance": "office-def/9a8b7c6d", "total_requests": 1, "succeeded": 1,
+                "rejected": 0}
+    result = analysis.reconcile(rows, before, replaced)
+    assert result["checked"] is False
+    assert "office-abc/1f2e3d4c" in result["reason"] and "office-def/9a8b7c6d" in result["reason"]
+    same = {**replaced, "instance": before["instance"], "total_requests": 42, "succeeded": 42}
+    assert analysis.reconcile(rows, before, same)["match"] is True

@@ -3,6 +3,8 @@ HTTP answer."""
 
 from __future__ import annotations
 
+import socket
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -101,9 +103,11 @@ _ENGINE_COUNTERS = (
 
 def performance_report(service: ChatService) -> dict:
     """What /performance answers for a persona: its counters since start, its queue and
-    its engine's live counters."""
+    its engine's live counters. `instance` (host/counters id) names whose counters these
+    are: it changes when another process answers (a restart, a rollout, another replica)."""
     engine = service.engine.status()
     return {
+        "instance": f"{socket.gethostname()}/{service.stats.counters_id}",
         **service.stats.snapshot(),
         "active_connections": service.admission.active,
         "max_concurrent": service.admission.max_concurrent,

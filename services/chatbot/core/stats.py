@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import uuid
 from collections import deque
 from dataclasses import dataclass
 
@@ -23,6 +24,9 @@ class PerformanceStats:
     and percentiles of response time and for tokens per second."""
 
     def __init__(self, window: int = 1000, prior_service_s: float = 20.0) -> None:
+        # Names these counters: a process that replaces this one (a restart, a rollout's new
+        # pod) starts others from zero, so counts are compared only under the same id.
+        self.counters_id = uuid.uuid4().hex[:8]
         self.total_requests = 0
         self.succeeded = 0
         self.failed = 0

@@ -184,11 +184,23 @@ def reconcile(rows: list[dict], before: dict | None, after: dict | None) -> dict
 
     `before`/`after` are `/performance` snapshots of one persona. Every attempt that reached
     the server (`reached_server`) must be in its `total_requests`; its 200s in `succeeded`
-    and its 429s in `rejected`.
+    and its 429s in `rejected`. Snapshots of two servers' counters (`instance` differs) are
+    not compared: the difference of their counts means nothing.
     """
     if before is None or after is None:
         return {"checked": False, "reason": "no /performance snapshot"}
+    if not same_counters(before, after):
+        return {"checked": False, "reason": (
+            f"the counters at the end are another server's ({before.get('instance')} at the "
+            f"start, {after.get('instance')} at the end): the service was restarted or rolled "
+            "out, or several replicas answer; analysis.reconcile_pods sums each pod's")}
     return reconcile_pods(rows, [before], [after])
+
+
+def same_counters(before: dict, after: dict) -> bool:
+    """Whether two /performance snapshots are of the same server's counters (servers from
+    before `instance` existed are taken to be)."""
+    return before.get("instance") == after.get("instance")
 
 
 def _cut_off(row: dict) -> bool:

@@ -89,7 +89,8 @@ def finish(session: RunSession, host: str, personas, before: dict, out_dir: Path
     meta = {**meta, "csv": [p.name for p in paths]}
     results = analysis.summarize(rows)
     for persona in personas:
-        if persona in results and before.get(persona) and after[persona]:
+        if (persona in results and before.get(persona) and after[persona]
+                and analysis.same_counters(before[persona], after[persona])):
             tokens = (after[persona].get("generated_tokens", 0)
                       - before[persona].get("generated_tokens", 0))
             results[persona]["server_generated_tokens"] = tokens
