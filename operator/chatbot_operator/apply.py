@@ -14,7 +14,9 @@ import kopf
 import kubernetes
 from kubernetes.client import ApiException
 
-# apiVersion, kind -> (URL prefix, plural). Only the kinds the operator manages.
+from chatbot_operator.spec import GROUP, PLURAL, VERSION
+
+# apiVersion, kind -> (URL prefix, plural). Only the kinds the operator manages or reads.
 _KINDS: dict[tuple[str, str], tuple[str, str]] = {
     ("v1", "ConfigMap"): ("/api/v1", "configmaps"),
     ("v1", "PersistentVolumeClaim"): ("/api/v1", "persistentvolumeclaims"),
@@ -28,6 +30,7 @@ _KINDS: dict[tuple[str, str], tuple[str, str]] = {
     ("rbac.authorization.k8s.io/v1", "Role"): ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"):
         ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+    (f"{GROUP}/{VERSION}", "ChatbotModel"): (f"/apis/{GROUP}/{VERSION}", PLURAL),
 }
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from kubernetes.client import ApiException
 from pydantic import ValidationError
 
-from chatbot_operator import builders, gpu_plan
+from chatbot_operator import builders, gpu_plan, route_claims
 from chatbot_operator.apply import RETRYABLE, Cluster, as_kopf_error
 from chatbot_operator.builders import Owner
 from chatbot_operator.calm import Applied
@@ -41,6 +41,7 @@ from chatbot_operator.status import (
     progress_text,
     route_api_missing,
     route_applied,
+    route_conflict,
     route_disabled,
     transitions,
 )
@@ -239,7 +240,7 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
         apply(builders.persona_service(owner, persona))
         ready[persona] = deployment_ready(dep, spec.persona(persona).replicas)
 
-    route = _apply_route(cluster, owner, spec, apply,
+    route = _apply_route(cluster, owner, spec, obj, apply,
                          ((obj.get("status") or {}).get("route") or {}).get("kind"))
     applied.pass_done(key)
     return model_states, ready, route, jobs
@@ -256,12 +257,14 @@ def _delete_stale_jobs(cluster: Cluster, owner: Owner, persona: str, current: st
             event(obj, "Normal", "FetchJobReplaced", f"{persona}: deleted old Job {old}")
 
 
-def _apply_route(cluster: Cluster, owner: Owner, spec: ChatbotModelSpec,
+def _apply_route(cluster: Cluster, owner: Owner, spec: ChatbotModelSpec, obj: dict,
                  apply, previous_kind: str | None) -> tuple[Condition, bool]:
     """The route and its 404 backend: (RouteReady, whether to try again later).
 
     When route.kind changed, the route of the previous kind (``status.route.kind``) is
-    deleted: an Ingress left behind by a move to HTTPRoute would go on serving."""
+    deleted: an Ingress left behind by a move to HTTPRoute would go on serving. So is the
+    route an older ChatbotModel of the namespace already claims (route_claims.py), until
+    that claim is free."""
     manifest = builders.route(owner, spec)
     if previous_kind and previous_kind != (manifest or {}).get("kind"):
         api_version = builders.ROUTE_API_VERSIONS.get(previous_kind)
@@ -269,6 +272,11 @@ def _apply_route(cluster: Cluster, owner: Owner, spec: ChatbotModelSpec,
             cluster.delete(api_version, previous_kind, owner.namespace, owner.name)
     if manifest is None:
         return route_disabled(), False
+    models = cluster.list(f"{GROUP}/{VERSION}", "ChatbotModel", owner.namespace, "")
+    holder = route_claims.holder(obj, spec, models)
+    if holder is not None:
+        cluster.delete(manifest["apiVersion"], manifest["kind"], owner.namespace, owner.name)
+        return route_conflict(holder, route_claims.claim(spec)), True
     apply(builders.not_found_deployment(owner, spec))
     apply(builders.service(owner, builders.not_found_name(owner), "not-found"))
     try:

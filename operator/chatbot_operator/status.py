@@ -12,8 +12,8 @@ from typing import Protocol
 
 # The conditions Ready is made of, in the order they are reported.
 CONDITIONS = ("ModelReady", "OfficeReady", "CharacterReady", "RouteReady")
-FAILURES = ("FetchFailed", "InvalidSpec", "ApplyFailed", "RouteAPIMissing", "ModelTooLarge",
-            "CpuFallback")
+FAILURES = ("FetchFailed", "InvalidSpec", "ApplyFailed", "RouteAPIMissing", "RouteConflict",
+            "ModelTooLarge", "CpuFallback")
 # Informational: not part of Ready (Accelerated=False with allowCpuFallback is a warning).
 WARNINGS = ("Accelerated",)
 
@@ -92,6 +92,14 @@ def route_api_missing(kind: str, api_version: str) -> Condition:
     return Condition("RouteReady", False, "RouteAPIMissing",
                      f"{kind} ({api_version}) is not served by this cluster: install its CRDs "
                      "or use another route.kind")
+
+
+def route_conflict(holder: str, claim: tuple[str, str, str]) -> Condition:
+    """An older ChatbotModel of the namespace has the same route (route_claims.py)."""
+    kind, through, host = claim
+    return Condition("RouteReady", False, "RouteConflict",
+                     f"ChatbotModel {holder} already has this route ({kind} on host {host}, "
+                     f"{through}): give this one another route.host, or route.kind None")
 
 
 def route_applied(kind: str, name: str, port: int) -> Condition:

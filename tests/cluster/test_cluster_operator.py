@@ -399,6 +399,39 @@ def test_gateway_route_reports_a_missing_api_then_applies_the_httproute(
         assert httproute_gone()
 
 
+def test_a_second_model_claiming_the_same_route_is_told_and_gets_it_once_free(
+        kube_api, namespace, operator, volumes, fake_gpu_nodes, monkeypatch):
+    """Two models without a host would share /office and /character on the ingress class:
+    the younger reports RouteConflict and gets no Ingress until the older one is gone."""
+    monkeypatch.setenv("CHATBOT_OPERATOR_RETRY_DELAY_S", "2")
+    _, _, _, net, custom = _apis(kube_api)
+
+    def ingresses() -> list[str]:
+        return sorted(i.metadata.name for i in net.list_namespaced_ingress(namespace).items)
+
+    def route_reason(name: str) -> str | None:
+        return condition(get_cbm(kube_api, namespace, name), "RouteReady").get("reason")
+
+    with operator():
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, example())
+        wait_for(lambda: route_reason("chatbot") == "Applied", timeout=60,
+                 desc="the first model's route")
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                               example("chatbot-b"))
+        wait_for(lambda: route_reason("chatbot-b") == "RouteConflict", timeout=60,
+                 desc="the second model told of the conflict")
+        second = get_cbm(kube_api, namespace, "chatbot-b")
+        assert second["status"]["phase"] == "Failed"
+        assert condition(second, "RouteReady")["message"].startswith(
+            "ChatbotModel chatbot already has this route (Ingress on host *, ingress class")
+        assert ingresses() == ["chatbot"]
+        assert route_reason("chatbot") == "Applied"
+
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "chatbot")
+        wait_for(lambda: route_reason("chatbot-b") == "Applied" and ingresses() == ["chatbot-b"],
+                 timeout=90, desc="the route passed to the second model once the first is gone")
+
+
 def test_the_operator_used_every_permission_the_chart_grants_and_none_was_refused(
         kube_cluster):
     """The chart's RBAC is exactly the operator's calls, read from kube-apiserver's audit log.

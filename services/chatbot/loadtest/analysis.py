@@ -191,9 +191,9 @@ def reconcile(rows: list[dict], before: dict | None, after: dict | None) -> dict
         return {"checked": False, "reason": "no /performance snapshot"}
     if not same_counters(before, after):
         return {"checked": False, "reason": (
-            f"the counters at the end are another server's ({before.get('instance')} at the "
-            f"start, {after.get('instance')} at the end): the service was restarted or rolled "
-            "out, or several replicas answer; analysis.reconcile_pods sums each pod's")}
+            f"the counters at the end are another server's: {before.get('instance')} at the "
+            f"start, {after.get('instance')} at the end, after a restart or a rollout, or "
+            "with several replicas; analysis.reconcile_pods sums each pod's")}
     return reconcile_pods(rows, [before], [after])
 
 
