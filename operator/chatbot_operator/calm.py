@@ -93,6 +93,12 @@ class Applied:
         if old is not None and old != uid:
             self.forget(namespace, name)
 
+    def deleted(self, owner: tuple[str, str], manifest: dict) -> None:
+        """A child the pass deleted: applied again (not skipped as unchanged) when wanted."""
+        key = (manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"])
+        with self._lock:
+            self._by_owner.get(owner, {}).pop(key, None)
+
     def knows(self, namespace: str, name: str) -> bool:
         """Whether a pass already applied (or checked) this resource's children."""
         with self._lock:

@@ -194,8 +194,9 @@ def status_schema() -> dict:
             "acceleration": {"type": "object", "properties": {
                 p: _persona_status() for p in ("office", "character")}},
             "accel": {"type": "string"},
-            "route": {"type": "object", "properties": {"kind": {"type": "string",
-                                                                "nullable": True}}},
+            "route": {"type": "object", "properties": {
+                "kind": {"type": "string", "nullable": True},
+                "claim": {"type": "string", "nullable": True}}},
         },
     }
 

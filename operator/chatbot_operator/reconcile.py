@@ -164,8 +164,10 @@ def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: st
     conds.append(accelerated_condition(list(accel.values())))
     figures = {p: ready[p][1] for p in PERSONAS}
     extra: dict = {"accel": ", ".join(a.text for a in accel.values()),
-                   # What the next pass deletes should route.kind change.
-                   "route": {"kind": spec.route.kind if route_cond.reason == "Applied" else None}}
+                   # What the next pass deletes should route.kind change, and the claim
+                   # this model holds against others (route_claims.py).
+                   "route": {"kind": spec.route.kind, "claim": route_claims.claim(spec)}
+                   if route_cond.reason == "Applied" else {"kind": None, "claim": None}}
     gpu_fits = {p: pl.status for p, pl in plans.items() if pl.status}
     if gpu_fits or previous.get("gpuFit"):
         extra["gpuFit"] = gpu_fits
@@ -240,7 +242,7 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
         apply(builders.persona_service(owner, persona))
         ready[persona] = deployment_ready(dep, spec.persona(persona).replicas)
 
-    route = _apply_route(cluster, owner, spec, obj, apply,
+    route = _apply_route(cluster, owner, spec, obj, apply, applied,
                          ((obj.get("status") or {}).get("route") or {}).get("kind"))
     applied.pass_done(key)
     return model_states, ready, route, jobs
@@ -258,13 +260,13 @@ def _delete_stale_jobs(cluster: Cluster, owner: Owner, persona: str, current: st
 
 
 def _apply_route(cluster: Cluster, owner: Owner, spec: ChatbotModelSpec, obj: dict,
-                 apply, previous_kind: str | None) -> tuple[Condition, bool]:
+                 apply, applied: Applied, previous_kind: str | None,
+                 ) -> tuple[Condition, bool]:
     """The route and its 404 backend: (RouteReady, whether to try again later).
 
     When route.kind changed, the route of the previous kind (``status.route.kind``) is
     deleted: an Ingress left behind by a move to HTTPRoute would go on serving. So is the
-    route an older ChatbotModel of the namespace already claims (route_claims.py), until
-    that claim is free."""
+    route another ChatbotModel of the namespace has (route_claims.py), until it is free."""
     manifest = builders.route(owner, spec)
     if previous_kind and previous_kind != (manifest or {}).get("kind"):
         api_version = builders.ROUTE_API_VERSIONS.get(previous_kind)
@@ -276,6 +278,7 @@ def _apply_route(cluster: Cluster, owner: Owner, spec: ChatbotModelSpec, obj: di
     holder = route_claims.holder(obj, spec, models)
     if holder is not None:
         cluster.delete(manifest["apiVersion"], manifest["kind"], owner.namespace, owner.name)
+        applied.deleted((owner.namespace, owner.name), manifest)
         return route_conflict(holder, route_claims.claim(spec)), True
     apply(builders.not_found_deployment(owner, spec))
     apply(builders.service(owner, builders.not_found_name(owner), "not-found"))

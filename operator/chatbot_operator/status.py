@@ -94,12 +94,11 @@ def route_api_missing(kind: str, api_version: str) -> Condition:
                      "or use another route.kind")
 
 
-def route_conflict(holder: str, claim: tuple[str, str, str]) -> Condition:
-    """An older ChatbotModel of the namespace has the same route (route_claims.py)."""
-    kind, through, host = claim
+def route_conflict(holder: str, claim: str) -> Condition:
+    """Another ChatbotModel of the namespace has the same route (route_claims.py)."""
     return Condition("RouteReady", False, "RouteConflict",
-                     f"ChatbotModel {holder} already has this route ({kind} on host {host}, "
-                     f"{through}): give this one another route.host, or route.kind None")
+                     f"this route ({claim}) is ChatbotModel {holder}'s: give this one another "
+                     "route.host, or route.kind None")
 
 
 def route_applied(kind: str, name: str, port: int) -> Condition:

@@ -399,10 +399,11 @@ def test_gateway_route_reports_a_missing_api_then_applies_the_httproute(
         assert httproute_gone()
 
 
-def test_a_second_model_claiming_the_same_route_is_told_and_gets_it_once_free(
+def test_a_model_wanting_a_route_another_has_is_told_and_gets_it_once_free(
         kube_api, namespace, operator, volumes, fake_gpu_nodes, monkeypatch):
-    """Two models without a host would share /office and /character on the ingress class:
-    the younger reports RouteConflict and gets no Ingress until the older one is gone."""
+    """Two models without a host would share /office and /character on the ingress class.
+    The one that has the route keeps it, even against an older model whose spec changes to
+    the same route; that one reports RouteConflict and gets the route once it is free."""
     monkeypatch.setenv("CHATBOT_OPERATOR_RETRY_DELAY_S", "2")
     _, _, _, net, custom = _apis(kube_api)
 
@@ -412,24 +413,34 @@ def test_a_second_model_claiming_the_same_route_is_told_and_gets_it_once_free(
     def route_reason(name: str) -> str | None:
         return condition(get_cbm(kube_api, namespace, name), "RouteReady").get("reason")
 
+    older = example()
+    older["spec"]["route"] = {"kind": "None"}
     with operator():
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, example())
-        wait_for(lambda: route_reason("chatbot") == "Applied", timeout=60,
-                 desc="the first model's route")
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, older)
+        wait_for(lambda: route_reason("chatbot") == "Disabled", timeout=60,
+                 desc="the older model without a route")
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
                                                example("chatbot-b"))
-        wait_for(lambda: route_reason("chatbot-b") == "RouteConflict", timeout=60,
-                 desc="the second model told of the conflict")
-        second = get_cbm(kube_api, namespace, "chatbot-b")
-        assert second["status"]["phase"] == "Failed"
-        assert condition(second, "RouteReady")["message"].startswith(
-            "ChatbotModel chatbot already has this route (Ingress on host *, ingress class")
-        assert ingresses() == ["chatbot"]
-        assert route_reason("chatbot") == "Applied"
+        wait_for(lambda: route_reason("chatbot-b") == "Applied", timeout=60,
+                 desc="the younger model's route")
+        claim = "Ingress on host *, ingress class nginx"
+        assert get_cbm(kube_api, namespace, "chatbot-b")["status"]["route"] == {
+            "kind": "Ingress", "claim": claim}
 
-        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "chatbot")
-        wait_for(lambda: route_reason("chatbot-b") == "Applied" and ingresses() == ["chatbot-b"],
-                 timeout=90, desc="the route passed to the second model once the first is gone")
+        custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "chatbot", {
+            "spec": {"route": {"kind": "Ingress"}}})
+        wait_for(lambda: route_reason("chatbot") == "RouteConflict", timeout=60,
+                 desc="the older model told the route is taken")
+        told = get_cbm(kube_api, namespace, "chatbot")
+        assert told["status"]["phase"] == "Failed"
+        assert condition(told, "RouteReady")["message"] == (
+            f"this route ({claim}) is ChatbotModel chatbot-b's: give this one another "
+            "route.host, or route.kind None")
+        assert ingresses() == ["chatbot-b"] and route_reason("chatbot-b") == "Applied"
+
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "chatbot-b")
+        wait_for(lambda: route_reason("chatbot") == "Applied" and ingresses() == ["chatbot"],
+                 timeout=90, desc="the route passed on once the model that had it is gone")
 
 
 def test_the_operator_used_every_permission_the_chart_grants_and_none_was_refused(
