@@ -407,6 +407,9 @@ state = "{d / 'state'}"
   sandbox_image = "docker.io/{PAUSE_IMAGE}"
   restrict_oom_score_adj = true
   enable_unprivileged_ports = true
+  # Pods' network namespaces under the state dir (not /var/run/netns), so that the reaper's
+  # unmounts free them, and their veths, after a killed run.
+  netns_mounts_under_state_dir = true
   [{cri}.containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"

@@ -94,6 +94,21 @@ def test_kubelet_restart_keeps_pods_serving_and_the_node_comes_back_ready(instal
           f"{ready_s:.1f}s after the stop ({time.monotonic() - stopped:.1f}s in all)")
 
 
+def test_pod_network_namespaces_live_under_the_node_dir_where_a_killed_run_is_reaped(
+        installed):
+    """The reaper of a killed run unmounts what lies under the node's directory. Network
+    namespaces under /var/run/netns (containerd's default) outlived it with their veths:
+    5 of each after a `kill -9` of pytest."""
+    nc = installed
+    nsfs = [f[1] for f in (line.split() for line in
+                           Path("/proc/self/mounts").read_text().splitlines()) if f[2] == "nsfs"]
+    ours = [m for m in nsfs if m.startswith(str(nc.node.dir))]
+    networked = [p["metadata"]["name"] for p in get_json(nc, "pods", "-A")["items"]
+                 if p["status"].get("phase") == "Running"
+                 and not p["spec"].get("hostNetwork")]
+    assert networked and len(ours) >= len(networked), (networked, nsfs)
+
+
 # ----------------------------------------------------------------------------- MongoDB
 
 def _history_state(nc, persona: str = "office") -> str:
