@@ -76,10 +76,8 @@ def test_kubelet_restart_keeps_pods_serving_and_the_node_comes_back_ready(instal
         stopped = time.monotonic()
         ready_s = nc.node.restart_kubelet(down_s=KUBELET_DOWN_S)
         time.sleep(3)
-    down = (stopped, stopped + KUBELET_DOWN_S)
     # Served while the kubelet was away: asked, or still being answered, in that window.
-    during = [q for q in users.questions
-              if q.answered and q.sent_at < down[1] and q.answered_at > down[0]]
+    during = users.answered_overlapping(stopped, stopped + KUBELET_DOWN_S)
     assert not users.unanswered(), _show(users)
     assert during, f"no answer overlapped the kubelet's absence:\n{_show(users)}"
     assert not users.status_5xx(), _show(users)
@@ -143,8 +141,7 @@ def test_mongodb_pod_deleted_under_load_answers_on_and_history_resumes(installed
     before = [q for q in users.questions if q.answered and q.answered_at < deleted]
     after = [q for q in users.questions if q.sent_at > back and q.answered]
     # Answered while the store was away: asked, or still being answered, in that window.
-    during = [q for q in users.questions
-              if q.answered and q.sent_at < back and q.answered_at > deleted + degraded_seen]
+    during = users.answered_overlapping(deleted + degraded_seen, back)
     assert before and after, _show(users)
     assert during, f"no answer overlapped MongoDB's absence:\n{_show(users)}"
     # Turns written before the outage and after it are all there, once, whole.

@@ -131,6 +131,12 @@ class Users:
     def unanswered(self) -> list[Question]:
         return [q for q in self.questions if not q.answered]
 
+    def answered_overlapping(self, start: float, end: float) -> list[Question]:
+        """Answered questions asked, or still being answered, between ``start`` and ``end``
+        (time.monotonic())."""
+        return [q for q in self.questions
+                if q.answered and q.sent_at < end and q.answered_at > start]
+
 
 def history_problems(nc, users: Users, must_store: list[Question]) -> list[str]:
     """What the history gets wrong: a turn stored twice, half-written, or for a question
