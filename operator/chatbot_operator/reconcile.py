@@ -274,8 +274,8 @@ def _apply_route(cluster: Cluster, owner: Owner, spec: ChatbotModelSpec, obj: di
             cluster.delete(api_version, previous_kind, owner.namespace, owner.name)
     if manifest is None:
         return route_disabled(), False
-    models = cluster.list(f"{GROUP}/{VERSION}", "ChatbotModel", owner.namespace, "")
-    holder = route_claims.holder(obj, spec, models)
+    holder = None if route_claims.holds(obj, spec) else route_claims.holder(
+        obj, spec, cluster.list(f"{GROUP}/{VERSION}", "ChatbotModel", owner.namespace, ""))
     if holder is not None:
         cluster.delete(manifest["apiVersion"], manifest["kind"], owner.namespace, owner.name)
         applied.deleted((owner.namespace, owner.name), manifest)

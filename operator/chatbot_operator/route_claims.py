@@ -52,7 +52,18 @@ def _claim_of(obj: dict) -> str | None:
         return None  # an invalid spec gets no route: it claims nothing
 
 
+def holds(obj: dict, spec: ChatbotModelSpec) -> bool:
+    """Whether `obj` has the route its spec claims (as its last pass recorded): then no
+    other model can take it, and nothing needs to be compared."""
+    wanted = claim(spec)
+    return wanted is not None and _held(obj) == wanted
+
+
+def _held(obj: dict) -> str | None:
+    return ((obj.get("status") or {}).get("route") or {}).get("claim")
+
+
 def _precedence(obj: dict, wanted: str) -> tuple[bool, str, str]:
-    holds = ((obj.get("status") or {}).get("route") or {}).get("claim") == wanted
     # RFC 3339 UTC timestamps of one API server sort as text.
-    return not holds, obj["metadata"].get("creationTimestamp") or "", obj["metadata"]["name"]
+    return (_held(obj) != wanted, obj["metadata"].get("creationTimestamp") or "",
+            obj["metadata"]["name"])

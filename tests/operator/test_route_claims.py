@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chatbot_operator.route_claims import claim, holder
+from chatbot_operator.route_claims import claim, holder, holds
 from chatbot_operator.spec import ChatbotModelSpec
 
 NO_HOST = "Ingress on host *, ingress class nginx"
@@ -42,6 +42,10 @@ def test_the_model_that_has_the_route_keeps_it_against_an_older_one_that_wants_i
     moved = _model("young", "2026-11-26T10:00:05Z",
                    holds="Ingress on host a.example, ingress class nginx")
     assert _holder(older, moved) is None
+    # A holder need not look at the others at all; a model that held another host must.
+    assert holds(younger, ChatbotModelSpec.parse(younger["spec"]))
+    assert not holds(moved, ChatbotModelSpec.parse(moved["spec"]))
+    assert not holds(older, ChatbotModelSpec.parse(older["spec"]))
 
 
 def test_other_hosts_classes_kinds_and_models_being_deleted_do_not_conflict():
