@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The operator at scale on the local control plane: N ChatbotModels in M namespaces.
 
-Starts the local cluster (tests/cluster/localcluster.py: kube-apiserver with its audit log,
+Starts the local cluster (tests/kube/controlplane.py: kube-apiserver with its audit log,
 controller-manager, scheduler, kwok's fake GPU nodes), runs the operator as its own process
 (`kopf run -A -m chatbot_operator.handlers`) under a ServiceAccount token bound to the
 chart's RBAC, creates the resources (the example, with fetch Jobs, on the cpu profile and
@@ -15,7 +15,7 @@ without a route: see _body) and prints:
 
     .venv/bin/python tests/bench/bench_operator_scale.py [--resources 50] [--namespaces 10]
 
-Needs the binaries of tests/cluster/build-binaries. Not part of the test suite (about 2-4
+Needs the binaries of tests/kube/build-binaries. Not part of the test suite (about 2-4
 minutes on two cores for 50 resources).
 """
 
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 import kubernetes  # noqa: E402
 
-from tests.kube import api_client, localcluster, rbac_audit, service_account_kubeconfig  # noqa: E402
+from tests.kube import api_client, controlplane, rbac_audit, service_account_kubeconfig  # noqa: E402
 from tests.kube.operator_fixtures import (  # noqa: E402
     GROUP,
     PLURAL,
@@ -137,7 +137,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def run(resources: int, namespaces: int, workdir: Path) -> None:
-    cluster = localcluster.LocalCluster(workdir / "cluster")
+    cluster = controlplane.LocalCluster(workdir / "cluster")
     kubeconfig = cluster.up(die_with_parent=True)
     operator = None
     try:

@@ -1,5 +1,5 @@
 """The Helm chart rendered with several value sets and checked object by object, plus
-`helm lint --strict` (real helm, built by tests/cluster/build-binaries).
+`helm lint --strict` (real helm, built by tests/kube/build-binaries).
 
 No cluster here: tests/cluster/test_cluster_chart.py installs the chart for real.
 """

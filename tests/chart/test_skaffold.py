@@ -1,6 +1,6 @@
 """skaffold.yaml, checked against skaffold's own published JSON schema for its apiVersion
 (docs-v2/content/en/schemas/<version>.json from the skaffold Go module, SKAFFOLD_VERSION in
-tests/kube/versions.env, fetched by tests/cluster/build-binaries), with every profile's
+tests/kube/versions.env, fetched by tests/kube/build-binaries), with every profile's
 patches applied; and what it deploys: the chart rendered with each profile's values and
 the images skaffold would build.
 """
@@ -15,8 +15,8 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.chart import skaffold_schema
 from tests.kube import helpers as cluster_helpers
-from tests.kube import localcluster
 from tests.kube.helm import CHART, ROOT, one, run, template
 
 SKAFFOLD = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
@@ -26,7 +26,7 @@ VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 @pytest.fixture(scope="module")
 def validator():
     try:
-        path = localcluster.skaffold_schema(download=False)
+        path = skaffold_schema.schema(download=False)
     except FileNotFoundError as exc:
         if cluster_helpers.require_cluster():
             pytest.fail(str(exc))
@@ -68,7 +68,7 @@ def _errors(validator, doc) -> list[str]:
 
 
 def test_skaffold_yaml_matches_skaffolds_schema_for_its_api_version(validator):
-    assert SKAFFOLD["apiVersion"] == f"skaffold/{localcluster.skaffold_api_version()}"
+    assert SKAFFOLD["apiVersion"] == f"skaffold/{skaffold_schema.api_version()}"
     assert _errors(validator, SKAFFOLD) == []
     for name in ("kind", "minikube", "gpu"):
         assert _errors(validator, _profile(name)) == [], name

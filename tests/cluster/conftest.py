@@ -6,8 +6,8 @@ Which cluster:
   deliberately ignored so that a developer's or CI's ambient cluster is never
   used by accident.
 * otherwise - a session-scoped local control plane (etcd, kube-apiserver,
-  controller-manager, scheduler, kwok; see tests/kube/localcluster.py) from the binaries
-  built by ``tests/cluster/build-binaries``. If they are missing the tests are
+  controller-manager, scheduler, kwok; see tests/kube/controlplane.py) from the binaries
+  built by ``tests/kube/build-binaries``. If they are missing the tests are
   skipped, unless ``CHATBOT_REQUIRE_CLUSTER=1`` (or ``CI`` is set), which makes
   it an error.
 
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.kube import binaries, controlplane, operator_runner
 from tests.kube import helpers as cluster_helpers
-from tests.kube import localcluster
 
 EXTERNAL_ENV = "CHATBOT_TEST_KUBECONFIG"
 
@@ -47,7 +47,7 @@ class KubeCluster:
 
     kubeconfig: Path
     external: bool
-    local: localcluster.LocalCluster | None = None
+    local: controlplane.LocalCluster | None = None
     _clients: list = field(default_factory=list)
 
     def api_client(self, kubeconfig: str | Path | None = None):
@@ -93,19 +93,19 @@ def kube_cluster(tmp_path_factory) -> Iterator[KubeCluster]:
         cluster.close()
         return
 
-    missing = localcluster.missing_components(localcluster.CLUSTER_COMPONENTS)
+    missing = binaries.missing_components(binaries.CLUSTER_COMPONENTS)
     if missing:
         msg = (f"Kubernetes binaries not built ({', '.join(missing)}): run "
-               f"tests/cluster/build-binaries, or set {EXTERNAL_ENV} to use an existing cluster")
+               f"tests/kube/build-binaries, or set {EXTERNAL_ENV} to use an existing cluster")
         if cluster_helpers.require_cluster():
             pytest.fail(msg)
         pytest.skip(msg)
 
-    local = localcluster.LocalCluster(tmp_path_factory.mktemp("kube-local"))
+    local = controlplane.LocalCluster(tmp_path_factory.mktemp("kube-local"))
     try:
         # die_with_parent: if pytest is killed, the control plane goes with it.
         kubeconfig = local.up(die_with_parent=True)
-    except localcluster.ClusterError as exc:
+    except controlplane.ClusterError as exc:
         pytest.fail(f"local cluster did not start: {exc}")
     cluster = KubeCluster(kubeconfig=kubeconfig, external=False, local=local)
     try:
@@ -152,10 +152,10 @@ def kopf_operator(kube_cluster):
     ``kubeconfig=`` (e.g. from ``sa_kubeconfig``) to run with restricted rights.
     Operators still running at the end of the test are stopped.
     """
-    started: list[cluster_helpers.KopfOperator] = []
+    started: list[operator_runner.KopfOperator] = []
 
     def factory(module: str, *, namespace: str | None, kubeconfig=None, **kwargs):
-        op = cluster_helpers.KopfOperator(
+        op = operator_runner.KopfOperator(
             module, namespace=namespace, kubeconfig=kubeconfig or kube_cluster.kubeconfig,
             **kwargs)
         started.append(op)

@@ -38,7 +38,7 @@ importorskip("kopf")
 
 from kubernetes.client import ApiException  # noqa: E402
 
-from tests.kube import localcluster, service_account_kubeconfig, wait_for  # noqa: E402
+from tests.kube import binaries, service_account_kubeconfig, wait_for  # noqa: E402
 from tests.kube.operator_fixtures import (  # noqa: E402
     GROUP,
     PLURAL,
@@ -62,13 +62,13 @@ NAMESPACE_DEFAULTS = {("ServiceAccount", "default"), ("ConfigMap", "kube-root-ca
 
 @pytest.fixture
 def helm(kube_cluster):
-    comp = localcluster.COMPONENTS["helm"]
+    comp = binaries.COMPONENTS["helm"]
     if not comp.is_built():
-        pytest.skip("helm is not built: run tests/cluster/build-binaries helm")
+        pytest.skip("helm is not built: run tests/kube/build-binaries helm")
     env = kube_cluster.env()
 
     def run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-        proc = subprocess.run([str(localcluster.binary("helm")), *args], env=env,
+        proc = subprocess.run([str(binaries.binary("helm")), *args], env=env,
                               capture_output=True, text=True, timeout=timeout)
         assert proc.returncode == 0, f"helm {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
         return proc
@@ -271,7 +271,7 @@ def test_helm_install_reconcile_test_and_uninstall_without_orphans(
         except AssertionError as exc:
             raise AssertionError(f"left after uninstall: {sorted(leftovers())}") from exc
     finally:
-        subprocess.run([str(localcluster.binary("helm")), "uninstall", RELEASE, "-n", namespace],
+        subprocess.run([str(binaries.binary("helm")), "uninstall", RELEASE, "-n", namespace],
                        env=kube_cluster.env(), capture_output=True, timeout=120)
         delete_volumes(kube_api, volumes)
 

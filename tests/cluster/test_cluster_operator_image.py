@@ -34,7 +34,7 @@ from tests.kube import importorskip
 kubernetes = importorskip("kubernetes")
 
 from tests.images.podrun import docker_run_args  # noqa: E402
-from tests.kube import localcluster, wait_for  # noqa: E402
+from tests.kube import binaries, wait_for  # noqa: E402
 from tests.kube.operator_fixtures import (  # noqa: E402
     GROUP,
     PLURAL,
@@ -56,10 +56,10 @@ TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 def _helm(kube_cluster, *args: str) -> str:
-    comp = localcluster.COMPONENTS["helm"]
+    comp = binaries.COMPONENTS["helm"]
     if not comp.is_built():
-        pytest.skip("helm is not built: run tests/cluster/build-binaries helm")
-    proc = subprocess.run([str(localcluster.binary("helm")), *args], env=kube_cluster.env(),
+        pytest.skip("helm is not built: run tests/kube/build-binaries helm")
+    proc = subprocess.run([str(binaries.binary("helm")), *args], env=kube_cluster.env(),
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, f"helm {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
@@ -167,6 +167,6 @@ def test_the_operator_image_reconciles_the_example_as_the_chart_runs_it(
         assert exit_code == "0", logs()
     finally:
         engine.docker("rm", "-f", name, check=False)
-        subprocess.run([str(localcluster.binary("helm")), "uninstall", RELEASE, "-n", namespace],
+        subprocess.run([str(binaries.binary("helm")), "uninstall", RELEASE, "-n", namespace],
                        env=kube_cluster.env(), capture_output=True, timeout=120)
         delete_volumes(kube_api, volumes)

@@ -6,16 +6,16 @@ import subprocess
 
 import pytest
 
-from tests.kube import importorskip, localcluster, require_cluster, wait_for
+from tests.kube import binaries, importorskip, require_cluster, wait_for
 from tests.support import free_port
 
 pytestmark = pytest.mark.cluster
 
 
 def _need(component):
-    comp = localcluster.COMPONENTS[component]
+    comp = binaries.COMPONENTS[component]
     if not comp.is_built():
-        msg = f"{component} not built: run tests/cluster/build-binaries {component}"
+        msg = f"{component} not built: run tests/kube/build-binaries {component}"
         if require_cluster():
             pytest.fail(msg)
         pytest.skip(msg)
@@ -25,7 +25,7 @@ def _need(component):
 def test_helm_is_pinned_version_and_installs_a_chart(kube_cluster, namespace, tmp_path):
     kubernetes = importorskip("kubernetes")
     comp = _need("helm")
-    helm = str(localcluster.binary("helm"))
+    helm = str(binaries.binary("helm"))
     out = subprocess.run([helm, "version", "--short"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith(comp.version), out.stdout
 
@@ -80,7 +80,7 @@ def _recv_exact(sock, n):
 
 def test_ferretdb_serves_mongodb_wire_protocol_on_loopback_with_sqlite(tmp_path):
     _need("ferretdb")
-    ferretdb = str(localcluster.binary("ferretdb"))
+    ferretdb = str(binaries.binary("ferretdb"))
     help_out = subprocess.run([ferretdb, "--help"], capture_output=True, text=True, check=True)
     assert "sqlite" in help_out.stdout.lower()
 

@@ -1,4 +1,4 @@
-"""Run the helm binary that tests/cluster/build-binaries builds (version in versions.env)."""
+"""Run the helm binary that tests/kube/build-binaries builds (version in versions.env)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.kube import binaries
 from tests.kube import helpers as cluster_helpers
-from tests.kube import localcluster
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts/chatbot"
 
 
 def helm_binary() -> Path:
-    path = localcluster.binary("helm")
-    if not localcluster.COMPONENTS["helm"].is_built():
-        msg = "helm is not built: run tests/cluster/build-binaries helm"
+    path = binaries.binary("helm")
+    if not binaries.COMPONENTS["helm"].is_built():
+        msg = "helm is not built: run tests/kube/build-binaries helm"
         if cluster_helpers.require_cluster():
             pytest.fail(msg)
         pytest.skip(msg)

@@ -10,6 +10,7 @@ import kubernetes
 import yaml
 from kubernetes.client import ApiException
 
+from tests.kube import binaries
 from tests.kube.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,34 +102,28 @@ def condition(obj: dict | None, type_: str) -> dict:
     return {}
 
 
+GATEWAY_API_MODULE = "sigs.k8s.io/gateway-api"
+
+
+def _gateway_api_zip() -> tuple[Path, str]:
+    """The sigs.k8s.io/gateway-api module zip (version pinned in versions.env), fetched once
+    into build-binaries' module cache, and the prefix of its standard-channel CRDs."""
+    version = binaries.versions()["GATEWAY_API_VERSION"]
+    return (binaries.module_zip(GATEWAY_API_MODULE, version, timeout=300),
+            f"{GATEWAY_API_MODULE}@{version}/config/crd/standard/")
+
+
 def gateway_api_crd(kind_file: str = "gateway.networking.k8s.io_httproutes.yaml") -> dict:
-    """A Gateway API CRD from the sigs.k8s.io/gateway-api module zip (version pinned in
-    versions.env), fetched once into build-binaries' module cache with `go mod download`.
+    """A Gateway API CRD from the sigs.k8s.io/gateway-api module zip.
 
     Only the zip is read (the module's Go code is never built), so a module that asks for
     a newer Go than the machine's still works.
     """
-    import subprocess
-    import tempfile
     import zipfile
 
-    from tests.kube import localcluster
-
-    version = localcluster.versions()["GATEWAY_API_VERSION"]
-    env = localcluster.go_env()
-    zip_path = (Path(env["GOMODCACHE"]) / "cache/download/sigs.k8s.io/gateway-api/@v"
-                / f"{version}.zip")
-    if not zip_path.is_file():
-        with tempfile.TemporaryDirectory() as tmp:
-            # Exits non-zero when the module wants a newer Go, after saving the zip.
-            subprocess.run(["go", "mod", "download", "-json",
-                            f"sigs.k8s.io/gateway-api@{version}"],
-                           cwd=tmp, env=env, capture_output=True, timeout=300)
-    if not zip_path.is_file():
-        raise FileNotFoundError(f"gateway-api {version} module zip not downloaded: {zip_path}")
+    zip_path, prefix = _gateway_api_zip()
     with zipfile.ZipFile(zip_path) as zf:
-        name = f"sigs.k8s.io/gateway-api@{version}/config/crd/standard/{kind_file}"
-        return yaml.safe_load(zf.read(name))
+        return yaml.safe_load(zf.read(prefix + kind_file))
 
 
 def gateway_api_crds() -> list[dict]:
@@ -136,13 +131,7 @@ def gateway_api_crds() -> list[dict]:
     watches: GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant, ...)."""
     import zipfile
 
-    from tests.kube import localcluster
-
-    gateway_api_crd()  # downloads the module zip once
-    version = localcluster.versions()["GATEWAY_API_VERSION"]
-    zip_path = (Path(localcluster.go_env()["GOMODCACHE"]) / "cache/download/sigs.k8s.io/"
-                f"gateway-api/@v/{version}.zip")
-    prefix = f"sigs.k8s.io/gateway-api@{version}/config/crd/standard/"
+    zip_path, prefix = _gateway_api_zip()
     with zipfile.ZipFile(zip_path) as zf:
         return [yaml.safe_load(zf.read(n)) for n in sorted(zf.namelist())
                 if n.startswith(prefix) and n.endswith(".yaml")

@@ -1,6 +1,6 @@
 """A real node for the local cluster: containers run, volumes are provisioned, a route on 8001.
 
-Beside :class:`localcluster.LocalCluster`'s control plane, the way Kubernetes'
+Beside :class:`controlplane.LocalCluster`'s control plane, the way Kubernetes'
 ``hack/local-up-cluster.sh`` adds one, :class:`RealNode` starts on this host:
 
 * **containerd** (Debian's 1.6, its CRI plugin) with its own root, state and socket under
@@ -56,7 +56,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.kube import localcluster
+from tests.kube import binaries, controlplane, pki
 from tests.support.ports import free_port
 
 NODE_NAME = "node-1"
@@ -94,7 +94,7 @@ class NodeError(RuntimeError):
 
 
 def containerd_root() -> Path:
-    return localcluster.cache_root() / "node-containerd"
+    return binaries.cache_root() / "node-containerd"
 
 
 def node_ip() -> str:
@@ -118,8 +118,8 @@ def missing_prerequisites() -> list[str]:
             missing.append(tool)
     if os.geteuid() != 0:
         missing.append("root")
-    missing += [f"{c} (tests/cluster/build-binaries {c})"
-                for c in localcluster.missing_components(localcluster.NODE_COMPONENTS)]
+    missing += [f"{c} (tests/kube/build-binaries {c})"
+                for c in binaries.missing_components(binaries.NODE_COMPONENTS)]
     return missing
 
 
@@ -242,7 +242,7 @@ def reap(state_dir: Path) -> None:
         for m in sorted((m for m in mounts if m.startswith(ours)), key=len, reverse=True):
             subprocess.run(["umount", "-l", m], capture_output=True)
     subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
-    kube_proxy = localcluster.binary("kube-proxy") if not localcluster.missing_components(
+    kube_proxy = binaries.binary("kube-proxy") if not binaries.missing_components(
         ("kube-node",)) else None
     if kube_proxy:
         subprocess.run([str(kube_proxy), "--cleanup"], capture_output=True, timeout=60)
@@ -287,7 +287,7 @@ def _destroy_ipsets(prefixes: tuple[str, ...]) -> None:
 class RealNode:
     """containerd + kubelet + kube-proxy + CoreDNS + local-path + Traefik for a cluster."""
 
-    def __init__(self, cluster: localcluster.LocalCluster, name: str = NODE_NAME):
+    def __init__(self, cluster: controlplane.LocalCluster, name: str = NODE_NAME):
         self.cluster = cluster
         self.name = name
         self.dir = cluster.dir / "node"
@@ -434,7 +434,7 @@ state = "{d / 'state'}"
         c = self.cluster
         d = self.dir / "kubelet"
         d.mkdir(parents=True, exist_ok=True)
-        kubeconfig = localcluster.write_kubeconfig(
+        kubeconfig = pki.write_kubeconfig(
             self.dir / "kubelet.kubeconfig", c.server, c.pki / "ca.crt",
             cert=c.pki / "kubelet.crt", key=c.pki / "kubelet.key", user="kubelet")
         resolv = self.dir / "resolv.conf"  # for dnsPolicy: Default; no upstream here
@@ -469,7 +469,7 @@ state = "{d / 'state'}"
         }
         (d / "config.json").write_text(json.dumps(config, indent=2))
         self._spawn("kubelet", [
-            str(localcluster.binary("kubelet")),
+            str(binaries.binary("kubelet")),
             f"--config={d / 'config.json'}",
             f"--kubeconfig={kubeconfig}",
             f"--root-dir={d / 'root'}",
@@ -535,7 +535,7 @@ state = "{d / 'state'}"
         }
         path = self.dir / "kube-proxy.json"
         path.write_text(json.dumps(cfg, indent=2))
-        self._spawn("kube-proxy", [str(localcluster.binary("kube-proxy")), f"--config={path}",
+        self._spawn("kube-proxy", [str(binaries.binary("kube-proxy")), f"--config={path}",
                                    "--v=1"])
 
     def _start_kube_router(self, timeout: float) -> None:
@@ -556,12 +556,12 @@ state = "{d / 'state'}"
         """
         health_port = free_port()
         self._spawn("kube-router", [
-            str(localcluster.binary("kube-router")),
+            str(binaries.binary("kube-router")),
             "--run-firewall=true", "--run-router=false", "--run-service-proxy=false",
             "--enable-cni=false",
             f"--kubeconfig={self.cluster.kubeconfig}",
             f"--hostname-override={self.name}",
-            f"--service-cluster-ip-range={localcluster.SERVICE_CIDR}",
+            f"--service-cluster-ip-range={controlplane.SERVICE_CIDR}",
             f"--health-port={health_port}",
             "--metrics-port=0",
             # Besides the syncs that pod and policy events trigger: the CNI firewall plugin
@@ -591,7 +591,7 @@ state = "{d / 'state'}"
     cache 5
 }}
 """)
-        self._spawn("coredns", [str(localcluster.binary("coredns")), "-conf", str(corefile)])
+        self._spawn("coredns", [str(binaries.binary("coredns")), "-conf", str(corefile)])
 
         def answers() -> bool:
             return _dns_query(self.ip, "kubernetes.default.svc.cluster.local") is not None
@@ -630,7 +630,7 @@ state = "{d / 'state'}"
         (self.dir / "local-path-config.json").write_text(json.dumps(config))
         (self.dir / "local-path-helper-pod.json").write_text(json.dumps(helper_pod))
         self._spawn("local-path-provisioner", [
-            str(localcluster.binary("local-path-provisioner")), "start",
+            str(binaries.binary("local-path-provisioner")), "start",
             f"--kubeconfig={c.kubeconfig}", f"--namespace={ns}",
             f"--config={self.dir / 'local-path-config.json'}",
             f"--helper-pod-file={self.dir / 'local-path-helper-pod.json'}",
@@ -658,7 +658,7 @@ state = "{d / 'state'}"
             static["providers"]["kubernetesGateway"] = {}
         config = self.dir / "traefik.yaml"
         config.write_text(json.dumps(static, indent=2))
-        self._spawn("traefik", [str(localcluster.binary("traefik")), f"--configFile={config}"],
+        self._spawn("traefik", [str(binaries.binary("traefik")), f"--configFile={config}"],
                     env={"KUBECONFIG": str(c.kubeconfig)})
 
         self._wait("Traefik /ping", lambda: _http_ok(f"http://127.0.0.1:{ping_port}/ping"),

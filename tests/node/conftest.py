@@ -4,7 +4,7 @@ One per test session, started on first use and stopped (processes, containers, m
 bridge, iptables chains) when the session ends; a SIGKILLed session's leftovers are reaped
 at the next start. Needs root, Docker (the images are built locally and copied into the
 node's containerd), containerd/runc/CNI plugins from Debian and the Go programs of
-``tests/cluster/build-binaries``. Without them the tests skip, or fail under CI
+``tests/kube/build-binaries``. Without them the tests skip, or fail under CI
 (``CI`` or ``CHATBOT_REQUIRE_NODE=1``).
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kube import localcluster, realnode
+from tests.kube import binaries, controlplane, realnode
 from tests.kube.operator_fixtures import gateway_api_crds, install_crd_object
 from tests.support import docker_engine as engine
 from tests.support.requirements import unavailable
@@ -30,7 +30,7 @@ REQUIRE_ENV = "CHATBOT_REQUIRE_NODE"
 
 @dataclass
 class NodeCluster:
-    cluster: localcluster.LocalCluster
+    cluster: controlplane.LocalCluster
     node: realnode.RealNode
     images: dict[str, str]  # role -> image reference in the node's runtime
     timings: dict[str, float] = field(default_factory=dict)
@@ -73,19 +73,19 @@ def node_cluster(node_lock, docker_engine, service_image, operator_image) -> Nod
     missing = realnode.missing_prerequisites()
     if missing:
         unavailable("no real node on this host: missing " + ", ".join(missing), REQUIRE_ENV)
-    ferretdb = localcluster.COMPONENTS["ferretdb"]
+    ferretdb = binaries.COMPONENTS["ferretdb"]
     if not ferretdb.is_built():
-        localcluster.build_all(["ferretdb"])
+        binaries.build_all(["ferretdb"])
     images = {
         "service": service_image[0],
         "operator": operator_image[0],
-        "mongodb": engine.build_ferretdb_image(localcluster.binary("ferretdb"),
+        "mongodb": engine.build_ferretdb_image(binaries.binary("ferretdb"),
                                                ferretdb.version),
         "helper": engine.build_base_image(),
     }
 
     say = lambda msg: print(f"[node] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    cluster = localcluster.LocalCluster(_workdir(), node_ip=realnode.node_ip())
+    cluster = controlplane.LocalCluster(_workdir(), node_ip=realnode.node_ip())
     node = realnode.RealNode(cluster)
     timings: dict[str, float] = {}
     started = time.monotonic()

@@ -15,8 +15,8 @@ import urllib.error
 import urllib.request
 from email.message import Message
 
+from tests.kube import binaries, realnode
 from tests.kube import helm as helm_cli
-from tests.kube import localcluster, realnode
 from tests.kube.helpers import wait_for
 from tests.kube.operator_fixtures import GROUP, PLURAL, ROOT, VERSION
 
@@ -43,7 +43,7 @@ def run(*args: str, env=None, timeout: float = 300, check: bool = True) -> str:
 
 
 def kubectl(nc, *args: str, **kw) -> str:
-    return run(str(localcluster.binary("kubectl")), *args, env=nc.env(), **kw)
+    return run(str(binaries.binary("kubectl")), *args, env=nc.env(), **kw)
 
 
 def helm(nc, *args: str, values: dict | None = None, timeout: float = 300) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kube import localcluster
+from tests.kube import binaries
 from tests.kube.helpers import wait_for
 from tests.node import ledger
 from tests.node.release import (
@@ -502,7 +502,7 @@ class PodLogs:
                 if name in self.followed or not running:
                     continue
                 log = open(self.out_dir / f"{name}.log", "wb")  # noqa: SIM115 - kubectl's
-                proc = subprocess.Popen([str(localcluster.binary("kubectl")), "logs", "-f",
+                proc = subprocess.Popen([str(binaries.binary("kubectl")), "logs", "-f",
                                          "-n", NS, name], stdout=log, stderr=subprocess.STDOUT,
                                         env=self.nc.env())
                 log.close()

@@ -1,11 +1,11 @@
 """A real MongoDB-wire server for the tests: FerretDB v1 on its SQLite backend, on loopback.
 
 Why FerretDB v1.24 with SQLite: it is a production-used, MongoDB-compatible server built from
-its Go module by `tests/cluster/build-binaries` (pinned in tests/kube/versions.env), and its
+its Go module by `tests/kube/build-binaries` (pinned in tests/kube/versions.env), and its
 SQLite backend needs nothing else. FerretDB v2 needs PostgreSQL with the DocumentDB extension,
 which cannot be installed here without Docker.
 
-The binary is located the way the cluster tests locate theirs (tests/kube/localcluster.py).
+The binary is located the way the cluster tests locate theirs (tests/kube/binaries.py).
 When it is missing (e.g. `CHATBOT_TEST_KUBECONFIG` made `tests/run` skip build-binaries) the
 tests build it if Go is available, else skip with the reason; with `CHATBOT_REQUIRE_CLUSTER=1`
 (or `CI`) a missing binary fails them instead.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kube import localcluster
+from tests.kube import binaries
 from tests.support.ports import free_port
 
 
@@ -36,19 +36,19 @@ def _required() -> bool:
 
 def ferretdb_binary() -> Path:
     """The cached FerretDB binary; built on demand when Go is there; else skip (or fail)."""
-    comp = localcluster.COMPONENTS["ferretdb"]
+    comp = binaries.COMPONENTS["ferretdb"]
     if not comp.is_built() and shutil.which("go"):
         try:
-            localcluster.build_all(["ferretdb"])
+            binaries.build_all(["ferretdb"])
         except SystemExit as exc:
             pytest.fail(f"building FerretDB {comp.version} failed: {exc}")
     if not comp.is_built():
         msg = (f"FerretDB {comp.version} is not built and Go is missing: "
-               "run tests/cluster/build-binaries ferretdb")
+               "run tests/kube/build-binaries ferretdb")
         if _required():
             pytest.fail(msg)
         pytest.skip(msg)
-    return localcluster.binary("ferretdb")
+    return binaries.binary("ferretdb")
 
 
 class FerretDB:

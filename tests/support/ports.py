@@ -1,5 +1,5 @@
 """Free TCP ports for the processes the tests start. Standard library only: the cluster
-harness (tests/kube/localcluster.py) runs without the project's venv."""
+harness (tests/kube/controlplane.py) runs without the project's venv."""
 
 from __future__ import annotations
 
