@@ -27,7 +27,6 @@ import contextlib
 import importlib
 import importlib.util
 import logging
-import os
 import sys
 import time
 import urllib.request
@@ -126,7 +125,7 @@ class KopfOperator:
         self.stop_timeout = stop_timeout
         self.set_kubeconfig_env = set_kubeconfig_env
         self._runner = None
-        self._restore: list[Callable[[], None]] = []
+        self._undo = contextlib.ExitStack()
 
     def start(self) -> KopfOperator:
         import kopf
@@ -150,9 +149,7 @@ class KopfOperator:
         liveness = f"http://127.0.0.1:{free_port()}/healthz"
         where = (["--all-namespaces"] if self.namespaces is None
                  else [f"--namespace={ns}" for ns in self.namespaces])
-        self._save_process_state()
-        if self.set_kubeconfig_env:
-            self._set_kubeconfig_env()
+        self._change_process_state()
         self._runner = KopfRunner(["run", "--standalone", f"--liveness={liveness}", *where],
                                   registry=registry, settings=settings,
                                   timeout=self.stop_timeout)
@@ -185,44 +182,26 @@ class KopfOperator:
             time.sleep(0.05)
         raise RuntimeError(f"kopf operator {self.module} not ready after {self.ready_timeout}s")
 
-    def _save_process_state(self) -> None:
-        """What ``kopf run`` changes for the whole process: put back by :meth:`stop`."""
+    def _change_process_state(self) -> None:
+        """Point KUBECONFIG at the operator's kubeconfig, and be ready to put back what
+        ``kopf run`` changes for the whole process; :meth:`stop` undoes both."""
         import kopf
+        import kubernetes.config.kube_config
+        import pytest
 
-        registry = kopf.get_default_registry()
-        root = logging.getLogger()
-        handlers, level = list(root.handlers), root.level
-        quiet = logging.getLogger("asyncio")
-        quiet_state = (quiet.propagate, list(quiet.handlers))
-
-        def restore() -> None:
-            kopf.set_default_registry(registry)
-            root.handlers[:] = handlers
-            root.setLevel(level)
-            quiet.propagate, quiet.handlers[:] = quiet_state[0], quiet_state[1]
-
-        self._restore.append(restore)
-
-    def _set_kubeconfig_env(self) -> None:
-        import kubernetes.config.kube_config as kc
-
-        saved_env = os.environ.get("KUBECONFIG")
-        saved_default = kc.KUBE_CONFIG_DEFAULT_LOCATION
-        os.environ["KUBECONFIG"] = str(self.kubeconfig)
-        # The kubernetes client reads $KUBECONFIG once, at import; make its
-        # argument-less load_kube_config()/new_client_from_config() follow too.
-        kc.KUBE_CONFIG_DEFAULT_LOCATION = str(self.kubeconfig)
-
-        def restore() -> None:
-            if os.environ.get("KUBECONFIG") == str(self.kubeconfig):
-                if saved_env is None:
-                    os.environ.pop("KUBECONFIG", None)
-                else:
-                    os.environ["KUBECONFIG"] = saved_env
-            if kc.KUBE_CONFIG_DEFAULT_LOCATION == str(self.kubeconfig):
-                kc.KUBE_CONFIG_DEFAULT_LOCATION = saved_default
-
-        self._restore.append(restore)
+        mp = self._undo.enter_context(pytest.MonkeyPatch.context())
+        if self.set_kubeconfig_env:
+            mp.setenv("KUBECONFIG", str(self.kubeconfig))
+            # The kubernetes client reads $KUBECONFIG once, at import; make its
+            # argument-less load_kube_config()/new_client_from_config() follow too.
+            mp.setattr(kubernetes.config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION",
+                       str(self.kubeconfig))
+        self._undo.callback(kopf.set_default_registry, kopf.get_default_registry())
+        root, quiet = logging.getLogger(), logging.getLogger("asyncio")
+        self._undo.callback(root.setLevel, root.level)
+        for logger in (root, quiet):  # kopf's loggers.configure() edits these in place
+            mp.setattr(logger, "handlers", list(logger.handlers))
+        mp.setattr(quiet, "propagate", quiet.propagate)
 
     @property
     def alive(self) -> bool:
@@ -231,12 +210,9 @@ class KopfOperator:
     def stop(self, *exc_info: Any) -> None:
         """Stop the operator (idempotent); raise its exception if it crashed."""
         runner, self._runner = self._runner, None
-        try:
+        with self._undo:
             if runner is not None:
                 runner.__exit__(*(exc_info or (None, None, None)))
-        finally:
-            while self._restore:
-                self._restore.pop()()
 
     def __enter__(self) -> KopfOperator:
         return self.start()
