@@ -38,7 +38,9 @@ def _regenerated(generator: str, tmp_path, values: str, readme: str) -> str:
     run = subprocess.run([generator, "--values", tmp_path / "values.yaml",
                           "--readme", tmp_path / "README.md"],
                          capture_output=True, text=True, timeout=60)
-    assert run.returncode == 0, f"readme-generator failed:\n{run.stdout}{run.stderr}"
+    assert run.returncode == 0, (
+        "readme-generator refused values.yaml (every value needs a `## @param` comment, see "
+        f"its ERROR lines); fix it, then run `{REGENERATE}`:\n{run.stdout}{run.stderr}")
     return (tmp_path / "README.md").read_text()
 
 
