@@ -9,7 +9,7 @@ Why this exists rather than a plain `pip install`:
   with AMX that build dies with SIGILL at the first generation (ggml asks for the AMX tile
   permission on one thread and runs tile instructions on others: upstream llama.cpp#26954).
   The default here, `PORTABLE_CMAKE_ARGS`, never compiles AMX code and runs on any x86-64-v3
-  CPU (AVX2, FMA, F16C); the README's build table says why this one.
+  CPU (AVX2, FMA, F16C); docs/llama-cpp-build.md says why this one.
 * pip's wheel cache is keyed by the sdist, not by `CMAKE_ARGS`, so a wheel built earlier with
   other flags would silently come back. Here the wheel is built once per set of flags into
   `~/.cache/chatbot/llama-cpp-wheels/<sha256 of version, flags, interpreter>/` and installed
@@ -41,8 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS_VARIABLE = "CHATBOT_LLAMA_CMAKE_ARGS"
 
-# x86-64-v3 without AVX-512 and without AMX: chosen by measurement (README, "The llama.cpp
-# build"). LLAVA_BUILD=OFF: the services never load the multimodal library.
+# x86-64-v3 without AVX-512 and without AMX: chosen by measurement (docs/llama-cpp-build.md,
+# docs/benchmarks.md). LLAVA_BUILD=OFF: the services never load the multimodal library.
 PORTABLE_CMAKE_ARGS = (
     "-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF "
     "-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"

@@ -118,7 +118,8 @@ def test_sequences_really_run_together(tiny_models):
 def test_a_prompt_longer_than_n_batch_is_chunked(tiny_models):
     # 36 items: with 37 to 40 the portable (AVX2) llama.cpp build breaks a near-tie of the
     # random tiny model at the 60th greedy token once chunked (the AVX-512 build does not);
-    # llama.cpp's kernels are not bit-identical across batch shapes (README, near-ties).
+    # llama.cpp's kernels are not bit-identical across batch shapes (near-ties:
+    # docs/architecture.md).
     long_question = " ".join(f"item {i}: check the figures and the dates." for i in range(36))
 
     async def run(n_batch: int):
@@ -216,7 +217,8 @@ def test_a_new_sequence_copies_the_shared_system_prompt_instead_of_evaluating_it
     system = ChatMessage("system", "You are a careful office assistant. " * 30)
     # Not the Korean question: on the portable (AVX2) build its answer breaks a near-tie of
     # the random tiny model at the 20th token whichever slot it gets (kernels are not
-    # bit-identical across batch shapes; README, near-ties). The AVX-512 build keeps it.
+    # bit-identical across batch shapes; near-ties: docs/architecture.md). The AVX-512
+    # build keeps it.
     asks = [[system, ChatMessage("user", q)] for q in (QUESTIONS[0], QUESTIONS[2])]
 
     async def scenario():
@@ -260,8 +262,9 @@ def test_greedy_output_is_the_same_whether_history_stayed_in_its_slot_came_back_
     Restored cells are byte for byte what the slot held, so "kept" and "restored" evaluate
     the same suffix on the same cells: identical on both models. "Evaluated again" computes
     the history in one batch where the slot computed the answer token by token; llama.cpp's
-    CPU kernels are not bit-identical across batch shapes (README, near-ties). On the tiny
-    model these questions have no near-tie on the portable (AVX2) build. On SmolLM2 the two
+    CPU kernels are not bit-identical across batch shapes (near-ties:
+    docs/architecture.md). On the tiny model these questions have no near-tie on the
+    portable (AVX2) build. On SmolLM2 the two
     computations move the logits by up to ~0.2, and these follow-ups meet near-ties early
     (top-2 gaps of 0.14 logits at the 4th token of "And the totals?", 0.04 at the 6th of
     another; reproduced with llama-cpp-python's own `Llama`, so llama.cpp's, not this
