@@ -11,6 +11,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
@@ -21,9 +22,11 @@ from starlette.websockets import WebSocketClose
 from chatbot import __version__
 from chatbot.api.chat_completions import router as chat_completions
 from chatbot.api.deps import PersonaRuntime
+from chatbot.api.docs_pages import offline_docs
 from chatbot.api.errors import install_error_handlers
 from chatbot.api.metrics import PersonaMetrics
 from chatbot.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
+from chatbot.api.playground import playground
 from chatbot.api.routes import character, common, office, performance_report
 from chatbot.contract import NOT_FOUND_HEALTH_PATH
 from chatbot.core.admission import Admission
@@ -168,12 +171,15 @@ def build_runtime(
 
 
 def persona_app(runtime: PersonaRuntime, root_path: str = "", lifespan=None) -> FastAPI:
-    app = FastAPI(title=_TITLES[runtime.persona], version=__version__, root_path=root_path,
-                  lifespan=lifespan)
+    # Swagger UI, ReDoc and the favicon served from the package, not a CDN (air-gapped).
+    app = FastAPIOffline(title=_TITLES[runtime.persona], version=__version__,
+                         root_path=root_path, lifespan=lifespan, redoc_url=None)
+    offline_docs(app)
     app.state.runtime = runtime
     app.include_router(office if runtime.persona is Persona.OFFICE else character)
     app.include_router(common)
     app.include_router(chat_completions)
+    app.include_router(playground(runtime.persona))
     install_error_handlers(app)
     app.router.default = _no_such_route
     app.add_middleware(MetricsMiddleware, observe=runtime.metrics.observe_request)
