@@ -72,10 +72,11 @@ class Visit:
         self.page.set_default_timeout(30_000)
 
     def foreign(self) -> list[str]:
-        """Requests to anything but the service (data: URLs are inside the page)."""
+        """Requests to anything but the service (data: URLs are inside the page, a blob: URL
+        is named by the page's origin)."""
         own = urlsplit(self.url).netloc
-        return [u for u in self.requests
-                if not u.startswith("data:") and urlsplit(u).netloc != own]
+        return [u for u in self.requests if not u.startswith("data:")
+                and urlsplit(u.removeprefix("blob:")).netloc != own]
 
 
 @pytest.fixture

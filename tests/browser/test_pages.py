@@ -89,9 +89,13 @@ def test_swagger_ui_lists_the_operations_and_try_it_out_calls_the_prefix(
         operation.locator(".execute").click()
     response = answered.value
     assert response.url == f"{v.url}/{persona}/performance" and response.status == 200
-    operation.locator(".live-responses-table").wait_for()
-    assert "total_requests" in operation.locator(".live-responses-table").text_content()
-    page.screenshot(path=artifacts / f"{persona}-docs.png", full_page=False)
+    live = operation.locator(".live-responses-table")
+    live.wait_for()
+    assert "total_requests" in live.text_content()
+    assert f"{v.url}/{persona}/performance" in operation.locator(".request-url").text_content()
+    page.screenshot(path=artifacts / f"{persona}-docs.png")
+    live.scroll_into_view_if_needed()
+    page.screenshot(path=artifacts / f"{persona}-docs-try-it-out.png")
     assert any(u.endswith(f"/{persona}/static-offline-docs/swagger-ui-bundle.js")
                for u in v.requests)
 
@@ -192,7 +196,7 @@ def test_an_answer_holding_html_is_shown_as_text(gateway, visit, artifacts):
 def _error_after_asking(page, question: str) -> str:
     page.fill("#input", question)
     page.press("#input", "Enter")
-    page.wait_for_function("document.getElementById('error').textContent")
+    page.wait_for_function("() => document.getElementById('error').textContent")
     assert page.locator(".msg.assistant.streaming").count() == 0
     return page.text_content("#error")
 
@@ -201,12 +205,14 @@ def test_errors_are_readable_sentences_and_the_question_is_kept(gateway, visit, 
     v = visit(gateway)
     page = v.page
     page.goto(f"{v.url}/character/")
-    page.fill("#greeting", "뷁" * 2000)
-    page.fill("#context", "뷁" * 4000)  # far more tokens than the context holds
+    page.fill("#context", "뷁" * 4000)  # far more tokens than the model's context holds
     message = _error_after_asking(page, "안녕?")
     assert "does not fit the model's context" in message and "new conversation" in message
     assert page.input_value("#input") == "안녕?"  # kept, to retry
     assert page.locator(".msg.user").count() == 0  # not answered, not in the conversation
+    page.click("#settings summary")  # fold the long context away for the screenshot
+    page.screenshot(path=artifacts / "character-playground-400.png", full_page=True)
+    page.click("#settings summary")
 
     page.fill("#context", "수줍은 학생.")
     page.fill("#user-id", " ")
