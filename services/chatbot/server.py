@@ -11,7 +11,6 @@ from importlib.resources import files
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi_offline import FastAPIOffline
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
@@ -171,10 +170,9 @@ def build_runtime(
 
 
 def persona_app(runtime: PersonaRuntime, root_path: str = "", lifespan=None) -> FastAPI:
-    # Swagger UI, ReDoc and the favicon served from the package, not a CDN (air-gapped).
-    app = FastAPIOffline(title=_TITLES[runtime.persona], version=__version__,
-                         root_path=root_path, lifespan=lifespan, redoc_url=None)
-    offline_docs(app)
+    app = FastAPI(title=_TITLES[runtime.persona], version=__version__, root_path=root_path,
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
+    offline_docs(app)  # Swagger UI and ReDoc with their assets served here, not from a CDN
     app.state.runtime = runtime
     app.include_router(office if runtime.persona is Persona.OFFICE else character)
     app.include_router(common)

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.load.chromium import chromium
+from tests.route.test_route_nginx import nginx_bin, route  # noqa: F401 (test_route.py's)
 from tests.support.server import ChatbotServer
 
 HOST = "chatbot.test"
