@@ -34,6 +34,7 @@ def test_docs_and_redoc_load_their_assets_from_the_service_behind_the_prefix(gat
                 for asset in assets:
                     r = http.get(asset)
                     assert r.status_code == 200 and len(r.content) > 1000, asset
+                    assert b"cdn.redoc.ly" not in r.content, asset  # ReDoc's remote logo
             favicon = http.get(f"/{persona}/static-offline-docs/favicon.png")
             assert favicon.headers["content-type"] == "image/png"
             spec = http.get(f"/{persona}/openapi.json").json()
