@@ -1,97 +1,21 @@
-"""Headless Chromium (Debian's package, driven by Playwright without a browser download) on
-local `chatbot serve` processes, with the network closed: the service is reached by a
-host name (`chatbot.test`, resolved to loopback, as a cluster's node name would be: pages
-act differently on `localhost`, e.g. Swagger UI's online validator and the browser's
-secure context), every other name resolves nowhere, and any request a page makes to
-another host fails the test. Screenshots of each page are kept under one artifacts
-folder, printed at the end."""
+"""The service's pages in headless Chromium with the network closed (tests/support/browser.py)
+on local `chatbot serve` processes, and through the operator's route on a real nginx
+(tests/route)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
-from urllib.parse import urlsplit
-
 import pytest
 
-from tests.load.chromium import chromium
 from tests.route.test_route_nginx import nginx_bin, route  # noqa: F401 (test_route.py's)
+from tests.support.browser import artifacts, browser, report, visit  # noqa: F401
 from tests.support.server import ChatbotServer
-
-HOST = "chatbot.test"
-_ARTIFACTS: list[Path] = []
-
-
-@pytest.fixture(scope="session")
-def artifacts(tmp_path_factory) -> Path:
-    """Where the screenshots go: $CHATBOT_ARTIFACTS/browser, else the session's tmp dir."""
-    root = os.environ.get("CHATBOT_ARTIFACTS")
-    folder = (Path(root) / "browser") if root else tmp_path_factory.mktemp("browser-artifacts")
-    folder.mkdir(parents=True, exist_ok=True)
-    _ARTIFACTS.append(folder)
-    return folder
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    for folder in _ARTIFACTS:
-        shots = sorted(folder.glob("*.png"))
-        terminalreporter.write_line(f"browser screenshots ({len(shots)}): {folder}")
+    report(terminalreporter)
 
 
 @pytest.fixture(scope="session")
 def gateway(start_server) -> ChatbotServer:
     """Both personas in one process, as the README's local `chatbot serve` runs them."""
     return start_server()
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    executable = chromium()
-    with playwright_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, headless=True, args=[
-            "--no-sandbox", "--disable-gpu",
-            # No internet: the service's name is loopback, every other name resolves nowhere.
-            f"--host-resolver-rules=MAP {HOST} 127.0.0.1, MAP * ~NOTFOUND",
-        ])
-        yield browser
-        browser.close()
-
-
-class Visit:
-    """A fresh browser context on one server that records every request its pages make."""
-
-    def __init__(self, browser, server: ChatbotServer) -> None:
-        self.server = server
-        self.url = f"http://{HOST}:{server.port}"  # the service, as the browser names it
-        self.requests: list[str] = []
-        self.context = browser.new_context(viewport={"width": 1280, "height": 900},
-                                           locale="ko-KR")
-        self.context.on("request", lambda r: self.requests.append(r.url))
-        self.page = self.context.new_page()
-        self.page.set_default_timeout(30_000)
-
-    def foreign(self) -> list[str]:
-        """Requests to anything but the service (data: URLs are inside the page, a blob: URL
-        is named by the page's origin)."""
-        own = urlsplit(self.url).netloc
-        return [u for u in self.requests if not u.startswith("data:")
-                and urlsplit(u.removeprefix("blob:")).netloc != own]
-
-
-@pytest.fixture
-def visit(browser) -> Iterator:
-    """`visit(server)` opens a context on `server`; after the test, no page of it may have
-    asked another host for anything."""
-    opened: list[Visit] = []
-
-    def open_on(server: ChatbotServer) -> Visit:
-        opened.append(Visit(browser, server))
-        return opened[-1]
-
-    yield open_on
-    for v in opened:
-        v.context.close()
-    for v in opened:
-        assert v.foreign() == [], f"requests outside the service: {v.foreign()}"

@@ -12,6 +12,7 @@ import pytest
 from chatbot_dev.history import embedded_document
 
 from chatbot.stores.embedded import EmbeddedHistoryStore
+from tests.support.browser import ask
 
 SUMMARIES = {"office": "Answer a work question with the local Llama model",
              "character": "Reply in character with the local Llama model"}
@@ -51,19 +52,6 @@ def _stored(server, persona: str, user_id: str, db_id: str) -> dict | None:
     return embedded_document(store, persona, user_id, db_id)
 
 
-def _ask(page, question: str) -> tuple[str, str]:
-    """Types `question`, sends it with Enter, waits for the answer; (answer, its stats)."""
-    before = page.locator(".msg.assistant .stats").count()
-    page.fill("#input", question)
-    page.press("#input", "Enter")
-    page.wait_for_function(
-        "n => document.querySelectorAll('.msg.assistant .stats').length > n "
-        "|| document.getElementById('error').textContent", arg=before, timeout=90_000)
-    assert page.text_content("#error") == "", page.text_content("#error")
-    last = page.locator(".msg.assistant").last
-    return last.locator(".text").text_content(), last.locator(".stats").text_content()
-
-
 def _no_markup_in_log(page) -> None:
     assert page.locator("#log img, #log script, #log b").count() == 0
     assert page.evaluate("window.__pwned") is None
@@ -72,7 +60,7 @@ def _no_markup_in_log(page) -> None:
 @pytest.mark.parametrize("persona", ["office", "character"])
 def test_swagger_ui_lists_the_operations_and_try_it_out_calls_the_prefix(
         persona, gateway, visit, artifacts):
-    v = visit(gateway)
+    v = visit(gateway.port)
     page = v.page
     page.goto(f"{v.url}/{persona}/docs")
     page.wait_for_selector(".opblock-summary-path")
@@ -102,7 +90,7 @@ def test_swagger_ui_lists_the_operations_and_try_it_out_calls_the_prefix(
 
 @pytest.mark.parametrize("persona", ["office", "character"])
 def test_redoc_renders_every_operation(persona, gateway, visit, artifacts):
-    v = visit(gateway)
+    v = visit(gateway.port)
     page = v.page
     page.goto(f"{v.url}/{persona}/redoc")
     page.get_by_role("heading", name=SUMMARIES[persona]).wait_for()
@@ -113,7 +101,7 @@ def test_redoc_renders_every_operation(persona, gateway, visit, artifacts):
 
 def test_office_playground_streams_a_korean_answer_and_keeps_the_conversation(
         gateway, visit, artifacts):
-    v = visit(gateway)
+    v = visit(gateway.port)
     page = v.page
     page.goto(f"{v.url}/office/")
     db_id = page.text_content("#db-id")
@@ -121,7 +109,7 @@ def test_office_playground_streams_a_korean_answer_and_keeps_the_conversation(
     page.evaluate(COUNT_UPDATES)
 
     question = "회의록을 요약하는 방법을 알려주세요."
-    answer, stats = _ask(page, question)
+    answer, stats = ask(page, question)
     assert page.evaluate("window.__updates") > 3  # shown piece by piece as it streamed
     assert answer.strip() and "TTFT" in stats and "tokens/s" in stats, stats
     assert "0 turns replayed" in stats
@@ -129,7 +117,7 @@ def test_office_playground_streams_a_korean_answer_and_keeps_the_conversation(
     stored = _stored(gateway, "office", "playground", db_id)
     assert [(t["input_data"], t["output_data"]) for t in stored["value"]] == [(question, answer)]
 
-    _, stats = _ask(page, "첫 번째 단계는 무엇인가요?")
+    _, stats = ask(page, "첫 번째 단계는 무엇인가요?")
     assert "1 turns replayed" in stats  # the same conversation: the first turn came back
     page.screenshot(path=artifacts / "office-playground.png", full_page=True)
 
@@ -146,7 +134,7 @@ def test_office_playground_streams_a_korean_answer_and_keeps_the_conversation(
 
 def test_character_playground_uses_the_settings_and_shows_their_html_as_text(
         gateway, visit, artifacts):
-    v = visit(gateway)
+    v = visit(gateway.port)
     page = v.page
     page.goto(f"{v.url}/character/")
     assert page.locator("#settings").get_attribute("open") is not None
@@ -159,7 +147,7 @@ def test_character_playground_uses_the_settings_and_shows_their_html_as_text(
     db_id = page.text_content("#db-id")
 
     with page.expect_request("**/character/playground/chat") as sent:
-        answer, stats = _ask(page, "*손을 흔든다* 안녕, 미나!")
+        answer, stats = ask(page, "*손을 흔든다* 안녕, 미나!")
     body = json.loads(sent.value.post_data)
     assert (body["character_name"], body["greeting"], body["context"]) == (name, greeting,
                                                                          context)
@@ -174,7 +162,7 @@ def test_character_playground_uses_the_settings_and_shows_their_html_as_text(
 
 
 def test_an_answer_holding_html_is_shown_as_text(gateway, visit, artifacts):
-    v = visit(gateway)
+    v = visit(gateway.port)
     page = v.page
     answer = f"{HOSTILE}</span></div><h1>not a heading</h1>"
     events = [{"delta": answer[:20]}, {"delta": answer[20:]},
@@ -185,7 +173,7 @@ def test_an_answer_holding_html_is_shown_as_text(gateway, visit, artifacts):
         headers={"Server-Timing": 'ttft;dur=5.0;desc="first token"'},
         body="".join(f"data: {json.dumps(e)}\n\n" for e in events)))
     page.goto(f"{v.url}/office/")
-    shown, _ = _ask(page, "<i>question</i>")
+    shown, _ = ask(page, "<i>question</i>")
     assert shown == answer
     assert page.locator(".msg.user .text").text_content() == "<i>question</i>"
     _no_markup_in_log(page)
@@ -202,7 +190,7 @@ def _error_after_asking(page, question: str) -> str:
 
 
 def test_errors_are_readable_sentences_and_the_question_is_kept(gateway, visit, artifacts):
-    v = visit(gateway)
+    v = visit(gateway.port)
     page = v.page
     page.goto(f"{v.url}/character/")
     page.fill("#context", "뷁" * 4000)  # far more tokens than the model's context holds
@@ -233,7 +221,7 @@ def test_a_loading_model_is_a_503_sentence(start_server, visit, tmp_path, artifa
         "CHATBOT_OFFICE_MODEL": str(tmp_path / "never.gguf"),
         "CHATBOT_MODEL_WAIT_TIMEOUT_S": "600"})
     server.wait_until("/readyz", status=503)
-    v = visit(server)
+    v = visit(server.port)
     page = v.page
     page.goto(f"{v.url}/")  # one persona at the root, as in its pod
     message = _error_after_asking(page, "안녕하세요")

@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 
 from chatbot_operator import builders
-from tests.browser.test_pages import _ask, _stored
+from tests.browser.test_pages import _stored
 from tests.route.test_route_nginx import KINDS, OWNER
+from tests.support.browser import ask
 from tests.support.server import ChatbotServer
 
 
@@ -36,7 +37,7 @@ def endpoints(personas, tmp_path_factory):
 def test_docs_and_playgrounds_work_through_the_route(kind, route, personas, visit, artifacts):
     nginx = route(kind)
     for persona, server in personas.items():
-        v = visit(nginx)
+        v = visit(nginx.port)
         page = v.page
         page.goto(f"{v.url}/{persona}/docs")
         operation = page.locator(".opblock-get").filter(
@@ -56,7 +57,7 @@ def test_docs_and_playgrounds_work_through_the_route(kind, route, personas, visi
         page.goto(f"{v.url}/{persona}/")
         db_id = page.text_content("#db-id")
         question = f"{kind}을 거쳐 묻습니다: 안녕하세요?"
-        answer, stats = _ask(page, question)
+        answer, stats = ask(page, question)
         assert "TTFT" in stats and "tokens/s" in stats
         stored = _stored(server, persona, "playground", db_id)
         assert [(t["input_data"], t["output_data"]) for t in stored["value"]] == [
