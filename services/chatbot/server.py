@@ -21,9 +21,11 @@ from starlette.websockets import WebSocketClose
 from chatbot import __version__
 from chatbot.api.chat_completions import router as chat_completions
 from chatbot.api.deps import PersonaRuntime
+from chatbot.api.docs_pages import offline_docs
 from chatbot.api.errors import install_error_handlers
 from chatbot.api.metrics import PersonaMetrics
 from chatbot.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
+from chatbot.api.playground import playground
 from chatbot.api.routes import character, common, office, performance_report
 from chatbot.contract import NOT_FOUND_HEALTH_PATH
 from chatbot.core.admission import Admission
@@ -169,11 +171,13 @@ def build_runtime(
 
 def persona_app(runtime: PersonaRuntime, root_path: str = "", lifespan=None) -> FastAPI:
     app = FastAPI(title=_TITLES[runtime.persona], version=__version__, root_path=root_path,
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
+    offline_docs(app)  # Swagger UI and ReDoc with their assets served here, not from a CDN
     app.state.runtime = runtime
     app.include_router(office if runtime.persona is Persona.OFFICE else character)
     app.include_router(common)
     app.include_router(chat_completions)
+    app.include_router(playground(runtime.persona))
     install_error_handlers(app)
     app.router.default = _no_such_route
     app.add_middleware(MetricsMiddleware, observe=runtime.metrics.observe_request)

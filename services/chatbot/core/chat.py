@@ -36,6 +36,7 @@ from chatbot.domain.personas import MIN_ANSWER_CHARS, PersonaProfile, SamplingPa
 log = logging.getLogger(__name__)
 
 BuildMessages = Callable[[list[Turn], list[SearchResult]], list[ChatMessage]]
+OnPiece = Callable[[str], None]  # told each streamed piece as it is generated
 
 
 @dataclass(frozen=True)
@@ -114,15 +115,18 @@ class ChatService:
     def deadline_s(self) -> float:
         return self.gate.deadline_s
 
-    async def chat(self, turn: PersonaTurn) -> ChatResult:
+    async def chat(self, turn: PersonaTurn, on_piece: OnPiece | None = None) -> ChatResult:
         """Answer one persona turn: the persona's prompt, and for an office turn that asks
-        for it the web search, are made inside the admitted slot, under the deadline."""
+        for it the web search, are made inside the admitted slot, under the deadline.
+        `on_piece` sees the streamed pieces as they come (the answer is still the result's
+        text: a fallback replaces what was streamed)."""
         query = turn.question if isinstance(turn, OfficeTurn) and turn.search else None
 
         def build(history: list[Turn], results: list[SearchResult]) -> list[ChatMessage]:
             return persona_messages(turn, history, results, self.assistant)
 
-        return await self.answer(turn.user_input, turn.conversation, build, search_query=query)
+        return await self.answer(turn.user_input, turn.conversation, build, search_query=query,
+                                 on_piece=on_piece)
 
     async def answer(
         self,
@@ -130,6 +134,7 @@ class ChatService:
         conversation: Conversation | None,
         build_messages: BuildMessages,
         search_query: str | None = None,
+        on_piece: OnPiece | None = None,
     ) -> ChatResult:
         """Answer `user_input` with the messages `build_messages` makes of the replayed
         history and the search results; `conversation` is (user_id, db_id) when history is
@@ -142,7 +147,7 @@ class ChatService:
                 self._fit, history, lambda turns: build_messages(turns, results))
             if fit is not None:
                 history = history[len(history) - fit.turns:]
-            generated = await self._generate(messages, fit)
+            generated = await self._generate(messages, fit, on_piece)
         await self._remember(conversation, user_input, generated.text)
         total = ticket.succeeded(generated.seconds, generated.tokens)
         return ChatResult(
@@ -202,7 +207,8 @@ class ChatService:
             self.history_failures["write"] += 1
             log.warning("history write failed for %s/%s: %s", user_id, db_id, exc)
 
-    async def _generate(self, messages: list[ChatMessage], fit: Fit | None) -> _Generated:
+    async def _generate(self, messages: list[ChatMessage], fit: Fit | None,
+                        on_piece: OnPiece | None = None) -> _Generated:
         generation, fallback = self.profile.generation, self.profile.fallback
         if fit is not None:  # the answer budget: never past the context
             generation = _budget(generation, fit.max_tokens)
@@ -215,6 +221,8 @@ class ChatService:
                 if ttft is None:
                     ttft = time.monotonic() - started
                 pieces.append(piece)
+                if on_piece is not None:
+                    on_piece(piece)
         except _NOT_RETRIED:
             raise
         except Exception as exc:
