@@ -115,6 +115,9 @@ ANSWER_HEADERS = {
                         "schema": {"type": "string", "pattern": "^[0-9]+$"}},
     "X-History-Turns-Dropped": {"description": "older turns left out to fit the context",
                                 "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+    "X-Prompt-Tokens": {"description": "the prompt's length in the model's tokens (local "
+                                       "models)",
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"}},
     "X-History-Kept": {
         "description": "`false` when the turn could not be kept: the history store is away "
                        "and the pod's journal is full or failed (absent when it is kept, "

@@ -56,6 +56,8 @@ def _headers(r: ChatResult) -> dict[str, str]:
     }
     if r.prompt_tokens is not None:
         headers["X-Prompt-Tokens"] = str(r.prompt_tokens)
+    if not r.history_kept:
+        headers["X-History-Kept"] = "false"
     return headers
 
 
