@@ -242,14 +242,16 @@ class JournaledHistoryStore:
         self._open()
         turn = PendingTurn(uuid.uuid4().hex, persona, user_id, db_id, input_data, output_data,
                            timestamp or datetime.now(UTC).isoformat())
-        if not any(t.conversation == turn.conversation for t in self._pending):
+        # Straight to the journal while the store is known to be away (no timeout to wait
+        # out per answer), or behind the conversation's pending turns.
+        away = self.store.status().get("state") == "degraded"
+        if not away and not any(t.conversation == turn.conversation for t in self._pending):
             try:
                 return await self.store.append_turn(persona, user_id, db_id, input_data,
                                                      output_data, turn.timestamp, if_absent)
             except Exception as exc:
                 log.warning("history write failed for %s/%s (%s); journaling the turn",
                             user_id, db_id, exc)
-        # Behind the conversation's pending turns, or the store did not take it.
         await self._journal(turn)
         return 0  # its index is given when it is written
 
