@@ -39,6 +39,7 @@ from chatbot.domain.personas import GPT_MODELS, GPT_SAMPLING, PROFILES, Persona
 from chatbot.llm.bundled import bundled_model_path
 from chatbot.settings import Settings
 from chatbot.stores.embedded import EmbeddedHistoryStore
+from chatbot.stores.journal import JournaledHistoryStore
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +99,19 @@ class Engines:
 
 
 def build_store(settings: Settings) -> HistoryStore:
-    """MongoDB when `MONGO_URL` is set, else the embedded SQLite store (same semantics)."""
+    """MongoDB when `MONGO_URL` is set, else the embedded SQLite store (same semantics);
+    either behind the pod's journal, which keeps the turns the store cannot take."""
+    store: HistoryStore
     if settings.mongo_url is not None:
         from chatbot.stores.mongo import MongoHistoryStore
 
-        return MongoHistoryStore(settings.mongo_url.get_secret_value(), settings.mongo_database,
-                                 settings.mongo_timeout_s)
-    return EmbeddedHistoryStore(settings.history_path)
+        store = MongoHistoryStore(settings.mongo_url.get_secret_value(),
+                                  settings.mongo_database, settings.mongo_timeout_s)
+    else:
+        store = EmbeddedHistoryStore(settings.history_path)
+    return JournaledHistoryStore(store, settings.journal_path(),
+                                 max_turns=settings.history_journal_max_turns,
+                                 flush_on_close_s=settings.history_journal_flush_s)
 
 
 def build_search(settings: Settings) -> WebSearch:

@@ -116,6 +116,19 @@ class Settings(BaseSettings):
         default_factory=lambda: _data_home() / "chatbot" / "history.sqlite3",
         description="embedded history store; ':memory:' keeps nothing across restarts",
     )
+    history_journal_path: Path | None = Field(
+        default=None,
+        description="the pod's journal of turns answered while the history store is away "
+                    "(written to the store once it is back); default: beside history_path "
+                    "(<history_path>.journal), or in memory when history_path is :memory:")
+    history_journal_max_turns: int = Field(
+        default=10_000, ge=0,
+        description="turns the journal holds at most; past it an answer says (header "
+                    "X-History-Kept: false) that its turn is not kept")
+    history_journal_flush_s: float = Field(
+        default=3.0, ge=0,
+        description="on shutdown, how long the journal's pending turns may take to be "
+                    "written to the store (what is left waits in the file for the next start)")
     model_wait_timeout_s: float = Field(
         default=0.0, ge=0,
         description="wait this long for a missing model file to appear (0: fail at once)",
@@ -170,6 +183,14 @@ class Settings(BaseSettings):
         default=None, description="default: https://$KUBERNETES_SERVICE_HOST:$..._PORT")
     kube_token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
     kube_ca_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+
+    def journal_path(self) -> Path | None:
+        """Where the history journal lives (None: in memory)."""
+        if self.history_journal_path is not None:
+            return self.history_journal_path
+        if str(self.history_path) == ":memory:":
+            return None
+        return self.history_path.with_name(self.history_path.name + ".journal")
 
     @field_validator("mongo_url")
     @classmethod

@@ -136,16 +136,20 @@ def test_mongodb_pod_deleted_under_load_answers_on_and_history_resumes(installed
                  timeout=180, desc="answers after the recovery")
     assert not users.unanswered(), _show(users)
     assert not users.status_5xx(), _show(users)
-    # Answered before the pod was deleted: their turns were written (an answer finishing
-    # as the pod goes is given without history, as while it is away).
     before = [q for q in users.questions if q.answered and q.answered_at < deleted]
     after = [q for q in users.questions if q.sent_at > back and q.answered]
     # Answered while the store was away: asked, or still being answered, in that window.
     during = users.answered_overlapping(deleted + degraded_seen, back)
     assert before and after, _show(users)
     assert during, f"no answer overlapped MongoDB's absence:\n{_show(users)}"
-    # Turns written before the outage and after it are all there, once, whole.
-    problems = history_problems(nc, users, before + after)
+    # The pod's journal writes what it answered meanwhile once MongoDB is back.
+    wait_for(lambda: _history_pending(nc) == 0, timeout=120, interval=0.5,
+             desc="/readyz history.pending back to 0")
+    # Every answered turn is there, once, whole, in the order it was asked: before, during
+    # and after the outage.
+    answered = [q for q in users.questions if q.answered]
+    problems = history_problems(nc, users, answered) + _out_of_order(nc, users)
+    lost = sum("answered but not stored" in p for p in problems)
     assert not problems, problems
     # History resumed: the turns after the recovery replayed what the store has.
     for q in after[-2:]:
@@ -153,9 +157,29 @@ def test_mongodb_pod_deleted_under_load_answers_on_and_history_resumes(installed
     # Without any service restart.
     assert restart_counts(nc, "office") == restarts
     ledger.record(ledger.FaultRow(
-        "MongoDB pod deleted under load", users.requests(), 0, users.status_5xx(),
-        back - deleted, f"{len(during)} answered while it was away; degraded after "
-                        f"{degraded_seen:.1f}s"))
+        "MongoDB pod deleted under load", users.requests(), lost, users.status_5xx(),
+        back - deleted, f"{len(during)} answered while it was away, all stored; degraded "
+                        f"after {degraded_seen:.1f}s"))
+
+
+def _history_pending(nc, persona: str = "office") -> int | None:
+    status, _, body = get(nc.route(f"/{persona}/readyz"))
+    return json.loads(body)["history"].get("pending") if status == 200 else None
+
+
+def _out_of_order(nc, users: Users) -> list[str]:
+    """Each conversation's stored turns in the order its user asked (one user asks one
+    question at a time), with consecutive indexes."""
+    problems = []
+    for user, db_id in users.users:
+        asked = [q.text for q in users.questions if q.user == user and q.answered]
+        turns = stored_turns(nc, users.persona, user, db_id)
+        stored = [t["input_data"] for t in turns]
+        if stored != [text for text in asked if text in stored]:
+            problems.append(f"{user}: stored out of order: {stored}")
+        if [t["index"] for t in turns] != list(range(1, len(turns) + 1)):
+            problems.append(f"{user}: indexes {[t['index'] for t in turns]}")
+    return problems
 
 
 # ----------------------------------------------------------------------------- pod killed

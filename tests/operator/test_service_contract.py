@@ -109,6 +109,23 @@ def test_the_service_parses_the_operators_configmap_to_the_spec(monkeypatch):
     assert _settings(monkeypatch, _pod_env("character")).root_path == "/character"
 
 
+@pytest.mark.parametrize("persona", ["office", "character"])
+def test_the_history_journal_lives_on_a_writable_volume_of_the_pod(monkeypatch, persona):
+    """The root filesystem is read-only: the journal of turns answered while MongoDB is
+    away must be on a mounted, writable volume (the pod's `data` emptyDir), or it would
+    fail at start and keep nothing."""
+    journal = _settings(monkeypatch, _pod_env(persona)).journal_path()
+    pod = builders.persona_deployment(OWNER, SPEC, persona, PROFILES, CONFIG)["spec"][
+        "template"]["spec"]
+    [container] = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = [m for m in container["volumeMounts"]
+              if journal is not None and journal.is_relative_to(m["mountPath"])]
+    assert mounts and not mounts[0].get("readOnly"), (journal, container["volumeMounts"])
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[0]["name"])
+    assert "emptyDir" in volume  # survives container restarts; flushed before pod exit
+
+
 def test_the_defaults_of_the_crd_the_spec_and_the_service_agree():
     service = Settings().office.model
     spec = ChatbotModelSpec.parse({})

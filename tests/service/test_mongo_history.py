@@ -98,8 +98,18 @@ def test_two_concurrent_turns_of_one_conversation_both_land(start_server, ferret
     assert sorted(t["input_data"] for t in doc["value"]) == ["동시 0", "동시 1"]
 
 
-def test_mongodb_outage_degrades_to_no_history_and_recovers_by_itself(start_server,
-                                                                      fresh_ferretdb):
+def _wait_pending(server, persona: str, pending: int, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = httpx.get(f"{server.url}/{persona}/readyz", timeout=10).json()
+        if body["history"]["pending"] == pending:
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.1)
+
+
+def test_mongodb_outage_answers_from_the_journal_and_writes_it_once_back(start_server,
+                                                                          fresh_ferretdb):
     database = "outage"
     ref = {"db_id": str(uuid.uuid4()), "user_id": "outage-user"}
     server = start_server(env=_mongo_env(fresh_ferretdb.url, database))
@@ -108,23 +118,81 @@ def test_mongodb_outage_degrades_to_no_history_and_recovers_by_itself(start_serv
         assert http.post("/office/Llama", json={"input_data": "before", **ref}).status_code == 200
 
         fresh_ferretdb.kill()
-        during = http.post("/office/Llama", json={"input_data": "during", **ref})
-        assert during.status_code == 200 and during.headers["x-history-turns"] == "0"
+        during = [http.post("/office/Llama", json={"input_data": f"during {i}", **ref})
+                  for i in (1, 2)]
+        # The journal replays the turns it holds: the second answer saw the first.
+        assert [r.status_code for r in during] == [200, 200]
+        assert [r.headers["x-history-turns"] for r in during] == ["0", "1"]
+        assert "x-history-kept" not in during[1].headers
         ready = _wait_history_state(server, "office", "degraded")
         assert http.get("/office/readyz").status_code == 200  # the model still answers
+        assert ready["history"]["pending"] == 2 and ready["history"]["journal"]["state"] == "ok"
         assert ready["history"]["failures"]["read"] >= 1
         assert _metric(server, "office", "chatbot_history_failures_total", operation="read") >= 1
-        assert _metric(server, "office", "chatbot_history_failures_total", operation="write") >= 1
+        assert _metric(server, "office", "chatbot_history_pending") == 2
+        assert _metric(server, "office", "chatbot_history_journaled_total") == 2
         assert _metric(server, "office", "chatbot_history_store_degraded") == 1
 
         fresh_ferretdb.start()  # same port, same data; the service is not restarted
         _wait_history_state(server, "office", "ok")
         after = http.post("/office/Llama", json={"input_data": "after", **ref})
+        _wait_pending(server, "office", 0)
+        replayed = _metric(server, "office", "chatbot_history_replayed_total")
     server.stop()
-    assert after.status_code == 200 and after.headers["x-history-turns"] == "1"
+    assert after.status_code == 200 and after.headers["x-history-turns"] == "3"
+    assert replayed >= 2
     doc = _document(fresh_ferretdb.url, database, "office_log_outage-user", ref["db_id"])
-    assert [t["input_data"] for t in doc["value"]] == ["before", "after"]  # "during" not kept
-    assert [t["index"] for t in doc["value"]] == [1, 2]
+    assert [t["input_data"] for t in doc["value"]] == ["before", "during 1", "during 2",
+                                                       "after"]
+    assert [t["index"] for t in doc["value"]] == [1, 2, 3, 4]
+    stamps = [t["timestamp"] for t in doc["value"]]
+    assert stamps == sorted(stamps)  # answered-at times, not written-at
+
+
+def test_turns_pending_at_a_graceful_restart_are_written_by_the_next_start(
+        start_server, fresh_ferretdb, tmp_path):
+    """The journal lives on the pod's volume: a restarted service replays it, once."""
+    database = "restart"
+    ref = {"db_id": str(uuid.uuid4()), "user_id": "restart-user"}
+    env = _mongo_env(fresh_ferretdb.url, database,
+                     CHATBOT_HISTORY_JOURNAL_PATH=str(tmp_path / "journal.jsonl"),
+                     CHATBOT_HISTORY_JOURNAL_FLUSH_S="0.5")
+    first = start_server(env=env)
+    _wait_history_state(first, "character", "ok")
+    fresh_ferretdb.kill()
+    with first.client() as http:
+        answered = [http.post("/character/Llama", json={**CHAR, "input_data": f"turn {i}",
+                                                        **ref}) for i in (1, 2, 3)]
+    _wait_pending(first, "character", 3)
+    first.stop()  # graceful; MongoDB is still away, so the turns stay in the journal
+    assert [r.status_code for r in answered] == [200, 200, 200]
+    assert "3 turns still pending at exit" in first.log.read_text()
+
+    fresh_ferretdb.start()
+    second = start_server(env=env)
+    _wait_pending(second, "character", 0)
+    second.stop()
+    doc = _document(fresh_ferretdb.url, database, "character_log_restart-user", ref["db_id"])
+    assert [(t["index"], t["input_data"]) for t in doc["value"]] == [
+        (1, "turn 1"), (2, "turn 2"), (3, "turn 3")]
+    assert [t["output_data"] for t in doc["value"]] == [r.json() for r in answered]
+
+
+def test_a_journal_on_a_full_volume_fails_loudly_and_answers_go_on(start_server):
+    """/dev/full answers every write with ENOSPC, as a full volume does."""
+    server = start_server(env=_mongo_env(f"mongodb://127.0.0.1:{free_port()}/", "down",
+                                         CHATBOT_HISTORY_JOURNAL_PATH="/dev/full"))
+    ready = _wait_history_state(server, "office", "degraded")
+    with server.client() as http:
+        r = http.post("/office/Llama", json={"input_data": "hi", "db_id": str(uuid.uuid4()),
+                                             "user_id": "u"})
+    log = server.output()
+    server.stop()
+    assert ready["status"] == "ready"
+    assert ready["history"]["journal"]["state"] == "failed"
+    assert "No space left" in ready["history"]["journal"]["detail"]
+    assert "cannot be written" in log
+    assert r.status_code == 200 and r.headers["x-history-kept"] == "false"
 
 
 def test_start_up_with_mongodb_down_answers_without_history(start_server):

@@ -168,3 +168,65 @@ def test_an_idle_store_reports_the_server_gone_and_back(fresh_ferretdb):
     gone_s, detail, back_s = asyncio.run(scenario())
     print(f"idle store: degraded {gone_s:.2f}s after the kill, ok {back_s:.2f}s after the start")
     assert detail.startswith("ping failed")
+
+
+def test_a_turn_written_again_with_if_absent_is_not_doubled_and_keeps_its_timestamp(ferretdb):
+    """How the history journal writes a turn whose first write may have been applied."""
+    async def scenario():
+        store = _store(ferretdb)
+        db_id = str(uuid.uuid4())
+        stamp = "2026-01-02T03:04:05.678901+00:00"
+        try:
+            first = await store.append_turn("office", "u1", db_id, "q1", "a1", stamp)
+            again = await store.append_turn("office", "u1", db_id, "q1", "a1", stamp,
+                                            if_absent=True)
+            other = await store.append_turn("office", "u1", db_id, "q2", "a2",
+                                            "2026-01-02T03:04:06+00:00", if_absent=True)
+            doc = await mongo_document(store, "office", "u1", db_id)
+        finally:
+            await store.close()
+        return first, again, other, doc
+
+    first, again, other, doc = asyncio.run(scenario())
+    assert (first, again, other) == (1, 1, 2)
+    assert [(t["index"], t["input_data"], t["timestamp"]) for t in doc["value"]] == [
+        (1, "q1", "2026-01-02T03:04:05.678901+00:00"), (2, "q2", "2026-01-02T03:04:06+00:00")]
+
+
+def test_the_journal_keeps_turns_through_a_mongodb_outage_and_writes_them_back(
+        fresh_ferretdb, tmp_path):
+    """The journaled store against a real MongoDB-wire server killed and restarted: every
+    turn answered meanwhile lands once, in order, with its answered-at timestamp."""
+    from chatbot.stores.journal import JournaledHistoryStore
+
+    async def scenario():
+        store = JournaledHistoryStore(
+            MongoHistoryStore(fresh_ferretdb.url, "journal", timeout_s=0.5,
+                              probe_interval_s=0.2),
+            tmp_path / "journal.jsonl", retry_interval_s=0.2)
+        db_id = str(uuid.uuid4())
+        await store.start()
+        try:
+            await store.append_turn("character", "u1", db_id, "before", "a0")
+            fresh_ferretdb.kill()
+            for i in (1, 2, 3):
+                await store.append_turn("character", "u1", db_id, f"during {i}", f"a{i}")
+            replay = await store.recent_turns("character", "u1", db_id, 10)
+            pending = store.status()["pending"]
+            fresh_ferretdb.start()
+            async with asyncio.timeout(30):
+                while store.status()["pending"]:
+                    await asyncio.sleep(0.1)
+            await store.append_turn("character", "u1", db_id, "after", "a4")
+            doc = await mongo_document(store.store, "character", "u1", db_id)
+        finally:
+            await store.close()
+        return replay, pending, doc
+
+    replay, pending, doc = asyncio.run(scenario())
+    assert pending == 3
+    assert [t.input_data for t in replay] == ["during 1", "during 2", "during 3"]
+    assert [(t["index"], t["input_data"]) for t in doc["value"]] == [
+        (1, "before"), (2, "during 1"), (3, "during 2"), (4, "during 3"), (5, "after")]
+    stamps = [t["timestamp"] for t in doc["value"]]
+    assert stamps == sorted(stamps)

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from chatbot.api.deps import Runtime, require_json
 from chatbot.api.disconnect import unless_disconnected
+from chatbot.api.responses import completion_responses
 from chatbot.domain.chat_completions import ChatCompletionRequest
 from chatbot.domain.conversation import ChatMessage
 from chatbot.domain.errors import ChatError
@@ -44,12 +45,7 @@ def _finish_reason(tokens: int, max_tokens: int) -> str:
 @router.post(
     "/v1/chat/completions", dependencies=[Depends(require_json)],
     summary="OpenAI-compatible chat completions on this persona's local model",
-    responses={400: {"description": "Malformed JSON, or the messages do not fit the "
-                                    "context (code context_length_exceeded)"},
-               422: {"description": "A field is invalid (the error names it)"},
-               429: {"description": "Queue full; see Retry-After"},
-               503: {"description": "Model not loaded, or the service is shutting down "
-                                    "(code SHUTTING_DOWN; see Retry-After)"}},
+    response_model=None, responses=completion_responses(),
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request, rt: Runtime):
     completions = rt.completions

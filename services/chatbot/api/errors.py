@@ -9,6 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from chatbot.api.methods import allow_header
 from chatbot.domain.errors import (
     ContextLengthExceededError,
     DeadlineExceededError,
@@ -33,25 +34,43 @@ def _field(loc: tuple) -> str:
     return ".".join(parts) or "body"
 
 
-def _reason(error: dict) -> str:
+def _reason(error: dict, unsupported: str) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        return "is not a field of this request"
+        return unsupported
     if error["type"] == "missing":
         return "is required"
     return message[0].lower() + message[1:] if message else error["type"]
 
 
+# An unknown field: the seed's routes name it as not theirs; /v1/chat/completions, whose
+# clients know OpenAI's fields, says that this server does not honour it.
+_NOT_A_FIELD = "is not a field of this request"
+_NOT_HONOURED = "is not supported by this server"
+
+
 async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = [{"field": _field(tuple(e["loc"])), "reason": _reason(e), "type": e["type"]}
+    route = getattr(request.scope.get("route"), "path", "")
+    unsupported = _NOT_HONOURED if route.startswith("/v1/") else _NOT_A_FIELD
+    errors = [{"field": _field(tuple(e["loc"])), "reason": _reason(e, unsupported),
+               "type": e["type"]}
               for e in exc.errors()]
     if any(e["type"] == "json_invalid" for e in errors):
-        return JSONResponse(
-            {"detail": "body: the request body is not valid JSON", "code": "MALFORMED_JSON",
-             "errors": errors}, status_code=400)
+        return _malformed_json(errors)
     detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
     return JSONResponse(
         {"detail": detail, "code": "VALIDATION_ERROR", "errors": errors}, status_code=422)
+
+
+def _malformed_json(errors: list[dict]) -> JSONResponse:
+    return JSONResponse(
+        {"detail": "body: the request body is not valid JSON", "code": "MALFORMED_JSON",
+         "errors": errors}, status_code=400)
+
+
+# What FastAPI raises for a body it cannot even decode (not UTF-8): the same 400 as any
+# other body that is not JSON.
+_UNDECODABLE = "There was an error parsing the body"
 
 
 async def _queue_full(request: Request, exc: QueueFullError) -> JSONResponse:
@@ -100,8 +119,16 @@ async def _context_length(request: Request, exc: ContextLengthExceededError) -> 
 
 
 async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+    if exc.status_code == 400 and exc.detail == _UNDECODABLE:
+        return _malformed_json([{"field": "body", "reason": "is not UTF-8 encoded JSON",
+                                 "type": "json_invalid"}])
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        allow = allow_header(request, headers.get("Allow"))
+        if allow:
+            headers["Allow"] = allow
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+                        headers=headers or None)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

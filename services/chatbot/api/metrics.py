@@ -140,13 +140,47 @@ class _DegradedDependencies:
         degraded = GaugeMetricFamily(
             "chatbot_history_store_degraded", "1 while the history store is unavailable",
             labels=["persona"])
-        degraded.add_metric([self.persona], float(self.store.status().get("state") != "ok"))
+        status = self.store.status()
+        degraded.add_metric([self.persona], float(status.get("state") != "ok"))
         yield degraded
+        yield from _journal_metrics(self.persona, status)
         search = CounterMetricFamily(
             "chatbot_search_failures", "Web searches that failed; answered without results",
             labels=["persona"])
         search.add_metric([self.persona], getattr(self.search, "failures", 0))
         yield search
+
+
+def _journal_metrics(persona: str, status: dict):
+    """The pod's history journal (chatbot.stores.journal): turns answered while the store
+    was away, waiting to be written, written since, and lost (journal full or failed)."""
+    journal = status.get("journal")
+    if journal is None:
+        return
+    pending = GaugeMetricFamily(
+        "chatbot_history_pending", "Answered turns in the pod's journal, not yet written to "
+        "the history store", labels=["persona"])
+    pending.add_metric([persona], status.get("pending", 0))
+    yield pending
+    for name, key, doc in (
+        ("chatbot_history_journaled", "journaled",
+         "Turns the history store did not take, kept in the pod's journal"),
+        ("chatbot_history_replayed", "replayed",
+         "Journaled turns written to the history store once it was back"),
+        ("chatbot_history_not_kept", "not_kept",
+         "Turns lost: the store did not take them and the journal was full or failed"),
+    ):
+        counter = CounterMetricFamily(name, doc, labels=["persona"])
+        counter.add_metric([persona], journal.get(key, 0))
+        yield counter
+    for name, state, doc in (
+        ("chatbot_history_journal_full", "full", "1 while the journal is full"),
+        ("chatbot_history_journal_failed", "failed",
+         "1 when the journal cannot be written (read-only or full volume)"),
+    ):
+        gauge = GaugeMetricFamily(name, doc, labels=["persona"])
+        gauge.add_metric([persona], float(journal.get("state") == state))
+        yield gauge
 
 
 class PersonaMetrics:

@@ -4,32 +4,29 @@ HTTP answer."""
 from __future__ import annotations
 
 import socket
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from chatbot.api.deps import Runtime, require_json
 from chatbot.api.disconnect import unless_disconnected
+from chatbot.api.methods import not_a_literal_path
+from chatbot.api.responses import HEALTHZ, METRICS, PERFORMANCE, READYZ, answer_responses
 from chatbot.core.chat import ChatResult, ChatService
 from chatbot.domain.conversation import CharacterTurn, OfficeTurn, PersonaTurn
+from chatbot.domain.personas import GPT_MODELS
 from chatbot.domain.schemas import CharacterRequest, OfficeRequest
 
-_ERRORS = {
-    code: {"description": text, "content": {"application/json": {}}}
-    for code, text in {
-        400: "Unknown GPT model name, malformed JSON, or the prompt cannot fit the context "
-             "even without history (code context_length_exceeded)", 413: "Body too large",
-        415: "Body is not JSON", 422: "A field is invalid (the error names it)",
-        429: "Queue full; see Retry-After",
-        503: "Model not loaded / OpenAI not configured (OPENAI_API_KEY) / the service is "
-             "shutting down (code SHUTTING_DOWN; see Retry-After)",
-        504: "Generation deadline passed (GPT routes: OpenAI timed out)",
-        502: "GPT routes: OpenAI answered an error (its status is named)",
-        500: "Generation failed",
-    }.items()
-}
-_CHAT = dict(response_model=str, responses=_ERRORS, dependencies=[Depends(require_json)])
+_CHAT = dict(response_model=None, responses=answer_responses(),
+             dependencies=[Depends(require_json)])
+_GPT_CHAT = {**_CHAT, "responses": answer_responses(gpt=True),
+             "dependencies": [Depends(not_a_literal_path), Depends(require_json)]}
+# The GPT model names, as the schema's enum; any other name is still the seed's 400
+# "Invalid model name." (the route takes any name, so that this answer stays the seed's).
+GptSet = Annotated[str, Path(description="the OpenAI model to answer with",
+                             json_schema_extra={"enum": list(GPT_MODELS)})]
 
 office = APIRouter(tags=["office"])
 character = APIRouter(tags=["character"])
@@ -59,6 +56,8 @@ def _headers(r: ChatResult) -> dict[str, str]:
     }
     if r.prompt_tokens is not None:
         headers["X-Prompt-Tokens"] = str(r.prompt_tokens)
+    if not r.history_kept:
+        headers["X-History-Kept"] = "false"
     return headers
 
 
@@ -77,8 +76,8 @@ async def office_llama(body: OfficeRequest, request: Request, rt: Runtime):
 
 
 @office.post("/{gpt_set}", summary="Answer a work question with OpenAI (gpt4.1, gpt4.1_mini)",
-             **_CHAT)
-async def office_gpt(gpt_set: str, body: OfficeRequest, request: Request, rt: Runtime):
+             **_GPT_CHAT)
+async def office_gpt(gpt_set: GptSet, body: OfficeRequest, request: Request, rt: Runtime):
     return await _answer(request, rt, rt.gpt_service(gpt_set), _office_turn(body))
 
 
@@ -88,8 +87,8 @@ async def character_llama(body: CharacterRequest, request: Request, rt: Runtime)
 
 
 @character.post("/{gpt_set}", summary="Reply in character with OpenAI (gpt4.1, gpt4.1_mini)",
-                **_CHAT)
-async def character_gpt(gpt_set: str, body: CharacterRequest, request: Request, rt: Runtime):
+                **_GPT_CHAT)
+async def character_gpt(gpt_set: GptSet, body: CharacterRequest, request: Request, rt: Runtime):
     return await _answer(request, rt, rt.gpt_service(gpt_set), _character_turn(body))
 
 
@@ -122,18 +121,21 @@ def performance_report(service: ChatService) -> dict:
     }
 
 
-@common.get("/performance", summary="Measured performance of this service")
+@common.get("/performance", summary="Measured performance of this service",
+            response_model=None, responses=PERFORMANCE)
 async def performance(rt: Runtime) -> dict:
     return performance_report(rt.service)
 
 
-@common.get("/healthz", summary="Liveness: the process answers")
+@common.get("/healthz", summary="Liveness: the process answers", response_model=None,
+            responses=HEALTHZ)
 async def healthz() -> dict:
     return {"status": "ok"}
 
 
 @common.get("/readyz", summary="Readiness: the model is loaded (reports GPU offload and "
-                               "whether the history store is degraded)")
+                               "whether the history store is degraded)",
+             response_model=None, responses=READYZ)
 async def readyz(rt: Runtime) -> JSONResponse:
     engine = rt.service.engine.status()
     facts = {k: v for k, v in engine.facts.items()
@@ -146,7 +148,8 @@ async def readyz(rt: Runtime) -> JSONResponse:
     return JSONResponse(body, status_code=200 if engine.ready else 503)
 
 
-@common.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+@common.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
+            responses=METRICS)
 async def metrics(rt: Runtime) -> PlainTextResponse:
     return PlainTextResponse(generate_latest(rt.metrics.registry),
                              media_type=CONTENT_TYPE_LATEST)

@@ -51,6 +51,7 @@ class ChatResult:
     history_turns: int  # turns replayed
     history_dropped: int = 0  # older turns left out so that the prompt fits the context
     prompt_tokens: int | None = None  # when the engine counts them
+    history_kept: bool = True  # False: a conversation's turn that could not be remembered
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ class ChatService:
             if fit is not None:
                 history = history[len(history) - fit.turns:]
             generated = await self._generate(messages, fit, on_piece)
-        await self._remember(conversation, user_input, generated.text)
+        kept = await self._remember(conversation, user_input, generated.text)
         total = ticket.succeeded(generated.seconds, generated.tokens)
         return ChatResult(
             text=generated.text,
@@ -161,6 +162,7 @@ class ChatService:
             history_turns=len(history),
             history_dropped=fit.dropped if fit is not None else 0,
             prompt_tokens=fit.prompt_tokens if fit is not None else None,
+            history_kept=kept,
         )
 
     def _fit(self, history: list[Turn],
@@ -197,15 +199,18 @@ class ChatService:
 
     async def _remember(
         self, conversation: tuple[str, str] | None, user_input: str, answer: str
-    ) -> None:
+    ) -> bool:
+        """Whether the turn is kept (the store, or its journal, took it)."""
         if conversation is None:
-            return
+            return True
         user_id, db_id = conversation
         try:
             await self.store.append_turn(self.profile.persona, user_id, db_id, user_input, answer)
         except Exception as exc:
             self.history_failures["write"] += 1
             log.warning("history write failed for %s/%s: %s", user_id, db_id, exc)
+            return False
+        return True
 
     async def _generate(self, messages: list[ChatMessage], fit: Fit | None,
                         on_piece: OnPiece | None = None) -> _Generated:

@@ -68,8 +68,13 @@ class HistoryStore(Protocol):
     ) -> list[Turn]: ...
 
     async def append_turn(
-        self, persona: str, user_id: str, db_id: str, input_data: str, output_data: str
-    ) -> int: ...
+        self, persona: str, user_id: str, db_id: str, input_data: str, output_data: str,
+        timestamp: str | None = None, if_absent: bool = False,
+    ) -> int:
+        """Append a turn; returns its index. `timestamp` (ISO 8601, UTC): when it was
+        answered (default: now). `if_absent`: the conversation may already hold this turn
+        (a write that failed after the server applied it); a turn with the same timestamp
+        and input is then not written again, and its index is returned."""
 
     def status(self) -> dict: ...
 

@@ -47,10 +47,12 @@ class EmbeddedHistoryStore:
         return await asyncio.to_thread(self._recent, collection, db_id, limit)
 
     async def append_turn(
-        self, persona: str, user_id: str, db_id: str, input_data: str, output_data: str
+        self, persona: str, user_id: str, db_id: str, input_data: str, output_data: str,
+        timestamp: str | None = None, if_absent: bool = False,
     ) -> int:
         return await asyncio.to_thread(
-            self._append, collection_name(persona, user_id), db_id, input_data, output_data
+            self._append, collection_name(persona, user_id), db_id, input_data, output_data,
+            timestamp or datetime.now(UTC).isoformat(), if_absent,
         )
 
     def status(self) -> dict:
@@ -72,9 +74,16 @@ class EmbeddedHistoryStore:
             ).fetchall()
         return [Turn(*row) for row in reversed(rows)]
 
-    def _append(self, collection: str, db_id: str, input_data: str, output_data: str) -> int:
-        stamp = datetime.now(UTC).isoformat()
+    def _append(self, collection: str, db_id: str, input_data: str, output_data: str,
+                stamp: str, if_absent: bool) -> int:
         with self._lock:
+            if if_absent:
+                held = self._db.execute(
+                    'SELECT "index" FROM turns WHERE collection = ? AND id = ? '
+                    "AND timestamp = ? AND input_data = ?",
+                    (collection, db_id, stamp, input_data)).fetchone()
+                if held is not None:
+                    return held[0]
             row = self._db.execute(
                 'INSERT INTO turns (collection, id, "index", input_data, output_data, timestamp) '
                 'SELECT ?, ?, COALESCE(MAX("index"), 0) + 1, ?, ?, ? FROM turns '

@@ -65,6 +65,7 @@ class MongoHistoryStore:
         self._last_error = ""
         self._indexed: set[str] = set()
         self._probe: asyncio.Task | None = None
+        self._closed = False
         self._writing: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
 
     async def start(self) -> None:
@@ -90,12 +91,15 @@ class MongoHistoryStore:
         return [_turn(d["value"]) for d in reversed(docs)]
 
     async def append_turn(
-        self, persona: str, user_id: str, db_id: str, input_data: str, output_data: str
+        self, persona: str, user_id: str, db_id: str, input_data: str, output_data: str,
+        timestamp: str | None = None, if_absent: bool = False,
     ) -> int:
         name = collection_name(persona, user_id)
+        stamp = timestamp or datetime.now(UTC).isoformat()
         try:
             async with self._conversation_lock(name, db_id):
-                index = await self._append(name, db_id, input_data, output_data)
+                held = await self._held(name, db_id, stamp, input_data) if if_absent else None
+                index = held or await self._append(name, db_id, input_data, output_data, stamp)
         except PyMongoError as exc:
             self._failed("write", exc)
             raise
@@ -110,9 +114,13 @@ class MongoHistoryStore:
         }
 
     async def close(self) -> None:
+        self._closed = True
         if self._probe is not None:
+            # A cancellation that lands inside pymongo's server selection can be absorbed
+            # by it (seen: close() hung with the server away); the loop also ends by the
+            # flag, and close() does not wait past one timeout for it.
             self._probe.cancel()
-            await asyncio.gather(self._probe, return_exceptions=True)
+            await asyncio.wait({self._probe}, timeout=self.timeout_s + self.probe_interval_s)
         await self._client.close()
 
     @contextlib.asynccontextmanager
@@ -130,7 +138,18 @@ class MongoHistoryStore:
             else:
                 self._writing[key] = (lock, users - 1)
 
-    async def _append(self, name: str, db_id: str, input_data: str, output_data: str) -> int:
+    async def _held(self, name: str, db_id: str, stamp: str, input_data: str) -> int | None:
+        """The index of this turn if the conversation already holds it (by its timestamp
+        and input), else None."""
+        doc = await self._db[name].find_one(
+            {"id": db_id, "value.timestamp": stamp}, {"_id": 0, "value": 1})
+        for turn in (doc or {}).get("value", []):
+            if turn.get("timestamp") == stamp and turn.get("input_data") == input_data:
+                return int(turn["index"])
+        return None
+
+    async def _append(self, name: str, db_id: str, input_data: str, output_data: str,
+                      stamp: str) -> int:
         collection = self._db[name]
         if name not in self._indexed:
             await collection.create_index("id", unique=True)  # one document per conversation
@@ -146,7 +165,7 @@ class MongoHistoryStore:
                 last = max((t.get("index", 0) for t in old.get("value", [])), default=0)
                 guard = {"$exists": False}
             turn = {"index": last + 1, "input_data": input_data, "output_data": output_data,
-                    "timestamp": datetime.now(UTC).isoformat()}
+                    "timestamp": stamp}
             try:
                 result = await collection.update_one(
                     {"id": db_id, "turns": guard},
@@ -175,11 +194,11 @@ class MongoHistoryStore:
         self._ensure_probe()
 
     def _ensure_probe(self) -> None:
-        if self._probe is None or self._probe.done():
+        if not self._closed and (self._probe is None or self._probe.done()):
             self._probe = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 await self._client.admin.command("ping")
             except PyMongoError as exc:
