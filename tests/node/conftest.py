@@ -23,6 +23,7 @@ import pytest
 from tests.kube import binaries, controlplane, realnode
 from tests.kube.operator_fixtures import gateway_api_crds, install_crd_object
 from tests.support import docker_engine as engine
+from tests.support.browser import artifacts, browser, report, visit  # noqa: F401
 from tests.support.requirements import unavailable
 
 REQUIRE_ENV = "CHATBOT_REQUIRE_NODE"
@@ -123,6 +124,7 @@ def pytest_terminal_summary(terminalreporter):
     """The fault tests' table (tests/node/ledger.py), when any ran."""
     from tests.node import ledger
 
+    report(terminalreporter)  # the journey's browser screenshots, when it took any
     if ledger.ROWS:
         terminalreporter.write_line("")
         for line in ledger.table():

@@ -18,6 +18,7 @@ import uuid
 
 import pytest
 
+from tests.kube import realnode
 from tests.kube.helpers import wait_for
 from tests.node.release import (
     CBM,
@@ -39,6 +40,7 @@ from tests.node.release import (
     ready_pods,
     stored_turns,
 )
+from tests.support.browser import ask
 
 pytestmark = pytest.mark.node
 
@@ -194,6 +196,40 @@ def test_history_is_in_the_mongodb_pod(node_cluster):
         assert "character_log_journey-user" in by_collection
     finally:
         client.close()
+
+
+def test_the_docs_and_playgrounds_work_in_a_browser_through_8001(node_cluster, visit,
+                                                                 artifacts):
+    """Swagger UI ("Try it out" through the prefix), ReDoc and both playgrounds in headless
+    Chromium with the network closed (tests/support/browser.py); the playground's turns
+    land in the MongoDB pod."""
+    for persona in ("office", "character"):
+        v = visit(realnode.ROUTE_PORT)
+        page = v.page
+        page.goto(f"{v.url}/{persona}/docs")
+        operation = page.locator(".opblock-get").filter(
+            has=page.locator('.opblock-summary-path[data-path="/readyz"]'))
+        operation.locator(".opblock-summary").click()
+        operation.locator(".try-out__btn").click()
+        with page.expect_response(lambda r: r.url.endswith("/readyz")) as answered:
+            operation.locator(".execute").click()
+        assert answered.value.url == f"{v.url}/{persona}/readyz"
+        assert answered.value.json()["persona"] == persona
+        operation.locator(".live-responses-table").scroll_into_view_if_needed()
+        page.screenshot(path=artifacts / f"node-{persona}-docs.png")
+
+        page.goto(f"{v.url}/{persona}/redoc")
+        page.locator('[data-section-id*="/operation/"]').first.wait_for()
+        page.screenshot(path=artifacts / f"node-{persona}-redoc.png")
+
+        page.goto(f"{v.url}/{persona}/")
+        db_id = page.text_content("#db-id")
+        question = "회의록을 잘 쓰는 방법을 알려주세요."
+        answer, stats = ask(page, question)
+        assert answer.strip() and "TTFT" in stats and "tokens/s" in stats, stats
+        page.screenshot(path=artifacts / f"node-{persona}-playground.png", full_page=True)
+        turns = stored_turns(node_cluster, persona, "playground", db_id)
+        assert [(t["input_data"], t["output_data"]) for t in turns] == [(question, answer)]
 
 
 # ----------------------------------------------------------------------------- 4. HTTPRoute
