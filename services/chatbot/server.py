@@ -137,6 +137,18 @@ def build_api_keys(settings: Settings) -> KeyGuard | None:
                             timeout_s=settings.mongo_timeout_s))
 
 
+def _report_keys(settings: Settings, personas: list[Persona], api_keys: KeyGuard) -> None:
+    """Reports the keys file's state into the ChatbotModel's status, beside the requests."""
+    import threading
+
+    from chatbot.status_report import report_api_keys
+
+    keys = api_keys.keys.snapshot()
+    for persona in personas:
+        threading.Thread(target=report_api_keys, args=(settings, persona.value, keys),
+                         daemon=True, name=f"api-keys-report-{persona.value}").start()
+
+
 def _queue(max_concurrent: int, max_queue: int,
            prior_service_s: float) -> tuple[Admission, PerformanceStats]:
     """An admission queue and the statistics its Retry-After estimate reads."""
@@ -275,6 +287,8 @@ def create_app(settings: Settings, personas: list[Persona] | None = None, *,
     store = build_store(settings)
     search = search or build_search(settings)
     api_keys = build_api_keys(settings)
+    if api_keys is not None and settings.status_report:
+        api_keys.keys.on_change = lambda: _report_keys(settings, personas, api_keys)
     runtimes = {p: build_runtime(p, settings, engines.by_persona[p], store, search, shutdown,
                                  api_keys)
                 for p in personas}
@@ -292,6 +306,8 @@ def create_app(settings: Settings, personas: list[Persona] | None = None, *,
     @asynccontextmanager
     async def lifespan(app):
         loading = asyncio.create_task(load_and_report())  # serve /healthz while loading
+        if api_keys is not None and settings.status_report:
+            _report_keys(settings, personas, api_keys)  # then on every change
         await store.start()  # connects in the background; MongoDB may be down
         try:
             yield

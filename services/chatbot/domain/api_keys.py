@@ -34,9 +34,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 ROUTES = ("local", "gpt", "v1")
 Route = Literal["local", "gpt", "v1"]
 
-# The file's name inside the Secret the operator mounts (and the chart writes).
-KEYS_FILE_NAME = "keys.json"
-
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MIN_KEY_CHARS = 16

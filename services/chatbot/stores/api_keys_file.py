@@ -30,6 +30,9 @@ class KeysFile:
         self.path = path
         self.poll_s = poll_s
         self.clock = clock
+        # Called (on the caller's thread; it must not block) when the keys in force or the
+        # file's error change: the pods report it into their ChatbotModel's status.
+        self.on_change: Callable[[], None] = lambda: None
         self.keys: list[ApiKey] = []
         self.loaded = False  # whether a good file was ever read
         self.error = ""
@@ -48,6 +51,10 @@ class KeysFile:
 
     def status(self) -> dict:
         self.current()
+        return self.snapshot()
+
+    def snapshot(self) -> dict:
+        """What status() says, without looking at the file."""
         state = "error" if self.error else "ok"
         return {"state": state, "file": str(self.path), "keys": len(self.keys),
                 "names": sorted(k.name for k in self.keys), "detail": self.error,
@@ -76,11 +83,15 @@ class KeysFile:
                      ", ".join(sorted(k.name for k in keys)) or "none")
         self.keys, self.loaded, self.error = keys, True, ""
         self.reloads += 1
+        self.on_change()
 
     def _refuse(self, error: str) -> None:
-        if error != self.error:
+        changed = error != self.error
+        if changed:
             kept = ("keeping the last good keys" if self.loaded
                     else "no key is accepted until it is fixed")
             log.error("API keys file not used (%s): %s", kept, error)
         self.error = error
         self._seen = None if "cannot read" in error else self._seen
+        if changed:
+            self.on_change()
