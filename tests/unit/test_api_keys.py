@@ -18,7 +18,7 @@ from chatbot.core.admission import Admission
 from chatbot.core.budgets import Budgets
 from chatbot.core.callers import current_caller
 from chatbot.domain.api_keys import KeysFileError, find_key, key_hash, parse_keys
-from chatbot.domain.errors import RateLimitedError
+from chatbot.domain.errors import QueueFullError, RateLimitedError
 from chatbot.domain.personas import Persona
 from chatbot.server import create_app
 from chatbot.settings import CharacterSettings, OfficeSettings, Settings
@@ -311,3 +311,84 @@ def test_the_admission_queue_sees_which_key_asks(tmp_path):
     with TestClient(create_app(config, engines=engines)) as client:
         assert client.post("/office/Llama", json=OFFICE, headers=_bearer(LOCAL_KEY)).is_success
     assert seen == ["web"]
+
+
+def test_the_pods_report_the_keys_they_read_and_a_refused_file_into_their_chatbotmodel(
+        tmp_path, monkeypatch):
+    from chatbot import status_report
+
+    sent = []
+    monkeypatch.setattr(status_report, "send", lambda settings, body: sent.append(body))
+    keys = tmp_path / "keys.json"
+    _write_keys(keys, [_entry("web", LOCAL_KEY, ["local"])])
+    config = Settings(history_path=tmp_path / "h.sqlite3", search="none", api_keys_file=keys,
+                      api_keys_reload_s=0.05, status_report="ns1/chat", pod_name="chat-office-1")
+    engines = {p: ScriptedEngine(ANSWER) for p in Persona}
+
+    def reports(state):
+        return [b["status"]["apiKeys"] for b in sent if "apiKeys" in b["status"]
+                and state in {e["state"] for e in b["status"]["apiKeys"].values()}]
+
+    with TestClient(create_app(config, [Persona.OFFICE], engines=engines)) as client:
+        deadline = time.monotonic() + 10
+        while not reports("ok") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _write_keys(keys, [_entry("web", LOCAL_KEY, ["local"]),
+                           {"name": "batch", "key": GPT_KEY, "routes": ["gpt"]}])
+        time.sleep(0.1)
+        assert client.post("/Llama", json=OFFICE, headers=_bearer(LOCAL_KEY)).is_success
+        while not reports("error") and time.monotonic() < deadline:
+            time.sleep(0.01)
+    ok, error = reports("ok")[0]["office"], reports("error")[0]["office"]
+    assert (ok["pod"], ok["names"]) == ("chat-office-1", ["web"])
+    assert error["names"] == ["web"]  # still in force
+    assert "keys[1] (batch): budgets: is required" in error["detail"]
+
+
+def test_one_keys_burst_leaves_room_in_the_queue_for_another_key():
+    async def scenario():
+        adm = Admission(1, 8, lambda: 1.0)
+        release = asyncio.Event()
+        refused: list[str] = []
+
+        async def request(caller: str | None) -> None:
+            current_caller.set(caller)
+            try:
+                async with adm.slot():
+                    await release.wait()
+            except QueueFullError as exc:
+                refused.append(f"{caller}: {exc.message}")
+
+        burst = [asyncio.create_task(request("a")) for _ in range(12)]
+        await asyncio.sleep(0)
+        waiting_a = adm.waiting  # one runs, a's share of the 8 places waits
+        other = asyncio.create_task(request("b"))
+        await asyncio.sleep(0)
+        waiting_after_b = adm.waiting
+        release.set()
+        await asyncio.gather(*burst, other)
+        return waiting_a, waiting_after_b, refused
+
+    waiting_a, waiting_after_b, refused = asyncio.run(scenario())
+    assert waiting_a == 4  # ceil(8 / 2): half the queue kept for a caller yet to come
+    assert waiting_after_b == 5 and not any(r.startswith("b") for r in refused)
+    assert len(refused) == 7 and "'a' holds its share of the queue (4 of 8 places)" in refused[0]
+
+
+def test_without_keys_the_queue_is_one_fifo_as_before():
+    async def scenario():
+        adm = Admission(1, 8, lambda: 1.0)
+        release = asyncio.Event()
+
+        async def request() -> None:
+            async with adm.slot():
+                await release.wait()
+
+        tasks = [asyncio.create_task(request()) for _ in range(9)]
+        await asyncio.sleep(0)
+        waiting = adm.waiting
+        release.set()
+        await asyncio.gather(*tasks)
+        return waiting
+
+    assert asyncio.run(scenario()) == 8

@@ -25,6 +25,8 @@ class Admission:
     recently, so one caller's many requests take turns with every other caller's instead
     of filling the slots ahead of them; with one caller (no keys) this is plain FIFO. A
     waiter cancelled while queued (deadline, client gone) leaves the queue and never runs.
+    A named caller also waits in at most its `share()` of the queue, so that one caller's
+    burst leaves room for the others (unnamed requests share the whole queue, as before).
     """
 
     def __init__(
@@ -83,6 +85,10 @@ class Admission:
             return
         if self.waiting >= self.max_queue:
             raise QueueFullError(self.retry_after_s(), self.info())
+        if caller is not None and len(self._waiters.get(caller, ())) >= self.share(caller):
+            raise QueueFullError(self.retry_after_s(), self.info(),
+                                 f"{caller!r} holds its share of the queue "
+                                 f"({self.share(caller)} of {self.max_queue} places)")
         ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(caller, deque()).append(ticket)
         try:
@@ -97,6 +103,12 @@ class Admission:
                     if not queue:
                         del self._waiters[caller]
             raise
+
+    def share(self, caller: str) -> int:
+        """How many places of the queue a named caller may hold: an equal part among the
+        callers waiting and one more that may come, so that a newcomer finds room."""
+        others = len(self._waiters) - (caller in self._waiters)
+        return max(1, math.ceil(self.max_queue / (others + 2)))
 
     def _mark_served(self, caller: str | None) -> None:
         self._turn += 1

@@ -22,10 +22,10 @@ class QueueInfo:
 
 
 class QueueFullError(ChatError):
-    def __init__(self, retry_after_s: int, queue: QueueInfo) -> None:
+    def __init__(self, retry_after_s: int, queue: QueueInfo, why: str = "") -> None:
         super().__init__(
-            f"The queue is full ({queue.waiting} waiting, {queue.active} running); "
-            f"retry in {retry_after_s} s."
+            f"The queue is full ({why or f'{queue.waiting} waiting'}, {queue.active} "
+            f"running); retry in {retry_after_s} s."
         )
         self.retry_after_s = retry_after_s
         self.queue = queue
