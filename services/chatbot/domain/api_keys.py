@@ -1,9 +1,9 @@
 """The API keys file: who may call the service, on which routes, within which budgets.
 
-One format read by two sides: the chat service (which keys it accepts) and the operator
-(which refuses a Secret it cannot use, with a condition naming the entry). So this module is
-pure and imports nothing but pydantic and the standard library: the operator image imports
-it without the service's dependencies, as it imports `chatbot.contract`.
+Pure (pydantic and the standard library). The service reads the file with it; what it
+refuses, entry by entry, the pods report into their ChatbotModel's status (status_report.py)
+and the operator shows as the ApiKeysValid condition, so the operator needs neither this
+module nor the right to read Secrets.
 
 The file is JSON (a Secret's `keys.json`), either a list of entries or `{"keys": [...]}`:
 
