@@ -2,10 +2,11 @@
 
 Kubernetes updates a mounted Secret by swapping a symlink (`..data`) to a new directory, so
 the file's path stays and its inode changes. `current()` looks at the file (os.stat through
-the symlinks: inode, size, mtime) at most every `poll_s` seconds, on the requests that ask,
-and re-reads it when anything changed. A changed Secret therefore takes effect within the
-kubelet's sync of the mount (its `syncFrequency`, 60 s by default, plus the cache TTL) plus
-`poll_s`, with no restart.
+the symlinks: inode, size, mtime) at most every `poll_s` seconds, on the requests that ask
+(the kubelet's readiness probe of /readyz among them, so an idle pod notices too), and
+re-reads it when anything changed. A changed Secret therefore takes effect within the
+kubelet's sync of the mount (its `syncFrequency`, 60 s by default, plus jitter and the cache
+TTL) plus `poll_s`, with no restart: 90 s is the documented bound.
 
 A file that cannot be used keeps the last good keys in force, logs why, and `status()` (in
 /readyz) says so; a file that was never good leaves no key valid (closed, not open).
