@@ -121,3 +121,23 @@ def test_while_the_store_is_away_each_replica_enforces_its_share_and_says_so(fre
     assert admitted == 5 and refused.limit == 5  # ceil(10 / 2 replicas), counted here alone
     assert away["state"] == "local share" and "unavailable" in away["detail"]
     assert back["state"] == "shared"
+
+
+def test_windows_long_past_are_deleted(ferretdb):
+    database = f"test_{uuid.uuid4().hex[:8]}"
+
+    async def scenario():
+        store = MongoUsageStore(ferretdb.url, database)
+        try:
+            await store.add("web", 100, 1, 50)
+            await store.add("web", 101, 1, 0)
+            before = await store.totals("web", 100)
+            await store.add("web", 103, 1, 0)  # the first write of a new window sweeps
+            return before, await store.totals("web", 100), await store.totals("web", 101)
+        finally:
+            await store.close()
+
+    before, swept, kept = asyncio.run(scenario())
+    assert (before.requests, before.tokens) == (1, 50)
+    assert (swept.requests, swept.tokens) == (0, 0)  # 3 windows back: gone
+    assert kept.requests == 1  # 2 windows back: still there
