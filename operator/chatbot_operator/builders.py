@@ -158,8 +158,20 @@ def shared_settings(config: OperatorConfig) -> dict[str, str]:
     }
 
 
+def api_keys_settings(spec: ChatbotModelSpec) -> dict[str, str]:
+    """With spec.apiKeys: where the pods read the keys, and how many pods share the keys'
+    budgets (each enforces 1/replicas of a budget while MongoDB is away). Not part of the
+    settings hash: scaling does not restart pods (a pod reads the count when it starts)."""
+    if spec.api_keys is None:
+        return {}
+    return {
+        env_name("api_keys_file"): f"{contract.API_KEYS_DIR}/{contract.API_KEYS_FILE}",
+        env_name("api_keys_replicas"): str(sum(spec.persona(p).replicas for p in PERSONAS)),
+    }
+
+
 def settings_configmap(owner: Owner, spec: ChatbotModelSpec, profiles, config) -> dict:
-    data = shared_settings(config)
+    data = shared_settings(config) | api_keys_settings(spec)
     for persona in PERSONAS:
         data |= persona_settings(spec, persona, resolve(spec.persona(persona).gpu_profile,
                                                         profiles))
@@ -333,6 +345,19 @@ def persona_deployment(owner: Owner, spec: ChatbotModelSpec, persona: str, profi
                          {"name": "data", "mountPath": DATA_DIR},
                          {"name": "tmp", "mountPath": "/tmp"}],
     }
+    volumes = [
+        {"name": "models", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}},
+        {"name": "data", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    if spec.api_keys is not None:
+        # A whole-volume mount (no subPath): the kubelet swaps in a changed Secret and the
+        # service reloads it. Optional: a missing Secret means no key is valid, not no pod.
+        volumes.append({"name": "api-keys", "secret": {
+            "secretName": spec.api_keys.secret_name, "optional": True,
+            "items": [{"key": spec.api_keys.key, "path": contract.API_KEYS_FILE}]}})
+        container["volumeMounts"].append({"name": "api-keys", "mountPath": contract.API_KEYS_DIR,
+                                          "readOnly": True})
     match = selector(owner, persona)
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -353,12 +378,7 @@ def persona_deployment(owner: Owner, spec: ChatbotModelSpec, persona: str, profi
                     "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
                     **_placement(p, profile),
                     "containers": [container],
-                    "volumes": [
-                        {"name": "models", "persistentVolumeClaim": {"claimName": claim,
-                                                                     "readOnly": True}},
-                        {"name": "data", "emptyDir": {}},
-                        {"name": "tmp", "emptyDir": {}},
-                    ],
+                    "volumes": volumes,
                 },
             },
         },

@@ -162,6 +162,21 @@ def spec_schema() -> dict:
                     "openai": _secret_ref("the OpenAI API key (OPENAI_API_KEY)", "api-key"),
                 },
             },
+            "apiKeys": {
+                "type": "object",
+                "description": "API keys: callers of the persona routes must send one "
+                               "(Authorization: Bearer or X-API-Key). The Secret's key holds "
+                               "a JSON list of {name, key or sha256, routes (local, gpt, v1), "
+                               "budgets {requestsPerMinute, tokensPerMinute}}; the pods "
+                               "reload it when it changes. Without apiKeys every route is "
+                               "open to anyone who reaches the route, the GPT routes too.",
+                "required": ["secretName"],
+                "properties": {
+                    "secretName": NAME,
+                    "key": {"type": "string", "default": "keys.json", "maxLength": 253,
+                            "pattern": "^[-._a-zA-Z0-9]+$"},
+                },
+            },
         },
     }
 
@@ -192,6 +207,9 @@ def status_schema() -> dict:
             "gpuFit": {"type": "object", "properties": {
                 p: _persona_status() for p in ("office", "character")}},
             "acceleration": {"type": "object", "properties": {
+                p: _persona_status() for p in ("office", "character")}},
+            # The pods' report of the API keys file they read (status.apiKeys.<persona>).
+            "apiKeys": {"type": "object", "properties": {
                 p: _persona_status() for p in ("office", "character")}},
             "accel": {"type": "string"},
             "route": {"type": "object", "properties": {

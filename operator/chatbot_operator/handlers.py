@@ -3,8 +3,8 @@
 create/update/resume react to spec changes and restarts (with kopf's retries and backoff)
 and re-check every child once (a child deleted by hand comes back); watch events of the
 children (fetch Job done, Deployment ready) and of the resource's status (download progress,
-the pods' GPU offload report) reconcile their owner again, coalesced: one pass per resource
-after a quiet period (calm.py).
+the pods' GPU offload report, their API keys report) reconcile their owner again,
+coalesced: one pass per resource after a quiet period (calm.py).
 No timer: kopf would put a finalizer on every resource for it, and deleting one would then
 wait for a running operator.
 
@@ -121,5 +121,12 @@ def on_download_progress(type: str, namespace: str, name: str, memo: kopf.Memo, 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, field="status.acceleration")
 def on_acceleration_report(type: str, namespace: str, name: str, memo: kopf.Memo, **_):
+    if type in ("ADDED", "MODIFIED"):
+        memo.coalescer.request((namespace, name))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL, field="status.apiKeys")
+def on_api_keys_report(type: str, namespace: str, name: str, memo: kopf.Memo, **_):
+    """The pods read a new (or refused) API keys file: ApiKeysValid follows."""
     if type in ("ADDED", "MODIFIED"):
         memo.coalescer.request((namespace, name))

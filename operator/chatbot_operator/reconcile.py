@@ -32,6 +32,7 @@ from chatbot_operator.status import (
     Condition,
     accelerated_condition,
     all_failed,
+    api_keys_condition,
     deployment_ready,
     job_state,
     merge_conditions,
@@ -162,6 +163,11 @@ def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: st
             else None))
     conds.append(route_cond)
     conds.append(accelerated_condition(list(accel.values())))
+    reports = previous.get("apiKeys") or {}
+    keys_cond = api_keys_condition(spec.api_keys is not None,
+                                   {p: reports.get(p) for p in PERSONAS})
+    if keys_cond is not None:
+        conds.append(keys_cond)
     figures = {p: ready[p][1] for p in PERSONAS}
     extra: dict = {"accel": ", ".join(a.text for a in accel.values()),
                    # What the next pass deletes should route.kind change, and the claim

@@ -98,6 +98,13 @@ class Secrets(_Model):
     openai: SecretKeyRef | None = None
 
 
+class ApiKeys(_Model):
+    """The Secret of API keys the persona pods accept (chatbot.domain.api_keys's format)."""
+
+    secret_name: str = Field(alias="secretName")
+    key: str = "keys.json"
+
+
 class ChatbotModelSpec(_Model):
     source: Source = Source()
     image: str = DEFAULT_SERVICE_IMAGE
@@ -106,6 +113,7 @@ class ChatbotModelSpec(_Model):
     storage: Storage = Storage()
     route: Route = Route()
     secrets: Secrets = Secrets()
+    api_keys: ApiKeys | None = Field(default=None, alias="apiKeys")
 
     @classmethod
     def parse(cls, spec: dict) -> ChatbotModelSpec:

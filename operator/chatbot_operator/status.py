@@ -14,8 +14,9 @@ from typing import Protocol
 CONDITIONS = ("ModelReady", "OfficeReady", "CharacterReady", "RouteReady")
 FAILURES = ("FetchFailed", "InvalidSpec", "ApplyFailed", "RouteAPIMissing", "RouteConflict",
             "ModelTooLarge", "CpuFallback")
-# Informational: not part of Ready (Accelerated=False with allowCpuFallback is a warning).
-WARNINGS = ("Accelerated",)
+# Informational: not part of Ready (Accelerated=False with allowCpuFallback is a warning;
+# ApiKeysValid=False: the pods serve on with the last good keys).
+WARNINGS = ("Accelerated", "ApiKeysValid")
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,29 @@ def accelerated_condition(reports: Sequence[AccelerationReport]) -> Condition:
     if all(a.reported or a.text.endswith(" cpu") for a in reports):
         return Condition("Accelerated", True, "AsTold", summary)
     return Condition("Accelerated", None, "NotReported", summary)
+
+
+def api_keys_condition(configured: bool,
+                       reports: Mapping[str, dict | None]) -> Condition | None:
+    """ApiKeysValid (a warning, not part of Ready), from the pods' own report of the keys
+    file they read (status.apiKeys.<persona>): a Secret they refused (no budget, a negative
+    one, a duplicate name, ...) is named entry by entry; they keep the last good keys.
+    None without spec.apiKeys."""
+    if not configured:
+        return None
+    refused = {p: r for p, r in reports.items() if r and r.get("state") == "error"}
+    if refused:
+        kept = sorted({n for r in refused.values() for n in r.get("names") or []})
+        detail = "; ".join(f"{p}: {r.get('detail') or 'refused'}" for p, r in refused.items())
+        return Condition("ApiKeysValid", False, "InvalidApiKeys",
+                         f"{detail} (the pods keep the last good keys: "
+                         f"{', '.join(kept) or 'none, every key is refused'})")
+    if reports and all(r and r.get("state") == "ok" for r in reports.values()):
+        names = sorted({n for r in reports.values() for n in r.get("names") or []})
+        return Condition("ApiKeysValid", True, "Loaded",
+                         f"{len(names)} keys in force: {', '.join(names)}")
+    return Condition("ApiKeysValid", None, "NotReported",
+                     "waiting for the persona pods to report the keys they read")
 
 
 def job_state(job: dict | None) -> str:

@@ -29,6 +29,11 @@ READY_PATH = "/readyz"  # readiness: the model is loaded
 # The not-found backend's probe (`chatbot not-found`): a path no client asks for.
 NOT_FOUND_HEALTH_PATH = "/__healthz"
 
+# Where the operator mounts the ChatbotModel's API keys Secret (spec.apiKeys), and the file
+# the service reads there (CHATBOT_API_KEYS_FILE; format: chatbot/domain/api_keys.py).
+API_KEYS_DIR = "/etc/chatbot/api-keys"
+API_KEYS_FILE = "keys.json"
+
 # Request bodies over this are refused (413) by the service, and by the Ingress before it.
 MAX_BODY_BYTES = 64 * 1024
 

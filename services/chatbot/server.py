@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketClose
 
 from chatbot import __version__
+from chatbot.api.auth import KeyGuard, KeyMetrics, install_api_keys, require_api_key
 from chatbot.api.chat_completions import router as chat_completions
 from chatbot.api.deps import PersonaRuntime
 from chatbot.api.docs_pages import offline_docs
@@ -126,6 +127,37 @@ def build_search(settings: Settings) -> WebSearch:
     return NoWebSearch()
 
 
+def build_api_keys(settings: Settings) -> KeyGuard | None:
+    """The keys file and the budgets its keys spend (shared in MongoDB when the installation
+    has one), or None without `CHATBOT_API_KEYS_FILE`: every route open."""
+    if settings.api_keys_file is None:
+        return None
+    from chatbot.core.budgets import Budgets
+    from chatbot.stores.api_keys_file import KeysFile
+
+    store = None
+    if settings.mongo_url is not None:
+        from chatbot.stores.usage_mongo import MongoUsageStore
+
+        store = MongoUsageStore(settings.mongo_url.get_secret_value(), settings.mongo_database,
+                                settings.mongo_timeout_s)
+    return KeyGuard(KeysFile(settings.api_keys_file, settings.api_keys_reload_s),
+                    Budgets(store, settings.api_keys_replicas,
+                            timeout_s=settings.mongo_timeout_s))
+
+
+def _report_keys(settings: Settings, personas: list[Persona], api_keys: KeyGuard) -> None:
+    """Reports the keys file's state into the ChatbotModel's status, beside the requests."""
+    import threading
+
+    from chatbot.status_report import report_api_keys
+
+    keys = api_keys.keys.snapshot()
+    for persona in personas:
+        threading.Thread(target=report_api_keys, args=(settings, persona.value, keys),
+                         daemon=True, name=f"api-keys-report-{persona.value}").start()
+
+
 def _queue(max_concurrent: int, max_queue: int,
            prior_service_s: float) -> tuple[Admission, PerformanceStats]:
     """An admission queue and the statistics its Retry-After estimate reads."""
@@ -156,6 +188,7 @@ def build_gpt_services(persona: Persona, settings: Settings, base: ChatService,
 def build_runtime(
     persona: Persona, settings: Settings, engine, store: HistoryStore,
     search: WebSearch | None = None, shutdown: Shutdown | None = None,
+    api_keys: KeyGuard | None = None,
 ) -> PersonaRuntime:
     ps = settings.persona(persona)
     profile = PROFILES[persona]
@@ -173,7 +206,7 @@ def build_runtime(
     gpt = build_gpt_services(persona, settings, service)
     metrics.watch_dependencies(lambda: [service, *gpt.values()], store, search)
     completions = ChatCompletions(engine, service.gate, profile.generation)
-    return PersonaRuntime(persona, ps, service, completions, metrics, gpt)
+    return PersonaRuntime(persona, ps, service, completions, metrics, gpt, api_keys)
 
 
 def persona_app(runtime: PersonaRuntime, root_path: str = "", lifespan=None) -> FastAPI:
@@ -181,11 +214,17 @@ def persona_app(runtime: PersonaRuntime, root_path: str = "", lifespan=None) -> 
                   lifespan=lifespan, docs_url=None, redoc_url=None)
     offline_docs(app)  # Swagger UI and ReDoc with their assets served here, not from a CDN
     app.state.runtime = runtime
-    app.include_router(office if runtime.persona is Persona.OFFICE else character)
+    # With a keys file, the chat routes need a key (api/auth.py); the operations stay open.
+    guarded = [Depends(require_api_key)] if runtime.api_keys is not None else []
+    app.include_router(office if runtime.persona is Persona.OFFICE else character,
+                       dependencies=guarded)
     app.include_router(common)
-    app.include_router(chat_completions)
-    app.include_router(playground(runtime.persona))
+    app.include_router(chat_completions, dependencies=guarded)
+    app.include_router(playground(runtime.persona), dependencies=guarded)
     install_error_handlers(app)
+    if runtime.api_keys is not None:
+        install_api_keys(app, runtime.api_keys,
+                         KeyMetrics(runtime.persona.value, runtime.metrics.registry))
     app.router.default = _no_such_route
     app.add_middleware(MetricsMiddleware, observe=runtime.metrics.observe_request)
     return app
@@ -258,7 +297,11 @@ def create_app(settings: Settings, personas: list[Persona] | None = None, *,
                else Engines.from_settings(settings, personas))
     store = build_store(settings)
     search = search or build_search(settings)
-    runtimes = {p: build_runtime(p, settings, engines.by_persona[p], store, search, shutdown)
+    api_keys = build_api_keys(settings)
+    if api_keys is not None and settings.status_report:
+        api_keys.keys.on_change = lambda: _report_keys(settings, personas, api_keys)
+    runtimes = {p: build_runtime(p, settings, engines.by_persona[p], store, search, shutdown,
+                                 api_keys)
                 for p in personas}
 
     async def load_and_report() -> None:
@@ -274,6 +317,8 @@ def create_app(settings: Settings, personas: list[Persona] | None = None, *,
     @asynccontextmanager
     async def lifespan(app):
         loading = asyncio.create_task(load_and_report())  # serve /healthz while loading
+        if api_keys is not None and settings.status_report:
+            _report_keys(settings, personas, api_keys)  # then on every change
         await store.start()  # connects in the background; MongoDB may be down
         try:
             yield
@@ -285,6 +330,8 @@ def create_app(settings: Settings, personas: list[Persona] | None = None, *,
             finally:
                 await engines.close()
                 await store.close()
+                if api_keys is not None:
+                    await api_keys.budgets.close()
                 for runtime in runtimes.values():
                     for gpt in runtime.gpt_services.values():
                         await gpt.engine.close()

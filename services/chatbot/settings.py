@@ -163,6 +163,16 @@ class Settings(BaseSettings):
     openai_max_concurrent: int = Field(default=8, ge=1, description="GPT calls at once")
     openai_max_queue: int = Field(default=32, ge=0)
 
+    # API keys (api/auth.py): without a file every route is open, as before.
+    api_keys_file: Path | None = Field(
+        default=None, description="JSON list of API keys with their routes and budgets "
+        "(domain/api_keys.py); the operator mounts the ChatbotModel's spec.apiKeys Secret")
+    api_keys_reload_s: float = Field(
+        default=5.0, gt=0, description="look for a changed keys file at most this often")
+    api_keys_replicas: int = Field(
+        default=1, ge=1, description="pods sharing the key budgets; while the budget store "
+        "(MongoDB) is away each enforces 1/replicas of every budget")
+
     # Web search for office answers with google_access=true.
     search: Literal["ddgs", "recorded", "none"] = Field(
         default="ddgs",

@@ -1,11 +1,16 @@
-"""On Kubernetes: tell the operator what llama.cpp really offloaded.
+"""On Kubernetes: tell the operator what llama.cpp really offloaded, and which API keys the
+pod accepts.
 
 After the model loads, each persona merge-patches ``status.acceleration.<persona>`` of its
 ChatbotModel (``CHATBOT_STATUS_REPORT`` = NAMESPACE/NAME) with the pod's ServiceAccount
 token, which may patch that resource's status and nothing else. The operator compares it
 with the layers the pod was told (the report carries the operator's settings hash) and
-keeps a persona that silently fell back to the CPU out of Ready. Standard library only; a
-failed report is logged and retried a few times, never fatal.
+keeps a persona that silently fell back to the CPU out of Ready.
+
+With API keys, each change of the keys file a pod reads (reloaded, or refused with the
+entries named) is merge-patched into ``status.apiKeys.<persona>``: the operator's
+ApiKeysValid condition. Standard library only; a failed report is logged and retried a few
+times, never fatal.
 """
 
 from __future__ import annotations
@@ -68,6 +73,29 @@ def report(settings: Settings, persona: str, facts: dict, attempts: int = 4) -> 
             return True
         except (OSError, KeyError, ValueError) as exc:
             log.warning("GPU offload report to %s failed (attempt %d): %s",
+                        settings.status_report, attempt, exc)
+            time.sleep(min(2 ** attempt, 10))
+    return False
+
+
+def api_keys_body(persona: str, keys: dict, settings: Settings) -> dict:
+    return {"status": {"apiKeys": {persona: {
+        "pod": settings.pod_name or os.uname().nodename,
+        "state": keys["state"], "names": keys["names"], "detail": keys["detail"][:1000],
+        "reportedAt": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }}}}
+
+
+def report_api_keys(settings: Settings, persona: str, keys: dict, attempts: int = 4) -> bool:
+    body = api_keys_body(persona, keys, settings)
+    for attempt in range(1, attempts + 1):
+        try:
+            send(settings, body)
+            log.info("reported API keys to %s: %s %s", settings.status_report, keys["state"],
+                     ", ".join(keys["names"]))
+            return True
+        except (OSError, KeyError, ValueError) as exc:
+            log.warning("API keys report to %s failed (attempt %d): %s",
                         settings.status_report, attempt, exc)
             time.sleep(min(2 ** attempt, 10))
     return False

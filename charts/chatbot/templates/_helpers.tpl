@@ -117,8 +117,30 @@ url
 {{- if .Values.openai.existingSecret -}}{{ .Values.openai.existingSecretKey }}{{- else -}}api-key{{- end -}}
 {{- end -}}
 
+{{- define "chatbot.apiKeysSecretName" -}}
+{{- if .Values.apiKeys.existingSecret -}}
+{{- .Values.apiKeys.existingSecret -}}
+{{- else if .Values.apiKeys.keys -}}
+{{- printf "%s-api-keys" (include "chatbot.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "chatbot.apiKeysSecretKey" -}}
+{{- if .Values.apiKeys.existingSecret -}}{{ .Values.apiKeys.existingSecretKey }}{{- else -}}keys.json{{- end -}}
+{{- end -}}
+
 {{/* Rules across several values, checked before anything renders. */}}
 {{- define "chatbot.validate" -}}
+{{- if and .Values.apiKeys.keys .Values.apiKeys.existingSecret -}}
+{{- fail "apiKeys.keys and apiKeys.existingSecret are exclusive" -}}
+{{- end -}}
+{{- $names := dict -}}
+{{- range $i, $k := .Values.apiKeys.keys -}}
+{{- if hasKey $names $k.name -}}
+{{- fail (printf "apiKeys.keys[%d] (%s): duplicate name (also apiKeys.keys[%v])" $i $k.name (get $names $k.name)) -}}
+{{- end -}}
+{{- $_ := set $names $k.name $i -}}
+{{- end -}}
 {{- if and .Values.mongodb.enabled (or .Values.externalMongo.url .Values.externalMongo.existingSecret) -}}
 {{- fail "externalMongo.url/existingSecret and mongodb.enabled=true are exclusive: set mongodb.enabled=false to use an external MongoDB" -}}
 {{- end -}}

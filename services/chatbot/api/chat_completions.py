@@ -13,11 +13,12 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from chatbot.api.auth import record_tokens
 from chatbot.api.deps import Runtime, require_json
 from chatbot.api.disconnect import unless_disconnected
 from chatbot.api.responses import completion_responses
@@ -62,7 +63,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, rt: Ru
         await anext(pieces)  # admitted: a full queue has raised 429 before the response starts
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = _sse(pieces, completion_id, created, model, params.max_tokens, include_usage,
-                      fitted.prompt_tokens)
+                      fitted.prompt_tokens, lambda n: record_tokens(request, n))
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -73,12 +74,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, rt: Ru
                      "logprobs": None,
                      "finish_reason": _finish_reason(result.tokens, params.max_tokens)}],
         "usage": _usage(result.prompt_tokens or fitted.prompt_tokens, result.tokens),
-    }, headers={"X-Generated-Tokens": str(result.tokens)})
+    }, headers={"X-Generated-Tokens": str(result.tokens),
+                "X-Prompt-Tokens": str(result.prompt_tokens or fitted.prompt_tokens or 0)})
 
 
 async def _sse(pieces: AsyncIterator[str], completion_id: str, created: int, model: str,
-               max_tokens: int, include_usage: bool,
-               prompt_tokens: int | None) -> AsyncIterator[str]:
+               max_tokens: int, include_usage: bool, prompt_tokens: int | None,
+               tokens_used: Callable[[int], None] = lambda n: None) -> AsyncIterator[str]:
     def event(delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
         chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
                  "model": model,
@@ -102,4 +104,5 @@ async def _sse(pieces: AsyncIterator[str], completion_id: str, created: int, mod
         yield f"data: {json.dumps({'error': error}, ensure_ascii=False)}\n\n"
     finally:
         await pieces.aclose()
+        tokens_used((prompt_tokens or 0) + tokens)  # charged to the caller's API key
     yield "data: [DONE]\n\n"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from starlette.exceptions import HTTPException
@@ -15,6 +15,9 @@ from chatbot.domain.errors import EngineUnavailableError, InvalidModelNameError
 from chatbot.domain.personas import GPT_MODELS, Persona
 from chatbot.settings import PersonaSettings
 
+if TYPE_CHECKING:
+    from chatbot.api.auth import KeyGuard
+
 
 @dataclass
 class PersonaRuntime:
@@ -24,6 +27,7 @@ class PersonaRuntime:
     completions: ChatCompletions  # on the service's engine, through the same gate
     metrics: PersonaMetrics
     gpt_services: dict[str, ChatService] = field(default_factory=dict)
+    api_keys: KeyGuard | None = None  # None: no keys file, every route open
 
     def gpt_service(self, name: str) -> ChatService:
         if name not in GPT_MODELS:

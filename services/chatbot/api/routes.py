@@ -145,6 +145,8 @@ async def readyz(rt: Runtime) -> JSONResponse:
         "persona": rt.persona.value, "model": engine.model, "detail": engine.detail,
         "engine": facts, "history": rt.service.store.status(),
     }
+    if rt.api_keys is not None:  # the keys in force, and whether budgets are shared
+        body["api_keys"] = rt.api_keys.status()
     return JSONResponse(body, status_code=200 if engine.ready else 503)
 
 

@@ -22,10 +22,10 @@ class QueueInfo:
 
 
 class QueueFullError(ChatError):
-    def __init__(self, retry_after_s: int, queue: QueueInfo) -> None:
+    def __init__(self, retry_after_s: int, queue: QueueInfo, why: str = "") -> None:
         super().__init__(
-            f"The queue is full ({queue.waiting} waiting, {queue.active} running); "
-            f"retry in {retry_after_s} s."
+            f"The queue is full ({why or f'{queue.waiting} waiting'}, {queue.active} "
+            f"running); retry in {retry_after_s} s."
         )
         self.retry_after_s = retry_after_s
         self.queue = queue
@@ -92,3 +92,19 @@ class ContextLengthExceededError(ChatError):
             f"least {min_answer_tokens} more; the model's context holds {context_tokens} "
             "tokens. Shorten the input, the persona context or the system messages.",
             prompt_tokens, min_answer_tokens, context_tokens)
+
+
+class RateLimitedError(ChatError):
+    """An API key spent its budget for the current window (requests or tokens per minute);
+    `retry_after_s` is when the window ends. Not the queue's overload (QueueFullError)."""
+
+    def __init__(self, key_name: str, budget: str, limit: int, used: int,
+                 retry_after_s: int) -> None:
+        super().__init__(
+            f"API key {key_name!r} used its {budget} budget ({used} of {limit} this "
+            f"minute); retry in {retry_after_s} s.")
+        self.key_name = key_name
+        self.budget = budget
+        self.limit = limit
+        self.used = used
+        self.retry_after_s = retry_after_s
