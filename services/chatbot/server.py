@@ -220,7 +220,7 @@ def persona_app(runtime: PersonaRuntime, root_path: str = "", lifespan=None) -> 
                        dependencies=guarded)
     app.include_router(common)
     app.include_router(chat_completions, dependencies=guarded)
-    app.include_router(playground(runtime.persona), dependencies=guarded)
+    app.include_router(playground(runtime.persona, guarded))
     install_error_handlers(app)
     if runtime.api_keys is not None:
         install_api_keys(app, runtime.api_keys,

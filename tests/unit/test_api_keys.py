@@ -392,3 +392,22 @@ def test_without_keys_the_queue_is_one_fifo_as_before():
         return waiting
 
     assert asyncio.run(scenario()) == 8
+
+
+def test_the_playground_page_stays_open_and_its_turn_needs_a_key_and_spends_its_budget(
+        tmp_path):
+    entries = [_entry("web", LOCAL_KEY, ["local"], {"requestsPerMinute": 10,
+                                                    "tokensPerMinute": 3})]
+    with _client(tmp_path, entries) as client:
+        page = client.get("/office/")
+        anonymous = client.post("/office/playground/chat", json=OFFICE)
+        streamed = client.post("/office/playground/chat", json=OFFICE,
+                               headers=_bearer(LOCAL_KEY))
+        after = client.post("/office/playground/chat", json=OFFICE, headers=_bearer(LOCAL_KEY))
+        metrics = client.get("/office/metrics").text
+    assert page.status_code == 200 and 'id="api-key"' in page.text
+    assert anonymous.status_code == 401
+    assert streamed.status_code == 200 and '"done": true' in streamed.text
+    assert after.status_code == 429 and after.json()["code"] == "RATE_LIMITED"
+    assert 'chatbot_api_key_requests_total{key="web",persona="office",route="local"} 1.0' \
+        in metrics

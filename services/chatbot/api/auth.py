@@ -85,7 +85,7 @@ class KeyMetrics:
 def route_kind(request: Request) -> str:
     """Which of a key's routes a request uses: local, gpt, v1, or any (any valid key)."""
     path = getattr(request.scope.get("route"), "path", "")
-    if path == "/Llama":
+    if path in ("/Llama", "/playground/chat"):
         return "local"
     if path == "/{gpt_set}":
         return "gpt"

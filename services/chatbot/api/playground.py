@@ -18,12 +18,14 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
+from typing import Any
+from collections.abc import AsyncIterator, Sequence
 from importlib.resources import files
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 
+from chatbot.api.auth import record_tokens
 from chatbot.api.deps import Runtime, require_json
 from chatbot.api.disconnect import unless_disconnected
 from chatbot.api.errors import ClientDisconnectedError
@@ -100,6 +102,7 @@ async def stream_turn(request: Request, rt: Runtime, turn: PersonaTurn) -> Strea
                 item = await pieces.get()
             result = task.result()
             rt.metrics.observe_answer(result)
+            record_tokens(request, (result.prompt_tokens or 0) + result.tokens)  # key budget
             yield _event(_summary(result))
         except ChatError as exc:  # after the status line: the error is the last event
             yield _event({"error": {"message": exc.message, "type": type(exc).__name__}})
@@ -113,9 +116,10 @@ async def stream_turn(request: Request, rt: Runtime, turn: PersonaTurn) -> Strea
         "Server-Timing": f'ttft;dur={ttft_ms:.1f};desc="first token"'})
 
 
-def playground(persona: Persona) -> APIRouter:
+def playground(persona: Persona, guard: Sequence[Any] = ()) -> APIRouter:
     """The playground's routes for `persona` (kept out of the OpenAPI document: the page is
-    for people, its streaming turn is the page's own protocol)."""
+    for people, its streaming turn is the page's own protocol). `guard`: the API-key
+    dependencies of the chat routes, for the turn; the page itself stays open, and asks."""
     router = APIRouter(include_in_schema=False)
 
     @router.get("/", response_class=HTMLResponse)
@@ -125,7 +129,7 @@ def playground(persona: Persona) -> APIRouter:
                                            "Cache-Control": "no-store",
                                            "X-Content-Type-Options": "nosniff"})
 
-    chat = dict(dependencies=[Depends(require_json)])
+    chat = dict(dependencies=[*guard, Depends(require_json)])
     if persona is Persona.OFFICE:
         @router.post("/playground/chat", **chat)
         async def office_turn(body: OfficeRequest, request: Request, rt: Runtime):
