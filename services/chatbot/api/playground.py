@@ -18,9 +18,9 @@ import asyncio
 import json
 import secrets
 import time
-from typing import Any
 from collections.abc import AsyncIterator, Sequence
 from importlib.resources import files
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
