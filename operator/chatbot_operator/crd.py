@@ -11,16 +11,20 @@ import sys
 
 import yaml
 
-from chatbot.contract import DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT_SIZE
+from chatbot_contract import (
+    ACCELERATION,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CONTEXT_SIZE,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+)
 from chatbot_operator.spec import (
     CHARACTER_DEFAULTS,
     DEFAULT_SERVICE_IMAGE,
     DEFAULT_SOURCE,
-    GROUP,
-    KIND,
     OFFICE_DEFAULTS,
-    PLURAL,
-    VERSION,
 )
 
 SHA256 = {"type": "string", "pattern": "^[a-f0-9]{64}$",
@@ -191,7 +195,7 @@ def status_schema() -> dict:
                 p: _persona_status() for p in ("office", "character")}},
             "gpuFit": {"type": "object", "properties": {
                 p: _persona_status() for p in ("office", "character")}},
-            "acceleration": {"type": "object", "properties": {
+            ACCELERATION: {"type": "object", "properties": {
                 p: _persona_status() for p in ("office", "character")}},
             "accel": {"type": "string"},
             "route": {"type": "object", "properties": {

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from kubernetes.client import ApiException
 from pydantic import ValidationError
 
+from chatbot_contract import ACCELERATION, GROUP, PLURAL, VERSION
 from chatbot_operator import builders, gpu_plan, route_claims
 from chatbot_operator.apply import RETRYABLE, Cluster, as_kopf_error
 from chatbot_operator.builders import Owner
 from chatbot_operator.calm import Applied
 from chatbot_operator.config import OperatorConfig
 from chatbot_operator.profiles import GpuProfile, UnknownProfile, resolve
-from chatbot_operator.spec import GROUP, PERSONAS, PLURAL, VERSION, ChatbotModelSpec
+from chatbot_operator.spec import PERSONAS, ChatbotModelSpec
 from chatbot_operator.status import (
     Condition,
     accelerated_condition,
@@ -150,7 +151,7 @@ def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: st
         profile = resolve(p.gpu_profile, profiles)
         accel[persona] = gpu_plan.acceleration(
             persona, p, profile, builders.gpu_layers(p, profile),
-            (previous.get("acceleration") or {}).get(persona),
+            (previous.get(ACCELERATION) or {}).get(persona),
             builders.settings_hash(spec, persona, profile, config))
     for persona in PERSONAS:
         ok, figure = ready[persona]

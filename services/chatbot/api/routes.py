@@ -3,8 +3,6 @@ HTTP answer."""
 
 from __future__ import annotations
 
-import socket
-
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -12,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from chatbot.api.deps import Runtime, require_json
 from chatbot.api.disconnect import unless_disconnected
 from chatbot.core.chat import ChatResult, ChatService
+from chatbot.core.performance import ENGINE_COUNTERS, performance_report
 from chatbot.domain.conversation import CharacterTurn, OfficeTurn, PersonaTurn
 from chatbot.domain.schemas import CharacterRequest, OfficeRequest
 
@@ -93,35 +92,6 @@ async def character_gpt(gpt_set: str, body: CharacterRequest, request: Request, 
     return await _answer(request, rt, rt.gpt_service(gpt_set), _character_turn(body))
 
 
-_ENGINE_COUNTERS = (
-    "sequences_active", "sequences_waiting", "peak_sequences", "prompt_tokens_evaluated",
-    "prompt_tokens_reused", "prompt_tokens_copied", "decode_steps", "peak_batch_tokens",
-    "prompt_tokens_restored", "kv_host_bytes", "kv_host_sequences", "kv_host_saves",
-    "kv_host_saved_tokens", "kv_host_restores", "kv_host_evictions",
-)
-
-
-def performance_report(service: ChatService) -> dict:
-    """What /performance answers for a persona: its counters since start, its queue and
-    its engine's live counters. `instance` (host/counters id) names whose counters these
-    are: it changes when another process answers (a restart, a rollout, another replica)."""
-    engine = service.engine.status()
-    return {
-        "instance": f"{socket.gethostname()}/{service.stats.counters_id}",
-        **service.stats.snapshot(),
-        "active_connections": service.admission.active,
-        "max_concurrent": service.admission.max_concurrent,
-        "queue_size": service.admission.waiting,
-        "max_queue": service.admission.max_queue,
-        "fallbacks": service.fallbacks,
-        "model": engine.model,
-        "engine_generated_tokens": engine.facts.get("generated_tokens", 0),
-        "engine_generating": engine.facts.get("generating", False),
-        # The batched engine's live counters (shared by the personas on its model file).
-        **{f"engine_{k}": engine.facts[k] for k in _ENGINE_COUNTERS if k in engine.facts},
-    }
-
-
 @common.get("/performance", summary="Measured performance of this service")
 async def performance(rt: Runtime) -> dict:
     return performance_report(rt.service)
@@ -137,7 +107,7 @@ async def healthz() -> dict:
 async def readyz(rt: Runtime) -> JSONResponse:
     engine = rt.service.engine.status()
     facts = {k: v for k, v in engine.facts.items()
-             if k not in ("generated_tokens", "generating", *_ENGINE_COUNTERS)}
+             if k not in ("generated_tokens", "generating", *ENGINE_COUNTERS)}
     body = {
         "status": "ready" if engine.ready else "not ready",
         "persona": rt.persona.value, "model": engine.model, "detail": engine.detail,

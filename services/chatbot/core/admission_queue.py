@@ -1,4 +1,8 @@
-"""Admission control: at most `max_concurrent` requests run, a bounded FIFO queue waits."""
+"""The admission queue: at most `max_concurrent` requests run, a bounded FIFO queue waits.
+
+One piece of a persona's `RequestGate` (core/request_gate.py), which adds readiness, the
+deadline, the shutdown and the statistics around it.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,8 @@ from contextlib import asynccontextmanager
 from chatbot.domain.errors import QueueFullError, QueueInfo
 
 
-class Admission:
-    """A FIFO semaphore with a bounded wait queue.
+class AdmissionQueue:
+    """A FIFO semaphore with a bounded wait queue (429 + Retry-After when it is full).
 
     A request is admitted iff fewer than `max_queue` requests are waiting, so admission is
     monotonic in queue length. A released slot is handed straight to the oldest waiter, so
