@@ -3,7 +3,9 @@ the load-test client's local-server helper (chatbot_loadtest.stack.LocalServer).
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +13,16 @@ import httpx
 
 from chatbot_loadtest.stack import LocalServer
 from tests.support.ports import free_port
+
+
+def serve_to_the_end(env: dict[str, str | None]) -> subprocess.CompletedProcess:
+    """`chatbot serve --port 1` with these variables set (None: unset), run until it exits:
+    what a user sees when the service refuses its configuration."""
+    full_env = {**os.environ, **env}
+    chatbot = str(Path(sys.executable).parent / "chatbot")
+    return subprocess.run([chatbot, "serve", "--port", "1"], capture_output=True, text=True,
+                          timeout=60,
+                          env={k: v for k, v in full_env.items() if v is not None})
 
 
 def performance(url: str, persona: str | None = None) -> dict:
