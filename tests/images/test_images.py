@@ -7,7 +7,7 @@ The images themselves are built and run in test_service_image.py and test_operat
 
 from __future__ import annotations
 
-import configparser
+import importlib.util
 import json
 import os
 import re
@@ -102,13 +102,14 @@ def env_of(stage: list[tuple[str, str]]) -> dict[str, str]:
 
 
 def console_scripts(package: str) -> dict[str, str]:
-    """The commands a package brings (pyproject.toml reads them from its console_scripts.ini,
-    so an image that holds the package holds them, and no other)."""
-    ini = configparser.ConfigParser()
-    ini.read(ROOT / "services" / package / "console_scripts.ini")
-    assert any(package in f for f in
-               PYPROJECT["tool"]["setuptools"]["dynamic"]["entry-points"]["file"])
-    return dict(ini["console_scripts"])
+    """The commands a package brings (setup.py gives the commands of the packages that are
+    there, so an image that holds the package holds them, and no other)."""
+    assert "scripts" in PYPROJECT["project"]["dynamic"]
+    spec = importlib.util.spec_from_file_location("project_setup", ROOT / "setup.py")
+    setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup)
+    command = setup.COMMANDS.get(package)
+    return dict([command.split(" = ")]) if command else {}
 
 
 def exec_form(text: str) -> list[str]:
@@ -326,9 +327,7 @@ def test_what_the_build_stage_copies_builds_a_complete_package(dockerfile, tmp_p
     assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == packages
     assert not [n for n in names if "readme" in n.lower()]
     scripts = {line.split(" = ")[0] for line in entry_points.splitlines() if " = " in line}
-    assert scripts == {name for p in packages if (ROOT / "services" / p).is_dir()
-                       and (ROOT / "services" / p / "console_scripts.ini").is_file()
-                       for name in console_scripts(p)}
+    assert scripts == {name for p in packages for name in console_scripts(p)}
     if "chatbot" in packages:
         for needed in ("chatbot/cli.py", "chatbot/composition_root.py",
                        "chatbot/api/static/404.html"):

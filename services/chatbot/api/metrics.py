@@ -77,6 +77,7 @@ class _LlamaServerMetrics:
         f = self.engine.status().facts
         waiting = self.admission.waiting + f.get("sequences_waiting", 0)
         processing = f.get("sequences_active", int(bool(f.get("generating"))))
+        # llama-server's metrics as tables of (name, help, value): alike rows, one a metric.
         for name, doc, value in (
             ("prompt_tokens_total", "Number of prompt tokens processed, excluding cached tokens",
              f.get("prompt_tokens_evaluated", 0)),

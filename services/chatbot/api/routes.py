@@ -70,6 +70,8 @@ def _character_turn(body: CharacterRequest) -> CharacterTurn:
                          body.conversation)
 
 
+# One function per route, alike: FastAPI reads each route's body model (OfficeRequest,
+# CharacterRequest) and summary for the OpenAPI schema from its own signature.
 @office.post("/Llama", summary="Answer a work question with the local Llama model", **_CHAT)
 async def office_llama(body: OfficeRequest, request: Request, rt: Runtime):
     return await _answer(request, rt, rt.service, _office_turn(body))
