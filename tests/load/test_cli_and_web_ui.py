@@ -54,12 +54,17 @@ def test_a_stack_that_cannot_start_is_a_clear_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_without_the_load_extra_it_says_what_to_install():
-    """Locust's absence is simulated the way Python documents: sys.modules[name] = None."""
-    result = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.modules['locust'] = None; "
-         "from chatbot.cli import main; sys.exit(main(['loadtest']))"],
+def _chatbot_loadtest_without(module: str, *args: str) -> subprocess.CompletedProcess:
+    """`chatbot loadtest ARGS` where `module` is missing, simulated the way Python documents:
+    sys.modules[name] = None."""
+    return subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.modules[{module!r}] = None; "
+         f"from chatbot.cli import main; sys.exit(main(['loadtest', *{args!r}]))"],
         capture_output=True, text=True, timeout=60)
+
+
+def test_without_the_load_extra_it_says_what_to_install():
+    result = _chatbot_loadtest_without("locust")
     assert result.returncode == 2
     assert "pip install" in result.stderr and "[load]" in result.stderr
     assert "missing: locust" in result.stderr and "Traceback" not in result.stderr
@@ -67,10 +72,7 @@ def test_without_the_load_extra_it_says_what_to_install():
 
 def test_without_the_load_test_client_it_says_what_to_install():
     """As in the service image, which holds no chatbot_loadtest."""
-    result = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.modules['chatbot_loadtest'] = None; "
-         "from chatbot.cli import main; sys.exit(main(['loadtest', '--users', '3']))"],
-        capture_output=True, text=True, timeout=60)
+    result = _chatbot_loadtest_without("chatbot_loadtest", "--users", "3")
     assert result.returncode == 2
     assert "pip install" in result.stderr and "[load]" in result.stderr
     assert "Traceback" not in result.stderr
