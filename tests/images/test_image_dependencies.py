@@ -33,11 +33,15 @@ VENV = {"pip", "setuptools", "wheel"}
 PACKAGES = ("chatbot", "chatbot_contract", "chatbot_operator", "chatbot_loadtest",
             "chatbot_dev")
 COMMANDS = ("chatbot", "chatbot-loadtest", "chatbot-dev", "kopf")
-# The project's packages and commands an image holds, and any README under /opt/chatbot.
-_HOLDS = ("import importlib.util as u, pathlib, shutil; "
+# The project's packages and commands an image holds, and any README the project's
+# distribution brought (a file, or its metadata's long description).
+_HOLDS = ("import importlib.util as u, importlib.metadata as m, shutil; "
           f"print(*[p for p in {PACKAGES!r} if u.find_spec(p)], sep=','); "
           f"print(*[c for c in {COMMANDS!r} if shutil.which(c)], sep=','); "
-          "print(*pathlib.Path('/opt/chatbot').rglob('README*'), sep=',')")
+          f"d = m.distribution({DISTRIBUTION!r}); "
+          "print(*[f for f in d.files if 'readme' in f.name.lower()], "
+          "*(['METADATA description'] if (d.metadata.get_payload() or '').strip() else []), "
+          "sep=',')")
 
 
 def _name(name: str) -> str:
