@@ -14,7 +14,7 @@ import kopf
 import kubernetes
 from kubernetes.client import ApiException
 
-from chatbot_operator.spec import GROUP, PLURAL, VERSION
+from chatbot_contract import GROUP, PLURAL, VERSION
 
 # apiVersion, kind -> (URL prefix, plural). Only the kinds the operator manages or reads.
 _KINDS: dict[tuple[str, str], tuple[str, str]] = {

@@ -10,11 +10,11 @@ import json
 import math
 from dataclasses import dataclass
 
-from chatbot import contract
-from chatbot.contract import env_name
+import chatbot_contract as contract
+from chatbot_contract import GROUP, KIND, VERSION, env_name
 from chatbot_operator.config import OperatorConfig
 from chatbot_operator.profiles import GPU_RESOURCE, GpuProfile, resolve
-from chatbot_operator.spec import GROUP, KIND, PERSONAS, VERSION, ChatbotModelSpec, Persona
+from chatbot_operator.spec import PERSONAS, ChatbotModelSpec, Persona
 
 MODELS_DIR = "/models"
 DATA_DIR = "/data"

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 
-from chatbot_operator.spec import GROUP
+from chatbot_contract import GROUP
 
 APPLIED_ANNOTATION = f"{GROUP}/applied-hash"
 _MISSING = object()

@@ -11,16 +11,20 @@ import sys
 
 import yaml
 
-from chatbot.contract import DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT_SIZE
+from chatbot_contract import (
+    ACCELERATION,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CONTEXT_SIZE,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+)
 from chatbot_operator.spec import (
     CHARACTER_DEFAULTS,
     DEFAULT_SERVICE_IMAGE,
     DEFAULT_SOURCE,
-    GROUP,
-    KIND,
     OFFICE_DEFAULTS,
-    PLURAL,
-    VERSION,
 )
 
 SHA256 = {"type": "string", "pattern": "^[a-f0-9]{64}$",
@@ -206,7 +210,7 @@ def status_schema() -> dict:
                 p: _persona_status() for p in ("office", "character")}},
             "gpuFit": {"type": "object", "properties": {
                 p: _persona_status() for p in ("office", "character")}},
-            "acceleration": {"type": "object", "properties": {
+            ACCELERATION: {"type": "object", "properties": {
                 p: _persona_status() for p in ("office", "character")}},
             # The pods' report of the API keys file they read (status.apiKeys.<persona>).
             "apiKeys": {"type": "object", "properties": {

@@ -89,7 +89,7 @@ def status_sink(target: str) -> Callable[[dict], None]:
     """Patch status.download.<persona> of ChatbotModel NS/NAME (in-cluster or $KUBECONFIG)."""
     import kubernetes
 
-    from chatbot_operator.spec import GROUP, PLURAL, VERSION
+    from chatbot_contract import GROUP, PLURAL, VERSION
 
     namespace, name, persona = target.split("/")
     try:

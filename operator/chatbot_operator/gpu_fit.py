@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from chatbot.contract import DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT_SIZE
+from chatbot_contract import DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT_SIZE
 from chatbot_operator.gguf_header import GgufFacts
 
 MiB = 1 << 20

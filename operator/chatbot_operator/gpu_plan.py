@@ -13,6 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from chatbot_contract import (
+    REPORT_LAYERS_TOTAL,
+    REPORT_OFFLOADED,
+    REPORT_POD,
+    REPORT_SETTINGS_HASH,
+    REPORT_SUPPORTED,
+)
 from chatbot_operator import builders
 from chatbot_operator.gguf_header import GgufError, GgufFacts
 from chatbot_operator.gpu_fit import Budget, Fit, MiB, Workload, fit, quantity_bytes
@@ -101,19 +108,19 @@ def acceleration(persona: str, p: Persona, profile: GpuProfile, told: int,
     trusted only when it was made with the current settings (its settingsHash)."""
     if not _on_gpu(p, profile) or told == 0:
         return Acceleration(f"{persona} cpu", message=f"{persona}: no GPU asked for")
-    if not report or report.get("settingsHash") != settings_hash:
+    if not report or report.get(REPORT_SETTINGS_HASH) != settings_hash:
         return Acceleration(f"{persona} gpu ?",
                             message=f"{persona}: no pod has reported its GPU offload yet")
-    total = int(report.get("layersTotal") or 0)
-    done = int(report.get("offloaded") or 0)
+    total = int(report.get(REPORT_LAYERS_TOTAL) or 0)
+    done = int(report.get(REPORT_OFFLOADED) or 0)
     want = total if told < 0 or told >= total else told
     figure = f"{done}/{want}" if want == total else f"{done}/{want} of {total}"
     if done < want:
         why = ("its llama.cpp has no GPU backend (a CPU build)"
-               if report.get("supported") is False else "check the driver and the node")
+               if report.get(REPORT_SUPPORTED) is False else "check the driver and the node")
         return Acceleration(
             f"{persona} cpu! {figure}", fallback=True, reported=True,
-            message=f"{persona}: pod {report.get('pod', '?')} offloaded {done} of the {want} "
+            message=f"{persona}: pod {report.get(REPORT_POD, '?')} offloaded {done} of the {want} "
                     f"layers it was told: it runs on the CPU; {why}")
     return Acceleration(f"{persona} gpu {figure}", reported=True,
                         message=f"{persona}: {done}/{want} layers on the GPU")

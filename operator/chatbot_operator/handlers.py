@@ -21,12 +21,12 @@ import logging
 import kopf
 import kubernetes
 
+from chatbot_contract import ACCELERATION, GROUP, KIND, PLURAL, VERSION
 from chatbot_operator.apply import RETRYABLE, Cluster
 from chatbot_operator.calm import Applied, Coalescer
 from chatbot_operator.config import OperatorConfig
 from chatbot_operator.profiles import load_profiles
 from chatbot_operator.reconcile import Outcome, reconcile
-from chatbot_operator.spec import GROUP, KIND, PLURAL, VERSION
 
 
 def _api_client() -> kubernetes.client.ApiClient:
@@ -119,7 +119,7 @@ def on_download_progress(type: str, namespace: str, name: str, memo: kopf.Memo, 
         memo.coalescer.request((namespace, name))
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL, field="status.acceleration")
+@kopf.on.event(GROUP, VERSION, PLURAL, field=f"status.{ACCELERATION}")
 def on_acceleration_report(type: str, namespace: str, name: str, memo: kopf.Memo, **_):
     if type in ("ADDED", "MODIFIED"):
         memo.coalescer.request((namespace, name))

@@ -2,7 +2,7 @@
 
 A pass returns an Outcome: the status it wrote and, when something could not be done yet
 (the route's API is not served), after how long to try again; the kopf handlers turn that
-into a retry. The conditions themselves are built in status.py.
+into a retry. The conditions themselves are built in status.py (imported as `conditions`).
 
 Called from the create/update/resume handlers and (coalesced, calm.py) from watch events of
 the children; a per-object lock serialises them, and the fresh read means a pass never
@@ -21,31 +21,16 @@ from dataclasses import dataclass
 from kubernetes.client import ApiException
 from pydantic import ValidationError
 
+from chatbot_contract import ACCELERATION, GROUP, PLURAL, VERSION
 from chatbot_operator import builders, gpu_plan, route_claims
+from chatbot_operator import status as conditions
 from chatbot_operator.apply import RETRYABLE, Cluster, as_kopf_error
 from chatbot_operator.builders import Owner
 from chatbot_operator.calm import Applied
 from chatbot_operator.config import OperatorConfig
 from chatbot_operator.profiles import GpuProfile, UnknownProfile, resolve
-from chatbot_operator.spec import GROUP, PERSONAS, PLURAL, VERSION, ChatbotModelSpec
-from chatbot_operator.status import (
-    Condition,
-    accelerated_condition,
-    all_failed,
-    api_keys_condition,
-    deployment_ready,
-    job_state,
-    merge_conditions,
-    model_condition,
-    persona_condition,
-    phase,
-    progress_text,
-    route_api_missing,
-    route_applied,
-    route_conflict,
-    route_disabled,
-    transitions,
-)
+from chatbot_operator.spec import PERSONAS, ChatbotModelSpec
+from chatbot_operator.status import Condition
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +111,7 @@ def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: st
     try:
         spec = _parse(obj, profiles)
     except SpecError as exc:
-        conds = all_failed("InvalidSpec", str(exc))
+        conds = conditions.all_failed("InvalidSpec", str(exc))
         return Outcome(_write_status(cluster, obj, owner, conds, {}, {}, None, event))
 
     download = previous.get("download") or {}
@@ -139,33 +124,33 @@ def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: st
     except ApiException as exc:
         if exc.status in RETRYABLE or not exc.status:
             raise
-        conds = all_failed("ApplyFailed", str(as_kopf_error(exc, "applying a child")))
+        conds = conditions.all_failed("ApplyFailed", str(as_kopf_error(exc, "applying a child")))
         return Outcome(_write_status(cluster, obj, owner, conds, {}, {}, spec, event))
     model_states, ready, (route_cond, route_retry), jobs = states
 
-    conds = [model_condition(model_states, jobs, previous.get("download"),
-                             builders.needs_fetch(spec))]
+    conds = [conditions.model_condition(model_states, jobs, previous.get("download"),
+                                        builders.needs_fetch(spec))]
     accel: dict[str, gpu_plan.Acceleration] = {}
     for persona in PERSONAS:
         p = spec.persona(persona)
         profile = resolve(p.gpu_profile, profiles)
         accel[persona] = gpu_plan.acceleration(
             persona, p, profile, builders.gpu_layers(p, profile),
-            (previous.get("acceleration") or {}).get(persona),
+            (previous.get(ACCELERATION) or {}).get(persona),
             builders.settings_hash(spec, persona, profile, config))
     for persona in PERSONAS:
         ok, figure = ready[persona]
         a = accel[persona]
-        conds.append(persona_condition(
+        conds.append(conditions.persona_condition(
             persona, ready=ok, figure=figure, model_state=model_states[persona],
             too_large=plans[persona].too_large,
             cpu_fallback=a.message if a.fallback and not spec.persona(persona).allow_cpu_fallback
             else None))
     conds.append(route_cond)
-    conds.append(accelerated_condition(list(accel.values())))
+    conds.append(conditions.accelerated_condition(list(accel.values())))
     reports = previous.get("apiKeys") or {}
-    keys_cond = api_keys_condition(spec.api_keys is not None,
-                                   {p: reports.get(p) for p in PERSONAS})
+    keys_cond = conditions.api_keys_condition(spec.api_keys is not None,
+                                              {p: reports.get(p) for p in PERSONAS})
     if keys_cond is not None:
         conds.append(keys_cond)
     figures = {p: ready[p][1] for p in PERSONAS}
@@ -224,7 +209,7 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
                 event(obj, "Normal", "FetchStarted",
                       f"{persona}: downloading {spec.persona(persona).file} (Job {job_name})")
             jobs[persona] = job
-            model_states[persona] = job_state(job)
+            model_states[persona] = conditions.job_state(job)
             applied.job_complete(key, job_name, model_states[persona] == "complete")
             if applied.first_look(key, job_name) and not applied.is_new(key):
                 _delete_stale_jobs(cluster, owner, persona, job_name, event, obj)
@@ -246,7 +231,7 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
                       f"{persona}: Deployment {dep_name} updated (generation "
                       f"{dep['metadata'].get('generation')})")
         apply(builders.persona_service(owner, persona))
-        ready[persona] = deployment_ready(dep, spec.persona(persona).replicas)
+        ready[persona] = conditions.deployment_ready(dep, spec.persona(persona).replicas)
 
     route = _apply_route(cluster, owner, spec, obj, apply, applied,
                          ((obj.get("status") or {}).get("route") or {}).get("kind"))
@@ -279,22 +264,22 @@ def _apply_route(cluster: Cluster, owner: Owner, spec: ChatbotModelSpec, obj: di
         if api_version:
             cluster.delete(api_version, previous_kind, owner.namespace, owner.name)
     if manifest is None:
-        return route_disabled(), False
+        return conditions.route_disabled(), False
     holder = None if route_claims.holds(obj, spec) else route_claims.holder(
         obj, spec, cluster.list(f"{GROUP}/{VERSION}", "ChatbotModel", owner.namespace, ""))
     if holder is not None:
         cluster.delete(manifest["apiVersion"], manifest["kind"], owner.namespace, owner.name)
         applied.deleted((owner.namespace, owner.name), manifest)
-        return route_conflict(holder, route_claims.claim(spec)), True
+        return conditions.route_conflict(holder, route_claims.claim(spec)), True
     apply(builders.not_found_deployment(owner, spec))
     apply(builders.service(owner, builders.not_found_name(owner), "not-found"))
     try:
         apply(manifest)
     except ApiException as exc:
         if exc.status == 404:
-            return route_api_missing(manifest["kind"], manifest["apiVersion"]), True
+            return conditions.route_api_missing(manifest["kind"], manifest["apiVersion"]), True
         raise
-    return route_applied(manifest["kind"], owner.name, builders.ROUTE_PORT), False
+    return conditions.route_applied(manifest["kind"], owner.name, builders.ROUTE_PORT), False
 
 
 def _write_status(cluster: Cluster, obj: dict, owner: Owner, conds: list[Condition],
@@ -302,19 +287,19 @@ def _write_status(cluster: Cluster, obj: dict, owner: Owner, conds: list[Conditi
                   spec: ChatbotModelSpec | None, event: EventSink,
                   extra: dict | None = None) -> dict:
     previous = obj.get("status") or {}
-    for c in transitions(previous.get("conditions"), conds):
+    for c in conditions.transitions(previous.get("conditions"), conds):
         if c.status is None:
             continue  # Unknown: nothing happened yet worth an Event
         kind = "Normal" if c.status is not False or c.reason in (
             "Downloading", "WaitingForModel", "RollingOut") else "Warning"
         event(obj, kind, c.reason if not c.status else c.type, c.message)
     status: dict = {
-        "phase": phase(conds),
+        "phase": conditions.phase(conds),
         "observedGeneration": obj["metadata"].get("generation"),
-        "conditions": merge_conditions(previous.get("conditions"), conds, _now()),
+        "conditions": conditions.merge_conditions(previous.get("conditions"), conds, _now()),
         "officeReady": figures.get("office", "-"),
         "characterReady": figures.get("character", "-"),
-        "modelProgress": progress_text(previous.get("download"), model_states)
+        "modelProgress": conditions.progress_text(previous.get("download"), model_states)
         if model_states else "-",
     }
     if spec is not None:

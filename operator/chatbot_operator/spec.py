@@ -10,12 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbot.contract import DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT_SIZE
+from chatbot_contract import DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT_SIZE
 
-GROUP = "chatbot.treenut.ai"
-VERSION = "v1alpha1"
-KIND = "ChatbotModel"
-PLURAL = "chatbotmodels"
 PERSONAS = ("office", "character")
 
 DEFAULT_SOURCE = "hf://QuantFactory/Meta-Llama-3.1-8B-Claude-GGUF"

@@ -1,5 +1,6 @@
-"""The `chatbot` command: `serve` the personas, `loadtest` a running stack, serve the
-route's `not-found` page. (The tiny test model is `chatbot-dev tiny-model`.)"""
+"""The `chatbot` command: `serve` the personas, serve the route's `not-found` page, and
+`loadtest` a running stack (the load-test client, chatbot_loadtest, also `chatbot-loadtest`).
+(The tiny test model is `chatbot-dev tiny-model`.)"""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from chatbot.domain.personas import Persona
 def _serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from chatbot.composition_root import create_app, model_file
     from chatbot.core.shutdown import Shutdown
-    from chatbot.server import create_app, model_file
     from chatbot.serving import serve
     from chatbot.settings import Settings
+    from chatbot_contract import env_name
 
     overrides = {}
     if args.office_model:
@@ -34,7 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
             if not path:  # a rule across several settings; the message names them
                 print(f"error: configuration: {error['msg']}", file=sys.stderr)
                 continue
-            env = path[0] if path[0].isupper() else "CHATBOT_" + "__".join(path).upper()
+            env = path[0] if path[0].isupper() else env_name(*path)
             secret = any(word in env for word in ("URL", "KEY", "SECRET", "PASSWORD", "TOKEN"))
             got = "" if secret else f" (got {error.get('input')!r})"
             print(f"error: configuration {'.'.join(path)} (env {env}): {error['msg']}{got}",
@@ -59,16 +61,22 @@ def _serve(args: argparse.Namespace) -> int:
 def _not_found(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from chatbot.server import not_found_app
+    from chatbot.composition_root import not_found_app
 
     uvicorn.run(not_found_app(), host=args.host, port=args.port, log_level="warning")
     return 0
 
 
-def _loadtest(args: argparse.Namespace) -> int:
-    from chatbot.loadtest.command import loadtest
-
-    return loadtest(args)
+def _loadtest(arguments: list[str]) -> int:
+    """`chatbot loadtest ARGS` is `chatbot-loadtest ARGS`: the client is a package of its own,
+    which the service's image does not hold."""
+    try:
+        from chatbot_loadtest.command import main as loadtest
+    except ImportError:
+        print("error: `chatbot loadtest` needs the load-test client (chatbot_loadtest) and the "
+              "load extra: pip install 'chatbot-ai[load]'", file=sys.stderr)
+        return 2
+    return loadtest(arguments, prog="chatbot loadtest")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,17 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
     not_found.add_argument("--port", type=int, default=8080)
     not_found.set_defaults(func=_not_found)
 
-    from chatbot.loadtest.command import add_arguments
-
-    load = sub.add_parser("loadtest", help="run a headless Locust load test and write a report "
-                                           "(needs the load extra)")
-    add_arguments(load)
-    load.set_defaults(func=_loadtest)
+    # Its arguments are the load-test client's own (`chatbot loadtest --help` lists them).
+    sub.add_parser("loadtest", add_help=False,
+                   help="run a headless Locust load test and write a report "
+                        "(needs the load extra; the same as `chatbot-loadtest`)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "loadtest":
+        return _loadtest(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.func(args)
 
 

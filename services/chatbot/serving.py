@@ -9,8 +9,8 @@ from types import FrameType
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
-from chatbot.contract import SHUTDOWN_CUTOFF_MARGIN_S
 from chatbot.core.shutdown import Shutdown
+from chatbot_contract import SHUTDOWN_CUTOFF_MARGIN_S
 
 
 class StoppingServer(uvicorn.Server):

@@ -17,7 +17,8 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from chatbot.contract import (
+from chatbot.domain.personas import Persona, SamplingOverrides
+from chatbot_contract import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONTEXT_SIZE,
     DEFAULT_SHUTDOWN_GRACE_S,
@@ -28,7 +29,6 @@ from chatbot.contract import (
     OPENAI_API_KEY_ENV,
     env_name,
 )
-from chatbot.domain.personas import Persona, SamplingOverrides
 
 
 def _data_home() -> Path:

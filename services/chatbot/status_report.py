@@ -24,22 +24,33 @@ import time
 import urllib.request
 
 from chatbot.settings import Settings
+from chatbot_contract import (
+    ACCELERATION,
+    GROUP,
+    PLURAL,
+    REPORT_AT,
+    REPORT_LAYERS_TOTAL,
+    REPORT_OFFLOADED,
+    REPORT_POD,
+    REPORT_REQUESTED,
+    REPORT_SETTINGS_HASH,
+    REPORT_SUPPORTED,
+    VERSION,
+)
 
 log = logging.getLogger(__name__)
-
-GROUP, VERSION, PLURAL = "chatbot.treenut.ai", "v1alpha1", "chatbotmodels"
 
 
 def report_body(persona: str, facts: dict, settings: Settings) -> dict:
     n_layer = int(facts.get("n_layer") or 0)
-    return {"status": {"acceleration": {persona: {
-        "pod": settings.pod_name or os.uname().nodename,
-        "settingsHash": settings.settings_hash,
-        "offloaded": int(facts.get("gpu_layers_offloaded") or 0),
-        "requested": facts.get("gpu_layers_requested"),
-        "layersTotal": n_layer + 1,  # llama.cpp counts the output layer
-        "supported": bool(facts.get("gpu_offload_supported")),
-        "reportedAt": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    return {"status": {ACCELERATION: {persona: {
+        REPORT_POD: settings.pod_name or os.uname().nodename,
+        REPORT_SETTINGS_HASH: settings.settings_hash,
+        REPORT_OFFLOADED: int(facts.get("gpu_layers_offloaded") or 0),
+        REPORT_REQUESTED: facts.get("gpu_layers_requested"),
+        REPORT_LAYERS_TOTAL: n_layer + 1,  # llama.cpp counts the output layer
+        REPORT_SUPPORTED: bool(facts.get("gpu_offload_supported")),
+        REPORT_AT: datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }}}}
 
 
@@ -69,7 +80,7 @@ def report(settings: Settings, persona: str, facts: dict, attempts: int = 4) -> 
         try:
             send(settings, body)
             log.info("reported GPU offload to %s: %s", settings.status_report,
-                     body["status"]["acceleration"][persona])
+                     body["status"][ACCELERATION][persona])
             return True
         except (OSError, KeyError, ValueError) as exc:
             log.warning("GPU offload report to %s failed (attempt %d): %s",

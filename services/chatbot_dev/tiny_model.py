@@ -271,6 +271,19 @@ def _tensors(cfg: TinyModelConfig, tok: TinyTokenizer, seed: int) -> list[tuple[
     return out
 
 
+def add_llama_shape(w, *, context_length: int, n_embd: int, n_layer: int, n_ff: int,
+                    n_head: int, n_head_kv: int) -> None:
+    """The llama architecture's shape keys, on a `gguf.GGUFWriter` (also the header-only
+    models of tests/operator/gguf_shapes.py)."""
+    w.add_context_length(context_length)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
+    w.add_rope_dimension_count(n_embd // n_head)
+
+
 def _write_f32(path: Path, cfg: TinyModelConfig, tok: TinyTokenizer, seed: int) -> None:
     import gguf
 
@@ -286,13 +299,9 @@ def _write_f32(path: Path, cfg: TinyModelConfig, tok: TinyTokenizer, seed: int) 
     w.add_file_type(_FTYPES["F32"])
 
     w.add_vocab_size(len(tok.tokens))
-    w.add_context_length(cfg.context_length)
-    w.add_embedding_length(cfg.n_embd)
-    w.add_block_count(cfg.n_layer)
-    w.add_feed_forward_length(cfg.n_ff)
-    w.add_head_count(cfg.n_head)
-    w.add_head_count_kv(cfg.n_head_kv)
-    w.add_rope_dimension_count(cfg.head_dim)
+    add_llama_shape(w, context_length=cfg.context_length, n_embd=cfg.n_embd,
+                    n_layer=cfg.n_layer, n_ff=cfg.n_ff, n_head=cfg.n_head,
+                    n_head_kv=cfg.n_head_kv)
     w.add_rope_freq_base(cfg.rope_freq_base)
     w.add_layer_norm_rms_eps(cfg.rms_eps)
 

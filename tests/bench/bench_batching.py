@@ -48,8 +48,8 @@ from chatbot.core.prompts import office_messages  # noqa: E402
 from chatbot.domain.conversation import Turn  # noqa: E402
 from chatbot.domain.personas import OFFICE, STOP_STRINGS  # noqa: E402
 from chatbot.llm.bundled import bundled_model_path  # noqa: E402
-from chatbot.loadtest.answers import server_timing_s  # noqa: E402
 from chatbot.settings import OfficeSettings  # noqa: E402
+from chatbot_loadtest.answers import server_timing_s  # noqa: E402
 from tests.support import free_port  # noqa: E402
 from tests.support.server import ChatbotServer  # noqa: E402
 

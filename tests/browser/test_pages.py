@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 
 import pytest
-from chatbot_dev.history import embedded_document
 
 from chatbot.stores.embedded import EmbeddedHistoryStore
 from tests.support.browser import ask
+from tests.support.history import embedded_document
 
 SUMMARIES = {"office": "Answer a work question with the local Llama model",
              "character": "Reply in character with the local Llama model"}

@@ -5,6 +5,8 @@ image installs the base, `service` and `llm`; the operator image the base and `o
 What the other side's requirements pull in (their dependency closure, read from the
 metadata of this venv, where every extra is installed) must not be in an image, unless its
 own requirements pull it in too (pyyaml: kopf's and gguf's). The lists are printed (-s).
+Of the project's own packages and commands, each image holds its own and the contract, and
+no README.
 """
 
 from __future__ import annotations
@@ -28,6 +30,18 @@ SERVICE = ("service", "llm")
 OPERATOR = ("operator",)
 # What `python -m venv` installs by itself (llm, in the service's closure, asks for pip too).
 VENV = {"pip", "setuptools", "wheel"}
+PACKAGES = ("chatbot", "chatbot_contract", "chatbot_operator", "chatbot_loadtest",
+            "chatbot_dev")
+COMMANDS = ("chatbot", "chatbot-loadtest", "chatbot-dev", "kopf")
+# The project's packages and commands an image holds, and any README the project's
+# distribution brought (a file, or its metadata's long description).
+_HOLDS = ("import importlib.util as u, importlib.metadata as m, shutil; "
+          f"print(*[p for p in {PACKAGES!r} if u.find_spec(p)], sep=','); "
+          f"print(*[c for c in {COMMANDS!r} if shutil.which(c)], sep=','); "
+          f"d = m.distribution({DISTRIBUTION!r}); "
+          "print(*[f for f in d.files if 'readme' in f.name.lower()], "
+          "*(['METADATA description'] if (d.metadata.get_payload() or '').strip() else []), "
+          "sep=',')")
 
 
 def _name(name: str) -> str:
@@ -78,3 +92,16 @@ def test_the_operator_image_has_none_of_the_services_dependencies(operator_image
 
 def test_the_service_image_has_none_of_the_operators_dependencies(service_image):
     _check(service_image[0], SERVICE, OPERATOR)
+
+
+def _holds(image: str) -> tuple[set[str], set[str], set[str]]:
+    out = engine.docker("run", "--rm", "--entrypoint", "python", image, "-c", _HOLDS).stdout
+    packages, commands, readmes = (set(filter(None, line.split(","))) for line in
+                                   out.splitlines())
+    return packages, commands, readmes
+
+
+def test_each_image_holds_its_own_packages_and_commands_only(service_image, operator_image):
+    assert _holds(service_image[0]) == ({"chatbot", "chatbot_contract"}, {"chatbot"}, set())
+    assert _holds(operator_image[0]) == ({"chatbot_operator", "chatbot_contract"}, {"kopf"},
+                                         set())

@@ -7,6 +7,7 @@ The images themselves are built and run in test_service_image.py and test_operat
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -34,6 +35,10 @@ SERVICE_CUDA = IMAGES / "service/Dockerfile.cuda"
 OPERATOR = IMAGES / "operator/Dockerfile"
 DOCKERFILES = [SERVICE_CPU, SERVICE_CUDA, OPERATOR]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+# The packages each image installs (and the commands they bring): its own, and the contract.
+PACKAGES = {SERVICE_CPU: {"chatbot", "chatbot_contract"},
+            SERVICE_CUDA: {"chatbot", "chatbot_contract"},
+            OPERATOR: {"chatbot_operator", "chatbot_contract"}}
 CHART_VALUES = yaml.safe_load((ROOT / "charts/chatbot/values.yaml").read_text())
 
 
@@ -94,6 +99,17 @@ def env_of(stage: list[tuple[str, str]]) -> dict[str, str]:
             for key, value in re.findall(r'(\w+)=("[^"]*"|\S+)', rest):
                 env[key] = value.strip('"')
     return env
+
+
+def console_scripts(package: str) -> dict[str, str]:
+    """The commands a package brings (setup.py gives the commands of the packages that are
+    there, so an image that holds the package holds them, and no other)."""
+    assert "scripts" in PYPROJECT["project"]["dynamic"]
+    spec = importlib.util.spec_from_file_location("project_setup", ROOT / "setup.py")
+    setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup)
+    command = setup.COMMANDS.get(package)
+    return dict([command.split(" = ")]) if command else {}
 
 
 def exec_form(text: str) -> list[str]:
@@ -166,13 +182,14 @@ def test_llama_cpp_is_installed_portably_at_the_pinned_version_before_the_code(d
     assert [c for c in before if c != seed] == [
         "pyproject.toml ./", "services/install.py ./services/install.py"]
     assert (seed in before) == (dockerfile == SERVICE_CPU)
-    assert "services ./services" in [build[i][1] for i in copies if i > installer]
+    assert "services/chatbot ./services/chatbot" in [build[i][1] for i in copies
+                                                     if i > installer]
 
 
 # ----------------------------------------------------------------------------- commands
 
 def test_the_commands_the_images_and_the_operator_run_exist():
-    assert PYPROJECT["project"]["scripts"]["chatbot"] == "chatbot.cli:main"
+    assert console_scripts("chatbot")["chatbot"] == "chatbot.cli:main"
     parser = build_parser()
     service_cmd = exec_form(final(SERVICE_CPU)["CMD"][0])
     assert service_cmd == exec_form(final(SERVICE_CUDA)["CMD"][0])
@@ -273,8 +290,9 @@ def test_healthcheck_passes_against_a_real_server_and_fails_without_one(
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(IMAGES)))
 def test_what_the_build_stage_copies_builds_a_complete_package(dockerfile, tmp_path):
     """The build stage's COPY lines, done here (minus what .dockerignore drops), then the
-    stage's `pip install .` as a wheel build: the package, its HTML and its entry point are
-    all in the context; its code imports from the wheel."""
+    stage's `pip install .` as a wheel build: the image's own packages, their HTML and entry
+    points are all in the context, and nothing else (no README, no other deployable, no
+    tooling); its code imports from the wheel."""
     context = tmp_path / "context"
     context.mkdir()
     skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
@@ -302,17 +320,29 @@ def test_what_the_build_stage_copies_builds_a_complete_package(dockerfile, tmp_p
 
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
-        entry_points = next(zf.read(n).decode() for n in names
-                            if n.endswith("entry_points.txt"))
+        entry_points = next((zf.read(n).decode() for n in names
+                             if n.endswith("entry_points.txt")), "")
         zf.extractall(tmp_path / "site")
-    for needed in ("chatbot/cli.py", "chatbot/server.py", "chatbot/api/static/404.html",
-                   "chatbot_operator/handlers.py", "chatbot_operator/fetch.py"):
-        assert needed in names, needed
-    assert "chatbot = chatbot.cli:main" in entry_points
+    packages = PACKAGES[dockerfile]
+    assert {n.split("/")[0] for n in names if ".dist-info/" not in n} == packages
+    assert not [n for n in names if "readme" in n.lower()]
+    scripts = {line.split(" = ")[0] for line in entry_points.splitlines() if " = " in line}
+    assert scripts == {name for p in packages for name in console_scripts(p)}
+    if "chatbot" in packages:
+        for needed in ("chatbot/cli.py", "chatbot/composition_root.py",
+                       "chatbot/api/static/404.html"):
+            assert needed in names, needed
+        assert "chatbot = chatbot.cli:main" in entry_points
+        modules, check = "chatbot.cli", "chatbot.cli"
+    else:
+        for needed in ("chatbot_operator/handlers.py", "chatbot_operator/fetch.py"):
+            assert needed in names, needed
+        modules, check = "chatbot_operator.handlers, chatbot_operator.fetch", \
+            "chatbot_operator.fetch"
     code = ("import sys; sys.path.insert(0, sys.argv[1]); "
-            "import chatbot.cli, chatbot_operator.handlers, chatbot_operator.fetch; "
-            "assert chatbot.cli.__file__.startswith(sys.argv[1]), chatbot.cli.__file__; "
-            "assert chatbot_operator.fetch.__file__.startswith(sys.argv[1])")
+            f"import chatbot_contract, {modules}; "
+            f"assert {check}.__file__.startswith(sys.argv[1]), {check}.__file__; "
+            "assert chatbot_contract.__file__.startswith(sys.argv[1])")
     site = str(tmp_path / "site")
     imported = subprocess.run([sys.executable, "-c", code, site], capture_output=True,
                               text=True, timeout=120, cwd=tmp_path)
@@ -332,6 +362,7 @@ def test_dependencies_are_installed_before_the_code_is_copied(dockerfile):
     extras = set(re.findall(r"\['optional-dependencies'\]\['(\w+)'\]", build[deps][1]))
     assert extras == ({"operator"} if dockerfile == OPERATOR else {"service", "llm"})
     code = [i for i, (ins, rest) in enumerate(build)
-            if ins == "COPY" and rest.split()[0] in ("services", "operator", "README.md")]
+            if ins == "COPY" and Path(rest.split()[0]).name in PACKAGES[dockerfile]]
+    assert len(code) == len(PACKAGES[dockerfile])
     assert min(code) > deps
     assert build[-1][0] == "RUN" and build[-1][1].startswith("pip install --no-deps")

@@ -9,8 +9,8 @@ then open http://127.0.0.1:8089. Each simulated user asks one question (characte
 
 from locust import events
 
-from chatbot.loadtest.locust_hooks import install
-from chatbot.loadtest.users import CharacterUser, OfficeUser
+from chatbot_loadtest.locust_hooks import install
+from chatbot_loadtest.users import CharacterUser, OfficeUser
 
 __all__ = ["CharacterUser", "OfficeUser"]
 install(events)

@@ -54,15 +54,40 @@ def test_a_stack_that_cannot_start_is_a_clear_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_without_the_load_extra_it_says_what_to_install():
-    """Locust's absence is simulated the way Python documents: sys.modules[name] = None."""
-    result = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.modules['locust'] = None; "
-         "from chatbot.cli import main; sys.exit(main(['loadtest']))"],
+def _chatbot_loadtest_without(module: str, *args: str) -> subprocess.CompletedProcess:
+    """`chatbot loadtest ARGS` where `module` is missing, simulated the way Python documents:
+    sys.modules[name] = None."""
+    return subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.modules[{module!r}] = None; "
+         f"from chatbot.cli import main; sys.exit(main(['loadtest', *{args!r}]))"],
         capture_output=True, text=True, timeout=60)
+
+
+def test_without_the_load_extra_it_says_what_to_install():
+    result = _chatbot_loadtest_without("locust")
     assert result.returncode == 2
     assert "pip install" in result.stderr and "[load]" in result.stderr
     assert "missing: locust" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_without_the_load_test_client_it_says_what_to_install():
+    """As in the service image, which holds no chatbot_loadtest."""
+    result = _chatbot_loadtest_without("chatbot_loadtest", "--users", "3")
+    assert result.returncode == 2
+    assert "pip install" in result.stderr and "[load]" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_chatbot_loadtest_is_the_clients_own_command():
+    loadtest = shutil.which("chatbot-loadtest", path=str(Path(sys.executable).parent))
+    assert loadtest, "the chatbot-loadtest command is not installed"
+    helped = subprocess.run([loadtest, "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "--spawn-stack" in helped.stdout
+    for command in ([loadtest], [chatbot_command(), "loadtest"]):
+        result = subprocess.run([*command, "--run-time", "soon"], capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 2, command
+        assert "--run-time: not a duration" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_run_time_that_is_not_a_duration_is_a_clear_error():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from chatbot.loadtest import report
+from chatbot_loadtest import report
 from tests.load.chromium import colour_counts, missing_colours, screenshot
 
 # What the load run must have drawn: its answers (200) and 429s, both histograms, the

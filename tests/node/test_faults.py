@@ -578,8 +578,8 @@ def _turns_in_mongo(nc, persona: str) -> dict[str, int]:
 
 
 def test_load_during_a_rollout_loses_nothing(installed, mirror, tmp_path):
-    from chatbot.loadtest import analysis
-    from chatbot.loadtest.records import read_rows
+    from chatbot_loadtest import analysis
+    from chatbot_loadtest.records import read_rows
 
     nc = installed
     out = tmp_path / "loadtest"

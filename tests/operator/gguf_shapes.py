@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from chatbot_dev.tiny_model import add_llama_shape
 
 gguf = __import__("gguf")
 Q = gguf.GGMLQuantizationType
@@ -38,13 +39,9 @@ def write_header(path: Path, shape: Shape, weights: Q, embd: Q | None = None,
     embd = embd or weights
     w = gguf.GGUFWriter(str(path), arch="llama")
     w.add_name("header-only " + path.name)
-    w.add_block_count(shape.n_layer)
-    w.add_context_length(shape.context_length)
-    w.add_embedding_length(shape.n_embd)
-    w.add_feed_forward_length(shape.n_ff)
-    w.add_head_count(shape.n_head)
-    w.add_head_count_kv(shape.n_head_kv)
-    w.add_rope_dimension_count(shape.n_embd // shape.n_head)
+    add_llama_shape(w, context_length=shape.context_length, n_embd=shape.n_embd,
+                    n_layer=shape.n_layer, n_ff=shape.n_ff, n_head=shape.n_head,
+                    n_head_kv=shape.n_head_kv)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(shape.n_vocab)
     w.add_file_type({Q.Q4_0: 2, Q.Q4_1: 3}.get(weights, 1))
@@ -61,16 +58,14 @@ def write_header(path: Path, shape: Shape, weights: Q, embd: Q | None = None,
     tensor("token_embd.weight", shape.n_vocab, e, embd)
     if shape.rope_freqs:
         tensor("rope_freqs.weight", e // shape.n_head // 2, None, Q.F32)
+    layer = {"attn_norm": (e, None, Q.F32), "attn_q": (e, e, weights),
+             "attn_k": (kv, e, weights), "attn_v": (kv, e, weights),
+             "attn_output": (e, e, weights), "ffn_norm": (e, None, Q.F32),
+             "ffn_gate": (shape.n_ff, e, weights), "ffn_up": (shape.n_ff, e, weights),
+             "ffn_down": (e, shape.n_ff, weights)}
     for i in range(shape.n_layer):
-        tensor(f"blk.{i}.attn_norm.weight", e, None, Q.F32)
-        tensor(f"blk.{i}.attn_q.weight", e, e, weights)
-        tensor(f"blk.{i}.attn_k.weight", kv, e, weights)
-        tensor(f"blk.{i}.attn_v.weight", kv, e, weights)
-        tensor(f"blk.{i}.attn_output.weight", e, e, weights)
-        tensor(f"blk.{i}.ffn_norm.weight", e, None, Q.F32)
-        tensor(f"blk.{i}.ffn_gate.weight", shape.n_ff, e, weights)
-        tensor(f"blk.{i}.ffn_up.weight", shape.n_ff, e, weights)
-        tensor(f"blk.{i}.ffn_down.weight", e, shape.n_ff, weights)
+        for name, (rows, cols, qtype) in layer.items():
+            tensor(f"blk.{i}.{name}.weight", rows, cols, qtype)
     tensor("output_norm.weight", e, None, Q.F32)
     if not shape.tied:
         tensor("output.weight", shape.n_vocab, e, output)

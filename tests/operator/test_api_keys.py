@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chatbot.contract import API_KEYS_DIR
 from chatbot.settings import Settings
+from chatbot_contract import API_KEYS_DIR
 from chatbot_operator import builders, crd
 from chatbot_operator.builders import Owner
 from chatbot_operator.config import OperatorConfig

@@ -140,7 +140,7 @@ def test_a_terminating_pod_keeps_serving_until_the_route_stopped_sending_to_it()
     """A rollout: the pod sleeps (Kubernetes' own preStop sleep, no binary in the image)
     while the route and kube-proxy drop it, then the service drains its answers in flight;
     the kubelet waits longer than both before it kills."""
-    from chatbot import contract
+    import chatbot_contract as contract
     from chatbot.settings import Settings
 
     dep = builders.persona_deployment(OWNER, _spec(), "character", PROFILES, CONFIG)

@@ -16,9 +16,9 @@ import pytest
 from pydantic import AliasChoices, BaseModel
 from starlette.testclient import TestClient
 
-from chatbot import contract
+import chatbot_contract as contract
+from chatbot.composition_root import create_app, not_found_app
 from chatbot.domain.personas import Persona
-from chatbot.server import create_app, not_found_app
 from chatbot.settings import Settings
 from chatbot_operator import builders, crd
 from chatbot_operator.builders import Owner

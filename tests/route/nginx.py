@@ -8,9 +8,9 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
+from chatbot_loadtest.stack import LocalServer
 from tests.support import free_port
 
 CACHED_NGINX = Path.home() / ".cache/chatbot-dev/nginx/usr/sbin/nginx"
@@ -64,39 +64,26 @@ def http_config(servers: list[list[str]], endpoints: dict[str, str | None],
     return "\n".join(out) + "\n"
 
 
-class Nginx:
-    """nginx serving one rendered configuration on a loopback port."""
+class Nginx(LocalServer):
+    """nginx serving one rendered configuration on a loopback port, stopped gracefully
+    (SIGQUIT)."""
 
     def __init__(self, binary: Path, workdir: Path, config: str, port: int) -> None:
-        self.workdir, self.port = workdir, port
-        self.url = f"http://127.0.0.1:{port}"
+        self.workdir = workdir
         for kind in TEMP_PATHS:
             (workdir / "tmp" / kind).mkdir(parents=True, exist_ok=True)
         self.conf = workdir / "nginx.conf"
         self.conf.write_text(config)
-        self.log = workdir / "nginx.log"
         argv = [str(binary), "-p", str(workdir), "-e", "stderr", "-c", str(self.conf)]
         check = subprocess.run([*argv, "-t"], capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"nginx refused the configuration:\n{check.stderr}\n{config}")
-        self._out = open(self.log, "wb")
-        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nginx exited: {self.log.read_text()}")
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(f"nginx did not listen on {port}: {self.log.read_text()}")
+        super().__init__(argv, workdir / "nginx.log", port=port, stop_signal=signal.SIGQUIT,
+                         stop_timeout_s=10)
+        self.start()
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)  # graceful shutdown
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._out.close()
+        def listening() -> bool | None:
+            with socket.socket() as sock:
+                return True if sock.connect_ex(("127.0.0.1", port)) == 0 else None
+
+        self.wait_for(listening, 10, f"nginx did not listen on {port}")

@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from chatbot_dev.history import embedded_document
 from pymongo import MongoClient
 
 from chatbot.stores.embedded import EmbeddedHistoryStore
 from tests.service.upstreams import ContextOverflowUpstream
+from tests.support.history import embedded_document
 
 N_CTX = 2048
 ANSWER = 200  # tokens: every tiny-model answer is exactly this long

@@ -5,9 +5,8 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from chatbot_dev.history import embedded_document
-
 from chatbot.stores.embedded import EmbeddedHistoryStore
+from tests.support.history import embedded_document
 
 CHAR = {"character_name": "Rachel", "greeting": "Hello!", "context": "A shy student."}
 

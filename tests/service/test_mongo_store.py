@@ -10,10 +10,10 @@ import time
 import uuid
 
 import pytest
-from chatbot_dev.history import mongo_document
 from pymongo.errors import PyMongoError
 
 from chatbot.stores.mongo import MongoHistoryStore
+from tests.support.history import mongo_document
 
 
 def _store(server, **kwargs) -> MongoHistoryStore:

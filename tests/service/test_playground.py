@@ -8,9 +8,8 @@ import re
 import uuid
 from pathlib import Path
 
-from chatbot_dev.history import embedded_document
-
 from chatbot.stores.embedded import EmbeddedHistoryStore
+from tests.support.history import embedded_document
 
 CHAR = {"character_name": "Rachel", "greeting": "안녕하세요!", "context": "수줍은 학생."}
 EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", re.IGNORECASE)

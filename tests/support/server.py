@@ -1,18 +1,28 @@
-"""Starts real `chatbot serve` processes (uvicorn) on loopback for the service tests."""
+"""Starts real `chatbot serve` processes (uvicorn) on loopback for the service tests, with
+the load-test client's local-server helper (chatbot_loadtest.stack.LocalServer)."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
+from chatbot_loadtest.stack import LocalServer
 from tests.support.ports import free_port
+
+
+def serve_to_the_end(env: dict[str, str | None]) -> subprocess.CompletedProcess:
+    """`chatbot serve --port 1` with these variables set (None: unset), run until it exits:
+    what a user sees when the service refuses its configuration."""
+    full_env = {**os.environ, **env}
+    chatbot = str(Path(sys.executable).parent / "chatbot")
+    return subprocess.run([chatbot, "serve", "--port", "1"], capture_output=True, text=True,
+                          timeout=60,
+                          env={k: v for k, v in full_env.items() if v is not None})
 
 
 def performance(url: str, persona: str | None = None) -> dict:
@@ -21,23 +31,19 @@ def performance(url: str, persona: str | None = None) -> dict:
     return httpx.get(url + path, timeout=10).json()
 
 
-class ChatbotServer:
+class ChatbotServer(LocalServer):
     """One `chatbot serve` process (or another `chatbot` command that serves HTTP, such as
-    `not-found`); `url` is its base URL, `log` its combined output."""
+    `not-found`), started at once; `url` is its base URL, `log` its combined output."""
 
     def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None,
                  command: str = "serve", cwd: Path | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / f"server-{self.port}.log"
-        full_env = {**os.environ, "CHATBOT_HISTORY_PATH": str(workdir / f"h-{self.port}.db")}
-        full_env.update(env or {})
+        port = free_port()
         chatbot = shutil.which("chatbot", path=str(Path(sys.executable).parent)) or "chatbot"
-        self._out = open(self.log, "wb")
-        self.proc = subprocess.Popen(
-            [chatbot, command, *args, "--port", str(self.port)],
-            env=full_env, stdout=self._out, stderr=subprocess.STDOUT, cwd=cwd,
-        )
+        super().__init__(
+            [chatbot, command, *args, "--port", str(port)], workdir / f"server-{port}.log",
+            port=port, cwd=cwd,
+            env={"CHATBOT_HISTORY_PATH": str(workdir / f"h-{port}.db"), **(env or {})})
+        self.start()
 
     def performance(self, persona: str | None = None) -> dict:
         return performance(self.url, persona)
@@ -46,30 +52,13 @@ class ChatbotServer:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60), **kwargs)
 
     def wait_until(self, path: str, status: int = 200, timeout: float = 60) -> httpx.Response:
-        deadline = time.monotonic() + timeout
-        last: object = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                last = httpx.get(self.url + path, timeout=5)
-                if last.status_code == status:
-                    return last
-            except httpx.TransportError as exc:
-                last = exc
-            time.sleep(0.05)
-        raise TimeoutError(f"{path} never answered {status} (last: {last})\n{self.output()}")
+        """The first answer of `path` with `status`."""
 
-    def output(self) -> str:
-        self._out.flush()
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+        def answered() -> httpx.Response | None:
             try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._out.close()
+                response = httpx.get(self.url + path, timeout=5)
+            except httpx.TransportError:
+                return None
+            return response if response.status_code == status else None
+
+        return self.wait_for(answered, timeout, f"{path} never answered {status}")

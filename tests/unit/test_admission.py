@@ -1,4 +1,4 @@
-"""Admission: FIFO hand-over, bounded queue, monotonic rejection, cancellation while queued."""
+"""AdmissionQueue: FIFO hand-over, bounded queue, monotonic rejection, cancellation while queued."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from chatbot.core.admission import Admission
+from chatbot.core.admission_queue import AdmissionQueue
 from chatbot.domain.errors import QueueFullError
 
 
-async def _hold(adm: Admission, log: list, name: str, release: asyncio.Event) -> None:
+async def _hold(adm: AdmissionQueue, log: list, name: str, release: asyncio.Event) -> None:
     async with adm.slot():
         log.append(name)
         await release.wait()
@@ -18,7 +18,7 @@ async def _hold(adm: Admission, log: list, name: str, release: asyncio.Event) ->
 
 def test_slots_are_handed_over_in_arrival_order():
     async def scenario():
-        adm = Admission(1, 10, lambda: 2.0)
+        adm = AdmissionQueue(1, 10, lambda: 2.0)
         log, gate = [], asyncio.Event()
         tasks = [asyncio.create_task(_hold(adm, log, str(i), gate)) for i in range(4)]
         await asyncio.sleep(0)
@@ -32,7 +32,7 @@ def test_slots_are_handed_over_in_arrival_order():
 
 def test_a_full_queue_rejects_and_rejection_is_monotonic_in_queue_length():
     async def scenario():
-        adm = Admission(2, 3, lambda: 10.0)
+        adm = AdmissionQueue(2, 3, lambda: 10.0)
         gate = asyncio.Event()
         tasks = [asyncio.create_task(_hold(adm, [], str(i), gate)) for i in range(5)]
         await asyncio.sleep(0)
@@ -54,7 +54,7 @@ def test_a_full_queue_rejects_and_rejection_is_monotonic_in_queue_length():
 
 def test_a_waiter_cancelled_in_the_queue_never_runs_and_frees_its_place():
     async def scenario():
-        adm = Admission(1, 1, lambda: 1.0)
+        adm = AdmissionQueue(1, 1, lambda: 1.0)
         log, gate = [], asyncio.Event()
         first = asyncio.create_task(_hold(adm, log, "first", gate))
         queued = asyncio.create_task(_hold(adm, log, "queued", gate))
@@ -72,4 +72,4 @@ def test_a_waiter_cancelled_in_the_queue_never_runs_and_frees_its_place():
 
 
 def test_retry_after_is_at_least_one_second():
-    assert Admission(1, 0, lambda: 0.01).retry_after_s() == 1
+    assert AdmissionQueue(1, 0, lambda: 0.01).retry_after_s() == 1

@@ -17,9 +17,9 @@ import pytest
 from fastapi import HTTPException
 from fastapi.testclient import TestClient
 
+from chatbot.composition_root import NOT_FOUND_PAGE, build_runtime, create_app, persona_app
 from chatbot.domain.conversation import SearchResult
 from chatbot.domain.personas import Persona
-from chatbot.server import NOT_FOUND_PAGE, build_runtime, create_app, persona_app
 from chatbot.settings import CharacterSettings, OfficeSettings, Settings
 from chatbot.stores.embedded import EmbeddedHistoryStore
 from tests.support.engines import CountingEngine, RecordingSearch, ScriptedEngine

@@ -14,13 +14,13 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from chatbot.composition_root import create_app
 from chatbot.core.admission import Admission
 from chatbot.core.budgets import Budgets
 from chatbot.core.callers import current_caller
 from chatbot.domain.api_keys import KeysFileError, find_key, key_hash, parse_keys
 from chatbot.domain.errors import QueueFullError, RateLimitedError
 from chatbot.domain.personas import Persona
-from chatbot.server import create_app
 from chatbot.settings import CharacterSettings, OfficeSettings, Settings
 from tests.support.engines import ScriptedEngine
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from chatbot_dev.history import embedded_document
 
-from chatbot.core.admission import Admission
+from chatbot.core.admission_queue import AdmissionQueue
 from chatbot.core.chat import ChatService
 from chatbot.core.prompts import with_history
 from chatbot.core.stats import PerformanceStats
@@ -21,12 +20,13 @@ from chatbot.domain.errors import ContextLengthExceededError, GenerationFailedEr
 from chatbot.domain.personas import CHARACTER
 from chatbot.stores.embedded import EmbeddedHistoryStore
 from tests.support.engines import CountingEngine, ScriptedEngine
+from tests.support.history import embedded_document
 
 
 def _service(engine, store=None):
     stats = PerformanceStats()
     return ChatService(CHARACTER, engine, store or EmbeddedHistoryStore(),
-                       Admission(1, 1, stats.mean_service_s), stats, deadline_s=5)
+                       AdmissionQueue(1, 1, stats.mean_service_s), stats, deadline_s=5)
 
 
 def _chat(service, conversation=None):

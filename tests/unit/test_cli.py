@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.server import serve_to_the_end
+
 CHATBOT = str(Path(sys.executable).parent / "chatbot")
 CHATBOT_DEV = str(Path(sys.executable).parent / "chatbot-dev")
 
@@ -34,11 +36,7 @@ def test_unknown_quant_and_persona_are_usage_errors(tmp_path):
 
 
 def test_bad_configuration_is_a_clear_error_naming_the_variable():
-    import os
-
-    env = {**os.environ, "CHATBOT_OFFICE__MODEL__N_THREADS": "lots"}
-    run = subprocess.run([CHATBOT, "serve", "--port", "1"], capture_output=True, text=True,
-                         timeout=60, env=env)
+    run = serve_to_the_end({"CHATBOT_OFFICE__MODEL__N_THREADS": "lots"})
     assert run.returncode == 2
     assert "CHATBOT_OFFICE__MODEL__N_THREADS" in run.stderr and "'lots'" in run.stderr
     assert "Traceback" not in run.stderr

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from chatbot_dev.history import embedded_document
-
 from chatbot.core.ports import collection_name
 from chatbot.stores.embedded import EmbeddedHistoryStore
+from tests.support.history import embedded_document
 
 
 def test_concurrent_turns_of_one_conversation_get_distinct_indexes(tmp_path):

@@ -225,8 +225,8 @@ def test_a_journal_where_no_file_can_be_made_fails_loudly(tmp_path):
 def _away_app(tmp_path, journal):
     from fastapi.testclient import TestClient
 
+    from chatbot.composition_root import create_app
     from chatbot.domain.personas import Persona
-    from chatbot.server import create_app
     from chatbot.settings import Settings
     from tests.support.engines import ScriptedEngine
     from tests.support.ports import free_port

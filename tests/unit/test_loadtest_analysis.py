@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
-from chatbot.loadtest import analysis
-from chatbot.loadtest.answers import is_real_answer, process_time_s, retry_after_s
-from chatbot.loadtest.records import (
+from chatbot_loadtest import analysis
+from chatbot_loadtest.answers import is_real_answer, process_time_s, retry_after_s
+from chatbot_loadtest.records import (
     CHARACTER_COLUMNS,
     OFFICE_COLUMNS,
     Attempt,

@@ -14,8 +14,8 @@ import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 
+from chatbot.composition_root import create_app
 from chatbot.domain.personas import Persona
-from chatbot.server import create_app
 from chatbot.settings import Settings
 from tests.support.engines import ScriptedEngine
 from tests.support.openapi_contract import CHECKS, bounded, configured

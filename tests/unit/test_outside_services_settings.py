@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 from chatbot.settings import Settings
-
-CHATBOT = str(Path(sys.executable).parent / "chatbot")
+from tests.support.server import serve_to_the_end
 
 
 def test_mongo_and_openai_settings_come_from_their_usual_variables(monkeypatch):
@@ -33,19 +27,14 @@ def test_defaults_without_them(monkeypatch):
 
 
 def test_a_bad_mongo_url_is_a_clear_error_that_does_not_echo_it():
-    env = {**os.environ, "MONGO_URL": "db.example:27017?password=hunter2"}
-    run = subprocess.run([CHATBOT, "serve", "--port", "1"], capture_output=True, text=True,
-                         timeout=60, env=env)
+    run = serve_to_the_end({"MONGO_URL": "db.example:27017?password=hunter2"})
     assert run.returncode == 2
     assert "MONGO_URL" in run.stderr and "mongodb://" in run.stderr
     assert "hunter2" not in run.stderr and "Traceback" not in run.stderr
 
 
 def test_recorded_search_without_a_file_is_a_clear_configuration_error():
-    env = {**os.environ, "CHATBOT_SEARCH": "recorded"}
-    env.pop("CHATBOT_SEARCH_RECORDED_PATH", None)
-    run = subprocess.run([CHATBOT, "serve", "--port", "1"], capture_output=True, text=True,
-                         timeout=60, env=env)
+    run = serve_to_the_end({"CHATBOT_SEARCH": "recorded", "CHATBOT_SEARCH_RECORDED_PATH": None})
     assert run.returncode == 2
     assert "CHATBOT_SEARCH_RECORDED_PATH" in run.stderr and "Traceback" not in run.stderr
 

@@ -9,12 +9,11 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from chatbot_dev.history import embedded_document
-
 from chatbot.domain.errors import EngineUnavailableError
 from chatbot.domain.personas import Persona
 from chatbot.stores.embedded import EmbeddedHistoryStore
 from tests.support.engines import CountingEngine, ScriptedEngine
+from tests.support.history import embedded_document
 from tests.unit.test_api import ANSWER, CHARACTER, OFFICE, _client, _wait_until
 
 

@@ -14,12 +14,12 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from chatbot_dev.recorded_search import RecordedSearch
 from ddgs.ddgs import DDGS  # the real class (`ddgs.DDGS` is a lazy proxy)
 from ddgs.exceptions import DDGSException
 
 from chatbot.core.prompts import office_messages
 from chatbot.search.ddgs_search import DdgsSearch, results_from_ddgs
+from chatbot.search.recorded import RecordedSearch
 
 RECORDED = Path(__file__).resolve().parents[1] / "data" / "ddgs_recorded.json"
 NOW = datetime(2026, 11, 24, 15, 7, tzinfo=UTC)  # 2026-11-25 00:07 in Seoul

@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from fastapi.testclient import TestClient
 
+from chatbot.composition_root import create_app
 from chatbot.core.shutdown import Shutdown
 from chatbot.domain.personas import Persona
-from chatbot.server import create_app
 from chatbot.settings import Settings
 from tests.support.engines import ScriptedEngine
 

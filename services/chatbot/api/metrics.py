@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from chatbot.core.admission import Admission
+from chatbot.core.admission_queue import AdmissionQueue
 from chatbot.core.chat import ChatResult
 from chatbot.core.ports import ChatEngine
 
@@ -63,7 +63,7 @@ class _LlamaServerMetrics:
     scrape, as llama-server's do. Speculative-decoding counters are left out (none here).
     """
 
-    def __init__(self, engine: ChatEngine, admission: Admission) -> None:
+    def __init__(self, engine: ChatEngine, admission: AdmissionQueue) -> None:
         self.engine, self.admission = engine, admission
         self._last = {"prompt": (0, 0.0), "predict": (0, 0.0)}
 
@@ -77,6 +77,7 @@ class _LlamaServerMetrics:
         f = self.engine.status().facts
         waiting = self.admission.waiting + f.get("sequences_waiting", 0)
         processing = f.get("sequences_active", int(bool(f.get("generating"))))
+        # llama-server's metrics as tables of (name, help, value): alike rows, one a metric.
         for name, doc, value in (
             ("prompt_tokens_total", "Number of prompt tokens processed, excluding cached tokens",
              f.get("prompt_tokens_evaluated", 0)),
@@ -184,7 +185,7 @@ def _journal_metrics(persona: str, status: dict):
 
 
 class PersonaMetrics:
-    def __init__(self, persona: str, admission: Admission, engine: ChatEngine) -> None:
+    def __init__(self, persona: str, admission: AdmissionQueue, engine: ChatEngine) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.latency = Histogram(

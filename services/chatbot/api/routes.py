@@ -3,7 +3,6 @@ HTTP answer."""
 
 from __future__ import annotations
 
-import socket
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
@@ -15,6 +14,7 @@ from chatbot.api.disconnect import unless_disconnected
 from chatbot.api.methods import not_a_literal_path
 from chatbot.api.responses import HEALTHZ, METRICS, PERFORMANCE, READYZ, answer_responses
 from chatbot.core.chat import ChatResult, ChatService
+from chatbot.core.performance import ENGINE_COUNTERS, performance_report
 from chatbot.domain.conversation import CharacterTurn, OfficeTurn, PersonaTurn
 from chatbot.domain.personas import GPT_MODELS
 from chatbot.domain.schemas import CharacterRequest, OfficeRequest
@@ -70,6 +70,8 @@ def _character_turn(body: CharacterRequest) -> CharacterTurn:
                          body.conversation)
 
 
+# One function per route, alike: FastAPI reads each route's body model (OfficeRequest,
+# CharacterRequest) and summary for the OpenAPI schema from its own signature.
 @office.post("/Llama", summary="Answer a work question with the local Llama model", **_CHAT)
 async def office_llama(body: OfficeRequest, request: Request, rt: Runtime):
     return await _answer(request, rt, rt.service, _office_turn(body))
@@ -92,35 +94,6 @@ async def character_gpt(gpt_set: GptSet, body: CharacterRequest, request: Reques
     return await _answer(request, rt, rt.gpt_service(gpt_set), _character_turn(body))
 
 
-_ENGINE_COUNTERS = (
-    "sequences_active", "sequences_waiting", "peak_sequences", "prompt_tokens_evaluated",
-    "prompt_tokens_reused", "prompt_tokens_copied", "decode_steps", "peak_batch_tokens",
-    "prompt_tokens_restored", "kv_host_bytes", "kv_host_sequences", "kv_host_saves",
-    "kv_host_saved_tokens", "kv_host_restores", "kv_host_evictions",
-)
-
-
-def performance_report(service: ChatService) -> dict:
-    """What /performance answers for a persona: its counters since start, its queue and
-    its engine's live counters. `instance` (host/counters id) names whose counters these
-    are: it changes when another process answers (a restart, a rollout, another replica)."""
-    engine = service.engine.status()
-    return {
-        "instance": f"{socket.gethostname()}/{service.stats.counters_id}",
-        **service.stats.snapshot(),
-        "active_connections": service.admission.active,
-        "max_concurrent": service.admission.max_concurrent,
-        "queue_size": service.admission.waiting,
-        "max_queue": service.admission.max_queue,
-        "fallbacks": service.fallbacks,
-        "model": engine.model,
-        "engine_generated_tokens": engine.facts.get("generated_tokens", 0),
-        "engine_generating": engine.facts.get("generating", False),
-        # The batched engine's live counters (shared by the personas on its model file).
-        **{f"engine_{k}": engine.facts[k] for k in _ENGINE_COUNTERS if k in engine.facts},
-    }
-
-
 @common.get("/performance", summary="Measured performance of this service",
             response_model=None, responses=PERFORMANCE)
 async def performance(rt: Runtime) -> dict:
@@ -139,7 +112,7 @@ async def healthz() -> dict:
 async def readyz(rt: Runtime) -> JSONResponse:
     engine = rt.service.engine.status()
     facts = {k: v for k, v in engine.facts.items()
-             if k not in ("generated_tokens", "generating", *_ENGINE_COUNTERS)}
+             if k not in ("generated_tokens", "generating", *ENGINE_COUNTERS)}
     body = {
         "status": "ready" if engine.ready else "not ready",
         "persona": rt.persona.value, "model": engine.model, "detail": engine.detail,

@@ -9,11 +9,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from chatbot.core.admission import Admission
-from chatbot.core.admitted import RequestGate
+from chatbot.core.admission_queue import AdmissionQueue
 from chatbot.core.context_fit import Fit, fit_history
 from chatbot.core.ports import ChatEngine, HistoryStore, NoWebSearch, WebSearch
 from chatbot.core.prompts import OfficeAssistant, persona_messages
+from chatbot.core.request_gate import RequestGate
 from chatbot.core.shutdown import Shutdown
 from chatbot.core.stats import PerformanceStats
 from chatbot.domain.conversation import (
@@ -86,7 +86,7 @@ class ChatService:
         profile: PersonaProfile,
         engine: ChatEngine,
         store: HistoryStore,
-        admission: Admission,
+        admission: AdmissionQueue,
         stats: PerformanceStats,
         deadline_s: float,
         search: WebSearch | None = None,
@@ -105,7 +105,7 @@ class ChatService:
         self.history_failures = {"read": 0, "write": 0}
 
     @property
-    def admission(self) -> Admission:
+    def admission(self) -> AdmissionQueue:
         return self.gate.admission
 
     @property

@@ -14,9 +14,9 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from chatbot.core.admitted import RequestGate
 from chatbot.core.context_fit import fit_prompt
 from chatbot.core.ports import ChatEngine, Completion
+from chatbot.core.request_gate import RequestGate
 from chatbot.domain.conversation import ChatMessage
 from chatbot.domain.personas import SamplingParams
 

@@ -1,4 +1,5 @@
-"""The two personas: their system prompts, generation parameters and history depth."""
+"""The two personas: their generation parameters (local model and GPT routes), fallback
+parameters and history depth. Their system prompts are built in core/prompts.py."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ class SamplingOverrides(BaseModel):
 
 
 class PersonaProfile(BaseModel):
-    """What makes a persona: prompts, sampling and how much history it replays."""
+    """What makes a persona here: its sampling, its fallback's and how much history it
+    replays."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -1,1 +1,2 @@
-"""Web search adapters (the `WebSearch` port of `chatbot.core.ports`)."""
+"""Search adapters (the `WebSearch` port of `chatbot.core.ports`): DuckDuckGo through ddgs
+(`ddgs_search`), and recorded results for deployments without internet (`recorded`)."""

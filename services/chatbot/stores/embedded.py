@@ -55,6 +55,13 @@ class EmbeddedHistoryStore:
             timestamp or datetime.now(UTC).isoformat(), if_absent,
         )
 
+    async def document(self, persona: str, user_id: str, db_id: str) -> dict | None:
+        """The whole conversation as its MongoDB document would look, `{id, value: [turn,
+        ...]}`; None when nothing is stored."""
+        turns = await asyncio.to_thread(
+            self._recent, collection_name(persona, user_id), db_id, None)
+        return {"id": db_id, "value": [t.__dict__ for t in turns]} if turns else None
+
     def status(self) -> dict:
         return {"kind": "embedded", "path": self.path, "state": "ok"}
 

@@ -106,6 +106,12 @@ class MongoHistoryStore:
         self._ok()
         return index
 
+    async def document(self, persona: str, user_id: str, db_id: str) -> dict | None:
+        """The conversation's stored document, `{id, turns, value: [turn, ...]}` (without
+        MongoDB's `_id`); None when nothing is stored."""
+        return await self._db[collection_name(persona, user_id)].find_one(
+            {"id": db_id}, {"_id": 0})
+
     def status(self) -> dict:
         return {
             "kind": "mongodb", "database": self.database, "state": self._state,

@@ -1,8 +1,10 @@
-"""Load tests of the chat services: Locust users, a headless runner, and an HTML report.
+"""The load-test client of the chat services: Locust users, a headless runner, an HTML
+report (`chatbot-loadtest`, also run as `chatbot loadtest`).
 
-Locust and plotly come with the `load` extra; the modules that need them import them
-lazily through `require_load_extra` so that `chatbot loadtest` without the extra says what
-to install instead of a traceback.
+A client over HTTP: it imports nothing of `chatbot` (it starts `chatbot serve` as a process
+for `--spawn-stack`), and no image holds it. Locust and plotly come with the `load` extra;
+the modules that need them import them lazily, so that `chatbot loadtest` without the extra
+says what to install instead of a traceback.
 """
 
 from __future__ import annotations

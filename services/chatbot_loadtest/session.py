@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from chatbot.loadtest.records import CsvRecorder
+from chatbot_loadtest.records import CsvRecorder
 
 USER_PREFIX = {"office": "office_user_", "character": "char_user_"}
 

@@ -1,9 +1,11 @@
 """A search adapter that answers every query with results recorded in a JSON file.
 
-For tests and offline demos only (there is no internet in CI): the file holds a list of
-ddgs-shaped results `[{"title", "href", "body"}, ...]`, as `DDGS().text()` returns them.
-Select it with `CHATBOT_SEARCH=recorded` and `CHATBOT_SEARCH_RECORDED_PATH=<file>`; the
-composition root imports it from here only then.
+Where the office persona has no internet (an air-gapped deployment, an offline demo, the
+tests), its `google_access` answers are grounded in a fixed set of results instead: the file
+holds a list of ddgs-shaped results `[{"title", "href", "body"}, ...]`, as `DDGS().text()`
+returns them, read on every search (so it can be replaced while the service runs). Select it
+with `CHATBOT_SEARCH=recorded` and `CHATBOT_SEARCH_RECORDED_PATH=<file>`. An unreadable file
+means no results, a warning and one more in `failures`, as a failed web search.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Composition root: builds engines, stores and per-persona apps from `Settings`."""
+"""The composition root: the one place that builds the engines, the history store, the search
+and the per-persona apps from `Settings` and wires them together (`create_app`); every other
+module receives what it needs. `chatbot serve` (cli.py) starts what it returns."""
 
 from __future__ import annotations
 
@@ -27,11 +29,11 @@ from chatbot.api.errors import install_error_handlers
 from chatbot.api.metrics import PersonaMetrics
 from chatbot.api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
 from chatbot.api.playground import playground
-from chatbot.api.routes import character, common, office, performance_report
-from chatbot.contract import NOT_FOUND_HEALTH_PATH
-from chatbot.core.admission import Admission
+from chatbot.api.routes import character, common, office
+from chatbot.core.admission_queue import AdmissionQueue
 from chatbot.core.chat import ChatService
 from chatbot.core.chat_completions import ChatCompletions
+from chatbot.core.performance import performance_report
 from chatbot.core.ports import ChatEngine, HistoryStore, NoWebSearch, WebSearch
 from chatbot.core.prompts import OfficeAssistant
 from chatbot.core.shutdown import Shutdown
@@ -41,6 +43,7 @@ from chatbot.llm.bundled import bundled_model_path
 from chatbot.settings import Settings
 from chatbot.stores.embedded import EmbeddedHistoryStore
 from chatbot.stores.journal import JournaledHistoryStore
+from chatbot_contract import NOT_FOUND_HEALTH_PATH
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +123,8 @@ def build_search(settings: Settings) -> WebSearch:
         from chatbot.search.ddgs_search import DdgsSearch
 
         return DdgsSearch(settings.search_timeout_s)
-    if settings.search == "recorded":  # development tooling: tests, offline demos
-        from chatbot_dev.recorded_search import RecordedSearch
+    if settings.search == "recorded":  # offline: recorded results (demos, tests)
+        from chatbot.search.recorded import RecordedSearch
 
         return RecordedSearch(settings.search_recorded_path)
     return NoWebSearch()
@@ -159,10 +162,10 @@ def _report_keys(settings: Settings, personas: list[Persona], api_keys: KeyGuard
 
 
 def _queue(max_concurrent: int, max_queue: int,
-           prior_service_s: float) -> tuple[Admission, PerformanceStats]:
+           prior_service_s: float) -> tuple[AdmissionQueue, PerformanceStats]:
     """An admission queue and the statistics its Retry-After estimate reads."""
     stats = PerformanceStats(prior_service_s=prior_service_s)
-    return Admission(max_concurrent, max_queue, stats.mean_service_s), stats
+    return AdmissionQueue(max_concurrent, max_queue, stats.mean_service_s), stats
 
 
 def build_gpt_services(persona: Persona, settings: Settings, base: ChatService,

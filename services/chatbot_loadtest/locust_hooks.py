@@ -11,10 +11,10 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from chatbot.loadtest.runner import finish, performance
-from chatbot.loadtest.session import RunSession, attach
+from chatbot_loadtest.runner import finish, performance
+from chatbot_loadtest.session import RunSession, attach
 
-log = logging.getLogger("chatbot.loadtest")
+log = logging.getLogger("chatbot_loadtest")
 
 
 def install(events) -> None:

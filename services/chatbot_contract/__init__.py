@@ -1,14 +1,15 @@
-"""What the operator relies on in the chat service: one source for both sides.
+"""What the operator and the chat service rely on in each other: one source for both sides.
 
-The service reads its configuration from ``CHATBOT_*`` variables (settings.py), answers its
-probes on fixed paths and refuses bodies over a limit; the operator (chatbot_operator:
-builders, spec, crd, gpu_fit) writes those variables into each ChatbotModel's ConfigMap,
-probes those paths and sizes its Ingress and its defaults alike. Both import the names and
-numbers from here, so a change is made once; tests/operator/test_service_contract.py parses
-the ConfigMap the operator generates with the service's own Settings.
+The service reads its configuration from ``CHATBOT_*`` variables (chatbot/settings.py),
+answers its probes on fixed paths, refuses bodies over a limit and reports its GPU offload
+into its ChatbotModel's status; the operator (chatbot_operator: builders, spec, crd,
+gpu_fit, gpu_plan) writes those variables into each ChatbotModel's ConfigMap, probes those
+paths, sizes its Ingress and its defaults alike and reads that report. Both import the
+names and numbers from here, so a change is made once; tests/operator/test_service_contract.py
+parses the ConfigMap the operator generates with the service's own Settings.
 
-Standard library only, nothing imported from the rest of ``chatbot``: the operator image
-imports this module without the service's dependencies.
+A package of its own, standard library only: both images install it beside their own
+package (the operator image holds no ``chatbot``, the service image no ``chatbot_operator``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,24 @@ DEFAULT_SHUTDOWN_GRACE_S = 20
 # Retry-After); uvicorn's own cut-off (a bare 500) waits this much longer, as a backstop.
 # The pods' terminationGracePeriodSeconds leave more than this after the grace.
 SHUTDOWN_CUTOFF_MARGIN_S = 2
+
+
+# The ChatbotModel custom resource (the operator's CRD, the service's status report).
+GROUP = "chatbot.treenut.ai"
+VERSION = "v1alpha1"
+KIND = "ChatbotModel"
+PLURAL = "chatbotmodels"
+
+# What llama.cpp really offloaded, as each persona's pods report it (chatbot/status_report.py)
+# into ``status.<ACCELERATION>.<persona>`` and the operator reads it (gpu_plan.acceleration).
+ACCELERATION = "acceleration"
+REPORT_POD = "pod"  # the pod that reported
+REPORT_SETTINGS_HASH = "settingsHash"  # the operator's settings hash the pod ran with
+REPORT_OFFLOADED = "offloaded"  # layers on the GPU
+REPORT_REQUESTED = "requested"  # n_gpu_layers the pod was told (-1: all)
+REPORT_LAYERS_TOTAL = "layersTotal"  # the model's layers, its output layer included
+REPORT_SUPPORTED = "supported"  # whether that llama.cpp has a GPU backend at all
+REPORT_AT = "reportedAt"  # RFC 3339, UTC
 
 
 def env_name(*path: str) -> str:

@@ -18,11 +18,11 @@ import locust  # noqa: F401
 import requests
 from locust.env import Environment
 
-from chatbot.loadtest import analysis
-from chatbot.loadtest.records import read_rows
-from chatbot.loadtest.report import write_report
-from chatbot.loadtest.session import LoadOptions, RunSession, attach
-from chatbot.loadtest.users import USER_CLASSES
+from chatbot_loadtest import analysis
+from chatbot_loadtest.records import read_rows
+from chatbot_loadtest.report import write_report
+from chatbot_loadtest.session import LoadOptions, RunSession, attach
+from chatbot_loadtest.users import USER_CLASSES
 
 
 @dataclass

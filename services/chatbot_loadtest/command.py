@@ -1,5 +1,5 @@
-"""`chatbot loadtest`: parsed arguments -> a bounded headless run (optionally against a
-stack it starts itself)."""
+"""`chatbot-loadtest` (also `chatbot loadtest`): parsed arguments -> a bounded headless run
+(optionally against a stack it starts itself)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from chatbot.loadtest import MISSING_EXTRA, missing_load_packages
+from chatbot_loadtest import MISSING_EXTRA, missing_load_packages
 
 
 def add_arguments(load: argparse.ArgumentParser) -> None:
@@ -35,6 +35,18 @@ def add_arguments(load: argparse.ArgumentParser) -> None:
     load.add_argument("--character-model", type=Path, help="with --spawn-stack: character GGUF")
 
 
+def build_parser(prog: str = "chatbot-loadtest") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Run a headless Locust load test against the chat services "
+                               "and write CSVs, summary.json and an HTML report.")
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "chatbot-loadtest") -> int:
+    return loadtest(build_parser(prog).parse_args(argv))
+
+
 def parse_duration(text: str) -> float:
     """`30s`, `2m`, `1h30m` or plain seconds."""
     from locust.util.timespan import parse_timespan
@@ -50,9 +62,9 @@ def loadtest(args: argparse.Namespace) -> int:
     if missing:
         print(f"error: {MISSING_EXTRA} (missing: {', '.join(missing)})", file=sys.stderr)
         return 2
-    from chatbot.loadtest.runner import RunConfig, run  # imports locust: patches for gevent
-    from chatbot.loadtest.session import LoadOptions
-    from chatbot.loadtest.stack import LocalStack
+    from chatbot_loadtest.runner import RunConfig, run  # imports locust: patches for gevent
+    from chatbot_loadtest.session import LoadOptions
+    from chatbot_loadtest.stack import LocalStack
 
     try:
         run_time_s = parse_duration(args.run_time)
@@ -97,7 +109,7 @@ def loadtest(args: argparse.Namespace) -> int:
         return outcome(run(config(args.host)))
     stack = LocalStack(out_dir / "server.log", office_model=args.office_model,
                        character_model=args.character_model)
-    print(f"starting the stack: {' '.join(stack.command)} (log: {stack.log_path})", flush=True)
+    print(f"starting the stack: {' '.join(stack.argv)} (log: {stack.log})", flush=True)
     try:
         stack.start()
     except (RuntimeError, TimeoutError) as exc:

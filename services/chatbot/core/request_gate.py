@@ -1,5 +1,5 @@
-"""One persona's request gate: readiness, the admission queue, the deadline, the shutdown,
-the statistics.
+"""One persona's request gate: readiness, the admission queue (core/admission_queue.py),
+the deadline, the shutdown, the statistics.
 
 Every use case (the persona chat, the OpenAI-compatible completion and its stream) runs its
 work inside `RequestGate.admitted()`, so a full queue, a passed deadline, a model that is
@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from chatbot.core.admission import Admission
+from chatbot.core.admission_queue import AdmissionQueue
 from chatbot.core.ports import ChatEngine
 from chatbot.core.shutdown import Shutdown
 from chatbot.core.stats import Outcome, PerformanceStats
@@ -60,7 +60,7 @@ class Admitted:
 
 
 class RequestGate:
-    def __init__(self, persona: str, engine: ChatEngine, admission: Admission,
+    def __init__(self, persona: str, engine: ChatEngine, admission: AdmissionQueue,
                  stats: PerformanceStats, deadline_s: float,
                  shutdown: Shutdown | None = None) -> None:
         self.persona = persona

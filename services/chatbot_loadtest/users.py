@@ -16,16 +16,16 @@ import time
 import gevent
 from locust import HttpUser, task
 
-from chatbot.loadtest.answers import (
+from chatbot_loadtest.answers import (
     body_json,
     error_detail,
     is_real_answer,
     process_time_s,
     retry_after_s,
 )
-from chatbot.loadtest.records import Attempt, now_iso
-from chatbot.loadtest.scenario import character_body, new_db_id, office_body
-from chatbot.loadtest.session import session_of
+from chatbot_loadtest.records import Attempt, now_iso
+from chatbot_loadtest.scenario import character_body, new_db_id, office_body
+from chatbot_loadtest.session import session_of
 
 IDLE_S = 3600.0
 RETRIED_STATUSES = (429, 503)

@@ -1,5 +1,9 @@
-"""Admission control: at most `max_concurrent` requests run, a bounded queue waits, shared
-fairly between callers (API keys)."""
+"""The admission queue: at most `max_concurrent` requests run, a bounded queue waits,
+shared fairly between callers (API keys).
+
+One piece of a persona's `RequestGate` (core/request_gate.py), which adds readiness, the
+deadline, the shutdown and the statistics around it.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ from chatbot.domain.errors import QueueFullError, QueueInfo
 _SERVED_MEMORY = 1024
 
 
-class Admission:
-    """A fair semaphore with a bounded wait queue.
+class AdmissionQueue:
+    """A fair semaphore with a bounded wait queue (429 + Retry-After when it is full).
 
     A request is admitted iff fewer than `max_queue` requests are waiting, so admission is
     monotonic in queue length. A released slot is handed straight to a waiter: the oldest

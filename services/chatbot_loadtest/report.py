@@ -10,7 +10,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from chatbot.loadtest import analysis
+from chatbot_loadtest import analysis
 
 STATUS_COLOURS = {200: "#1b9e77", 429: "#d95f02", 0: "#666666"}
 CLIENT_ERROR_COLOUR, SERVER_ERROR_COLOUR = "#7570b3", "#e7298a"
