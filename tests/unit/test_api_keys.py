@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from chatbot.composition_root import create_app
-from chatbot.core.admission import Admission
+from chatbot.core.admission_queue import AdmissionQueue
 from chatbot.core.budgets import Budgets
 from chatbot.core.callers import current_caller
 from chatbot.domain.api_keys import KeysFileError, find_key, key_hash, parse_keys
@@ -267,7 +267,7 @@ def test_without_the_shared_store_a_replica_enforces_its_share_of_each_budget():
 
 def test_one_key_with_many_queued_requests_cannot_keep_another_keys_request_waiting():
     async def scenario():
-        adm = Admission(1, 16, lambda: 1.0)
+        adm = AdmissionQueue(1, 16, lambda: 1.0)
         order: list[str] = []
         release = asyncio.Event()
 
@@ -347,7 +347,7 @@ def test_the_pods_report_the_keys_they_read_and_a_refused_file_into_their_chatbo
 
 def test_one_keys_burst_leaves_room_in_the_queue_for_another_key():
     async def scenario():
-        adm = Admission(1, 8, lambda: 1.0)
+        adm = AdmissionQueue(1, 8, lambda: 1.0)
         release = asyncio.Event()
         refused: list[str] = []
 
@@ -377,7 +377,7 @@ def test_one_keys_burst_leaves_room_in_the_queue_for_another_key():
 
 def test_without_keys_the_queue_is_one_fifo_as_before():
     async def scenario():
-        adm = Admission(1, 8, lambda: 1.0)
+        adm = AdmissionQueue(1, 8, lambda: 1.0)
         release = asyncio.Event()
 
         async def request() -> None:
