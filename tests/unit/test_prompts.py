@@ -1,7 +1,7 @@
 """Prompt assembly: the seed's system prompts, Seoul time, search results, the caller's context.
 
 What changes from turn to turn (the time, search results) sits after the replayed history,
-in front of the new question, so a conversation's earlier prompt stays a prefix of its next.
+behind the new question, so a conversation's earlier prompt stays a prefix of its next.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ def test_office_reference_block_starts_with_seoul_time_even_without_search():
     assert [m.role for m in msgs] == ["system", "user"]
     assert msgs[0].content == OFFICE_SYSTEM.format(name="A", role="R")
     assert "한국어로 답변하세요" in msgs[0].content and "현재 시간" not in msgs[0].content
-    assert msgs[1].content == ("참고 정보 (사용자의 질문과 관련 있을 경우에만 활용하세요):\n"
-                               "현재 시간은 2026년 11월 25일 00시 07분입니다.\n\nq")
+    assert msgs[1].content == ("q\n\n참고 정보 (사용자의 질문과 관련 있을 경우에만 활용하세요):\n"
+                               "현재 시간은 2026년 11월 25일 00시 07분입니다.")
 
 
-def test_office_renders_search_results_after_the_time_and_before_the_question():
+def test_office_renders_search_results_after_the_question_and_the_time():
     results = [SearchResult("제목1", "내용1", "https://a.example"),
                SearchResult("제목2", "내용2", "https://b.example")]
     new = office_messages(assistant_name="A", role="R", user_input="q", history=[],
@@ -33,7 +33,8 @@ def test_office_renders_search_results_after_the_time_and_before_the_question():
     block_at = new.index("다음은 검색에서 가져온 관련 정보입니다:")
     assert time_at < block_at
     assert "[검색결과 1]\n제목: 제목1\n내용: 내용1\n출처: https://a.example" in new
-    assert "[검색결과 2]" in new and new.endswith("출처: https://b.example\n\nq")
+    assert "[검색결과 2]" in new and new.endswith("출처: https://b.example")
+    assert new.startswith("q\n\n참고 정보")
 
 
 def test_office_history_replays_the_plain_questions_between_system_and_new_turn():
@@ -43,7 +44,7 @@ def test_office_history_replays_the_plain_questions_between_system_and_new_turn(
     assert [(m.role, m.content) for m in msgs[1:-1]] == [
         ("user", "first?"), ("assistant", "answer one"),
         ("user", "second?"), ("assistant", "answer two")]
-    assert "현재 시간" in msgs[-1].content and msgs[-1].content.endswith("third?")
+    assert "현재 시간" in msgs[-1].content and msgs[-1].content.startswith("third?\n\n")
 
 
 def test_character_prompt_uses_the_callers_context_greeting_and_history():

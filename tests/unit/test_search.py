@@ -29,7 +29,8 @@ def test_recorded_ddgs_results_land_in_the_reference_block_after_the_seoul_time(
     results = asyncio.run(RecordedSearch(RECORDED).search("회의록 요약"))
     new = office_messages(assistant_name="A", role="R", user_input="회의록 요약",
                           history=[], results=results, now=NOW)[-1].content
-    reference = new[new.index("참고 정보"):new.rindex("회의록 요약")]
+    assert new.startswith("회의록 요약\n\n")
+    reference = new[new.index("참고 정보"):]
     lines = reference.splitlines()
     assert lines[1] == "현재 시간은 2026년 11월 25일 00시 07분입니다."
     assert lines[2] == "다음은 검색에서 가져온 관련 정보입니다:"

@@ -4,11 +4,12 @@ The model's own chat template (from the GGUF) turns these messages into a prompt
 
 Everything that changes from one turn of a conversation to the next (the current Seoul
 time, to the minute, and this turn's search results: the office prompt's reference block)
-comes after the replayed history, in front of the new question in the last user message.
-The system prompt and the history are then the same tokens turn after turn, so the engine
-(and llama-server's prompt cache alike) reuses their KV cells and evaluates only the new
-turn; with the time in the system prompt, a turn in another minute evaluated the whole
-history again. The seed's wording is kept; only the reference block moved.
+comes after the replayed history, at the end of the last user message, behind the new
+question. The system prompt and the history are then the same tokens turn after turn, and
+so is the question up to the reference block, so the engine (and llama-server's prompt
+cache alike) reuses their KV cells at the next turn and evaluates only the answer it gave
+and the new turn; with the time in the system prompt, a turn in another minute evaluated
+the whole history again. The seed's wording is kept; only the reference block moved.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ OFFICE_SYSTEM = (
     "- 간결하면서도 핵심적인 정보를 포함하도록 하세요\n"
 )
 
-# The part of the seed's office system prompt that changes every turn; it opens the new
-# user message (see the module's docstring).
+# The part of the seed's office system prompt that changes every turn; it follows the
+# question in the new user message (see the module's docstring).
 OFFICE_REFERENCE = (
+    "{question}\n\n"
     "참고 정보 (사용자의 질문과 관련 있을 경우에만 활용하세요):\n"
-    "{reference}\n\n"
-    "{question}"
+    "{reference}"
 )
 
 CHARACTER_SYSTEM = (
