@@ -9,12 +9,12 @@ below the floor the request cannot be answered (`ContextLengthExceededError`, a 
 
 Drops keep the prefix: the replayed window starts at a turn whose position in the
 conversation is a multiple of a block (half the persona's replay limit as a power of two:
-4 turns for both; smaller only when fewer turns than that fit at all), so when a turn no
-longer fits (by tokens or by the replay limit), a whole block of the oldest turns goes at
-once, and the next turns replay the very same earlier ones (their KV cells, still in the
-engine, stay valid) until the window is full again. Sliding by one turn changed the prompt
-right after the system prompt on every turn, and the whole history was evaluated again
-each time.
+4 turns for both; smaller when so few turns fit that dropping 4 could leave fewer than half
+of them), so when a turn no longer fits (by tokens or by the replay limit), a whole block
+of the oldest turns goes at once, and the next turns replay the very same earlier ones
+(their KV cells, still in the engine, stay valid) until the window is full again. Sliding
+by one turn changed the prompt right after the system prompt on every turn, and the whole
+history was evaluated again each time.
 
 Counts come from a callable `prompt_tokens(k)`: the exact token count of the prompt that
 replays the `k` most recent turns (the engine renders the chat template and tokenizes).
@@ -69,9 +69,9 @@ def _power_of_two(n: int) -> int:
 
 
 def block_size(fitting: int, block: int) -> int:
-    """The block when `fitting` turns fit: `block`, or when fewer turns fit than a block
-    holds, the largest power of two that does not exceed them (a drop always leaves one)."""
-    return min(_power_of_two(max(1, block)), _power_of_two(max(1, fitting)))
+    """The block when `fitting` turns fit: `block`, or a smaller power of two where a drop
+    of `block` turns could leave fewer than half of those that fit."""
+    return min(_power_of_two(max(1, block)), _power_of_two(fitting // 2 + 1))
 
 
 def window_start(position: int, fitting: int, block: int) -> int:
