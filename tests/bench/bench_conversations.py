@@ -126,8 +126,9 @@ def run_level(contender, users: int, turns: int, tag: str, think_s: float = 0.0,
 
 
 def bench_model(model: Path, args, workdir: Path) -> list[dict]:
-    contenders = [bb.Ours("batched", model, workdir, args.max_tokens),
-                  bb.LlamaServer(args.llama_server, model, workdir, args.max_tokens)]
+    contenders = [bb.Ours("batched", model, workdir, args.max_tokens)]
+    if not args.no_peer:
+        contenders.append(bb.LlamaServer(args.llama_server, model, workdir, args.max_tokens))
     rows = []
     try:
         for c in contenders:
@@ -201,10 +202,11 @@ def table(rows: list[dict], args, load: float) -> str:
             found = {r["contender"].split(",")[0].split(" ")[0]: r for r in rows
                      if r["model"] == model and r["users"] == users}
             ours, peer = found.get("ours"), found.get("llama-server")
-            if ours is None or peer is None:
+            if ours is None:
                 continue
-            lines.append(f"| {users} | {ours['tok_s'] / peer['tok_s']:.2f} | "
-                         f"{ours['ttft_p95'] / peer['ttft_p95']:.2f} | "
+            ratios = ("- | -" if peer is None else f"{ours['tok_s'] / peer['tok_s']:.2f} | "
+                      f"{ours['ttft_p95'] / peer['ttft_p95']:.2f}")
+            lines.append(f"| {users} | {ratios} | "
                          f"{ours['turn_p50'][-1] / ours['turn_p50'][0]:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -223,6 +225,8 @@ def main() -> int:
     parser.add_argument("--llama-server", type=Path,
                         help="the binary (default: build or reuse it with build-llama-server)")
     parser.add_argument("--out", type=Path, help="also write the tables here (markdown)")
+    parser.add_argument("--no-peer", action="store_true",
+                        help="ours alone, without llama-server (no ratios)")
     parser.add_argument("--threads", type=int, default=bb.THREADS,
                         help="llama.cpp threads for both (on a shared machine: fewer than "
                         "the idle cores; see bench_batching.py)")
@@ -232,6 +236,8 @@ def main() -> int:
     if args.think_s < 0:
         parser.error("--think-s cannot be negative")
     bb.THREADS = args.threads
+    if args.no_peer:
+        args.llama_server = Path("/nonexistent")  # never built nor started
     return bb.run(args, bench_model, table)
 
 if __name__ == "__main__":
