@@ -145,3 +145,13 @@ def test_the_counter_sees_the_messages_the_engine_gets():
     system = character_prompt(character_name="C", greeting="G", context="S" * 50,
                               user_input="hi").system
     assert messages == [ChatMessage("system", system), ChatMessage("user", "hi")]
+
+
+def test_an_engine_that_cannot_count_still_drops_a_block_at_the_replay_limit():
+    # A remote API (no token counts): character replays at most 10 turns; with 11 stored,
+    # the window starts at the fifth (a block boundary), as it does on the local engine.
+    store = EmbeddedHistoryStore()
+    _seed_history(store, 11)
+    result = _chat(_service(ScriptedEngine(["A remote answer, long enough."]), store),
+                   ("u1", "db"))
+    assert (result.history_turns, result.history_dropped) == (7, 3)

@@ -17,7 +17,7 @@ from datetime import datetime
 
 from chatbot.core.admission import Admission
 from chatbot.core.admitted import RequestGate
-from chatbot.core.context_fit import Fit, fit_history, replay_block
+from chatbot.core.context_fit import Fit, aligned, fit_history, replay_block
 from chatbot.core.ports import ChatEngine, HistoryStore, NoWebSearch, WebSearch
 from chatbot.core.prompts import OfficeAssistant, Prompt, persona_prompt
 from chatbot.core.shutdown import Shutdown
@@ -49,7 +49,8 @@ class ChatResult:
     total_s: float
     fallback_used: bool
     history_turns: int  # turns replayed
-    history_dropped: int = 0  # older turns left out so that the prompt fits the context
+    history_dropped: int = 0  # of the stored recent turns, those left out (to fit the
+    # context, or a block of the oldest at the replay limit; all still stored)
     prompt_tokens: int | None = None  # when the engine counts them
 
 
@@ -127,9 +128,8 @@ class ChatService:
             prompt = persona_prompt(turn, results, self.assistant,
                                     self.clock() if self.clock else None)
             # Rendering and tokenizing run beside the event loop, not on it.
-            fit, messages = await asyncio.to_thread(self._fit, prompt, history)
-            if fit is not None:
-                history = history[len(history) - fit.turns:]
+            fit, kept, messages = await asyncio.to_thread(self._fit, prompt, history)
+            dropped, history = len(history) - kept, history[len(history) - kept:]
             generated = await self._generate(messages, fit)
         await self._remember(turn.conversation, turn.user_input, generated.text)
         total = ticket.succeeded(generated.seconds, generated.tokens)
@@ -142,26 +142,29 @@ class ChatService:
             total_s=total,
             fallback_used=generated.fallback_used,
             history_turns=len(history),
-            history_dropped=fit.dropped if fit is not None else 0,
+            history_dropped=dropped,
             prompt_tokens=fit.prompt_tokens if fit is not None else None,
         )
 
-    def _fit(self, prompt: Prompt, history: list[Turn]) -> tuple[Fit | None, list[ChatMessage]]:
+    def _fit(self, prompt: Prompt, history: list[Turn],
+             ) -> tuple[Fit | None, int, list[ChatMessage]]:
         """The recent turns to replay (they fit the context with the answer's budget, and
-        start on a block boundary: `context_fit`), and the messages that replay them,
-        exactly those counted; no fit when the engine cannot count (a remote API: its own
-        limit applies)."""
-        context = self.engine.context_tokens()
-        if context is None:
-            return None, prompt.messages(history)
+        start on a block boundary: `context_fit`), how many, and the messages that replay
+        them, exactly those counted. No fit when the engine cannot count (a remote API:
+        its own limit applies; the window still keeps to block boundaries, which keeps its
+        prompt cache valid too)."""
         n = len(history)
         # Turns before this one: the store's indices count from 1.
         position = max(n, history[-1].index) if history else 0
+        block = replay_block(self.profile.history_turns)
+        context = self.engine.context_tokens()
+        if context is None:
+            kept = aligned(n, position, block)
+            return None, kept, prompt.messages(history[n - kept:])
         fit = fit_history(
             n, lambda k: self.engine.count_prompt_tokens(prompt.messages(history[n - k:])),
-            context, self.profile.generation.max_tokens, position=position,
-            block=replay_block(self.profile.history_turns))
-        return fit, prompt.messages(history[n - fit.turns:])
+            context, self.profile.generation.max_tokens, position=position, block=block)
+        return fit, fit.turns, prompt.messages(history[n - fit.turns:])
 
     async def _history(self, conversation: tuple[str, str] | None) -> list[Turn]:
         if conversation is None:

@@ -86,6 +86,12 @@ def window_start(position: int, fitting: int, block: int) -> int:
     return -(-earliest // size) * size
 
 
+def aligned(kept: int, position: int, block: int) -> int:
+    """Of the `kept` most recent turns (of `position` so far), those from the window's
+    block boundary on (`window_start`)."""
+    return position - max(window_start(position, kept, block), position - kept)
+
+
 def fit_history(turns: int, prompt_tokens: Callable[[int], int], context_tokens: int,
                 max_tokens: int, min_answer_tokens: int = MIN_ANSWER_TOKENS, *,
                 position: int | None = None, block: int = 1) -> Fit:
@@ -125,7 +131,7 @@ def fit_history(turns: int, prompt_tokens: Callable[[int], int], context_tokens:
             else:
                 hi = mid
         kept = lo
-    kept = position - max(window_start(position, kept, block), position - kept)
+    kept = aligned(kept, position, block)
     used = count(kept)
     return Fit(kept, turns - kept, used, min(max_tokens, context_tokens - used),
                context_tokens)
