@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from chatbot_dev.tiny_model import write_tiny_model  # noqa: E402
 
+from chatbot.core.context_fit import replay_block, window_start  # noqa: E402
 from chatbot.core.prompts import office_messages  # noqa: E402
 from chatbot.domain.conversation import Turn  # noqa: E402
 from chatbot.domain.personas import OFFICE, STOP_STRINGS  # noqa: E402
@@ -70,9 +71,15 @@ class Sample:
 
 def peer_messages(question: str, history: list[tuple[str, str]] = ()) -> list[dict]:
     """What our service renders for this turn, for a peer to be sent the same prompt: the
-    office persona's prompt, its last turns (question, answer), the new question."""
+    office persona's prompt, the turns (question, answer) it replays, the new question.
+    Ours replays at most `history_turns` of them, dropped a block at a time
+    (`core/context_fit.py`); the bench's conversations never fill the context, so that
+    limit is the only one that applies."""
     s = OfficeSettings()
-    turns = [Turn(i, q, a, "") for i, (q, a) in enumerate(list(history)[-OFFICE.history_turns:])]
+    history = list(history)
+    start = window_start(len(history), min(len(history), OFFICE.history_turns),
+                         replay_block(OFFICE.history_turns))
+    turns = [Turn(i + 1, q, a, "") for i, (q, a) in enumerate(history) if i >= start]
     msgs = office_messages(assistant_name=s.assistant_name, role=s.assistant_role,
                            user_input=question, history=turns, results=[])
     return [{"role": m.role, "content": m.content} for m in msgs]

@@ -2,7 +2,14 @@
 """Many conversations with history: our service against llama.cpp's own `llama-server`.
 
 The product's real traffic: U simulated users at once, each holding a conversation of T
-turns. Ours goes through the office persona's `/Llama` route with history on (a `db_id` and
+turns, and thinking between them: a user reads the answer and types the next question for
+a seeded random time (uniform in 0.5-1.5 x `--think-s`, 30 s by default; each user's first
+turn starts at a random point of the first such pause), so a conversation's turns cross
+minute boundaries and other conversations take its slot meanwhile. The same seed gives
+both contenders the very same schedule. With `--turns` above the office persona's replay
+limit (8 turns), conversations drop history (a block of turns at a time).
+
+Ours goes through the office persona's `/Llama` route with history on (a `db_id` and
 `user_id` per user, so the service replays the earlier turns itself); llama-server gets the
 very same rendered messages (the office system prompt, the user's earlier questions and its
 own earlier answers, the new question) through `/v1/chat/completions` with `cache_prompt`
@@ -20,13 +27,18 @@ with the ratio table: `users | agg tok/s ratio | TTFT p95 ratio | turn-last/turn
 p50` (ours over llama-server's, except the last column: ours alone).
 
     tests/bench/build-llama-server        # once: builds the peer (cached)
-    .venv/bin/python tests/bench/bench_conversations.py --model PATH --users 4,8,16,32 \\
-        --turns 6 --threads N --out FILE.md
+    .venv/bin/python tests/bench/bench_conversations.py --model PATH --users 4,8,16 \\
+        --turns 12 --think-s 30 --threads N --out FILE.md
+
+The 1-minute load average is printed at the start and at the end (a shared machine's other
+work shows in it).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import random
 import sys
 import threading
 import time
@@ -69,9 +81,18 @@ def prompt_counters(url: str) -> tuple[float, float, float | None]:
             values.get("chatbot_engine_prompt_tokens_restored_total"))
 
 
-def run_level(contender, users: int, turns: int, tag: str):
-    """Each user's T turns one after the other, all users at once; returns the samples per
-    turn index and the wall time."""
+def think_times(seed: int, user: int, turns: int, think_s: float) -> list[float]:
+    """A user's pauses: before its first turn (a random point of a first pause), then after
+    each answer (0.5-1.5 x think_s); the same for every contender."""
+    rng = random.Random(f"{seed}-{user}")
+    return [rng.uniform(0, think_s)] + [rng.uniform(0.5, 1.5) * think_s
+                                        for _ in range(turns - 1)]
+
+
+def run_level(contender, users: int, turns: int, tag: str, think_s: float = 0.0,
+              seed: int = 0):
+    """Each user's T turns one after the other, with its think times between them, all
+    users at once; returns the samples per turn index and the wall time."""
     per_turn: list[list[bb.Sample]] = [[] for _ in range(turns)]
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -81,8 +102,10 @@ def run_level(contender, users: int, turns: int, tag: str):
         conversation = {"db_id": str(uuid.uuid4()), "user_id": f"bench-{tag}-{u}"}
         history: list[tuple[str, str]] = []
         # No keep-alive: llama-server's HTTP server drops idle kept-alive connections.
+        pauses = think_times(seed, u, turns, think_s)
         with httpx.Client(timeout=600, limits=httpx.Limits(max_keepalive_connections=0)) as http:
             for t in range(turns):
+                time.sleep(pauses[t])
                 q = question(t, u)
                 try:
                     if ours:
@@ -103,8 +126,9 @@ def run_level(contender, users: int, turns: int, tag: str):
 
 
 def bench_model(model: Path, args, workdir: Path) -> list[dict]:
-    contenders = [bb.Ours("batched", model, workdir, args.max_tokens),
-                  bb.LlamaServer(args.llama_server, model, workdir, args.max_tokens)]
+    contenders = [bb.Ours("batched", model, workdir, args.max_tokens)]
+    if not args.no_peer:
+        contenders.append(bb.LlamaServer(args.llama_server, model, workdir, args.max_tokens))
     rows = []
     try:
         for c in contenders:
@@ -115,7 +139,8 @@ def bench_model(model: Path, args, workdir: Path) -> list[dict]:
             for c in contenders:  # in turn, so machine noise hits each of them
                 time.sleep(bb.PAUSE_S)  # let the previous one's spinning threads settle
                 before = prompt_counters(c.url)
-                per_turn, wall = run_level(c, users, args.turns, f"u{users}")
+                per_turn, wall = run_level(c, users, args.turns, f"u{users}", args.think_s,
+                                           args.seed)
                 after = prompt_counters(c.url)
                 samples = [s for turn in per_turn for s in turn]
                 ttfts = [s.ttft for s in samples]
@@ -152,9 +177,11 @@ def ms(seconds: float) -> str:
 def table(rows: list[dict], args, load: float) -> str:
     turns = args.turns
     lines = [
-        f"Conversations of {turns} turns (office persona, history on), <= {args.max_tokens} "
+        f"Conversations of {turns} turns (office persona, history on), think time "
+        f"{args.think_s:g} s x 0.5-1.5 (seed {args.seed}), <= {args.max_tokens} "
         f"tokens per answer (greedy), {bb.THREADS} threads, {bb.SLOTS} slots x "
-        f"{bb.N_CTX_PER_SLOT} tokens, 1-minute load average at start {load:.2f}.", "",
+        f"{bb.N_CTX_PER_SLOT} tokens, 1-minute load average at start {load:.2f}, at end "
+        f"{os.getloadavg()[0]:.2f}.", "",
         "| model | contender | users | requests | agg tok/s | TTFT p50 ms | TTFT p95 ms | "
         "prompt tokens evaluated | reused | of which restored from RAM | "
         + " | ".join(f"turn {t + 1} p50/p95 ms" for t in range(turns)) + " |",
@@ -175,10 +202,11 @@ def table(rows: list[dict], args, load: float) -> str:
             found = {r["contender"].split(",")[0].split(" ")[0]: r for r in rows
                      if r["model"] == model and r["users"] == users}
             ours, peer = found.get("ours"), found.get("llama-server")
-            if ours is None or peer is None:
+            if ours is None:
                 continue
-            lines.append(f"| {users} | {ours['tok_s'] / peer['tok_s']:.2f} | "
-                         f"{ours['ttft_p95'] / peer['ttft_p95']:.2f} | "
+            ratios = ("- | -" if peer is None else f"{ours['tok_s'] / peer['tok_s']:.2f} | "
+                      f"{ours['ttft_p95'] / peer['ttft_p95']:.2f}")
+            lines.append(f"| {users} | {ratios} | "
                          f"{ours['turn_p50'][-1] / ours['turn_p50'][0]:.2f} |")
     return "\n".join(lines) + "\n"
 
@@ -188,19 +216,28 @@ def main() -> int:
     parser.add_argument("--model", type=Path, action="append",
                         help="a GGUF (repeat for several; default: the tiny model and SmolLM2)")
     parser.add_argument("--users", type=lambda s: [int(x) for x in s.split(",")],
-                        default=[4, 8, 16, 32])
-    parser.add_argument("--turns", type=int, default=6)
+                        default=[4, 8, 16])
+    parser.add_argument("--turns", type=int, default=12)
+    parser.add_argument("--think-s", type=float, default=30.0,
+                        help="mean seconds a user thinks between turns (0: back to back)")
+    parser.add_argument("--seed", type=int, default=7, help="of the think times")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--llama-server", type=Path,
                         help="the binary (default: build or reuse it with build-llama-server)")
     parser.add_argument("--out", type=Path, help="also write the tables here (markdown)")
+    parser.add_argument("--no-peer", action="store_true",
+                        help="ours alone, without llama-server (no ratios)")
     parser.add_argument("--threads", type=int, default=bb.THREADS,
                         help="llama.cpp threads for both (on a shared machine: fewer than "
                         "the idle cores; see bench_batching.py)")
     args = parser.parse_args()
     if args.turns < 1 or any(u < 1 for u in args.users):
         parser.error("--turns and every --users level must be at least 1")
+    if args.think_s < 0:
+        parser.error("--think-s cannot be negative")
     bb.THREADS = args.threads
+    if args.no_peer:
+        args.llama_server = Path("/nonexistent")  # never built nor started
     return bb.run(args, bench_model, table)
 
 if __name__ == "__main__":

@@ -71,7 +71,8 @@ def test_gpt_routes_send_model_persona_history_and_sampling(start_server, tmp_pa
     roles = [m["role"] for m in office_last["messages"]]
     assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
     texts = [m["content"] for m in office_last["messages"][1:]]
-    assert texts[0::2] == ["첫 번째 질문", "두 번째 질문", "세 번째 질문"]
+    assert texts[0:4:2] == ["첫 번째 질문", "두 번째 질문"]  # replayed as asked
+    assert texts[-1].startswith("세 번째 질문\n\n참고 정보")  # the new one, time behind it
     assert texts[1] == upstream.reply
     assert "TreeNut 오피스" in office_last["messages"][0]["content"]
     assert "Rachel" in character["messages"][0]["content"]

@@ -20,11 +20,12 @@ def _turns(http, path: str, body: dict, n: int) -> list[int]:
     return replayed
 
 
-def test_later_turns_replay_the_last_8_office_turns(gateway):
+def test_later_turns_replay_up_to_8_office_turns_dropping_4_at_a_time(gateway):
     ref = {"db_id": str(uuid.uuid4()), "user_id": "history-user"}
     with gateway.client() as http:
-        replayed = _turns(http, "/office/Llama", ref, 10)
-    assert replayed == [0, 1, 2, 3, 4, 5, 6, 7, 8, 8]
+        replayed = _turns(http, "/office/Llama", ref, 14)
+    # Past 8, the oldest 4 go at once and the window stays put until it is full again.
+    assert replayed == [0, 1, 2, 3, 4, 5, 6, 7, 8, 5, 6, 7, 8, 5]
 
 
 def test_character_replays_10_turns_and_users_are_isolated(gateway):
@@ -35,7 +36,7 @@ def test_character_replays_10_turns_and_users_are_isolated(gateway):
         other_user = _turns(http, "/character/Llama", {**CHAR, "db_id": db_id, "user_id": "bob"},
                             1)
         no_ref = _turns(http, "/character/Llama", CHAR, 1)
-    assert replayed == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10]
+    assert replayed == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 7]
     assert other_user == [0] and no_ref == [0]
 
 

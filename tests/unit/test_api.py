@@ -211,8 +211,9 @@ def test_the_search_results_and_the_persona_fields_reach_the_prompt(tmp_path):
     assert asked.status_code == plain.status_code == replied.status_code == 200
     assert search.queries == [OFFICE["input_data"]]  # google_access false: no search
     searched, unsearched = office.streamed[0][0], office.streamed[1][0]
-    assert "Minutes 101" in searched[0].content and "Minutes 101" not in unsearched[0].content
-    assert searched[-1].content == OFFICE["input_data"]
+    # The results follow the question in its message, after the history.
+    assert "Minutes 101" in searched[-1].content and "Minutes 101" not in unsearched[-1].content
+    assert searched[-1].content.startswith(OFFICE["input_data"] + "\n\n")
     system = character.streamed[0][0][0].content
     assert "Rachel" in system and CHARACTER["context"] in system
     assert character.streamed[0][0][-1].content == "*waves*"

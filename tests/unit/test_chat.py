@@ -13,9 +13,9 @@ import pytest
 
 from chatbot.core.admission_queue import AdmissionQueue
 from chatbot.core.chat import ChatService
-from chatbot.core.prompts import with_history
+from chatbot.core.prompts import character_prompt
 from chatbot.core.stats import PerformanceStats
-from chatbot.domain.conversation import ChatMessage
+from chatbot.domain.conversation import CharacterTurn, ChatMessage
 from chatbot.domain.errors import ContextLengthExceededError, GenerationFailedError
 from chatbot.domain.personas import CHARACTER
 from chatbot.stores.embedded import EmbeddedHistoryStore
@@ -29,8 +29,19 @@ def _service(engine, store=None):
                        AdmissionQueue(1, 1, stats.mean_service_s), stats, deadline_s=5)
 
 
-def _chat(service, conversation=None):
-    return asyncio.run(service.answer("hi", conversation, lambda history, results: []))
+def _turn(conversation=None, context="S" * 50):
+    return CharacterTurn("hi", character_name="C", greeting="G", context=context,
+                         conversation=conversation)
+
+
+def _system_tokens(context="S" * 50):
+    """The CountingEngine's count of the character system prompt."""
+    return len(character_prompt(character_name="C", greeting="G", context=context,
+                                user_input="hi").system) + 4
+
+
+def _chat(service, conversation=None, context="S" * 50):
+    return asyncio.run(service.chat(_turn(conversation, context)))
 
 
 def test_a_good_stream_needs_no_fallback():
@@ -72,46 +83,56 @@ def _seed_history(store, n, size=100):
     asyncio.run(seed())
 
 
-def _build(question, system="S" * 50):
-    return lambda history, results: with_history(system, history, question)
-
-
 def test_history_is_fitted_to_the_context_and_the_store_keeps_every_turn():
     store = EmbeddedHistoryStore()
     _seed_history(store, 10)
-    # system 54 + question 6 + 256 (max_tokens) leaves 684: three turns of 208 fit, not four.
-    engine = CountingEngine(context=1000)
-    result = asyncio.run(_service(engine, store).answer("hi", ("u1", "db"), _build("hi")))
+    # system + question 6 + 256 (max_tokens) leave 7 * 208 + 100: seven turns of 208 fit,
+    # but the window starts on a block boundary (4 turns for character's limit of 10): the
+    # turns from the fifth on, six of them, so the next turn replays the same six and more.
+    engine = CountingEngine(context=_system_tokens() + 6 + 256 + 7 * 208 + 100)
+    result = _chat(_service(engine, store), ("u1", "db"))
     messages, params = engine.streamed[0]
-    assert (result.history_turns, result.history_dropped) == (3, 7)
+    assert (result.history_turns, result.history_dropped) == (6, 4)
     replayed = [m.content[:3] for m in messages[1:-1]]
-    assert replayed == ["007", "007", "008", "008", "009", "009"]  # the newest, whole
+    assert replayed == [f"{i:03d}" for i in range(4, 10) for _ in "qa"]  # the newest, whole
     assert all(len(m.content) == 100 for m in messages[1:-1])  # never cut mid-turn
-    assert result.prompt_tokens == engine.count_prompt_tokens(messages) == 60 + 3 * 208
+    assert result.prompt_tokens == engine.count_prompt_tokens(messages) == (
+        _system_tokens() + 6 + 6 * 208)
     assert params.max_tokens == CHARACTER.generation.max_tokens == 256
-    assert result.prompt_tokens + params.max_tokens <= 1000
+    assert result.prompt_tokens + params.max_tokens <= engine.context
     assert len(embedded_document(store, "character", "u1", "db")["value"]) == 11  # 10 + this turn
+
+    # The next turns (short ones) replay from the same first turn (the prefix stays) until
+    # the replay limit of 10 turns is passed; then a block of 4 goes at once.
+    service = _service(engine, store)
+    firsts = []
+    for _ in range(5):
+        _chat(service, ("u1", "db"))
+        firsts.append(engine.streamed[-1][0][1].content[:3])
+    assert firsts == ["004", "004", "004", "004", "008"]
 
 
 def test_the_answer_budget_shrinks_to_what_is_left_and_the_fallback_too():
     store = EmbeddedHistoryStore()
     _seed_history(store, 2)
-    engine = CountingEngine(context=200, stream_pieces=["  "],
+    bare = _system_tokens() + 6
+    engine = CountingEngine(context=bare + 140, stream_pieces=["  "],
                             complete_text="A fallback answer that is long enough.")
-    result = asyncio.run(_service(engine, store).answer("hi", ("u1", "db"), _build("hi")))
+    result = _chat(_service(engine, store), ("u1", "db"))
     assert (result.history_turns, result.history_dropped) == (0, 2)
-    assert engine.streamed[0][1].max_tokens == 200 - 60
-    assert engine.complete_calls[0].max_tokens == 200 - 60  # not the fallback's 512
+    assert engine.streamed[0][1].max_tokens == 140
+    assert engine.complete_calls[0].max_tokens == 140  # not the fallback's 512
     assert result.fallback_used and result.text.startswith("A fallback")
 
 
 def test_a_prompt_that_cannot_fit_is_context_length_exceeded_and_nothing_is_remembered():
     store = EmbeddedHistoryStore()
-    engine = CountingEngine(context=100)
+    bare = _system_tokens("S" * 90) + 6
+    engine = CountingEngine(context=bare)
     service = _service(engine, store)
     with pytest.raises(ContextLengthExceededError) as caught:
-        asyncio.run(service.answer("hi", ("u1", "db"), _build("hi", system="S" * 90)))
-    assert (caught.value.prompt_tokens, caught.value.context_tokens) == (100, 100)
+        _chat(service, ("u1", "db"), context="S" * 90)
+    assert (caught.value.prompt_tokens, caught.value.context_tokens) == (bare, bare)
     assert engine.streamed == [] and engine.complete_calls == []  # never generated, no retry
     assert embedded_document(store, "character", "u1", "db") is None
     assert service.stats.snapshot()["failed"] == 1
@@ -119,6 +140,18 @@ def test_a_prompt_that_cannot_fit_is_context_length_exceeded_and_nothing_is_reme
 
 def test_the_counter_sees_the_messages_the_engine_gets():
     engine = CountingEngine(context=10_000)
-    asyncio.run(_service(engine).answer("hi", None, _build("hi")))
+    _chat(_service(engine))
     messages, _ = engine.streamed[0]
-    assert messages == [ChatMessage("system", "S" * 50), ChatMessage("user", "hi")]
+    system = character_prompt(character_name="C", greeting="G", context="S" * 50,
+                              user_input="hi").system
+    assert messages == [ChatMessage("system", system), ChatMessage("user", "hi")]
+
+
+def test_an_engine_that_cannot_count_still_drops_a_block_at_the_replay_limit():
+    # A remote API (no token counts): character replays at most 10 turns; with 11 stored,
+    # the window starts at the fifth (a block boundary), as it does on the local engine.
+    store = EmbeddedHistoryStore()
+    _seed_history(store, 11)
+    result = _chat(_service(ScriptedEngine(["A remote answer, long enough."]), store),
+                   ("u1", "db"))
+    assert (result.history_turns, result.history_dropped) == (7, 3)

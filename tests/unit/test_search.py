@@ -27,9 +27,10 @@ NOW = datetime(2026, 11, 24, 15, 7, tzinfo=UTC)  # 2026-11-25 00:07 in Seoul
 
 def test_recorded_ddgs_results_land_in_the_reference_block_after_the_seoul_time():
     results = asyncio.run(RecordedSearch(RECORDED).search("회의록 요약"))
-    system = office_messages(assistant_name="A", role="R", user_input="회의록 요약",
-                             history=[], results=results, now=NOW)[0].content
-    reference = system[system.index("참고 정보"):system.index("지시 사항")]
+    new = office_messages(assistant_name="A", role="R", user_input="회의록 요약",
+                          history=[], results=results, now=NOW)[-1].content
+    assert new.startswith("회의록 요약\n\n")
+    reference = new[new.index("참고 정보"):]
     lines = reference.splitlines()
     assert lines[1] == "현재 시간은 2026년 11월 25일 00시 07분입니다."
     assert lines[2] == "다음은 검색에서 가져온 관련 정보입니다:"

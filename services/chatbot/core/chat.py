@@ -1,5 +1,10 @@
 """The chat use case: admit, search, replay history, prompt, generate (stream, then
-fallback), remember."""
+fallback), remember.
+
+The persona's prompt is built once per turn (`Prompt`: the system prompt, and the new
+input with this turn's time and search results); fitting then only chooses how many of the
+replayed turns go between the two (`core/context_fit.py`), counting each candidate with the
+engine's tokenizer."""
 
 from __future__ import annotations
 
@@ -8,20 +13,19 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from chatbot.core.admission_queue import AdmissionQueue
-from chatbot.core.context_fit import Fit, fit_history
+from chatbot.core.context_fit import Fit, aligned, fit_history, replay_block
 from chatbot.core.ports import ChatEngine, HistoryStore, NoWebSearch, WebSearch
-from chatbot.core.prompts import OfficeAssistant, persona_messages
+from chatbot.core.prompts import OfficeAssistant, Prompt, persona_prompt
 from chatbot.core.request_gate import RequestGate
 from chatbot.core.shutdown import Shutdown
 from chatbot.core.stats import PerformanceStats
 from chatbot.domain.conversation import (
     ChatMessage,
-    Conversation,
     OfficeTurn,
     PersonaTurn,
-    SearchResult,
     Turn,
 )
 from chatbot.domain.errors import (
@@ -35,7 +39,6 @@ from chatbot.domain.personas import MIN_ANSWER_CHARS, PersonaProfile, SamplingPa
 
 log = logging.getLogger(__name__)
 
-BuildMessages = Callable[[list[Turn], list[SearchResult]], list[ChatMessage]]
 OnPiece = Callable[[str], None]  # told each streamed piece as it is generated
 
 
@@ -49,7 +52,8 @@ class ChatResult:
     total_s: float
     fallback_used: bool
     history_turns: int  # turns replayed
-    history_dropped: int = 0  # older turns left out so that the prompt fits the context
+    history_dropped: int = 0  # of the stored recent turns, those left out (to fit the
+    # context, or a block of the oldest at the replay limit; all still stored)
     prompt_tokens: int | None = None  # when the engine counts them
     history_kept: bool = True  # False: a conversation's turn that could not be remembered
 
@@ -92,6 +96,7 @@ class ChatService:
         search: WebSearch | None = None,
         assistant: OfficeAssistant | None = None,
         shutdown: Shutdown | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.profile = profile
         self.engine = engine
@@ -100,6 +105,7 @@ class ChatService:
                                 shutdown)
         self.search = search or NoWebSearch()
         self.assistant = assistant or OfficeAssistant()
+        self.clock = clock  # the office prompt's current time (None: the wall clock)
         self.fallbacks = 0
         # History reads/writes that failed (store down or slow); the answer went on without.
         self.history_failures = {"read": 0, "write": 0}
@@ -121,35 +127,17 @@ class ChatService:
         for it the web search, are made inside the admitted slot, under the deadline.
         `on_piece` sees the streamed pieces as they come (the answer is still the result's
         text: a fallback replaces what was streamed)."""
-        query = turn.question if isinstance(turn, OfficeTurn) and turn.search else None
-
-        def build(history: list[Turn], results: list[SearchResult]) -> list[ChatMessage]:
-            return persona_messages(turn, history, results, self.assistant)
-
-        return await self.answer(turn.user_input, turn.conversation, build, search_query=query,
-                                 on_piece=on_piece)
-
-    async def answer(
-        self,
-        user_input: str,
-        conversation: Conversation | None,
-        build_messages: BuildMessages,
-        search_query: str | None = None,
-        on_piece: OnPiece | None = None,
-    ) -> ChatResult:
-        """Answer `user_input` with the messages `build_messages` makes of the replayed
-        history and the search results; `conversation` is (user_id, db_id) when history is
-        wanted, `search_query` what to search the web for (None: no search)."""
         async with self.gate.admitted() as ticket:
-            results = await self.search.search(search_query) if search_query else []
-            history = await self._history(conversation)
+            search = isinstance(turn, OfficeTurn) and turn.search
+            results = await self.search.search(turn.question) if search else []
+            history = await self._history(turn.conversation)
+            prompt = persona_prompt(turn, results, self.assistant,
+                                    self.clock() if self.clock else None)
             # Rendering and tokenizing run beside the event loop, not on it.
-            fit, messages = await asyncio.to_thread(
-                self._fit, history, lambda turns: build_messages(turns, results))
-            if fit is not None:
-                history = history[len(history) - fit.turns:]
+            fit, kept, messages = await asyncio.to_thread(self._fit, prompt, history)
+            dropped, history = len(history) - kept, history[len(history) - kept:]
             generated = await self._generate(messages, fit, on_piece)
-        kept = await self._remember(conversation, user_input, generated.text)
+        remembered = await self._remember(turn.conversation, turn.user_input, generated.text)
         total = ticket.succeeded(generated.seconds, generated.tokens)
         return ChatResult(
             text=generated.text,
@@ -160,29 +148,30 @@ class ChatService:
             total_s=total,
             fallback_used=generated.fallback_used,
             history_turns=len(history),
-            history_dropped=fit.dropped if fit is not None else 0,
+            history_dropped=dropped,
             prompt_tokens=fit.prompt_tokens if fit is not None else None,
-            history_kept=kept,
+            history_kept=remembered,
         )
 
-    def _fit(self, history: list[Turn],
-             build_messages: Callable[[list[Turn]], list[ChatMessage]],
-             ) -> tuple[Fit | None, list[ChatMessage]]:
-        """The most recent turns that fit the context with the answer's budget, and the
-        messages that replay them (exactly those counted); no fit when the engine cannot
-        count (a remote API: its own limit applies)."""
+    def _fit(self, prompt: Prompt, history: list[Turn],
+             ) -> tuple[Fit | None, int, list[ChatMessage]]:
+        """The recent turns to replay (they fit the context with the answer's budget, and
+        start on a block boundary: `context_fit`), how many, and the messages that replay
+        them, exactly those counted. No fit when the engine cannot count (a remote API:
+        its own limit applies; the window still keeps to block boundaries, which keeps its
+        prompt cache valid too)."""
+        n = len(history)
+        # Turns before this one: the store's indices count from 1.
+        position = max(n, history[-1].index) if history else 0
+        block = replay_block(self.profile.history_turns)
         context = self.engine.context_tokens()
         if context is None:
-            return None, build_messages(history)
-        n = len(history)
-        built: dict[int, list[ChatMessage]] = {}
-
-        def prompt_tokens(k: int) -> int:
-            built[k] = build_messages(history[n - k:])
-            return self.engine.count_prompt_tokens(built[k])
-
-        fit = fit_history(n, prompt_tokens, context, self.profile.generation.max_tokens)
-        return fit, built[fit.turns]
+            kept = aligned(n, position, block)
+            return None, kept, prompt.messages(history[n - kept:])
+        fit = fit_history(
+            n, lambda k: self.engine.count_prompt_tokens(prompt.messages(history[n - k:])),
+            context, self.profile.generation.max_tokens, position=position, block=block)
+        return fit, fit.turns, prompt.messages(history[n - fit.turns:])
 
     async def _history(self, conversation: tuple[str, str] | None) -> list[Turn]:
         if conversation is None:

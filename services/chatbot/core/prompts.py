@@ -1,10 +1,20 @@
 """Chat messages for each persona: the seed's Korean system prompts, history, the new input.
 
 The model's own chat template (from the GGUF) turns these messages into a prompt.
+
+Everything that changes from one turn of a conversation to the next (the current Seoul
+time, to the minute, and this turn's search results: the office prompt's reference block)
+comes after the replayed history, at the end of the last user message, behind the new
+question. The system prompt and the history are then the same tokens turn after turn, and
+so is the question up to the reference block, so the engine (and llama-server's prompt
+cache alike) reuses their KV cells at the next turn and evaluates only the answer it gave
+and the new turn; with the time in the system prompt, a turn in another minute evaluated
+the whole history again. The seed's wording is kept; only the reference block moved.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -16,13 +26,19 @@ SEOUL = ZoneInfo("Asia/Seoul")
 OFFICE_SYSTEM = (
     "당신은 AI 어시스턴트 {name}입니다.\n"
     "당신의 역할: {role}\n\n"
-    "참고 정보 (사용자의 질문과 관련 있을 경우에만 활용하세요):\n"
-    "{reference}\n\n"
     "지시 사항:\n"
     "- 한국어로 답변하세요\n"
     "- 친절하고 유익한 답변을 제공하세요\n"
     "- 질문과 관련 없는 참고 정보는 언급하지 마세요\n"
     "- 간결하면서도 핵심적인 정보를 포함하도록 하세요\n"
+)
+
+# The part of the seed's office system prompt that changes every turn; it follows the
+# question in the new user message (see the module's docstring).
+OFFICE_REFERENCE = (
+    "{question}\n\n"
+    "참고 정보 (사용자의 질문과 관련 있을 경우에만 활용하세요):\n"
+    "{reference}"
 )
 
 CHARACTER_SYSTEM = (
@@ -51,30 +67,54 @@ def reference_block(results: list[SearchResult], now: datetime | None = None) ->
     return "\n".join(lines)
 
 
-def with_history(system: str, history: list[Turn], user_input: str) -> list[ChatMessage]:
-    messages = [ChatMessage("system", system)]
-    for turn in history:
-        messages.append(ChatMessage("user", turn.input_data))
-        messages.append(ChatMessage("assistant", turn.output_data))
-    messages.append(ChatMessage("user", user_input))
-    return messages
+@dataclass(frozen=True)
+class Prompt:
+    """One turn's messages around its replayed history: `system` opens every turn of the
+    conversation alike, `new` (the input, with whatever changes from turn to turn) ends it."""
+
+    system: str
+    new: str
+
+    def messages(self, history: Sequence[Turn] = ()) -> list[ChatMessage]:
+        messages = [ChatMessage("system", self.system)]
+        for turn in history:
+            messages.append(ChatMessage("user", turn.input_data))
+            messages.append(ChatMessage("assistant", turn.output_data))
+        messages.append(ChatMessage("user", self.new))
+        return messages
+
+
+def with_history(system: str, history: Sequence[Turn], user_input: str) -> list[ChatMessage]:
+    return Prompt(system, user_input).messages(history)
+
+
+def office_prompt(*, assistant_name: str, role: str, user_input: str,
+                  results: list[SearchResult], now: datetime | None = None) -> Prompt:
+    return Prompt(OFFICE_SYSTEM.format(name=assistant_name, role=role),
+                  OFFICE_REFERENCE.format(reference=reference_block(results, now),
+                                          question=user_input))
+
+
+def character_prompt(*, character_name: str, greeting: str, context: str,
+                     user_input: str) -> Prompt:
+    return Prompt(CHARACTER_SYSTEM.format(name=character_name, context=context,
+                                          greeting=greeting), user_input)
 
 
 def office_messages(
-    *, assistant_name: str, role: str, user_input: str, history: list[Turn],
+    *, assistant_name: str, role: str, user_input: str, history: Sequence[Turn],
     results: list[SearchResult], now: datetime | None = None,
 ) -> list[ChatMessage]:
-    system = OFFICE_SYSTEM.format(
-        name=assistant_name, role=role, reference=reference_block(results, now)
-    )
-    return with_history(system, history, user_input)
+    return office_prompt(assistant_name=assistant_name, role=role, user_input=user_input,
+                         results=results, now=now).messages(history)
 
 
 def character_messages(
-    *, character_name: str, greeting: str, context: str, user_input: str, history: list[Turn],
+    *, character_name: str, greeting: str, context: str, user_input: str,
+    history: Sequence[Turn],
 ) -> list[ChatMessage]:
-    system = CHARACTER_SYSTEM.format(name=character_name, context=context, greeting=greeting)
-    return with_history(system, history, user_input)
+    return character_prompt(character_name=character_name, greeting=greeting, context=context,
+                            user_input=user_input).messages(history)
 
 
 @dataclass(frozen=True)
@@ -85,11 +125,11 @@ class OfficeAssistant:
     role: str = ""
 
 
-def persona_messages(turn: PersonaTurn, history: list[Turn], results: list[SearchResult],
-                     assistant: OfficeAssistant) -> list[ChatMessage]:
-    """The messages of one persona turn: its system prompt, the replayed history, the input."""
+def persona_prompt(turn: PersonaTurn, results: list[SearchResult],
+                   assistant: OfficeAssistant, now: datetime | None = None) -> Prompt:
+    """The prompt of one persona turn: its system prompt and its new input, around history."""
     if isinstance(turn, OfficeTurn):
-        return office_messages(assistant_name=assistant.name, role=assistant.role,
-                               user_input=turn.question, history=history, results=results)
-    return character_messages(character_name=turn.character_name, greeting=turn.greeting,
-                              context=turn.context, user_input=turn.line, history=history)
+        return office_prompt(assistant_name=assistant.name, role=assistant.role,
+                             user_input=turn.question, results=results, now=now)
+    return character_prompt(character_name=turn.character_name, greeting=turn.greeting,
+                            context=turn.context, user_input=turn.line)
