@@ -32,7 +32,7 @@ from pathlib import Path
 from chatbot_dev.tiny_model import write_tiny_model
 
 from chatbot.core import prompts
-from chatbot.core.admission import Admission
+from chatbot.core.admission_queue import AdmissionQueue
 from chatbot.core.chat import ChatService
 from chatbot.core.stats import PerformanceStats
 from chatbot.domain.conversation import OfficeTurn
@@ -76,7 +76,7 @@ async def conversation(args) -> list[dict]:
     await engine.load()
     stats = PerformanceStats()
     service = ChatService(profile, engine, EmbeddedHistoryStore(":memory:"),
-                          Admission(1, 4, stats.mean_service_s), stats, deadline_s=3600)
+                          AdmissionQueue(1, 4, stats.mean_service_s), stats, deadline_s=3600)
     clock = Clock(datetime(2026, 12, 6, 9, 0, 30).astimezone())
     rows = []
     try:

@@ -18,7 +18,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 
 from chatbot_dev.tiny_model import write_tiny_model  # noqa: E402
 
-from chatbot.core.admission import Admission  # noqa: E402
+from chatbot.core.admission_queue import AdmissionQueue  # noqa: E402
 from chatbot.core.chat import ChatService  # noqa: E402
 from chatbot.core.ports import Completion, EngineStatus  # noqa: E402
 from chatbot.core.stats import PerformanceStats  # noqa: E402
@@ -105,7 +105,7 @@ def test_the_next_turn_a_minute_later_keeps_every_token_before_the_new_question(
     now = [datetime(2026, 12, 6, 0, 59, 30, tzinfo=UTC)]  # 09:59:30 in Seoul
     stats = PerformanceStats()
     service = ChatService(OFFICE, engine, EmbeddedHistoryStore(),
-                          Admission(1, 1, stats.mean_service_s), stats, deadline_s=30,
+                          AdmissionQueue(1, 1, stats.mean_service_s), stats, deadline_s=30,
                           search=search, clock=lambda: now[0])
     questions = ["회의록은 어떻게 쓰나요?", "후속 조치는 어떻게 적나요?",
                  "얼마나 빨리 보내야 하나요?"]
