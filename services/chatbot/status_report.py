@@ -74,19 +74,25 @@ def send(settings: Settings, body: dict, timeout: float = 10) -> None:
         resp.read()
 
 
-def report(settings: Settings, persona: str, facts: dict, attempts: int = 4) -> bool:
-    body = report_body(persona, facts, settings)
+def _send_with_retries(settings: Settings, body: dict, what: str, summary: str,
+                       attempts: int) -> bool:
+    """PATCHes `body`, retrying with a growing pause: the API server may be briefly away."""
     for attempt in range(1, attempts + 1):
         try:
             send(settings, body)
-            log.info("reported GPU offload to %s: %s", settings.status_report,
-                     body["status"][ACCELERATION][persona])
+            log.info("reported %s to %s: %s", what, settings.status_report, summary)
             return True
         except (OSError, KeyError, ValueError) as exc:
-            log.warning("GPU offload report to %s failed (attempt %d): %s",
-                        settings.status_report, attempt, exc)
+            log.warning("%s report to %s failed (attempt %d): %s",
+                        what, settings.status_report, attempt, exc)
             time.sleep(min(2 ** attempt, 10))
     return False
+
+
+def report(settings: Settings, persona: str, facts: dict, attempts: int = 4) -> bool:
+    body = report_body(persona, facts, settings)
+    return _send_with_retries(settings, body, "GPU offload",
+                              str(body["status"][ACCELERATION][persona]), attempts)
 
 
 def api_keys_body(persona: str, keys: dict, settings: Settings) -> dict:
@@ -98,15 +104,5 @@ def api_keys_body(persona: str, keys: dict, settings: Settings) -> dict:
 
 
 def report_api_keys(settings: Settings, persona: str, keys: dict, attempts: int = 4) -> bool:
-    body = api_keys_body(persona, keys, settings)
-    for attempt in range(1, attempts + 1):
-        try:
-            send(settings, body)
-            log.info("reported API keys to %s: %s %s", settings.status_report, keys["state"],
-                     ", ".join(keys["names"]))
-            return True
-        except (OSError, KeyError, ValueError) as exc:
-            log.warning("API keys report to %s failed (attempt %d): %s",
-                        settings.status_report, attempt, exc)
-            time.sleep(min(2 ** attempt, 10))
-    return False
+    return _send_with_retries(settings, api_keys_body(persona, keys, settings), "API keys",
+                              f"{keys['state']} {', '.join(keys['names'])}", attempts)

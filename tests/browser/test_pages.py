@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chatbot.stores.embedded import EmbeddedHistoryStore
-from tests.support.browser import ask
+from tests.support.browser import ask, try_it_out
 from tests.support.history import embedded_document
 
 SUMMARIES = {"office": "Answer a work question with the local Llama model",
@@ -69,14 +69,8 @@ def test_swagger_ui_lists_the_operations_and_try_it_out_calls_the_prefix(
     assert {"/Llama", "/v1/chat/completions", "/performance", "/readyz"} <= set(paths)
     assert page.get_by_text(SUMMARIES[persona]).count() == 1
 
-    operation = page.locator(".opblock-get").filter(
-        has=page.locator('.opblock-summary-path[data-path="/performance"]'))
-    operation.locator(".opblock-summary").click()
-    operation.locator(".try-out__btn").click()
-    with page.expect_response(lambda r: r.url.endswith("/performance")) as answered:
-        operation.locator(".execute").click()
-    response = answered.value
-    assert response.url == f"{v.url}/{persona}/performance" and response.status == 200
+    operation, response = try_it_out(v, persona, "/performance")
+    assert response.status == 200
     live = operation.locator(".live-responses-table")
     live.wait_for()
     assert "total_requests" in live.text_content()

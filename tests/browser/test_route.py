@@ -11,7 +11,7 @@ import pytest
 from chatbot_operator import builders
 from tests.browser.test_pages import _stored
 from tests.route.test_route_nginx import KINDS, OWNER
-from tests.support.browser import ask
+from tests.support.browser import ask, try_it_out
 from tests.support.server import ChatbotServer
 
 
@@ -40,14 +40,8 @@ def test_docs_and_playgrounds_work_through_the_route(kind, route, personas, visi
         v = visit(nginx.port)
         page = v.page
         page.goto(f"{v.url}/{persona}/docs")
-        operation = page.locator(".opblock-get").filter(
-            has=page.locator('.opblock-summary-path[data-path="/readyz"]'))
-        operation.locator(".opblock-summary").click()
-        operation.locator(".try-out__btn").click()
-        with page.expect_response(lambda r: r.url.endswith("/readyz")) as answered:
-            operation.locator(".execute").click()
-        assert answered.value.url == f"{v.url}/{persona}/readyz"
-        assert answered.value.json()["persona"] == persona  # reached through the route
+        operation, answered = try_it_out(v, persona, "/readyz")
+        assert answered.json()["persona"] == persona  # reached through the route
         operation.locator(".live-responses-table").scroll_into_view_if_needed()
         page.screenshot(path=artifacts / f"route-{kind.lower()}-{persona}-docs.png")
 

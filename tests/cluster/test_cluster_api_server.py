@@ -17,6 +17,8 @@ CEL_MESSAGE = "minReplicas must not exceed maxReplicas"
 
 
 def _crd(plural, kind, rule=None, message=CEL_MESSAGE):
+    # A throwaway CRD of its own, so its metadata has the shape of the product's CRD
+    # (operator/chatbot_operator/crd.py) without reusing it: the API server is under test.
     spec_schema = {
         "type": "object",
         "properties": {

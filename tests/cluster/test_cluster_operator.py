@@ -90,23 +90,15 @@ def _ready(api, ns, name="chatbot"):
 
 def _children(api, ns):
     core, apps, batch, net, _ = _apis(api)
-    sel = "app.kubernetes.io/instance=chatbot"
-    return {
-        "pvc": sorted(p.metadata.name for p in
-                      core.list_namespaced_persistent_volume_claim(ns, label_selector=sel).items),
-        "job": sorted(j.metadata.name for j in
-                      batch.list_namespaced_job(ns, label_selector=sel).items),
-        "deploy": sorted(d.metadata.name for d in
-                         apps.list_namespaced_deployment(ns, label_selector=sel).items),
-        "rs": sorted(r.metadata.name for r in
-                     apps.list_namespaced_replica_set(ns, label_selector=sel).items),
-        "svc": sorted(s.metadata.name for s in
-                      core.list_namespaced_service(ns, label_selector=sel).items),
-        "ing": sorted(i.metadata.name for i in
-                      net.list_namespaced_ingress(ns, label_selector=sel).items),
-        "cm": sorted(c.metadata.name for c in
-                     core.list_namespaced_config_map(ns, label_selector=sel).items),
+    listers = {
+        "pvc": core.list_namespaced_persistent_volume_claim, "job": batch.list_namespaced_job,
+        "deploy": apps.list_namespaced_deployment, "rs": apps.list_namespaced_replica_set,
+        "svc": core.list_namespaced_service, "ing": net.list_namespaced_ingress,
+        "cm": core.list_namespaced_config_map,
     }
+    sel = "app.kubernetes.io/instance=chatbot"
+    return {kind: sorted(o.metadata.name for o in lister(ns, label_selector=sel).items)
+            for kind, lister in listers.items()}
 
 
 def test_example_reaches_ready_with_pods_on_their_gpu_nodes(

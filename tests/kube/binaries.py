@@ -234,6 +234,8 @@ class _Recipe:
 
 
 def _recipe(comp: Component) -> _Recipe:
+    # One branch per program, alike in shape: a module, its main packages, its binaries and
+    # the version ldflags that program reads (each names its own variables).
     v = comp.version
     if comp.name == "etcd":
         return _Recipe("go.etcd.io/etcd/server/v3", ["go.etcd.io/etcd/server/v3"], ["etcd"])

@@ -40,7 +40,7 @@ from tests.node.release import (
     ready_pods,
     stored_turns,
 )
-from tests.support.browser import ask
+from tests.support.browser import ask, try_it_out
 
 pytestmark = pytest.mark.node
 
@@ -207,14 +207,8 @@ def test_the_docs_and_playgrounds_work_in_a_browser_through_8001(node_cluster, v
         v = visit(realnode.ROUTE_PORT)
         page = v.page
         page.goto(f"{v.url}/{persona}/docs")
-        operation = page.locator(".opblock-get").filter(
-            has=page.locator('.opblock-summary-path[data-path="/readyz"]'))
-        operation.locator(".opblock-summary").click()
-        operation.locator(".try-out__btn").click()
-        with page.expect_response(lambda r: r.url.endswith("/readyz")) as answered:
-            operation.locator(".execute").click()
-        assert answered.value.url == f"{v.url}/{persona}/readyz"
-        assert answered.value.json()["persona"] == persona
+        operation, answered = try_it_out(v, persona, "/readyz")
+        assert answered.json()["persona"] == persona
         operation.locator(".live-responses-table").scroll_into_view_if_needed()
         page.screenshot(path=artifacts / f"node-{persona}-docs.png")
 

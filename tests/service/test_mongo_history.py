@@ -41,14 +41,19 @@ def _metric(server, persona: str, name: str, **labels: str) -> float:
     raise AssertionError(f"{name}{want} not in /metrics")
 
 
-def _wait_history_state(server, persona: str, state: str, timeout: float = 20) -> dict:
+def _wait_history(server, persona: str, field: str, value, timeout: float) -> dict:
+    """/readyz once its `history.<field>` is `value` (fails with the last body if never)."""
     deadline = time.monotonic() + timeout
     while True:
         body = httpx.get(f"{server.url}/{persona}/readyz", timeout=10).json()
-        if body["history"]["state"] == state:
+        if body["history"][field] == value:
             return body
         assert time.monotonic() < deadline, body
         time.sleep(0.1)
+
+
+def _wait_history_state(server, persona: str, state: str, timeout: float = 20) -> dict:
+    return _wait_history(server, persona, "state", state, timeout)
 
 
 def test_a_multi_turn_conversation_replays_earlier_turns_from_mongodb(start_server, ferretdb):
@@ -99,13 +104,7 @@ def test_two_concurrent_turns_of_one_conversation_both_land(start_server, ferret
 
 
 def _wait_pending(server, persona: str, pending: int, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = httpx.get(f"{server.url}/{persona}/readyz", timeout=10).json()
-        if body["history"]["pending"] == pending:
-            return body
-        assert time.monotonic() < deadline, body
-        time.sleep(0.1)
+    return _wait_history(server, persona, "pending", pending, timeout)
 
 
 def test_mongodb_outage_answers_from_the_journal_and_writes_it_once_back(start_server,

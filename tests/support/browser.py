@@ -105,3 +105,17 @@ def ask(page, question: str) -> tuple[str, str]:
     assert page.text_content("#error") == "", page.text_content("#error")
     last = page.locator(".msg.assistant").last
     return last.locator(".text").text_content(), last.locator(".stats").text_content()
+
+
+def try_it_out(v: Visit, persona: str, path: str):
+    """Swagger UI's "Try it out" on `<persona>/docs` for the GET operation `path`: checks
+    that the call went to the persona's prefixed URL, returns (the operation, the answer)."""
+    page = v.page
+    operation = page.locator(".opblock-get").filter(
+        has=page.locator(f'.opblock-summary-path[data-path="{path}"]'))
+    operation.locator(".opblock-summary").click()
+    operation.locator(".try-out__btn").click()
+    with page.expect_response(lambda r: r.url.endswith(path)) as answered:
+        operation.locator(".execute").click()
+    assert answered.value.url == f"{v.url}/{persona}{path}"
+    return operation, answered.value

@@ -55,6 +55,13 @@ def _asset_route(app: FastAPI, name: str, media_type: str) -> None:
                         headers={"Cache-Control": "public, max-age=86400"})
 
 
+def _prefixed(request: Request):
+    """A path as the browser must ask for it: behind the route's stripped prefix
+    (`root_path`, e.g. /office), or as is."""
+    root = request.scope.get("root_path", "")
+    return lambda path: f"{root}{path}"
+
+
 def offline_docs(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc") -> None:
     """Adds Swagger UI, ReDoc and their assets to an app made with `docs_url=None,
     redoc_url=None` (fastapi's own pages would load them from a CDN)."""
@@ -64,13 +71,13 @@ def offline_docs(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc
 
     @app.get(docs_url, include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
+        at = _prefixed(request)
         return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - Swagger UI",
-            oauth2_redirect_url=f"{root}{oauth2_redirect_url}",
-            swagger_js_url=f"{root}{STATIC_URL}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{STATIC_URL}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{STATIC_URL}/favicon.png",
+            openapi_url=at(app.openapi_url), title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=at(oauth2_redirect_url),
+            swagger_js_url=at(f"{STATIC_URL}/swagger-ui-bundle.js"),
+            swagger_css_url=at(f"{STATIC_URL}/swagger-ui.css"),
+            swagger_favicon_url=at(f"{STATIC_URL}/favicon.png"),
             swagger_ui_parameters=parameters)
 
     @app.get(oauth2_redirect_url, include_in_schema=False)
@@ -79,11 +86,11 @@ def offline_docs(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc
 
     @app.get(redoc_url, include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
+        at = _prefixed(request)
         return get_redoc_html(
-            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} - ReDoc",
-            redoc_js_url=f"{root}{STATIC_URL}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{STATIC_URL}/favicon.png", with_google_fonts=False)
+            openapi_url=at(app.openapi_url), title=f"{app.title} - ReDoc",
+            redoc_js_url=at(f"{STATIC_URL}/redoc.standalone.js"),
+            redoc_favicon_url=at(f"{STATIC_URL}/favicon.png"), with_google_fonts=False)
 
     for name, media_type in _ASSETS.items():
         _asset_route(app, name, media_type)
