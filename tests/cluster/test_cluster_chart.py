@@ -39,6 +39,7 @@ importorskip("kopf")
 from kubernetes.client import ApiException  # noqa: E402
 
 from tests.kube import binaries, service_account_kubeconfig, wait_for  # noqa: E402
+
 # The operator fixtures, imported by name as in test_cluster_operator_image.py.
 from tests.kube.operator_fixtures import (  # noqa: E402
     GROUP,
