@@ -108,9 +108,13 @@ def test_serves_the_bundled_smollm2_as_the_deployment_runs_it(
         assert chat.status_code == 200, chat.text
         body = chat.json()
         assert body["model"] and len(body["choices"][0]["message"]["content"].split()) >= 2
-    # History goes to /data (an emptyDir), the only writable place besides /tmp.
-    assert ready["history"] == {"kind": "embedded", "path": "/data/history.sqlite3",
-                                "state": "ok"}
+    # History goes to /data (an emptyDir), the only writable place besides /tmp, and so
+    # does the journal of turns the store could not take.
+    history = ready["history"]
+    assert {k: history[k] for k in ("kind", "path", "state", "pending")} == {
+        "kind": "embedded", "path": "/data/history.sqlite3", "state": "ok", "pending": 0}
+    assert history["journal"]["state"] == "ok"
+    assert history["journal"]["path"] == "/data/history.sqlite3.journal"
 
     assert _wait(lambda: office.health() == "healthy", 30, "HEALTHCHECK healthy")
 
