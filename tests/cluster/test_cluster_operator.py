@@ -302,8 +302,10 @@ def test_invalid_specs_are_rejected_by_the_api_server(kube_api, crd, namespace, 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_example_is_accepted(kube_api, crd, namespace, path):
     custom = kubernetes.client.CustomObjectsApi(kube_api)
-    body = yaml.safe_load(path.read_text())
-    obj = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body,
+    # An example may carry what its model needs beside it (the API keys' Secret).
+    models = [d for d in yaml.safe_load_all(path.read_text()) if d["kind"] == "ChatbotModel"]
+    assert len(models) == 1
+    obj = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, models[0],
                                                  dry_run="All")
     assert obj["spec"]["office"]["file"].endswith(".gguf")
 

@@ -41,8 +41,10 @@ def report(terminalreporter) -> None:
         terminalreporter.write_line(f"browser screenshots ({len(shots)}): {folder}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[object]:
+    """Chromium for one test: Playwright's sync API holds an event loop on this thread while
+    it runs, so it must not outlive the test (the next test's asyncio.run would fail)."""
     playwright_api = pytest.importorskip("playwright.sync_api")
     executable = chromium()
     with playwright_api.sync_playwright() as pw:
