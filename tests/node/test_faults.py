@@ -337,6 +337,7 @@ def test_bad_input_at_the_edge_leaves_other_users_answered_and_memory_bounded(in
     traefik_pid = nc.cluster.running()["traefik"]
     [office] = ready_pods(nc, "office")
     rss_before = {"traefik": rss_bytes([traefik_pid]), "office": pod_rss(nc, office)}
+    kv_host_before = pod_performance(office)["engine_kv_host_bytes"]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
     host, port = "127.0.0.1", 8001
@@ -372,16 +373,20 @@ def test_bad_input_at_the_edge_leaves_other_users_answered_and_memory_bounded(in
         s.close()
     time.sleep(2)
     rss_after = {"traefik": rss_bytes([traefik_pid]), "office": pod_rss(nc, office)}
+    # The conversations' KV cells the engine keeps in host RAM (up to `cache_ram_mib`, by
+    # design) are not a leak: what it reports holding is taken off the office pod's growth.
+    kv_host_grown = pod_performance(office)["engine_kv_host_bytes"] - kv_host_before
     assert len(users.questions) >= 2 and not users.unanswered(), _show(users)
     assert not users.status_5xx(), _show(users)
     print("RSS before -> after: " + ", ".join(
-        f"{k} {rss_before[k] / MiB:.0f} -> {rss_after[k] / MiB:.0f} MiB" for k in rss_before))
+        f"{k} {rss_before[k] / MiB:.0f} -> {rss_after[k] / MiB:.0f} MiB" for k in rss_before)
+        + f"; office's host KV cache grew {kv_host_grown / MiB:.0f} MiB")
     print(f"non-UTF-8 bodies answered {refused}; slow bodies: {sorted(set(slow_results))}; "
           f"a stream left after {STREAM_READ_CHUNKS} chunks: {left_after}")
     # Bounded: the idle and slow connections are closed, and what they cost is given back
     # (or never taken); generous bounds, a leak of a buffer per connection passes them.
     assert rss_after["traefik"] - rss_before["traefik"] < 150 * MiB
-    assert rss_after["office"] - rss_before["office"] < 100 * MiB
+    assert rss_after["office"] - rss_before["office"] - kv_host_grown < 100 * MiB
     ledger.record(ledger.FaultRow(
         "1000 idle conns, 20 slow bodies, non-UTF-8, a stream left", users.requests(), 0,
         users.status_5xx(), None,
