@@ -183,11 +183,15 @@ def phase(nc) -> str | None:
     return (cbm(nc).get("status") or {}).get("phase")
 
 
-def install(nc, mirror, *, ready_timeout: float = 600) -> None:
-    """helm install, the CPU ChatbotModel applied, both personas answering on the route."""
+def install(nc, mirror, *, ready_timeout: float = 600, model: dict | None = None,
+            before_model: list[dict] = ()) -> None:
+    """helm install, the CPU ChatbotModel (or ``model``) applied after ``before_model`` (a
+    Secret it names), both personas answering on the route."""
     helm(nc, "install", RELEASE, str(CHART), "-n", NS, "--create-namespace",
          "--wait", "--timeout", "5m", values=helm_values(nc, mirror), timeout=400)
-    apply(nc, chatbot_model(nc, mirror), "chatbotmodel")
+    for index, manifest in enumerate(before_model):
+        apply(nc, manifest, f"before-model-{index}")
+    apply(nc, model or chatbot_model(nc, mirror), "chatbotmodel")
     wait_for(lambda: phase(nc) == "Ready", timeout=ready_timeout, interval=1,
              desc="ChatbotModel Ready")
     for persona in ("office", "character"):

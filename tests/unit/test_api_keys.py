@@ -218,6 +218,54 @@ def test_a_v1_stream_charges_its_tokens_to_the_key(tmp_path):
     assert 'chatbot_api_key_tokens_total{key="web",persona="office"} 3.0' in metrics
 
 
+def test_an_answer_is_charged_to_its_key_before_its_last_piece_reaches_the_client():
+    """Else the key's next request, sent the moment the answer arrives, can be admitted
+    before the charge is stored: one answer more past the budget per client thread."""
+    from prometheus_client import CollectorRegistry
+    from starlette.responses import JSONResponse, StreamingResponse
+
+    from chatbot.api.auth import ApiKeyUsageMiddleware, KeyGuard, KeyMetrics
+
+    events: list[str] = []
+
+    class Recording:
+        async def charge(self, name: str, tokens: int) -> None:
+            await asyncio.sleep(0.01)  # a store's round trip
+            events.append(f"charged {name} {tokens}")
+
+    async def answer(scope, receive, send):
+        scope["state"]["api_key"] = "web"
+        if scope["path"] == "/stream":
+            async def pieces():
+                yield b"data: 1\n\n"
+                scope["state"]["api_key_tokens"] = 7  # what record_tokens does
+                yield b"data: [DONE]\n\n"
+            response = StreamingResponse(pieces(), media_type="text/event-stream")
+        else:
+            response = JSONResponse({"a": 1}, headers={"X-Prompt-Tokens": "4",
+                                                       "X-Generated-Tokens": "2"})
+        await response(scope, receive, send)
+
+    metrics = KeyMetrics("office", CollectorRegistry())
+    app = ApiKeyUsageMiddleware(answer, KeyGuard(None, Recording()), metrics)  # type: ignore[arg-type]
+
+    async def call(path: str) -> None:
+        async def receive():
+            await asyncio.sleep(3600)  # no disconnect while answering
+
+        async def send(message):
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                events.append("last piece sent")
+
+        scope = {"type": "http", "method": "POST", "path": path, "headers": [],
+                 "query_string": b"", "state": {}}
+        await app(scope, receive, send)
+
+    asyncio.run(call("/json"))
+    asyncio.run(call("/stream"))
+    assert events == ["charged web 6", "last piece sent", "charged web 7", "last piece sent"]
+
+
 class _Clock:
     def __init__(self, now: float) -> None:
         self.now = now

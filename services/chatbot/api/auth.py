@@ -147,8 +147,10 @@ def record_tokens(request: Request, tokens: int) -> None:
 
 
 class ApiKeyUsageMiddleware:
-    """Charges an answer's tokens to its key once the answer is sent: `X-Prompt-Tokens` +
-    `X-Generated-Tokens` of the response, or what a stream recorded (`record_tokens`)."""
+    """Charges an answer's tokens to its key: `X-Prompt-Tokens` + `X-Generated-Tokens` of the
+    response, or what a stream recorded (`record_tokens`). The charge is stored before the
+    answer's last piece is sent, so that the key's next request (on any replica) already sees
+    it; an answer that never ends (the client left) is charged when it stops."""
 
     def __init__(self, app: ASGIApp, guard: KeyGuard, metrics: KeyMetrics) -> None:
         self.app, self.guard, self.metrics = app, guard, metrics
@@ -157,18 +159,13 @@ class ApiKeyUsageMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         counted = 0
+        charged = False
 
-        async def capture(message: Message) -> None:
-            nonlocal counted
-            if message["type"] == "http.response.start":
-                for name, value in message.get("headers", []):
-                    if name.lower() in (b"x-prompt-tokens", b"x-generated-tokens"):
-                        counted += int(value) if value.isdigit() else 0
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
+        async def charge() -> None:
+            nonlocal charged
+            if charged:
+                return
+            charged = True
             state = scope.get("state") or {}
             name = state.get("api_key")
             if name is not None:
@@ -176,6 +173,21 @@ class ApiKeyUsageMiddleware:
                 if tokens > 0:
                     self.metrics.tokens.labels(self.metrics.persona, name).inc(tokens)
                     await self.guard.budgets.charge(name, tokens)
+
+        async def capture(message: Message) -> None:
+            nonlocal counted
+            if message["type"] == "http.response.start":
+                for name, value in message.get("headers", []):
+                    if name.lower() in (b"x-prompt-tokens", b"x-generated-tokens"):
+                        counted += int(value) if value.isdigit() else 0
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                await charge()  # before the client has the whole answer
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            await charge()
 
 
 async def _refused(request: Request, exc: ApiKeyRefusedError) -> JSONResponse:
