@@ -287,6 +287,23 @@ INVALID = [
     ("spec.storage.size", "lots", "spec.storage.size: Invalid value"),
     ("metadata.name", "a-name-far-too-long-for-the-children-it-will-get",
      "metadata.name must be at most 40 characters"),
+    ("spec.office.autoscaling", {"minReplicas": 3, "maxReplicas": 2},
+     "spec.office.autoscaling.minReplicas: Invalid value: autoscaling.minReplicas "
+     "must not exceed autoscaling.maxReplicas"),
+    ("spec.office.autoscaling", {"maxReplicas": 2, "metric": "gpu"},
+     "spec.office.autoscaling.metric: Unsupported value: \"gpu\": supported values: "
+     "\"queue\", \"kvCache\""),
+    ("spec.character.autoscaling", {"maxReplicas": 2, "target": 0},
+     "spec.character.autoscaling.target: Invalid value: autoscaling.target must "
+     "be greater than 0"),
+    ("spec.office.autoscaling", {"maxReplicas": 2, "target": -1.5},
+     "autoscaling.target must be greater than 0"),
+    ("spec.office.autoscaling", {"maxReplicas": 2, "metric": "kvCache", "target": 80},
+     "autoscaling.target of metric kvCache is a share: at most 1"),
+    ("spec.office.autoscaling", {"minReplicas": 2},
+     "spec.office.autoscaling.maxReplicas: Required value"),
+    ("spec.office.autoscaling", {"maxReplicas": 2, "prometheusAddress": "prometheus:9090"},
+     "autoscaling.prometheusAddress must be an http:// or https:// URL"),
 ]
 
 
@@ -323,6 +340,19 @@ def test_the_example_itself_is_accepted_with_defaults_filled_in(kube_api, crd, n
     assert spec["character"]["maxConcurrent"] == 2
     assert spec["source"]["uri"] == "hf://QuantFactory/Meta-Llama-3.1-8B-Claude-GGUF"
     assert spec["route"]["kind"] == "Ingress"
+
+
+def test_an_autoscaling_block_is_accepted_with_its_defaults(kube_api, crd, namespace):
+    custom = kubernetes.client.CustomObjectsApi(kube_api)
+    body = _with("spec.office.autoscaling", {"maxReplicas": 3})
+    body["spec"]["character"]["autoscaling"] = {"maxReplicas": 2, "metric": "kvCache",
+                                                "target": 0.8}
+    obj = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body,
+                                                 dry_run="All")
+    assert obj["spec"]["office"]["autoscaling"] == {
+        "minReplicas": 1, "maxReplicas": 3, "metric": "queue", "target": 1,
+        "scaleDownStabilizationSeconds": 300}
+    assert obj["spec"]["character"]["autoscaling"]["target"] == 0.8
 
 
 def test_gateway_route_reports_a_missing_api_then_applies_the_httproute(
