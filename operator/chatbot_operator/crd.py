@@ -262,6 +262,12 @@ def status_schema() -> dict:
             # The pods' report of the API keys file they read (status.apiKeys.<persona>).
             "apiKeys": {"type": "object", "properties": {
                 p: _persona_status() for p in ("office", "character")}},
+            # Per persona: the ScaledObject's bounds (only while one is applied), and the
+            # Deployment's desired/current/ready/unschedulable replicas.
+            "autoscaling": {"type": "object", "properties": {
+                p: _persona_status() for p in ("office", "character")}},
+            "replicas": {"type": "object", "properties": {
+                p: _persona_status() for p in ("office", "character")}},
             "accel": {"type": "string"},
             "route": {"type": "object", "properties": {
                 "kind": {"type": "string", "nullable": True},
