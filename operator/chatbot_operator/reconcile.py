@@ -221,12 +221,16 @@ def _scale_persona(cluster: Cluster, config, owner: Owner, spec: ChatbotModelSpe
             raise
         scaling.missing[persona] = spec.persona(persona).replicas
         return False
+    _scaled(scaling, persona, a)
+    return True
+
+
+def _scaled(scaling: Scaling, persona: str, a) -> None:
     scaling.applied[persona] = (
         f"KEDA scales {a.min_replicas}-{a.max_replicas} on {a.metric} "
         f"({builders.AUTOSCALING_METRICS[a.metric]}, target {a.target:g} per pod)")
     scaling.autoscaled[persona] = {"minReplicas": a.min_replicas,
                                    "maxReplicas": a.max_replicas, "metric": a.metric}
-    return True
 
 
 def _unscheduled(cluster: Cluster, owner: Owner, persona: str,
@@ -306,7 +310,12 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
                       f"{persona}: Deployment {dep_name} updated (generation "
                       f"{dep['metadata'].get('generation')})")
         elif p.autoscaling is not None:
-            scaling.waiting.append(persona)
+            if persona in ((obj.get("status") or {}).get("autoscaling") or {}):
+                # A new model downloads: the running pods stay KEDA's meanwhile.
+                _scaled(scaling, persona, p.autoscaling)
+                autoscaled = True
+            else:
+                scaling.waiting.append(persona)
         apply(builders.persona_service(owner, persona))
         scaling.unscheduled[persona] = _unscheduled(cluster, owner, persona, dep)
         ready[persona] = conditions.deployment_ready(

@@ -512,7 +512,7 @@ def test_autoscaling_waits_for_keda_then_leaves_the_count_to_it_and_names_unsche
             "KEDA; until then office keeps replicas 1")
         assert office_replicas() == 1
         warned = wait_for(lambda: [e for e in core.list_namespaced_event(namespace).items
-                                   if e.reason == "AutoscalingReady"], timeout=30,
+                                   if e.reason == "KedaMissing"], timeout=30,
                           desc="a Warning event")
         assert warned[0].type == "Warning"
 
