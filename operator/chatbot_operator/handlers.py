@@ -115,17 +115,23 @@ def on_child_event(body, type: str | None, namespace: str, memo: kopf.Memo, **_)
             memo.coalescer.request((namespace, ref["name"]))
 
 
-def _pending_persona_pod(body, **_) -> bool:
-    return (body.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/component")
-            in PERSONAS and body.get("status", {}).get("phase") == "Pending")
+def _persona_pod(body, **_) -> bool:
+    return body.get("metadata", {}).get("labels", {}).get(
+        "app.kubernetes.io/component") in PERSONAS
 
 
-@kopf.on.event("", "v1", "pods", labels=MANAGED, when=_pending_persona_pod)
-def on_pending_pod(body, namespace: str, memo: kopf.Memo, **_):
-    """A persona pod waiting for a node (or just given one): ReplicasScheduled follows. Its
-    Deployment's status does not change when the scheduler finds no node for it."""
-    instance = body.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/instance")
-    if instance:
+@kopf.on.event("", "v1", "pods", labels=MANAGED, when=_persona_pod)
+def on_persona_pod(body, type: str | None, namespace: str, memo: kopf.Memo, **_):
+    """Persona pods while Pending: a pod the scheduler finds no node for changes nothing in
+    its Deployment's status, so ReplicasScheduled follows these events (kept in Applied,
+    read by the pass without an API call)."""
+    meta = body.get("metadata", {})
+    labels = meta.get("labels", {})
+    instance = labels.get("app.kubernetes.io/instance")
+    pending = type != "DELETED" and body.get("status", {}).get("phase") == "Pending"
+    if instance and memo.applied.pod_seen(
+            namespace, instance, labels["app.kubernetes.io/component"], meta.get("name"),
+            {"status": copy.deepcopy(dict(body.get("status", {})))} if pending else None):
         memo.coalescer.request((namespace, instance))
 
 

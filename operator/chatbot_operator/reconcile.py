@@ -233,14 +233,9 @@ def _scaled(scaling: Scaling, persona: str, a) -> None:
                                    "maxReplicas": a.max_replicas, "metric": a.metric}
 
 
-def _unscheduled(cluster: Cluster, owner: Owner, persona: str,
-                 dep: dict | None) -> tuple[int, str]:
-    """The persona's pods no node takes; listed only while some pod is not ready."""
-    st = (dep or {}).get("status") or {}
-    if dep is None or (st.get("replicas") or 0) <= (st.get("readyReplicas") or 0):
-        return 0, ""
-    sel = ",".join(f"{k}={v}" for k, v in builders.selector(owner, persona).items())
-    return conditions.unschedulable(cluster.list("v1", "Pod", owner.namespace, sel))
+def _unscheduled(applied: Applied, owner: Owner, persona: str) -> tuple[int, str]:
+    """The persona's pods no node takes, from the Pending pods' watch events."""
+    return conditions.unschedulable(applied.pending_pods(owner.namespace, owner.name, persona))
 
 
 def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: ChatbotModelSpec,
@@ -317,7 +312,7 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
             else:
                 scaling.waiting.append(persona)
         apply(builders.persona_service(owner, persona))
-        scaling.unscheduled[persona] = _unscheduled(cluster, owner, persona, dep)
+        scaling.unscheduled[persona] = _unscheduled(applied, owner, persona)
         ready[persona] = conditions.deployment_ready(
             dep, p.replicas, unschedulable=scaling.unscheduled[persona][0],
             scaled=(p.autoscaling.min_replicas, p.autoscaling.max_replicas)
