@@ -14,7 +14,7 @@ import chatbot_contract as contract
 from chatbot_contract import GROUP, KIND, VERSION, env_name
 from chatbot_operator.config import OperatorConfig
 from chatbot_operator.profiles import GPU_RESOURCE, GpuProfile, resolve
-from chatbot_operator.spec import PERSONAS, ChatbotModelSpec, Persona
+from chatbot_operator.spec import AUTOSCALING_METRICS, PERSONAS, ChatbotModelSpec, Persona
 
 MODELS_DIR = "/models"
 DATA_DIR = "/data"
@@ -166,7 +166,8 @@ def api_keys_settings(spec: ChatbotModelSpec) -> dict[str, str]:
         return {}
     return {
         env_name("api_keys_file"): f"{contract.API_KEYS_DIR}/{contract.API_KEYS_FILE}",
-        env_name("api_keys_replicas"): str(sum(spec.persona(p).replicas for p in PERSONAS)),
+        env_name("api_keys_replicas"): str(sum(planned_replicas(spec.persona(p))
+                                               for p in PERSONAS)),
     }
 
 
@@ -317,8 +318,16 @@ def _report_env(owner: Owner, spec: ChatbotModelSpec, persona: str, profile: Gpu
     ]
 
 
+def planned_replicas(p: Persona) -> int:
+    """The most pods a persona may run: its replicas, or with autoscaling its maxReplicas
+    (a budget split by this count is never exceeded, however far KEDA scales)."""
+    return p.autoscaling.max_replicas if p.autoscaling else p.replicas
+
+
 def persona_deployment(owner: Owner, spec: ChatbotModelSpec, persona: str, profiles,
-                       config: OperatorConfig) -> dict:
+                       config: OperatorConfig, *, autoscaled: bool = False) -> dict:
+    """The persona's Deployment. ``autoscaled`` (its ScaledObject is applied): no
+    ``replicas``, so that KEDA's HPA owns the count and a re-apply never resets it."""
     p = spec.persona(persona)
     profile = resolve(p.gpu_profile, profiles)
     if spec.source.scheme == "pvc":
@@ -363,7 +372,7 @@ def persona_deployment(owner: Owner, spec: ChatbotModelSpec, persona: str, profi
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": _meta(owner, deployment_name(owner, persona), persona),
         "spec": {
-            "replicas": p.replicas,
+            **({} if autoscaled else {"replicas": p.replicas}),
             "selector": {"matchLabels": match},
             # One GPU per node: a surge pod could never schedule, so replace in place.
             "strategy": {"type": "RollingUpdate",
@@ -381,6 +390,68 @@ def persona_deployment(owner: Owner, spec: ChatbotModelSpec, persona: str, profi
                     "volumes": volumes,
                 },
             },
+        },
+    }
+
+
+# ----------------------------------------------------------------------------- autoscaling
+
+KEDA_API_VERSION = "keda.sh/v1alpha1"
+KEDA_CRD = "scaledobjects.keda.sh"
+# How often KEDA queries Prometheus (its default is 30 s; the HPA reads KEDA every 15 s).
+KEDA_POLLING_S = 15
+
+
+def pod_name_regex(owner: Owner, persona: str) -> str:
+    """The names of the persona Deployment's pods (<deployment>-<template hash>-<5>), as a
+    PromQL regex: any scrape configuration that labels series with ``namespace`` and ``pod``
+    (a PodMonitor, a ServiceMonitor, kube-prometheus' pod discovery) serves the query."""
+    return f"{deployment_name(owner, persona)}-[a-z0-9]{{1,10}}-[a-z0-9]{{5}}"
+
+
+def autoscaling_query(owner: Owner, persona: str, metric: str) -> str:
+    """The metric summed over the persona's pods. The trigger's metricType is AverageValue,
+    so the HPA wants ceil(sum / target) pods: for ``queue`` that keeps the waiting requests
+    per pod at the target; for ``kvCache`` it is the HPA's own utilization rule
+    (ceil(pods * mean / target)). A pod that has not been scraped yet adds nothing."""
+    name = AUTOSCALING_METRICS[metric]
+    return (f'sum({name}{{namespace="{owner.namespace}",'
+            f'pod=~"{pod_name_regex(owner, persona)}"}})')
+
+
+def scaled_object(owner: Owner, spec: ChatbotModelSpec, persona: str,
+                  config: OperatorConfig) -> dict:
+    """The KEDA ScaledObject that scales the persona's Deployment (only with autoscaling).
+
+    KEDA makes an HPA (autoscaling/v2) from it and feeds it the Prometheus query's value;
+    scale-down waits ``scaleDownStabilizationSeconds`` (the highest count wanted in that
+    window) and then removes one pod a minute, each draining its answers first (the pods'
+    preStop sleep and shutdown grace)."""
+    a = spec.persona(persona).autoscaling
+    assert a is not None
+    return {
+        "apiVersion": KEDA_API_VERSION, "kind": "ScaledObject",
+        "metadata": _meta(owner, deployment_name(owner, persona), persona),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                               "name": deployment_name(owner, persona)},
+            "minReplicaCount": a.min_replicas,
+            "maxReplicaCount": a.max_replicas,
+            "pollingInterval": KEDA_POLLING_S,
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {
+                "scaleDown": {
+                    "stabilizationWindowSeconds": a.scale_down_stabilization_seconds,
+                    "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]},
+            }}},
+            "triggers": [{
+                "type": "prometheus",
+                "metricType": "AverageValue",
+                "metadata": {
+                    "serverAddress": a.prometheus_address or config.prometheus_address,
+                    "query": autoscaling_query(owner, persona, a.metric),
+                    "threshold": f"{a.target:g}",
+                },
+            }],
         },
     }
 

@@ -50,7 +50,28 @@ class Applied:
         self._uids: dict[tuple[str, str], str] = {}
         self._observed: dict[tuple[str, str, str], dict] = {}
         self._read_through: set[tuple[str, str]] = set()
+        # (namespace, resource, persona) -> pod name -> the Pending pod as last seen.
+        self._pending: dict[tuple[str, str, str], dict[str, dict]] = {}
         self._lock = threading.Lock()
+
+    def pod_seen(self, namespace: str, owner: str, persona: str, name: str,
+                 pod: dict | None) -> bool:
+        """A persona pod's watch event: kept while it is Pending (None: deleted, or no
+        longer Pending). True when that changes what ``pending_pods`` returns."""
+        key = (namespace, owner, persona)
+        with self._lock:
+            pods = self._pending.setdefault(key, {})
+            before = pods.get(name)
+            if pod is None:
+                pods.pop(name, None)
+            else:
+                pods[name] = pod
+            return before != pod
+
+    def pending_pods(self, namespace: str, owner: str, persona: str) -> list[dict]:
+        """The persona's Pending pods, from the pods' watch events (no API call)."""
+        with self._lock:
+            return list(self._pending.get((namespace, owner, persona), {}).values())
 
     def forget(self, namespace: str, name: str, *, new: bool = False) -> None:
         """Re-check every child on the next pass; ``new``: the resource was just created,

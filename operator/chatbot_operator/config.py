@@ -31,3 +31,8 @@ class OperatorConfig(BaseSettings):
                                   description="... but at most this long after the first")
     consistency_timeout_s: float = Field(default=60.0, gt=0,
                                          description="how long kopf awaits its own patches")
+    prometheus_address: str = Field(
+        default="http://prometheus-operated.monitoring.svc:9090",
+        description="the Prometheus a persona's autoscaling queries when its "
+                    "autoscaling.prometheusAddress is not set (kube-prometheus-stack in "
+                    "namespace monitoring serves this)")

@@ -21,6 +21,7 @@ from chatbot_contract import (
     VERSION,
 )
 from chatbot_operator.spec import (
+    AUTOSCALING_METRICS,
     CHARACTER_DEFAULTS,
     DEFAULT_SERVICE_IMAGE,
     DEFAULT_SOURCE,
@@ -37,6 +38,49 @@ def _secret_ref(what: str, default_key: str) -> dict:
         "type": "object", "description": f"the Secret holding {what}",
         "required": ["name"],
         "properties": {"name": NAME, "key": {**NAME, "default": default_key}},
+    }
+
+
+def _autoscaling() -> dict:
+    metrics = ", ".join(f"{k} ({v})" for k, v in AUTOSCALING_METRICS.items())
+    return {
+        "type": "object",
+        "description": "replicas driven by KEDA (a ScaledObject the operator owns) from a "
+                       "Prometheus query; the persona's replicas is then only the count "
+                       "used while KEDA is not installed",
+        "required": ["maxReplicas"],
+        "properties": {
+            "minReplicas": {"type": "integer", "default": 1, "minimum": 1, "maximum": 64},
+            "maxReplicas": {"type": "integer", "minimum": 1, "maximum": 64},
+            "metric": {"type": "string", "default": "queue", "enum": list(AUTOSCALING_METRICS),
+                       "description": f"what to scale on: {metrics}"},
+            "target": {"type": "number", "default": 1,
+                       "description": "the metric's value per pod to keep: queue: waiting "
+                                      "requests per pod (e.g. 1); kvCache: the KV cache "
+                                      "share in use per pod, above 0 and at most 1 "
+                                      "(e.g. 0.8)"},
+            "scaleDownStabilizationSeconds": {
+                "type": "integer", "default": 300, "minimum": 0, "maximum": 3600,
+                "description": "scale down only to the highest count wanted in this window"},
+            "prometheusAddress": {
+                "type": "string", "maxLength": 2048,
+                "description": "the Prometheus KEDA queries (default: the operator's "
+                               "setting, the chart's autoscaling.prometheusAddress)"},
+        },
+        "x-kubernetes-validations": [
+            {"rule": "self.minReplicas <= self.maxReplicas",
+             "message": "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+             "fieldPath": ".minReplicas"},
+            {"rule": "self.target > 0.0",
+             "message": "autoscaling.target must be greater than 0", "fieldPath": ".target"},
+            {"rule": "self.metric != 'kvCache' || self.target <= 1.0",
+             "message": "autoscaling.target of metric kvCache is a share: at most 1",
+             "fieldPath": ".target"},
+            {"rule": "!has(self.prometheusAddress) || "
+                     "self.prometheusAddress.matches('^https?://[^/\\\\s]+(/\\\\S*)?$')",
+             "message": "autoscaling.prometheusAddress must be an http:// or https:// URL",
+             "fieldPath": ".prometheusAddress"},
+        ],
     }
 
 
@@ -73,7 +117,10 @@ def _persona(defaults: dict, what: str) -> dict:
                             "maximum": 131072},
             "batchSize": {"type": "integer", "default": DEFAULT_BATCH_SIZE, "minimum": 1,
                           "maximum": 131072},
-            "replicas": {"type": "integer", "default": 1, "minimum": 0, "maximum": 64},
+            "replicas": {"type": "integer", "default": 1, "minimum": 0, "maximum": 64,
+                         "description": "pods; with autoscaling, only while KEDA is not "
+                                        "installed"},
+            "autoscaling": _autoscaling(),
             "resources": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
             "image": {"type": "string", "description": "overrides spec.image"},
         },
@@ -214,6 +261,12 @@ def status_schema() -> dict:
                 p: _persona_status() for p in ("office", "character")}},
             # The pods' report of the API keys file they read (status.apiKeys.<persona>).
             "apiKeys": {"type": "object", "properties": {
+                p: _persona_status() for p in ("office", "character")}},
+            # Per persona: the ScaledObject's bounds (only while one is applied), and the
+            # Deployment's desired/current/ready/unschedulable replicas.
+            "autoscaling": {"type": "object", "properties": {
+                p: _persona_status() for p in ("office", "character")}},
+            "replicas": {"type": "object", "properties": {
                 p: _persona_status() for p in ("office", "character")}},
             "accel": {"type": "string"},
             "route": {"type": "object", "properties": {

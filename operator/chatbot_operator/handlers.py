@@ -2,7 +2,8 @@
 
 create/update/resume react to spec changes and restarts (with kopf's retries and backoff)
 and re-check every child once (a child deleted by hand comes back); watch events of the
-children (fetch Job done, Deployment ready) and of the resource's status (download progress,
+children (fetch Job done, Deployment ready; a persona pod Pending, which may have no node)
+and of the resource's status (download progress,
 the pods' GPU offload report, their API keys report) reconcile their owner again,
 coalesced: one pass per resource after a quiet period (calm.py).
 No timer: kopf would put a finalizer on every resource for it, and deleting one would then
@@ -27,6 +28,7 @@ from chatbot_operator.calm import Applied, Coalescer
 from chatbot_operator.config import OperatorConfig
 from chatbot_operator.profiles import load_profiles
 from chatbot_operator.reconcile import Outcome, reconcile
+from chatbot_operator.spec import PERSONAS
 
 
 def _api_client() -> kubernetes.client.ApiClient:
@@ -111,6 +113,26 @@ def on_child_event(body, type: str | None, namespace: str, memo: kopf.Memo, **_)
     for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
             memo.coalescer.request((namespace, ref["name"]))
+
+
+def _persona_pod(body, **_) -> bool:
+    return body.get("metadata", {}).get("labels", {}).get(
+        "app.kubernetes.io/component") in PERSONAS
+
+
+@kopf.on.event("", "v1", "pods", labels=MANAGED, when=_persona_pod)
+def on_persona_pod(body, type: str | None, namespace: str, memo: kopf.Memo, **_):
+    """Persona pods while Pending: a pod the scheduler finds no node for changes nothing in
+    its Deployment's status, so ReplicasScheduled follows these events (kept in Applied,
+    read by the pass without an API call)."""
+    meta = body.get("metadata", {})
+    labels = meta.get("labels", {})
+    instance = labels.get("app.kubernetes.io/instance")
+    pending = type != "DELETED" and body.get("status", {}).get("phase") == "Pending"
+    if instance and memo.applied.pod_seen(
+            namespace, instance, labels["app.kubernetes.io/component"], meta.get("name"),
+            {"status": copy.deepcopy(dict(body.get("status", {})))} if pending else None):
+        memo.coalescer.request((namespace, instance))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, field="status.download")

@@ -126,7 +126,7 @@ def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: st
             raise
         conds = conditions.all_failed("ApplyFailed", str(as_kopf_error(exc, "applying a child")))
         return Outcome(_write_status(cluster, obj, owner, conds, {}, {}, spec, event))
-    model_states, ready, (route_cond, route_retry), jobs = states
+    model_states, ready, (route_cond, route_retry), jobs, scaling = states
 
     conds = [conditions.model_condition(model_states, jobs, previous.get("download"),
                                         builders.needs_fetch(spec))]
@@ -153,12 +153,25 @@ def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: st
                                               {p: reports.get(p) for p in PERSONAS})
     if keys_cond is not None:
         conds.append(keys_cond)
+    for cond in (conditions.autoscaling_condition(scaling.applied, scaling.missing,
+                                                  scaling.waiting),
+                 conditions.scheduled_condition(
+                     scaling.unscheduled, bool(scaling.autoscaled) or any(
+                         c.get("type") == "ReplicasScheduled"
+                         for c in previous.get("conditions") or []))):
+        if cond is not None:
+            conds.append(cond)
     figures = {p: ready[p][1] for p in PERSONAS}
     extra: dict = {"accel": ", ".join(a.text for a in accel.values()),
                    # What the next pass deletes should route.kind change, and the claim
                    # this model holds against others (route_claims.py).
                    "route": {"kind": spec.route.kind, "claim": route_claims.claim(spec)}
                    if route_cond.reason == "Applied" else {"kind": None, "claim": None}}
+    # The ScaledObjects this model owns (deleted by a later pass whose spec has none) and
+    # each persona's replicas as the Deployment has them.
+    if scaling.autoscaled or previous.get("autoscaling"):
+        extra["autoscaling"] = scaling.autoscaled
+    extra["replicas"] = scaling.replicas
     gpu_fits = {p: pl.status for p, pl in plans.items() if pl.status}
     if gpu_fits or previous.get("gpuFit"):
         extra["gpuFit"] = gpu_fits
@@ -166,7 +179,63 @@ def _reconcile(cluster: Cluster, config: OperatorConfig, profiles, namespace: st
     if route_retry:
         # Reported in status; the route's API may get installed: check again later.
         return Outcome(status, config.retry_delay_s, route_cond.message)
+    if scaling.missing:
+        # The same for KEDA: its ScaledObjects are applied once it is installed.
+        return Outcome(status, config.retry_delay_s, "KEDA (scaledobjects.keda.sh) missing")
     return Outcome(status)
+
+
+@dataclass
+class Scaling:
+    """What a pass saw of each persona's count: ``applied`` persona -> what its ScaledObject
+    does; ``missing`` persona -> the fixed replicas kept without KEDA; ``waiting``: an
+    autoscaled persona with no Deployment yet; ``autoscaled``: status.autoscaling;
+    ``unscheduled`` persona -> (pods no node takes, why); ``replicas``: status.replicas."""
+
+    applied: dict[str, str]
+    missing: dict[str, int]
+    waiting: list[str]
+    autoscaled: dict[str, dict]
+    unscheduled: dict[str, tuple[int, str]]
+    replicas: dict[str, dict]
+
+
+def _scale_persona(cluster: Cluster, config, owner: Owner, spec: ChatbotModelSpec,
+                   persona: str, obj: dict, apply, applied: Applied,
+                   scaling: Scaling) -> bool:
+    """Apply the persona's ScaledObject when it autoscales (or delete the one an earlier
+    spec had); True when KEDA owns its count (the Deployment then carries no replicas)."""
+    a = spec.persona(persona).autoscaling
+    name = builders.deployment_name(owner, persona)
+    if a is None:
+        if persona in ((obj.get("status") or {}).get("autoscaling") or {}):
+            cluster.delete(builders.KEDA_API_VERSION, "ScaledObject", owner.namespace, name)
+            applied.deleted((owner.namespace, owner.name), {
+                "apiVersion": builders.KEDA_API_VERSION, "kind": "ScaledObject",
+                "metadata": {"name": name}})
+        return False
+    try:
+        apply(builders.scaled_object(owner, spec, persona, config))
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        scaling.missing[persona] = spec.persona(persona).replicas
+        return False
+    _scaled(scaling, persona, a)
+    return True
+
+
+def _scaled(scaling: Scaling, persona: str, a) -> None:
+    scaling.applied[persona] = (
+        f"KEDA scales {a.min_replicas}-{a.max_replicas} on {a.metric} "
+        f"({builders.AUTOSCALING_METRICS[a.metric]}, target {a.target:g} per pod)")
+    scaling.autoscaled[persona] = {"minReplicas": a.min_replicas,
+                                   "maxReplicas": a.max_replicas, "metric": a.metric}
+
+
+def _unscheduled(applied: Applied, owner: Owner, persona: str) -> tuple[int, str]:
+    """The persona's pods no node takes, from the Pending pods' watch events."""
+    return conditions.unschedulable(applied.pending_pods(owner.namespace, owner.name, persona))
 
 
 def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: ChatbotModelSpec,
@@ -187,6 +256,7 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
     model_states: dict[str, str] = {}
     jobs: dict[str, dict] = {}
     ready: dict[str, tuple[bool, str]] = {}
+    scaling = Scaling({}, {}, [], {}, {}, {})
     for persona in PERSONAS:
         if fetching:
             apply(builders.model_pvc(owner, spec, persona))
@@ -220,9 +290,13 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
         existing = None if applied.is_new(key) else applied.read(
             cluster, key, "apps/v1", "Deployment", owner.namespace, dep_name)
         dep = existing
+        p = spec.persona(persona)
+        autoscaled = False
         if model_states[persona] == "complete" and not plans[persona].too_large:
-            dep = apply(builders.persona_deployment(owner, spec, persona, profiles, config),
-                        existing)
+            autoscaled = _scale_persona(cluster, config, owner, spec, persona, obj, apply,
+                                        applied, scaling)
+            dep = apply(builders.persona_deployment(owner, spec, persona, profiles, config,
+                                                    autoscaled=autoscaled), existing)
             before = (existing or {}).get("metadata", {}).get("generation")
             if existing is None:
                 event(obj, "Normal", "DeploymentCreated", f"{persona}: Deployment {dep_name}")
@@ -230,13 +304,32 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
                 event(obj, "Normal", "DeploymentUpdated",
                       f"{persona}: Deployment {dep_name} updated (generation "
                       f"{dep['metadata'].get('generation')})")
+        elif p.autoscaling is not None:
+            if persona in ((obj.get("status") or {}).get("autoscaling") or {}):
+                # A new model downloads: the running pods stay KEDA's meanwhile.
+                _scaled(scaling, persona, p.autoscaling)
+                autoscaled = True
+            else:
+                scaling.waiting.append(persona)
         apply(builders.persona_service(owner, persona))
-        ready[persona] = conditions.deployment_ready(dep, spec.persona(persona).replicas)
+        scaling.unscheduled[persona] = _unscheduled(applied, owner, persona)
+        ready[persona] = conditions.deployment_ready(
+            dep, p.replicas, unschedulable=scaling.unscheduled[persona][0],
+            scaled=(p.autoscaling.min_replicas, p.autoscaling.max_replicas)
+            if autoscaled else None)
+        dep_status = (dep or {}).get("status") or {}
+        scaling.replicas[persona] = {
+            "desired": ((dep or {}).get("spec") or {}).get("replicas", p.replicas)
+            if dep else 0,
+            "current": dep_status.get("replicas") or 0,
+            "ready": dep_status.get("readyReplicas") or 0,
+            "unschedulable": scaling.unscheduled[persona][0],
+            "autoscaled": autoscaled}
 
     route = _apply_route(cluster, owner, spec, obj, apply, applied,
                          ((obj.get("status") or {}).get("route") or {}).get("kind"))
     applied.pass_done(key)
-    return model_states, ready, route, jobs
+    return model_states, ready, route, jobs, scaling
 
 
 def _delete_stale_jobs(cluster: Cluster, owner: Owner, persona: str, current: str,
@@ -312,7 +405,7 @@ def _write_status(cluster: Cluster, obj: dict, owner: Owner, conds: list[Conditi
         status["download"] = download_done
     # download: merged into what the fetch Job wrote; gpuFit: replaced (a persona no longer
     # on auto loses its entry).
-    changed = {k: _replacing(previous.get(k), v) if k == "gpuFit" else v
+    changed = {k: _replacing(previous.get(k), v) if k in ("gpuFit", "autoscaling") else v
                for k, v in status.items() if previous.get(k) != v}
     if changed:
         cluster.patch_custom_status(GROUP, VERSION, PLURAL, owner.namespace, owner.name,

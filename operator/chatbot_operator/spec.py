@@ -42,6 +42,27 @@ class Source(_Model):
         return claim, path.strip("/")
 
 
+# autoscaling.metric -> the llama.cpp metric (served by every persona pod's /metrics) a KEDA
+# ScaledObject scales on. queue: requests waiting for a generation slot; kvCache: the share
+# of the KV cache in use (0..1).
+AUTOSCALING_METRICS = {
+    "queue": "llamacpp:requests_deferred",
+    "kvCache": "llamacpp:kv_cache_usage_ratio",
+}
+
+
+class Autoscaling(_Model):
+    """A persona's replicas driven by KEDA from a Prometheus query (builders.scaled_object)."""
+
+    min_replicas: int = Field(default=1, alias="minReplicas")
+    max_replicas: int = Field(alias="maxReplicas")
+    metric: Literal["queue", "kvCache"] = "queue"
+    target: float = 1.0
+    scale_down_stabilization_seconds: int = Field(default=300,
+                                                  alias="scaleDownStabilizationSeconds")
+    prometheus_address: str | None = Field(default=None, alias="prometheusAddress")
+
+
 class Persona(_Model):
     file: str
     sha256: str | None = None
@@ -53,6 +74,7 @@ class Persona(_Model):
     context_size: int = Field(default=DEFAULT_CONTEXT_SIZE, alias="contextSize")
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, alias="batchSize")
     replicas: int = 1
+    autoscaling: Autoscaling | None = None
     resources: dict = Field(default_factory=dict)
     image: str | None = None
     # A pod on a GPU profile that offloaded fewer layers than told is not Ready, unless this.

@@ -15,8 +15,9 @@ CONDITIONS = ("ModelReady", "OfficeReady", "CharacterReady", "RouteReady")
 FAILURES = ("FetchFailed", "InvalidSpec", "ApplyFailed", "RouteAPIMissing", "RouteConflict",
             "ModelTooLarge", "CpuFallback")
 # Informational: not part of Ready (Accelerated=False with allowCpuFallback is a warning;
-# ApiKeysValid=False: the pods serve on with the last good keys).
-WARNINGS = ("Accelerated", "ApiKeysValid")
+# ApiKeysValid=False: the pods serve on with the last good keys; AutoscalingReady=False: the
+# fixed replicas stay in force; ReplicasScheduled=False: the pods that run serve on).
+WARNINGS = ("Accelerated", "ApiKeysValid", "AutoscalingReady", "ReplicasScheduled")
 
 
 @dataclass(frozen=True)
@@ -160,17 +161,80 @@ def job_failure(job: dict) -> str:
     return "failed"
 
 
-def deployment_ready(dep: dict | None, want: int) -> tuple[bool, str]:
-    """(ready, "ready/wanted") for an applied Deployment."""
+def deployment_ready(dep: dict | None, want: int, *, scaled: tuple[int, int] | None = None,
+                     unschedulable: int = 0) -> tuple[bool, str]:
+    """(ready, "ready/wanted") for an applied Deployment.
+
+    ``scaled``: (min, max) when KEDA owns the count: wanted is then the Deployment's own
+    replicas (what the HPA set), and the persona is ready once its rollout is done and at
+    least one pod (or minReplicas) is ready, while more start. ``unschedulable``: its pods
+    the scheduler found no node for. Both show in the figure (`kubectl get cbm`):
+    "1/2 (auto 1-4, 1 unschedulable)"."""
+    notes = ([f"auto {scaled[0]}-{scaled[1]}"] if scaled else []) + (
+        [f"{unschedulable} unschedulable"] if unschedulable else [])
+    suffix = f" ({', '.join(notes)})" if notes else ""
     if dep is None:
-        return False, f"0/{want}"
+        return False, f"0/{scaled[0] if scaled else want}{suffix}"
     st = dep.get("status") or {}
+    if scaled is not None:
+        want = (dep.get("spec") or {}).get("replicas", scaled[0])
     ready = st.get("readyReplicas") or 0
     updated = st.get("updatedReplicas") or 0
+    replicas = st.get("replicas") or 0
     current = (st.get("observedGeneration") or 0) >= dep["metadata"].get("generation", 0)
-    done = current and ready == want and (updated == want or want == 0) and (
-        (st.get("replicas") or 0) == want)
-    return done, f"{ready}/{want}"
+    if scaled is None:
+        done = current and ready == want and (updated == want or want == 0) and (
+            replicas == want)
+    else:
+        done = current and ready >= min(want, max(1, scaled[0])) and updated == replicas
+    return done, f"{ready}/{want}{suffix}"
+
+
+def unschedulable(pods: Sequence[dict]) -> tuple[int, str]:
+    """How many of these pods the scheduler found no node for (Pending, PodScheduled False,
+    reason Unschedulable), and the scheduler's message for the first one."""
+    messages = [c.get("message") or "no node fits"
+                for pod in pods if (pod.get("status") or {}).get("phase") == "Pending"
+                for c in (pod.get("status") or {}).get("conditions") or []
+                if c.get("type") == "PodScheduled" and c.get("status") == "False"
+                and c.get("reason") == "Unschedulable"]
+    return len(messages), messages[0] if messages else ""
+
+
+def autoscaling_condition(applied: Mapping[str, str], missing: Mapping[str, int],
+                          waiting: Sequence[str]) -> Condition | None:
+    """AutoscalingReady (a warning, not part of Ready), for the personas with autoscaling:
+    ``applied`` persona -> what its ScaledObject does, ``missing`` persona -> the fixed
+    replicas it keeps because KEDA is not installed, ``waiting``: no Deployment yet (the
+    model is downloading). None when no persona autoscales."""
+    if missing:
+        kept = ", ".join(f"{p} keeps replicas {n}" for p, n in missing.items())
+        return Condition("AutoscalingReady", False, "KedaMissing",
+                         "scaledobjects.keda.sh (keda.sh/v1alpha1) is not served by this "
+                         f"cluster: install KEDA; until then {kept}")
+    if applied:
+        return Condition("AutoscalingReady", True, "ScaledObjectApplied",
+                         "; ".join(f"{p}: {what}" for p, what in applied.items()))
+    if waiting:
+        return Condition("AutoscalingReady", None, "WaitingForModel",
+                         f"the ScaledObject of {', '.join(waiting)} comes with its Deployment")
+    return None
+
+
+def scheduled_condition(unscheduled: Mapping[str, tuple[int, str]],
+                        report: bool) -> Condition | None:
+    """ReplicasScheduled (a warning, not part of Ready): a pod no node can take (a GPU
+    persona scaled past its GPU nodes) is named, not left a silent Pending pod. ``report``:
+    say so also when all are scheduled (a persona autoscales, or it was False before)."""
+    stuck = {p: v for p, v in unscheduled.items() if v[0]}
+    if stuck:
+        return Condition("ReplicasScheduled", False, "Unschedulable", "; ".join(
+            f"{p}: {n} replica{'s' if n > 1 else ''} cannot be scheduled ({why})"
+            for p, (n, why) in stuck.items()))
+    if report:
+        return Condition("ReplicasScheduled", True, "AllScheduled",
+                         "every replica has a node")
+    return None
 
 
 def phase(conditions: list[Condition]) -> str:

@@ -287,6 +287,23 @@ INVALID = [
     ("spec.storage.size", "lots", "spec.storage.size: Invalid value"),
     ("metadata.name", "a-name-far-too-long-for-the-children-it-will-get",
      "metadata.name must be at most 40 characters"),
+    ("spec.office.autoscaling", {"minReplicas": 3, "maxReplicas": 2},
+     "spec.office.autoscaling.minReplicas: Invalid value: autoscaling.minReplicas "
+     "must not exceed autoscaling.maxReplicas"),
+    ("spec.office.autoscaling", {"maxReplicas": 2, "metric": "gpu"},
+     "spec.office.autoscaling.metric: Unsupported value: \"gpu\": supported values: "
+     "\"queue\", \"kvCache\""),
+    ("spec.character.autoscaling", {"maxReplicas": 2, "target": 0},
+     "spec.character.autoscaling.target: Invalid value: autoscaling.target must "
+     "be greater than 0"),
+    ("spec.office.autoscaling", {"maxReplicas": 2, "target": -1.5},
+     "autoscaling.target must be greater than 0"),
+    ("spec.office.autoscaling", {"maxReplicas": 2, "metric": "kvCache", "target": 80},
+     "autoscaling.target of metric kvCache is a share: at most 1"),
+    ("spec.office.autoscaling", {"minReplicas": 2},
+     "spec.office.autoscaling.maxReplicas: Required value"),
+    ("spec.office.autoscaling", {"maxReplicas": 2, "prometheusAddress": "prometheus:9090"},
+     "autoscaling.prometheusAddress must be an http:// or https:// URL"),
 ]
 
 
@@ -323,6 +340,19 @@ def test_the_example_itself_is_accepted_with_defaults_filled_in(kube_api, crd, n
     assert spec["character"]["maxConcurrent"] == 2
     assert spec["source"]["uri"] == "hf://QuantFactory/Meta-Llama-3.1-8B-Claude-GGUF"
     assert spec["route"]["kind"] == "Ingress"
+
+
+def test_an_autoscaling_block_is_accepted_with_its_defaults(kube_api, crd, namespace):
+    custom = kubernetes.client.CustomObjectsApi(kube_api)
+    body = _with("spec.office.autoscaling", {"maxReplicas": 3})
+    body["spec"]["character"]["autoscaling"] = {"maxReplicas": 2, "metric": "kvCache",
+                                                "target": 0.8}
+    obj = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body,
+                                                 dry_run="All")
+    assert obj["spec"]["office"]["autoscaling"] == {
+        "minReplicas": 1, "maxReplicas": 3, "metric": "queue", "target": 1,
+        "scaleDownStabilizationSeconds": 300}
+    assert obj["spec"]["character"]["autoscaling"]["target"] == 0.8
 
 
 def test_gateway_route_reports_a_missing_api_then_applies_the_httproute(
@@ -435,6 +465,118 @@ def test_a_model_wanting_a_route_another_has_is_told_and_gets_it_once_free(
         custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "chatbot-b")
         wait_for(lambda: route_reason("chatbot") == "Applied" and ingresses() == ["chatbot"],
                  timeout=90, desc="the route passed on once the model that had it is gone")
+
+
+def test_autoscaling_waits_for_keda_then_leaves_the_count_to_it_and_names_unschedulable_pods(
+        kube_api, namespace, operator, volumes, fake_gpu_nodes, monkeypatch):
+    """Without KEDA: KedaMissing, the fixed replicas kept, the model serving. With KEDA's
+    CRD: the ScaledObject applied and owned, the Deployment's count left to KEDA's HPA (a
+    rollout does not reset it), a replica no GPU node takes named in status; autoscaling
+    switched off: the ScaledObject deleted and the fixed count back."""
+    from tests.kube import require_cluster
+    from tests.kube.operator_fixtures import install_crd_object, keda_scaledobject_crd
+
+    ext = kubernetes.client.ApiextensionsV1Api(kube_api)
+    try:
+        ext.read_custom_resource_definition("scaledobjects.keda.sh")
+        pytest.skip("this cluster already serves KEDA's ScaledObject")
+    except ApiException as exc:
+        assert exc.status == 404
+    try:
+        keda_crd = keda_scaledobject_crd()
+    except (FileNotFoundError, OSError) as exc:
+        if require_cluster():
+            raise
+        pytest.skip(f"KEDA's CRD not available: {exc}")
+    monkeypatch.setenv("CHATBOT_OPERATOR_RETRY_DELAY_S", "2")
+    core, apps, _, _, custom = _apis(kube_api)
+    body = example()
+    body["spec"]["office"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 3,
+                                             "scaleDownStabilizationSeconds": 60}
+
+    def cbm():
+        return get_cbm(kube_api, namespace, "chatbot")
+
+    def reason(type_):
+        return condition(cbm(), type_).get("reason")
+
+    def office_replicas():
+        return apps.read_namespaced_deployment("chatbot-office", namespace).spec.replicas
+
+    with operator():
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+        obj = wait_for(lambda: _ready(kube_api, namespace) if reason("AutoscalingReady")
+                       == "KedaMissing" else None, timeout=120, desc="Ready, KedaMissing")
+        assert condition(obj, "AutoscalingReady")["message"] == (
+            "scaledobjects.keda.sh (keda.sh/v1alpha1) is not served by this cluster: install "
+            "KEDA; until then office keeps replicas 1")
+        assert office_replicas() == 1
+        warned = wait_for(lambda: [e for e in core.list_namespaced_event(namespace).items
+                                   if e.reason == "KedaMissing"], timeout=30,
+                          desc="a Warning event")
+        assert warned[0].type == "Warning"
+
+        install_crd_object(kube_api, keda_crd)
+        try:
+            obj = wait_for(lambda: reason("AutoscalingReady") == "ScaledObjectApplied"
+                           and cbm(), timeout=60, desc="ScaledObject applied")
+            so = custom.get_namespaced_custom_object("keda.sh", "v1alpha1", namespace,
+                                                     "scaledobjects", "chatbot-office")
+            assert so["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+            assert so["spec"]["scaleTargetRef"]["name"] == "chatbot-office"
+            assert so["spec"]["triggers"][0]["metadata"]["query"].startswith(
+                f'sum(llamacpp:requests_deferred{{namespace="{namespace}",')
+            assert obj["status"]["autoscaling"] == {"office": {
+                "minReplicas": 1, "maxReplicas": 3, "metric": "queue"}}
+
+            # KEDA's HPA asks for 2 through the scale subresource; one rtx-2080 node: the
+            # second pod has no node, and the status says so while the first one serves.
+            apps.patch_namespaced_deployment_scale(
+                "chatbot-office", namespace, {"spec": {"replicas": 2}},
+                field_manager="keda-hpa")
+            obj = wait_for(lambda: reason("ReplicasScheduled") == "Unschedulable" and cbm(),
+                           timeout=60, desc="ReplicasScheduled=False")
+            message = condition(obj, "ReplicasScheduled")["message"]
+            assert message.startswith("office: 1 replica cannot be scheduled (0/"), message
+            assert "nvidia.com/gpu" in message or "node affinity" in message, message
+            assert obj["status"]["phase"] == "Ready"
+            assert obj["status"]["officeReady"] == "1/2 (auto 1-3, 1 unschedulable)"
+            assert obj["status"]["replicas"]["office"] == {
+                "desired": 2, "current": 2, "ready": 1, "unschedulable": 1,
+                "autoscaled": True}
+
+            # A change that rolls the office pods re-applies its Deployment: the count stays
+            # KEDA's.
+            generation = apps.read_namespaced_deployment("chatbot-office", namespace) \
+                .metadata.generation
+            custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                  "chatbot", {"spec": {"office": {
+                                                      "maxConcurrent": 2}}})
+            wait_for(lambda: apps.read_namespaced_deployment(
+                "chatbot-office", namespace).metadata.generation > generation, timeout=60,
+                desc="office Deployment updated")
+            assert office_replicas() == 2
+
+            # Autoscaling off: the ScaledObject goes, the fixed count comes back.
+            custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                  "chatbot", {"spec": {"office": {
+                                                      "autoscaling": None}}})
+            wait_for(lambda: office_replicas() == 1, timeout=60, desc="replicas 1 again")
+
+            def so_gone():
+                try:
+                    custom.get_namespaced_custom_object("keda.sh", "v1alpha1", namespace,
+                                                        "scaledobjects", "chatbot-office")
+                    return False
+                except ApiException as exc:
+                    return exc.status == 404
+
+            wait_for(so_gone, timeout=60, desc="ScaledObject deleted")
+            wait_for(lambda: not condition(cbm(), "AutoscalingReady") and reason(
+                "ReplicasScheduled") == "AllScheduled", timeout=60,
+                desc="AutoscalingReady gone, all scheduled")
+        finally:
+            ext.delete_custom_resource_definition("scaledobjects.keda.sh")
 
 
 def test_the_operator_used_every_permission_the_chart_grants_and_none_was_refused(

@@ -5,7 +5,8 @@ Standard library only, so that ``build-binaries`` runs with any Python >= 3.11, 
 without the project's venv.
 
 * :data:`COMPONENTS` - etcd, the Kubernetes control plane and node programs, kwok, helm,
-  FerretDB, CoreDNS, Traefik, local-path-provisioner and kube-router, each at the version
+  FerretDB, CoreDNS, Traefik, local-path-provisioner, kube-router, Prometheus (with
+  promtool) and KEDA (operator and metrics apiserver, with its CRDs), each at the version
   pinned in ``versions.env`` (the only place), cached under
   ``${XDG_CACHE_HOME:-~/.cache}/chatbot-dev/bin/<component>-<version>/``;
   :func:`binary` gives a cached program's path.
@@ -96,6 +97,8 @@ COMPONENTS: dict[str, Component] = {
             "local-path-provisioner", "LOCAL_PATH_PROVISIONER_VERSION", ("local-path-provisioner",)
         ),
         Component("kube-router", "KUBE_ROUTER_VERSION", ("kube-router",)),
+        Component("prometheus", "PROMETHEUS_VERSION", ("prometheus", "promtool")),
+        Component("keda", "KEDA_VERSION", ("keda", "keda-adapter", "keda-crds.yaml")),
     )
 }
 
@@ -106,6 +109,8 @@ KUBERNETES_MODULE_COMPONENTS = ("kubernetes", "kube-node", "kubectl")
 # What a real node adds (tests/kube/realnode.py).
 NODE_COMPONENTS = ("kube-node", "kubectl", "coredns", "traefik", "local-path-provisioner",
                    "kube-router")
+# The autoscaling engines the node tests run beside the node (tests/kube/engines.py).
+ENGINE_COMPONENTS = ("prometheus", "keda")
 
 
 def binary(name: str) -> Path:
@@ -161,9 +166,9 @@ def _go_version() -> str:
 
 def _run_go(args: list[str], cwd: Path, log_file: Path, what: str, started: float) -> None:
     """Run a go command, logging to a file and printing a heartbeat with progress."""
-    with open(log_file, "a") as log:
-        log.write(f"\n$ go {' '.join(args)}\n")
-        log.flush()
+    with open(log_file, "a") as out:
+        out.write(f"\n$ go {' '.join(args)}\n")
+        out.flush()
         proc = subprocess.Popen(
             ["go", *args],
             cwd=cwd,
@@ -186,7 +191,7 @@ def _run_go(args: list[str], cwd: Path, log_file: Path, what: str, started: floa
         t.start()
         assert proc.stdout is not None
         for line in proc.stdout:
-            log.write(line)
+            out.write(line)
             state["lines"] += 1
             state["last"] = line.strip()
         rc = proc.wait()
@@ -313,7 +318,47 @@ def _recipe(comp: Component) -> _Recipe:
             ["kube-router"],
             [f"-X {mod}/pkg/version.Version={v}", f"-X {mod}/pkg/version.BuildDate=chatbot-dev"],
         )
+    if comp.name == "prometheus":
+        # The server and promtool; of the service discoveries only Kubernetes' (the
+        # tags drop the other cloud SDKs, a third of the compile), no embedded web UI.
+        mod = "github.com/prometheus/prometheus"
+        common = "github.com/prometheus/common/version"
+        return _Recipe(
+            mod,
+            [f"{mod}/cmd/prometheus", f"{mod}/cmd/promtool"],
+            ["prometheus", "promtool"],
+            # Module v0.3XY.Z is Prometheus 3.XY.Z.
+            [f"-X {common}.Version={_prometheus_release(v)}", f"-X {common}.Branch=chatbot-dev"],
+            tags="remove_all_sd,enable_kubernetes_sd",
+        )
+    if comp.name == "keda":
+        # The operator and the external-metrics apiserver; not the admission webhooks.
+        mod = "github.com/kedacore/keda/v2"
+        return _Recipe(
+            mod,
+            [f"{mod}/cmd/operator", f"{mod}/cmd/adapter"],
+            ["keda", "keda-adapter"],
+            [f"-X {mod}/version.Version={v}", f"-X {mod}/version.GitCommit=chatbot-dev"],
+        )
     raise KeyError(comp.name)
+
+
+def _prometheus_release(module_version: str) -> str:
+    """Prometheus' release number of its Go module's version: v0.316.0 -> 3.16.0."""
+    _, minor, patch = module_version.lstrip("v").split(".")
+    return f"{int(minor) // 100}.{int(minor) % 100}.{patch}"
+
+
+def _dependency_replaces(dep_gomod: Path) -> list[str]:
+    """The ``replace`` lines of a dependency's go.mod, which Go applies only in the main
+    module: without them the build resolves what the dependency's authors replaced."""
+    text = dep_gomod.read_text()
+    lines = re.findall(r"^replace\s+(\S+(?:\s+v\S+)?\s*=>\s*\S+\s+v\S+)\s*$", text, re.M)
+    for block in re.findall(r"^replace\s*\((.*?)^\)", text, re.M | re.S):
+        lines += [ln.strip() for ln in block.splitlines()
+                  if "=>" in ln and not ln.strip().startswith("//")
+                  and not ln.split("=>")[1].strip().startswith(".")]
+    return [f"replace {ln}" for ln in lines]
 
 
 def _writable_copy(src: Path, dest: Path) -> Path:
@@ -346,6 +391,8 @@ def build_component(comp: Component, *, started_all: float | None = None) -> flo
         m = re.search(r"^godebug\s+(.*)$", dep_gomod.read_text(), re.M)
         if m:
             gomod += [f"godebug {m.group(1)}"]
+    if comp.name == "keda":
+        gomod += _dependency_replaces(dep_gomod)
     if comp.name == "ferretdb":
         # FerretDB embeds build/version/*.txt and panics without version.txt, which
         # is generated at release time and absent from the module zip: build from a
@@ -398,6 +445,12 @@ def build_component(comp: Component, *, started_all: float | None = None) -> flo
         ]
         docs = [(src_dir / p).read_text().strip() for p in parts]
         (staging_out / "kwok-stages.yaml").write_text("\n---\n".join(docs) + "\n")
+
+    if comp.name == "keda":
+        # KEDA's CRDs (ScaledObject and friends) as the module ships them, one file.
+        crds = sorted((src_dir / "config" / "crd" / "bases").glob("*.yaml"))
+        docs = [p.read_text().strip().removeprefix("---").strip() for p in crds]
+        (staging_out / "keda-crds.yaml").write_text("\n---\n".join(docs) + "\n")
 
     for b in comp.binaries:
         if not (staging_out / b).is_file():

@@ -138,6 +138,21 @@ def gateway_api_crds() -> list[dict]:
                 and "_vap_" not in n]
 
 
+KEDA_MODULE = "github.com/kedacore/keda/v2"
+
+
+def keda_scaledobject_crd() -> dict:
+    """KEDA's ScaledObject CRD from its Go module zip (KEDA_VERSION in versions.env), as
+    KEDA's chart installs it; only the zip is read."""
+    import zipfile
+
+    version = binaries.versions()["KEDA_VERSION"]
+    zip_path = binaries.module_zip(KEDA_MODULE, version, timeout=300)
+    with zipfile.ZipFile(zip_path) as zf:
+        return yaml.safe_load(zf.read(
+            f"{KEDA_MODULE}@{version}/config/crd/bases/keda.sh_scaledobjects.yaml"))
+
+
 def install_crd_object(api, body: dict) -> None:
     ext = kubernetes.client.ApiextensionsV1Api(api)
     try:

@@ -239,3 +239,61 @@ def test_example_resources_parse():
         for doc in yaml.safe_load_all(path.read_text()):
             if doc and doc.get("kind") == "ChatbotModel":
                 ChatbotModelSpec.parse(doc["spec"])
+
+
+def _autoscaled(**block) -> ChatbotModelSpec:
+    return _spec(office={"replicas": 2, "autoscaling": {"maxReplicas": 4, **block}})
+
+
+def test_an_autoscaled_persona_gets_a_scaled_object_on_its_queue_and_no_replicas():
+    spec = _autoscaled(scaleDownStabilizationSeconds=120)
+    so = builders.scaled_object(OWNER, spec, "office", CONFIG)
+    assert so["apiVersion"] == "keda.sh/v1alpha1" and so["kind"] == "ScaledObject"
+    assert so["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert so["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                            "name": "chat-office"}
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (1, 4)
+    assert so["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"][
+        "stabilizationWindowSeconds"] == 120
+    (trigger,) = so["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+    assert trigger["metadata"] == {
+        "serverAddress": "http://prometheus-operated.monitoring.svc:9090",
+        "query": 'sum(llamacpp:requests_deferred{namespace="ns1",'
+                 'pod=~"chat-office-[a-z0-9]{1,10}-[a-z0-9]{5}"})',
+        "threshold": "1"}
+
+    # KEDA's HPA owns the count: the Deployment does not carry one to reset it with.
+    dep = builders.persona_deployment(OWNER, spec, "office", PROFILES, CONFIG, autoscaled=True)
+    assert "replicas" not in dep["spec"]
+    # Without KEDA the fixed count stays in force.
+    fixed = builders.persona_deployment(OWNER, spec, "office", PROFILES, CONFIG)
+    assert fixed["spec"]["replicas"] == 2
+    # Scaling never restarts pods: the template is the same either way.
+    assert dep["spec"]["template"] == fixed["spec"]["template"]
+
+
+def test_the_kv_metric_its_target_and_a_prometheus_of_the_models_own():
+    spec = _autoscaled(metric="kvCache", target=0.75, minReplicas=2,
+                       prometheusAddress="http://prom.obs:9090")
+    trigger = builders.scaled_object(OWNER, spec, "office", CONFIG)["spec"]["triggers"][0]
+    assert trigger["metadata"]["query"].startswith("sum(llamacpp:kv_cache_usage_ratio{")
+    assert trigger["metadata"]["threshold"] == "0.75"
+    assert trigger["metadata"]["serverAddress"] == "http://prom.obs:9090"
+    config = OperatorConfig(prometheus_address="http://other:9090")
+    assert builders.scaled_object(OWNER, _autoscaled(), "office", config)["spec"]["triggers"][
+        0]["metadata"]["serverAddress"] == "http://other:9090"
+
+
+def test_the_pod_regex_matches_the_deployments_pods_only():
+    import re
+    pattern = re.compile(builders.pod_name_regex(OWNER, "office"))
+    assert pattern.fullmatch("chat-office-7d9f8b6c4d-x2k9p")
+    assert not pattern.fullmatch("chat-character-7d9f8b6c4d-x2k9p")
+    assert not pattern.fullmatch("chat-office-office-7d9f8b6c4d-x2k9p")  # model chat-office
+
+
+def test_api_key_budgets_split_by_the_most_pods_autoscaling_may_run():
+    spec = ChatbotModelSpec.parse({"apiKeys": {"secretName": "keys"},
+                                   "office": {"autoscaling": {"maxReplicas": 5}}})
+    assert builders.api_keys_settings(spec)["CHATBOT_API_KEYS_REPLICAS"] == "6"

@@ -12,6 +12,7 @@ from chatbot_operator.status import (
     Condition,
     accelerated_condition,
     all_failed,
+    autoscaling_condition,
     deployment_ready,
     job_state,
     merge_conditions,
@@ -19,7 +20,9 @@ from chatbot_operator.status import (
     persona_condition,
     phase,
     progress_text,
+    scheduled_condition,
     transitions,
+    unschedulable,
 )
 
 READY = [Condition(t, True, "Ok", "") for t in
@@ -118,3 +121,51 @@ def test_a_pod_that_fell_back_to_the_cpu_is_not_ready_unless_that_is_accepted():
     assert (fallback.status, fallback.reason) == (False, "CpuFallback")
     unknown = accelerated_condition([Acceleration("office gpu 33/33", message="asked 33")])
     assert (unknown.status, unknown.reason) == (None, "NotReported")
+
+
+def _dep(spec_replicas, replicas, ready, updated=None):
+    return {"metadata": {"generation": 3}, "spec": {"replicas": spec_replicas},
+            "status": {"observedGeneration": 3, "replicas": replicas, "readyReplicas": ready,
+                       "updatedReplicas": replicas if updated is None else updated}}
+
+
+def test_an_autoscaled_persona_shows_what_keda_wants_and_serves_while_more_start():
+    # KEDA asked for 3; one is ready: the persona serves (Ready), the column says so.
+    assert deployment_ready(_dep(3, 3, 1), 1, scaled=(1, 4)) == (True, "1/3 (auto 1-4)")
+    assert deployment_ready(_dep(3, 3, 1), 1, scaled=(2, 4)) == (False, "1/3 (auto 2-4)")
+    assert deployment_ready(_dep(3, 3, 3, updated=2), 1, scaled=(1, 4))[0] is False  # rollout
+    assert deployment_ready(None, 1, scaled=(2, 4)) == (False, "0/2 (auto 2-4)")
+    # A fixed count is unchanged, an unschedulable pod named in the column.
+    assert deployment_ready(_dep(2, 2, 1), 2, unschedulable=1) == (
+        False, "1/2 (1 unschedulable)")
+
+
+def _pod(phase, reason=None, message=""):
+    conds = [{"type": "PodScheduled", "status": "False" if reason else "True",
+              "reason": reason, "message": message}]
+    return {"status": {"phase": phase, "conditions": conds}}
+
+
+def test_pods_no_node_takes_are_counted_and_named():
+    why = "0/3 nodes are available: 1 Insufficient nvidia.com/gpu."
+    pods = [_pod("Running"), _pod("Pending", "Unschedulable", why), _pod("Pending"),
+            _pod("Pending", "Unschedulable", why)]
+    assert unschedulable(pods) == (2, why)
+    cond = scheduled_condition({"office": (2, why), "character": (0, "")}, report=False)
+    assert (cond.status, cond.reason) == (False, "Unschedulable")
+    assert cond.message == f"office: 2 replicas cannot be scheduled ({why})"
+    assert scheduled_condition({"office": (0, "")}, report=False) is None
+    assert scheduled_condition({"office": (0, "")}, report=True).status is True
+    # A warning: the pods that run serve on, the phase stays Ready.
+    assert phase([*READY, cond]) == "Ready"
+
+
+def test_keda_missing_is_a_condition_naming_the_crd_and_the_fixed_count_kept():
+    cond = autoscaling_condition({}, {"office": 2}, [])
+    assert (cond.type, cond.status, cond.reason) == ("AutoscalingReady", False, "KedaMissing")
+    assert "scaledobjects.keda.sh" in cond.message and "office keeps replicas 2" in cond.message
+    assert phase([*READY, cond]) == "Ready"
+    ok = autoscaling_condition({"office": "KEDA scales 1-4"}, {}, [])
+    assert (ok.status, ok.reason) == (True, "ScaledObjectApplied")
+    assert autoscaling_condition({}, {}, ["office"]).status is None
+    assert autoscaling_condition({}, {}, []) is None

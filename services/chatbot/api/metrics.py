@@ -29,7 +29,8 @@ class _EngineTokens:
 
 class _EngineHostCache:
     """The batched engine's KV cells kept in host RAM for conversations whose slot went to
-    another one (`cache_ram_mib`), read live."""
+    another one (`cache_ram_mib`), read live; and the GPU offload of the loaded model (an
+    alert compares offloaded with wanted: a CPU fallback)."""
 
     def __init__(self, engine: ChatEngine, persona: str) -> None:
         self.engine, self.persona = engine, persona
@@ -45,6 +46,21 @@ class _EngineHostCache:
              f.get("kv_host_bytes", 0)),
         ):
             family = kind(name, doc, labels=["persona"])
+            family.add_metric([self.persona], value)
+            yield family
+        if "n_layer" not in f:
+            return  # not loaded yet: no offload to tell
+        total = int(f["n_layer"]) + 1  # llama.cpp counts the output layer
+        requested = int(f.get("gpu_layers_requested") or 0)
+        for name, doc, value in (
+            ("chatbot_engine_gpu_layers_wanted",
+             "Layers the engine was told to offload to the GPU (all of them for -1)",
+             total if requested < 0 else min(requested, total)),
+            ("chatbot_engine_gpu_layers_offloaded",
+             "Layers llama.cpp really offloaded to the GPU (fewer than wanted: it runs on "
+             "the CPU)", int(f.get("gpu_layers_offloaded") or 0)),
+        ):
+            family = GaugeMetricFamily(name, doc, labels=["persona"])
             family.add_metric([self.persona], value)
             yield family
 
