@@ -231,6 +231,7 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
                       f"{persona}: Deployment {dep_name} updated (generation "
                       f"{dep['metadata'].get('generation')})")
         apply(builders.persona_service(owner, persona))
+        apply(builders.peers_service(owner, persona))
         ready[persona] = conditions.deployment_ready(dep, spec.persona(persona).replicas)
 
     route = _apply_route(cluster, owner, spec, obj, apply, applied,
