@@ -327,8 +327,9 @@ def _affinity_env(owner: Owner, persona: str) -> list[dict]:
     count, so that scaling never changes the pod template (one replica: nothing to
     forward)."""
     return [
-        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": env_name("affinity_self"), "value": f"http://$(POD_IP):{HTTP_PORT}"},
+        {"name": env_name("pod_ip"), "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": env_name("affinity_self"),
+         "value": f"http://$({env_name('pod_ip')}):{HTTP_PORT}"},
         {"name": env_name("affinity_peers_dns"),
          "value": f"{peers_name(owner, persona)}:{HTTP_PORT}"},
     ]

@@ -215,6 +215,9 @@ class Settings(BaseSettings):
         description="NAMESPACE/NAME of the ChatbotModel to report into")
     settings_hash: str | None = Field(default=None, description="the operator's settings hash")
     pod_name: str | None = None
+    pod_ip: str | None = Field(
+        default=None, description="the pod's IP (set by the operator; its affinity_self "
+        "is built from it)")
     kube_api_url: str | None = Field(
         default=None, description="default: https://$KUBERNETES_SERVICE_HOST:$..._PORT")
     kube_token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")

@@ -173,7 +173,7 @@ def test_replicas_find_each_other_through_a_headless_service_the_service_setting
 
     dep = builders.persona_deployment(OWNER, _spec(), "character", PROFILES, CONFIG)
     env = {e["name"]: e for e in _container(dep)["env"]}
-    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["CHATBOT_POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     peers = builders.peers_service(OWNER, "character")
     assert peers["spec"]["clusterIP"] == "None"
     assert peers["spec"]["publishNotReadyAddresses"] is False
@@ -181,8 +181,9 @@ def test_replicas_find_each_other_through_a_headless_service_the_service_setting
     assert peers["metadata"]["labels"]["app.kubernetes.io/component"] == "character-peers"
     host, port = env["CHATBOT_AFFINITY_PEERS_DNS"]["value"].split(":")
     assert host == peers["metadata"]["name"] and int(port) == builders.HTTP_PORT
+    own = env["CHATBOT_AFFINITY_SELF"]["value"]
     settings = Settings(
-        affinity_self=env["CHATBOT_AFFINITY_SELF"]["value"].replace("$(POD_IP)", "10.1.2.3"),
+        affinity_self=own.replace("$(CHATBOT_POD_IP)", "10.1.2.3"),
         affinity_peers_dns=env["CHATBOT_AFFINITY_PEERS_DNS"]["value"])
     assert settings.affinity and settings.affinity_self == f"http://10.1.2.3:{builders.HTTP_PORT}"
 

@@ -125,3 +125,18 @@ def test_a_replica_that_is_gone_is_skipped_and_its_conversations_answered(
         assert metric(server, "chatbot_affinity_requests_total", placement="local") >= 1
     finally:
         server.stop()
+
+
+def test_a_streamed_v1_answer_comes_from_the_sessions_owner_through_either_replica(replicas):
+    body = {"model": "character", "stream": True, "max_tokens": 8,
+            "messages": [{"role": "user", "content": "Say hello to the baker."}]}
+    served = set()
+    for server in replicas:
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=body,
+                          headers={"X-Session-ID": "session-7"}, timeout=120) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            events = [line for line in response.iter_lines() if line.startswith("data: ")]
+            served.add(response.headers["x-served-by"])
+        assert events[-1] == "data: [DONE]" and len(events) > 2
+    assert len(served) == 1
