@@ -211,7 +211,9 @@ def placed(app, runtime: PersonaRuntime, settings: Settings, peers):
     ps = runtime.settings
     return AffinityMiddleware(
         app, peers, PlacementMetrics(runtime.persona.value, runtime.metrics.registry),
-        served_by=served_by, min_bound=ps.max_concurrent,
+        # Each replica sees only the requests it placed itself: an owner is passed over
+        # only past twice its slots (a batch running, one waiting), never for a short wait.
+        served_by=served_by, min_bound=2 * ps.max_concurrent,
         load_factor=settings.affinity_load_factor,
         connect_timeout_s=settings.affinity_connect_timeout_s,
         read_timeout_s=ps.request_timeout_s + 30)

@@ -202,7 +202,7 @@ class Settings(BaseSettings):
     affinity_refresh_s: float = Field(default=2.0, gt=0)
     affinity_load_factor: float = Field(
         default=1.25, ge=1, description="a replica holding more than this times the mean "
-        "of requests in flight (and more than max_concurrent) is passed over")
+        "of requests in flight (and more than twice max_concurrent) is passed over")
     affinity_connect_timeout_s: float = Field(
         default=1.0, gt=0, description="a peer that does not accept the connection in this "
         "long is skipped for affinity_down_s and the turn is served here")
