@@ -71,8 +71,8 @@ class _Request:
     def __init__(self, prompt: list[int], params: SamplingParams, stops: tuple[str, ...],
                  seed: int | None, relay: Relay, own_from: int | None = None) -> None:
         self.prompt = prompt
-        # A follow-up turn: where its own tokens start (after the system prompt and the
-        # first question, which other conversations may share); None: a first turn.
+        # A follow-up turn: reused cells up to here were this conversation's own (half way
+        # into its first question); None: a first turn.
         self.own_from = own_from
         self.restored = False
         self.params = params
@@ -136,6 +136,7 @@ class BatchedEngine(ModelLifecycle):
         self.kv_host_restores = 0
         # Turns by where their KV cells came from (KV_TURNS; see `_start`).
         self.kv_turns = dict.fromkeys(KV_TURNS, 0)
+        self._question_starts: dict[str, int] = {}  # system prompt -> its tokens' end
         # Sequences whose cells are the source or target of a stream copy that llama.cpp
         # carries out at the next decode: their cells are not saved or restored until then.
         self._unsettled: set[int] = set()
@@ -259,10 +260,11 @@ class BatchedEngine(ModelLifecycle):
         return len(self.tokenize_chat(messages)[0])
 
     def _own_from(self, messages: list[ChatMessage], tokens: list[int]) -> int | None:
-        """For a follow-up turn (the messages hold an earlier answer), how many of its
-        prompt tokens come before its first answer: the system prompt and the first
-        question, which another conversation may share; None for a first turn. Cells
-        reused beyond them were this conversation's own."""
+        """For a follow-up turn (the messages hold an earlier answer): cells reused up to
+        here held this conversation's own tokens, half way into its first question (the
+        system prompt before it is shared with other conversations; the end of the first
+        answer may retokenize differently from what was generated). None for a first
+        turn."""
         if not any(m.role == "assistant" for m in messages):
             return None
         head = []
@@ -270,7 +272,16 @@ class BatchedEngine(ModelLifecycle):
             head.append(message)
             if message.role == "user":
                 break
-        return common_prefix(self.tokenize_chat(head)[0], tokens)
+        system = head[:-1]
+        key = "\x00".join(m.content for m in system)
+        start = self._question_starts.get(key)
+        if start is None:
+            blank = self.tokenize_chat([*system, ChatMessage(role="user", content="")])[0]
+            if len(self._question_starts) >= 64:
+                self._question_starts.clear()
+            start = self._question_starts[key] = common_prefix(blank, tokens)
+        end = common_prefix(self.tokenize_chat(head)[0], tokens)
+        return (start + end) // 2
 
     async def stream(
         self, messages: list[ChatMessage], params: SamplingParams
@@ -543,4 +554,4 @@ def _kv_turn(request: _Request, reused: int) -> str:
         return "new"
     if request.restored:
         return "restored"
-    return "local" if reused > request.own_from else "evaluated"
+    return "local" if reused >= request.own_from else "evaluated"
