@@ -11,7 +11,6 @@ are, not what the answers say.
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -30,7 +29,7 @@ from tests.node.release import (
     ready_pods,
     stored_turns,
 )
-from tests.node.traffic import container_id, container_pids, pod_performance, pod_url
+from tests.node.traffic import container_id, pod_performance, pod_url
 
 CONVERSATIONS, TURNS = 8, 6
 HOP = "X-Chatbot-Forwarded-By"
@@ -162,8 +161,7 @@ def test_a_replica_sigkilled_its_conversations_go_on_on_the_other(two_replicas):
         assert status == 200, answer[:300]
     victim = pods[0]
     killed = time.monotonic()
-    for pid in container_pids(nc, container_id(victim)):
-        subprocess.run(["kill", "-KILL", str(pid)], check=False)
+    nc.node.ctr("tasks", "kill", "--signal", "SIGKILL", container_id(victim))
     answered, statuses = 0, []
     for db_id in db_ids:  # right after the kill: a route or peer may still pick the victim
         deadline = time.monotonic() + 120
