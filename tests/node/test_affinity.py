@@ -1,8 +1,8 @@
 """Two replicas of the character persona on the real node, through the route on port 8001:
 each conversation's turns reach the replica that holds its KV cells (the replicas forward
 to each other through the operator's headless Service, past the chart's NetworkPolicies),
-against the same traffic with placement off; then a replica SIGKILLed under traffic: its
-conversations go on on the other, nothing lost.
+against the same traffic with placement off; a replica SIGKILLed: its conversations go on
+on the other; the persona scaled 2 -> 3 -> 1 under traffic: no answer lost.
 
 The tiny model (fast gibberish) instead of SmolLM2: what is measured is where the KV cells
 are, not what the answers say.
@@ -25,11 +25,12 @@ from tests.node.release import (
     apply,
     chatbot_model,
     get,
+    pods,
     post,
     ready_pods,
     stored_turns,
 )
-from tests.node.traffic import container_id, pod_performance, pod_url
+from tests.node.traffic import Users, container_id, history_problems, pod_performance, pod_url
 
 CONVERSATIONS, TURNS = 8, 6
 HOP = "X-Chatbot-Forwarded-By"
@@ -182,3 +183,37 @@ def test_a_replica_sigkilled_its_conversations_go_on_on_the_other(two_replicas):
         Counter(s for s in statuses if s >= 500), recovered_s,
         f"{answered} of {len(db_ids)} conversations went on; every turn stored once"))
     print(f"\n[affinity] after SIGKILL: statuses {statuses}, all answered in {recovered_s:.1f}s")
+
+
+def test_scaling_2_3_1_under_traffic_loses_no_answer(two_replicas, mirror):
+    """Replicas come and go while users talk: a new replica takes its share of the
+    conversations, a removed one hands its turns in flight back as it drains (503 to the
+    forwarding peer, which serves them itself); no answer lost, each stored once."""
+    nc = two_replicas
+
+    def scale(n: int) -> float:
+        started = time.monotonic()
+        manifest = chatbot_model(nc, mirror)
+        manifest["spec"]["character"]["replicas"] = n
+        apply(nc, manifest, f"chatbotmodel-affinity-{n}")
+        wait_for(lambda: len(ready_pods(nc, "character")) == n == len(pods(nc, "character")),
+                 timeout=300, interval=1, desc=f"{n} character replicas")
+        return time.monotonic() - started
+
+    with Users(nc, count=4, persona="character", name="scale") as users:
+        time.sleep(5)
+        up_s = scale(3)
+        time.sleep(6)
+        down_s = scale(1)
+        time.sleep(6)
+    answered = [q for q in users.questions if q.answered]
+    statuses = users.statuses()
+    print(f"\n[affinity] scale 2->3 in {up_s:.0f}s, 3->1 in {down_s:.0f}s: "
+          f"{len(answered)} answers, statuses {dict(statuses)}")
+    ledger.record(ledger.FaultRow(
+        "character scaled 2 -> 3 -> 1 under traffic (affinity on)", users.requests(),
+        len(users.unanswered()), users.status_5xx(), down_s,
+        f"{len(answered)} answers, each stored once"))
+    assert not users.unanswered(), [(q.text, q.attempts) for q in users.unanswered()]
+    assert set(statuses) <= {200, 429, 503}, statuses
+    assert not history_problems(nc, users, answered)
