@@ -168,7 +168,11 @@ class AffinityMiddleware:
         url = owner + path.decode("latin-1")
         if scope.get("query_string"):
             url += "?" + scope["query_string"].decode("latin-1")
-        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_BY_HOP]
+        headers = [(k, v) for k, v in scope["headers"]
+                   if k not in _HOP_BY_HOP and k != b"x-request-id"]
+        request_id = scope.get("state", {}).get("request_id")
+        if request_id:  # the id this replica gave the request (the caller's, if sane)
+            headers.append((b"x-request-id", request_id.encode("latin-1")))
         headers.append((HOP_HEADER, self.served_by))
         client = self._http()
         self.in_flight[owner] = self.in_flight.get(owner, 0) + 1
