@@ -133,12 +133,17 @@ def test_each_conversation_stays_on_its_replica_and_evaluates_only_its_new_part(
     after = _kv(pods)
     off = {k: middle[k] - before[k] for k in before}
     on = {k: after[k] - middle[k] for k in before}
+    placements = {p: sum(_metric(pod, "chatbot_affinity_requests_total", placement=p)
+                         for pod in pods)
+                  for p in ("local", "forwarded", "received", "fallback_unreachable",
+                            "fallback_saturated", "fallback_unavailable", "fallback_failed")}
     print(f"\n[affinity] {CONVERSATIONS} conversations x {TURNS} turns on 2 replicas; prompt "
           f"tokens evaluated per turn (all conversations): off {off_tokens}, on {on_tokens}; "
           f"slowest answer per turn (s): off {[round(s, 2) for s in off_s]}, "
-          f"on {[round(s, 2) for s in on_s]}; follow-up turns' KV: off {off}, on {on}")
+          f"on {[round(s, 2) for s in on_s]}; follow-up turns' KV: off {off}, on {on}; "
+          f"placements {placements}")
     follow_ups = CONVERSATIONS * (TURNS - 1)
-    assert all(len(who) == 1 for who in on_served.values()), on_served
+    assert all(len(who) == 1 for who in on_served.values()), (on_served, placements)
     assert len(set().union(*on_served.values())) == 2
     assert on["evaluated"] == 0 and on["local"] + on["restored"] == follow_ups, on
     assert any(len(who) == 2 for who in off_served.values())

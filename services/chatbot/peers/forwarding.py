@@ -39,6 +39,9 @@ _HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trail
                b"transfer-encoding", b"upgrade", b"host", b"content-length"}
 # The owner's answers that send the turn back here.
 _FALL_BACK = {429: "saturated", 503: "unavailable"}
+# An idle connection to a peer is closed well before the peer's server closes it (uvicorn:
+# 5 s), so that a turn is never sent on a connection the peer is just closing.
+KEEPALIVE_S = 2.0
 
 
 def conversation_key(path: str, headers: dict[bytes, bytes], body: bytes) -> str | None:
@@ -157,7 +160,8 @@ class AffinityMiddleware:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._timeout)
+            self._client = httpx.AsyncClient(
+                timeout=self._timeout, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S))
         return self._client
 
     async def _forward(self, owner: str, scope: Scope, body: bytes, receive: Receive,
@@ -187,7 +191,6 @@ class AffinityMiddleware:
                 return "unreachable"
             except httpx.HTTPError as exc:  # it took the request and failed before answering
                 log.warning("peer %s failed before answering (%s): serving here", owner, exc)
-                self.peers.mark_down(owner)
                 return "failed"
             try:
                 if response.status_code in _FALL_BACK:
