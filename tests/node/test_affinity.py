@@ -22,9 +22,11 @@ from chatbot.core.affinity import HashRing
 from tests.kube.helpers import wait_for
 from tests.node import ledger
 from tests.node.release import (
+    NS,
     apply,
     chatbot_model,
     get,
+    kubectl,
     pods,
     post,
     ready_pods,
@@ -137,15 +139,29 @@ def test_each_conversation_stays_on_its_replica_and_evaluates_only_its_new_part(
                          for pod in pods)
                   for p in ("local", "forwarded", "received", "fallback_unreachable",
                             "fallback_saturated", "fallback_unavailable", "fallback_failed")}
+    placements["passed_over"] = sum(_metric(pod, "chatbot_affinity_passed_over_total")
+                                    for pod in pods)
+    log = kubectl(nc, "logs", "-n", NS, "--tail=400", "-l",
+                  "app.kubernetes.io/component=character", check=False)
+    print("\n".join(line for line in log.splitlines()
+                    if "replicas:" in line or "bounded load" in line or "peer " in line))
     print(f"\n[affinity] {CONVERSATIONS} conversations x {TURNS} turns on 2 replicas; prompt "
           f"tokens evaluated per turn (all conversations): off {off_tokens}, on {on_tokens}; "
           f"slowest answer per turn (s): off {[round(s, 2) for s in off_s]}, "
           f"on {[round(s, 2) for s in on_s]}; follow-up turns' KV: off {off}, on {on}; "
           f"placements {placements}")
     follow_ups = CONVERSATIONS * (TURNS - 1)
-    assert all(len(who) == 1 for who in on_served.values()), (on_served, placements)
+    # Every turn reached its conversation's owner, except the ones bounded load deliberately
+    # sent to the other replica (each replica sees only the requests it placed), or that
+    # came back because the owner could not take them (fallback_*: none expected here).
+    fallbacks = sum(n for p, n in placements.items() if p.startswith("fallback_"))
+    moved = [d for d, who in on_served.items() if len(who) > 1]
+    assert len(moved) <= placements["passed_over"] + fallbacks, (on_served, placements)
+    assert (placements["forwarded"] + placements["local"] + fallbacks
+            == CONVERSATIONS * TURNS), placements
     assert len(set().union(*on_served.values())) == 2
-    assert on["evaluated"] == 0 and on["local"] + on["restored"] == follow_ups, on
+    assert on["evaluated"] <= placements["passed_over"] + fallbacks, (on, placements)
+    assert on["local"] + on["restored"] + on["evaluated"] == follow_ups, on
     assert any(len(who) == 2 for who in off_served.values())
     assert off["evaluated"] > 0, off
     assert sum(on_tokens[1:]) < sum(off_tokens[1:])

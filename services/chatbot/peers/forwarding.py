@@ -95,12 +95,21 @@ class PlacementMetrics:
             "(the owner was unreachable, saturated, unavailable or failed: served here), "
             "no_key (no conversation to place)",
             ["persona", "placement"], registry=registry)
+        self.passed = Counter(
+            "chatbot_affinity_passed_over",
+            "Chat requests whose owner was passed over for the next replica on the ring "
+            "(bounded load: it held too many requests in flight)",
+            ["persona"], registry=registry)
         self.persona = persona
         for placement in self.PLACEMENTS:
             self.counter.labels(persona, placement)
+        self.passed.labels(persona)
 
     def count(self, placement: str) -> None:
         self.counter.labels(self.persona, placement).inc()
+
+    def passed_over(self) -> None:
+        self.passed.labels(self.persona).inc()
 
 
 class AffinityMiddleware:
@@ -131,9 +140,13 @@ class AffinityMiddleware:
             return
         replay = _replaying(body, receive)
         key = conversation_key(scope["path"], headers, body)
+        down = self.peers.down()
         owner = None if key is None else ring.owner(
-            key, self.in_flight, self.load_factor, skip=self.peers.down(),
-            min_bound=self.min_bound)
+            key, self.in_flight, self.load_factor, skip=down, min_bound=self.min_bound)
+        if owner is not None and owner != ring.owner(key, skip=down):
+            self.metrics.passed_over()
+            log.info("bounded load: %s passed over for %s (in flight: %s)",
+                     ring.owner(key, skip=down), owner, self.in_flight)
         if owner is None or owner == self.peers.self_url:
             self.metrics.count("local" if key is not None else "no_key")
             return await self._local(scope, replay, send)
