@@ -159,17 +159,35 @@ class AffinityMiddleware:
     async def _local(self, scope: Scope, receive: Receive, send: Send) -> None:
         me = self.peers.self_url
 
+        done = self._placed(me)
+
         async def with_served_by(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = [*message.get("headers", []),
                                       (SERVED_BY_HEADER, self.served_by)]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                done()  # answered: what runs after (metrics) holds nothing of the engine
             await send(message)
 
-        self.in_flight[me] = self.in_flight.get(me, 0) + 1
         try:
             await self.app(scope, receive, with_served_by)
         finally:
-            self.in_flight[me] -= 1
+            done()
+
+    def _placed(self, member: str):
+        """Counts a request in flight at `member`; returns what ends it (once), called as
+        its answer's last byte goes out, so that a client's next turn never finds its own
+        previous one still counted."""
+        self.in_flight[member] = self.in_flight.get(member, 0) + 1
+        ended = False
+
+        def end() -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                self.in_flight[member] -= 1
+
+        return end
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
@@ -192,7 +210,7 @@ class AffinityMiddleware:
             headers.append((b"x-request-id", request_id.encode("latin-1")))
         headers.append((HOP_HEADER, self.served_by))
         client = self._http()
-        self.in_flight[owner] = self.in_flight.get(owner, 0) + 1
+        done = self._placed(owner)
         try:
             try:
                 response = await client.send(
@@ -208,14 +226,15 @@ class AffinityMiddleware:
             try:
                 if response.status_code in _FALL_BACK:
                     return _FALL_BACK[response.status_code]
-                await self._relay(response, receive, send)
+                await self._relay(response, receive, send, done)
                 return "forwarded"
             finally:
                 await response.aclose()
         finally:
-            self.in_flight[owner] -= 1
+            done()
 
-    async def _relay(self, response: httpx.Response, receive: Receive, send: Send) -> None:
+    async def _relay(self, response: httpx.Response, receive: Receive, send: Send,
+                     done) -> None:
         """The owner's answer to the client as it comes; a client that leaves closes the
         request to the owner too (which stops its generation)."""
         headers = [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP_BY_HOP
@@ -223,10 +242,24 @@ class AffinityMiddleware:
         await send({"type": "http.response.start", "status": response.status_code,
                     "headers": headers})
 
+        # A body of known length: its last chunk is held back and goes out as the end of
+        # the answer, once this request no longer counts; a stream (SSE) goes out as it
+        # comes, each event at once.
+        sized = "content-length" in response.headers
+
         async def pump() -> None:
+            last = b""
             async for chunk in response.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                if not sized:
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": True})
+                    continue
+                if last:
+                    await send({"type": "http.response.body", "body": last,
+                                "more_body": True})
+                last = chunk
+            done()
+            await send({"type": "http.response.body", "body": last, "more_body": False})
 
         async def gone() -> None:
             while (await receive())["type"] != "http.disconnect":
