@@ -61,12 +61,12 @@ def start_server(tiny_models, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("servers")
 
     def start(*args: str, env: dict[str, str] | None = None, ready: bool = True,
-              models: bool = True) -> ChatbotServer:
+              models: bool = True, port: int | None = None) -> ChatbotServer:
         base = dict(FAST)
         if models:
             base.update(CHATBOT_OFFICE_MODEL=str(tiny_models["office"]),
                         CHATBOT_CHARACTER_MODEL=str(tiny_models["character"]))
-        server = ChatbotServer(workdir, *args, env={**base, **(env or {})})
+        server = ChatbotServer(workdir, *args, env={**base, **(env or {})}, port=port)
         started.append(server)
         if ready:
             # The gateway loads its models one after the other: wait for every persona.

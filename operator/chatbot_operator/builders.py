@@ -324,6 +324,24 @@ def planned_replicas(p: Persona) -> int:
     return p.autoscaling.max_replicas if p.autoscaling else p.replicas
 
 
+def peers_name(owner: Owner, persona: str) -> str:
+    return f"{deployment_name(owner, persona)}-peers"
+
+
+def _affinity_env(owner: Owner, persona: str) -> list[dict]:
+    """Conversation affinity (the service's chatbot.peers): the pod's own address and the
+    headless Service whose DNS name lists the persona's ready pods. Set at every replica
+    count, so that scaling never changes the pod template (one replica: nothing to
+    forward)."""
+    return [
+        {"name": env_name("pod_ip"), "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": env_name("affinity_self"),
+         "value": f"http://$({env_name('pod_ip')}):{HTTP_PORT}"},
+        {"name": env_name("affinity_peers_dns"),
+         "value": f"{peers_name(owner, persona)}:{HTTP_PORT}"},
+    ]
+
+
 def persona_deployment(owner: Owner, spec: ChatbotModelSpec, persona: str, profiles,
                        config: OperatorConfig, *, autoscaled: bool = False) -> dict:
     """The persona's Deployment. ``autoscaled`` (its ScaledObject is applied): no
@@ -342,7 +360,8 @@ def persona_deployment(owner: Owner, spec: ChatbotModelSpec, persona: str, profi
         "ports": [{"name": "http", "containerPort": HTTP_PORT}],
         "envFrom": [{"configMapRef": {"name": settings_name(owner)}}],
         "env": [{"name": env_name("root_path"), "value": f"/{persona}"}, *_secret_env(spec),
-                *_report_env(owner, spec, persona, profile, config)],
+                *_report_env(owner, spec, persona, profile, config),
+                *_affinity_env(owner, persona)],
         "resources": _resources(p, profile),
         "startupProbe": _probe(contract.HEALTH_PATH, periodSeconds=5, failureThreshold=60),
         "livenessProbe": _probe(contract.HEALTH_PATH, periodSeconds=10, failureThreshold=3),
@@ -467,6 +486,20 @@ def service(owner: Owner, name: str, component: str) -> dict:
 
 def persona_service(owner: Owner, persona: str) -> dict:
     return service(owner, deployment_name(owner, persona), persona)
+
+
+def peers_service(owner: Owner, persona: str) -> dict:
+    """Headless: its DNS name resolves to every ready pod of the persona, which is how the
+    replicas find each other for conversation affinity (no API access, no RBAC).
+    Labelled `<persona>-peers`, so that the persona's own Service stays the one labelled
+    with the persona."""
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _meta(owner, peers_name(owner, persona), f"{persona}-peers"),
+        "spec": {"selector": selector(owner, persona), "clusterIP": "None",
+                 "publishNotReadyAddresses": False,
+                 "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}]},
+    }
 
 
 def not_found_deployment(owner: Owner, spec: ChatbotModelSpec) -> dict:

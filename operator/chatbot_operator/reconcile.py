@@ -312,6 +312,7 @@ def _apply_children(cluster: Cluster, config, profiles, owner: Owner, spec: Chat
             else:
                 scaling.waiting.append(persona)
         apply(builders.persona_service(owner, persona))
+        apply(builders.peers_service(owner, persona))
         scaling.unscheduled[persona] = _unscheduled(applied, owner, persona)
         ready[persona] = conditions.deployment_ready(
             dep, p.replicas, unschedulable=scaling.unscheduled[persona][0],

@@ -188,6 +188,37 @@ def build_gpt_services(persona: Persona, settings: Settings, base: ChatService,
             for name, model in GPT_MODELS.items()}
 
 
+def build_peers(settings: Settings):
+    """This replica's peers (`chatbot.peers`), or None: affinity off, or no peers given."""
+    if not settings.affinity or not (settings.affinity_peers or settings.affinity_peers_dns):
+        return None
+    from chatbot.peers.discovery import Peers
+
+    return Peers(settings.affinity_self, settings.affinity_peers, settings.affinity_peers_dns,
+                 settings.affinity_refresh_s, settings.affinity_down_s)
+
+
+def placed(app, runtime: PersonaRuntime, settings: Settings, peers):
+    """The persona's app behind conversation affinity (each turn to the replica that holds
+    its KV cells), when there are peers."""
+    if peers is None:
+        return app
+    import hashlib
+
+    from chatbot.peers.forwarding import AffinityMiddleware, PlacementMetrics
+
+    served_by = settings.pod_name or hashlib.sha256(peers.self_url.encode()).hexdigest()[:12]
+    ps = runtime.settings
+    return AffinityMiddleware(
+        app, peers, PlacementMetrics(runtime.persona.value, runtime.metrics.registry),
+        # Each replica sees only the requests it placed itself: an owner is passed over
+        # only past twice its slots (a batch running, one waiting), never for a short wait.
+        served_by=served_by, min_bound=2 * ps.max_concurrent,
+        load_factor=settings.affinity_load_factor,
+        connect_timeout_s=settings.affinity_connect_timeout_s,
+        read_timeout_s=ps.request_timeout_s + 30)
+
+
 def build_runtime(
     persona: Persona, settings: Settings, engine, store: HistoryStore,
     search: WebSearch | None = None, shutdown: Shutdown | None = None,
@@ -339,10 +370,15 @@ def create_app(settings: Settings, personas: list[Persona] | None = None, *,
                     for gpt in runtime.gpt_services.values():
                         await gpt.engine.close()
 
+    peers = build_peers(settings)
     if len(personas) == 1:
-        app = persona_app(runtimes[personas[0]], settings.root_path, lifespan)
+        runtime = runtimes[personas[0]]
+        app = placed(persona_app(runtime, settings.root_path, lifespan), runtime, settings,
+                     peers)
     else:
-        mounts = [Mount(f"/{p.value}", app=persona_app(runtimes[p])) for p in personas]
+        mounts = [Mount(f"/{p.value}",
+                        app=placed(persona_app(runtimes[p]), runtimes[p], settings, peers))
+                  for p in personas]
         app = Starlette(
             routes=[*mounts, Route("/{path:path}", _not_found,
                                    methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"])],

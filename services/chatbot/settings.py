@@ -182,6 +182,32 @@ class Settings(BaseSettings):
     search_recorded_path: Path | None = Field(
         default=None, description="JSON list of ddgs-shaped results {title, href, body}")
 
+    # Conversation affinity across replicas (chatbot.peers): each turn goes to the replica
+    # that holds the conversation's KV cells; the replicas forward to each other.
+    affinity: bool = Field(
+        default=True, description="forward a conversation's turns to its owner replica "
+        "(bounded-load consistent hashing on db_id, or /v1's X-Session-ID or first "
+        "messages); without peers (affinity_peers, affinity_peers_dns) nothing is forwarded")
+    affinity_self: str | None = Field(
+        default=None, pattern=r"^https?://[^/]+$",
+        description="this replica's own address as its peers reach it, http://IP:PORT "
+        "(the operator sets it from the pod's IP)")
+    affinity_peers: list[str] = Field(
+        default_factory=list, description="the replicas' addresses, http://IP:PORT each "
+        "(a fixed set; JSON list in the environment)")
+    affinity_peers_dns: str | None = Field(
+        default=None, pattern=r"^[a-z0-9.-]+:[0-9]+$",
+        description="HOST:PORT whose DNS name lists every ready replica (the operator's "
+        "headless Service), resolved every affinity_refresh_s")
+    affinity_refresh_s: float = Field(default=2.0, gt=0)
+    affinity_load_factor: float = Field(
+        default=1.25, ge=1, description="a replica holding more than this times the mean "
+        "of requests in flight (and more than twice max_concurrent) is passed over")
+    affinity_connect_timeout_s: float = Field(
+        default=1.0, gt=0, description="a peer that does not accept the connection in this "
+        "long is skipped for affinity_down_s and the turn is served here")
+    affinity_down_s: float = Field(default=5.0, gt=0)
+
     # On Kubernetes (set by the operator): report the GPU offload into the ChatbotModel's
     # status.acceleration.<persona>, with the pod's ServiceAccount token.
     status_report: str | None = Field(
@@ -189,6 +215,9 @@ class Settings(BaseSettings):
         description="NAMESPACE/NAME of the ChatbotModel to report into")
     settings_hash: str | None = Field(default=None, description="the operator's settings hash")
     pod_name: str | None = None
+    pod_ip: str | None = Field(
+        default=None, description="the pod's IP (set by the operator; its affinity_self "
+        "is built from it)")
     kube_api_url: str | None = Field(
         default=None, description="default: https://$KUBERNETES_SERVICE_HOST:$..._PORT")
     kube_token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
@@ -210,6 +239,15 @@ class Settings(BaseSettings):
             raise ValueError("must be a connection string starting with mongodb:// or "
                              "mongodb+srv://")
         return url
+
+    @model_validator(mode="after")
+    def _affinity_knows_itself(self):
+        if (self.affinity and (self.affinity_peers or self.affinity_peers_dns)
+                and self.affinity_self is None):
+            raise ValueError("affinity with peers (CHATBOT_AFFINITY_PEERS or "
+                             "CHATBOT_AFFINITY_PEERS_DNS) needs CHATBOT_AFFINITY_SELF, this "
+                             "replica's own http://IP:PORT")
+        return self
 
     @model_validator(mode="after")
     def _recorded_search_has_a_file(self):

@@ -382,6 +382,19 @@ def test_network_policies_only_the_route_reaches_services_only_services_reach_mo
     operator = one(objs, "NetworkPolicy", "chatbot-operator")["spec"]
     assert _matches(operator["podSelector"], operator_pod) and "ingress" not in operator
 
+    # Conversation affinity: a persona's replicas reach each other, and only each other.
+    for persona, other in (("office", "character"), ("character", "office")):
+        peers = one(objs, "NetworkPolicy", f"chatbot-{persona}-peers")["spec"]
+        assert _matches(peers["podSelector"], _operator_pod_labels(persona))
+        assert not _matches(peers["podSelector"], _operator_pod_labels(other))
+        [rule] = peers["ingress"]
+        [peer] = rule["from"]
+        assert set(peer) == {"podSelector"}
+        assert _matches(peer["podSelector"], _operator_pod_labels(persona))
+        for outsider in (other, "not-found", "office-fetch"):
+            assert not _matches(peer["podSelector"], _operator_pod_labels(outsider))
+        assert rule["ports"] == [{"protocol": "TCP", "port": builders.HTTP_PORT}]
+
     gateway = template({"route": {"kind": "HTTPRoute", "peers": [{"namespaceSelector": {
         "matchLabels": {"kubernetes.io/metadata.name": "envoy-gateway-system"}}}]},
         "networkPolicy": {"extraServicePeers": [{"podSelector": {"matchLabels": {

@@ -125,7 +125,8 @@ def test_example_reaches_ready_with_pods_on_their_gpu_nodes(
         assert len(children["job"]) == 2 and all("-fetch-" in j for j in children["job"])
         assert children["deploy"] == ["chatbot-character", "chatbot-not-found",
                                       "chatbot-office"]
-        assert children["svc"] == ["chatbot-character", "chatbot-not-found", "chatbot-office"]
+        assert children["svc"] == ["chatbot-character", "chatbot-character-peers",
+                                   "chatbot-not-found", "chatbot-office", "chatbot-office-peers"]
         assert children["ing"] == ["chatbot"]
         assert children["cm"] == ["chatbot-settings"]
 

@@ -165,6 +165,29 @@ def test_a_file_change_changes_only_that_personas_pod_template():
     assert template(before, "office") == template(scaled, "office")
 
 
+def test_replicas_find_each_other_through_a_headless_service_the_service_settings_take():
+    """Conversation affinity: each pod knows its own address (the downward API's pod IP)
+    and a DNS name that lists its persona's ready pods; the service's Settings accept what
+    the operator sets (with the pod IP substituted, as the kubelet does)."""
+    from chatbot.settings import Settings
+
+    dep = builders.persona_deployment(OWNER, _spec(), "character", PROFILES, CONFIG)
+    env = {e["name"]: e for e in _container(dep)["env"]}
+    assert env["CHATBOT_POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    peers = builders.peers_service(OWNER, "character")
+    assert peers["spec"]["clusterIP"] == "None"
+    assert peers["spec"]["publishNotReadyAddresses"] is False
+    assert peers["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert peers["metadata"]["labels"]["app.kubernetes.io/component"] == "character-peers"
+    host, port = env["CHATBOT_AFFINITY_PEERS_DNS"]["value"].split(":")
+    assert host == peers["metadata"]["name"] and int(port) == builders.HTTP_PORT
+    own = env["CHATBOT_AFFINITY_SELF"]["value"]
+    settings = Settings(
+        affinity_self=own.replace("$(CHATBOT_POD_IP)", "10.1.2.3"),
+        affinity_peers_dns=env["CHATBOT_AFFINITY_PEERS_DNS"]["value"])
+    assert settings.affinity and settings.affinity_self == f"http://10.1.2.3:{builders.HTTP_PORT}"
+
+
 def test_fetch_job_downloads_into_the_persona_volume_and_reports_status():
     spec = _spec(office={"sha256": "a" * 64})
     job = builders.fetch_job(OWNER, spec, "office", PROFILES, CONFIG)

@@ -10,6 +10,7 @@ the operator sets are checked against the service's app, in process (no model is
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ SPEC = ChatbotModelSpec.parse({
 })
 # What the kubelet puts in for the env entries that come from elsewhere (valueFrom).
 FROM_ELSEWHERE = {"MONGO_URL": "mongodb://mongo:27017", "OPENAI_API_KEY": "sk-test",
-                  "CHATBOT_POD_NAME": "chat-office-0"}
+                  "CHATBOT_POD_NAME": "chat-office-0", "CHATBOT_POD_IP": "10.1.2.3"}
 
 
 def _accepted(model: type[BaseModel], prefix: str) -> set[str]:
@@ -65,7 +66,9 @@ def _pod_env(persona: str) -> dict[str, str]:
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["envFrom"] == [{"configMapRef": {"name": builders.settings_name(OWNER)}}]
     for var in container["env"]:
-        env[var["name"]] = var["value"] if "value" in var else FROM_ELSEWHERE[var["name"]]
+        value = var["value"] if "value" in var else FROM_ELSEWHERE[var["name"]]
+        # The kubelet expands $(NAME) of the variables defined before it.
+        env[var["name"]] = re.sub(r"\$\(([A-Z0-9_]+)\)", lambda m: env[m.group(1)], value)
     return env
 
 
@@ -104,6 +107,8 @@ def test_the_service_parses_the_operators_configmap_to_the_spec(monkeypatch):
     assert office.settings_hash == builders.settings_hash(
         SPEC, "office", resolve(SPEC.office.gpu_profile, PROFILES), CONFIG)
     assert office.pod_name == "chat-office-0"
+    assert office.affinity and office.affinity_self == f"http://10.1.2.3:{builders.HTTP_PORT}"
+    assert office.affinity_peers_dns == f"chat-office-peers:{builders.HTTP_PORT}"
     assert office.mongo_url.get_secret_value() == FROM_ELSEWHERE["MONGO_URL"]
     assert office.openai_api_key.get_secret_value() == FROM_ELSEWHERE["OPENAI_API_KEY"]
     assert _settings(monkeypatch, _pod_env("character")).root_path == "/character"

@@ -36,8 +36,9 @@ class ChatbotServer(LocalServer):
     `not-found`), started at once; `url` is its base URL, `log` its combined output."""
 
     def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None,
-                 command: str = "serve", cwd: Path | None = None) -> None:
-        port = free_port()
+                 command: str = "serve", cwd: Path | None = None,
+                 port: int | None = None) -> None:
+        port = port or free_port()
         chatbot = shutil.which("chatbot", path=str(Path(sys.executable).parent)) or "chatbot"
         super().__init__(
             [chatbot, command, *args, "--port", str(port)], workdir / f"server-{port}.log",

@@ -211,6 +211,45 @@ def test_a_conversations_next_turn_reuses_its_resident_prefix(tiny_models):
     assert evaluated <= n_second - n_first + 2
 
 
+def test_each_turn_is_counted_by_where_its_kv_cells_came_from(tiny_models):
+    """`kv_turns_*` (chatbot_kv_turns_total): a first turn is new; a follow-up whose earlier
+    turns are still in a slot is local, one from host RAM restored; a follow-up this engine
+    never saw (another replica served its earlier turns) is evaluated, even though the
+    shared system prompt is copied from another slot."""
+    system = "You are a careful office assistant. " * 8
+
+    def kv(e, before):
+        after = e.status().facts
+        return {k: after[f"kv_turns_{k}"] - before[f"kv_turns_{k}"]
+                for k in ("new", "local", "restored", "evaluated")}
+
+    async def scenario():
+        async with engine(tiny_models, 1) as e:
+            counts = []
+            before = e.status().facts
+            first = chat(QUESTIONS[0], system=system)
+            reply = (await answer(e, first)).strip()
+            counts.append(kv(e, before))
+            before = e.status().facts
+            await answer(e, chat("And then?", (QUESTIONS[0], reply), system=system))
+            counts.append(kv(e, before))
+            before = e.status().facts  # another conversation takes the only slot ...
+            other = (await answer(e, chat(QUESTIONS[2], system=system))).strip()
+            await answer(e, chat("More?", (QUESTIONS[0], reply), system=system))
+            counts.append(kv(e, before))  # ... and the first comes back from host RAM
+            before = e.status().facts
+            await answer(e, chat("Why?", ("A question asked elsewhere", other),
+                                 system=system))
+            counts.append(kv(e, before))
+            return counts
+
+    first, follow, back, elsewhere = asyncio.run(scenario())
+    assert first == {"new": 1, "local": 0, "restored": 0, "evaluated": 0}
+    assert follow == {"new": 0, "local": 1, "restored": 0, "evaluated": 0}
+    assert back == {"new": 1, "local": 0, "restored": 1, "evaluated": 0}
+    assert elsewhere == {"new": 0, "local": 0, "restored": 0, "evaluated": 1}
+
+
 def test_a_new_sequence_copies_the_shared_system_prompt_instead_of_evaluating_it(tiny_models):
     """Two conversations start together with the same long system prompt: the one that gets
     a fresh slot copies the cells from the other's slot and still answers as it does alone."""

@@ -65,6 +65,25 @@ class _EngineHostCache:
             yield family
 
 
+class _EngineKvTurns:
+    """Turns by where their KV cells came from, read live from the batched engine: `new`
+    (a first turn), `local` (the replica still held the conversation), `restored` (from host
+    RAM), `evaluated` (its history evaluated again: its cells were nowhere here)."""
+
+    def __init__(self, engine: ChatEngine, persona: str) -> None:
+        self.engine, self.persona = engine, persona
+
+    def collect(self):
+        f = self.engine.status().facts
+        family = CounterMetricFamily(
+            "chatbot_kv_turns", "Turns by where their KV cells came from: new (first turn), "
+            "local (kept in a slot here), restored (host RAM), evaluated (history evaluated "
+            "again)", labels=["persona", "kv"])
+        for kv in ("new", "local", "restored", "evaluated"):
+            family.add_metric([self.persona, kv], f.get(f"kv_turns_{kv}", 0))
+        yield family
+
+
 class _LlamaServerMetrics:
     """llama-server's own `/metrics` names, read live from the engine, so that autoscalers and
     dashboards written for llama-server (an HPA on `llamacpp:requests_deferred`, say) work
@@ -230,6 +249,7 @@ class PersonaMetrics:
         r.register(_EngineTokens(engine, persona))
         r.register(_LlamaServerMetrics(engine, admission))
         r.register(_EngineHostCache(engine, persona))
+        r.register(_EngineKvTurns(engine, persona))
         self.persona = persona
 
     def watch_dependencies(self, services, store, search) -> None:

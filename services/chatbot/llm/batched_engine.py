@@ -56,16 +56,25 @@ log = logging.getLogger(__name__)
 N_UBATCH_MAX = 512
 # A slot's cells are saved to host RAM when at least this many of them would be overwritten.
 SAVE_MIN_TOKENS = COPY_MIN_GAIN
+# Where a turn's KV cells came from: `new` (a conversation's first turn), and for a
+# follow-up `local` (this replica still held its earlier turns in a slot), `restored`
+# (from host RAM), `evaluated` (from scratch: only the shared system prompt was found).
+KV_TURNS = ("new", "local", "restored", "evaluated")
 
 
 class _Request:
     """One generation: its prompt, its sampling, where its text goes."""
 
-    __slots__ = ("prompt", "params", "stops", "seed", "relay", "cancelled")
+    __slots__ = ("prompt", "params", "stops", "seed", "relay", "cancelled", "own_from",
+                 "restored")
 
     def __init__(self, prompt: list[int], params: SamplingParams, stops: tuple[str, ...],
-                 seed: int | None, relay: Relay) -> None:
+                 seed: int | None, relay: Relay, own_from: int | None = None) -> None:
         self.prompt = prompt
+        # A follow-up turn: reused cells up to here were this conversation's own (half way
+        # into its first question); None: a first turn.
+        self.own_from = own_from
+        self.restored = False
         self.params = params
         self.stops = stops
         self.seed = seed
@@ -125,6 +134,9 @@ class BatchedEngine(ModelLifecycle):
         self._slots: SlotTable | None = None
         self._host = KvHostCache(settings.cache_ram_mib * 2**20)
         self.kv_host_restores = 0
+        # Turns by where their KV cells came from (KV_TURNS; see `_start`).
+        self.kv_turns = dict.fromkeys(KV_TURNS, 0)
+        self._question_starts: dict[str, int] = {}  # system prompt -> its tokens' end
         # Sequences whose cells are the source or target of a stream copy that llama.cpp
         # carries out at the next decode: their cells are not saved or restored until then.
         self._unsettled: set[int] = set()
@@ -140,6 +152,7 @@ class BatchedEngine(ModelLifecycle):
             kv_host_bytes=self._host.bytes, kv_host_sequences=len(self._host),
             kv_host_saves=self._host.saved, kv_host_saved_tokens=self._host.saved_tokens,
             kv_host_restores=self.kv_host_restores, kv_host_evictions=self._host.evicted,
+            **{f"kv_turns_{k}": v for k, v in self.kv_turns.items()},
             decode_steps=self.decode_steps,
             peak_sequences=self.peak_sequences, peak_batch_tokens=self.peak_batch_tokens,
             prompt_seconds=self.prompt_seconds, predict_seconds=self.predict_seconds,
@@ -246,6 +259,30 @@ class BatchedEngine(ModelLifecycle):
     def count_prompt_tokens(self, messages: list[ChatMessage]) -> int:
         return len(self.tokenize_chat(messages)[0])
 
+    def _own_from(self, messages: list[ChatMessage], tokens: list[int]) -> int | None:
+        """For a follow-up turn (the messages hold an earlier answer): cells reused up to
+        here held this conversation's own tokens, half way into its first question (the
+        system prompt before it is shared with other conversations; the end of the first
+        answer may retokenize differently from what was generated). None for a first
+        turn."""
+        if not any(m.role == "assistant" for m in messages):
+            return None
+        head = []
+        for message in messages:
+            head.append(message)
+            if message.role == "user":
+                break
+        system = head[:-1]
+        key = "\x00".join(m.content for m in system)
+        start = self._question_starts.get(key)
+        if start is None:
+            blank = self.tokenize_chat([*system, ChatMessage(role="user", content="")])[0]
+            if len(self._question_starts) >= 64:
+                self._question_starts.clear()
+            start = self._question_starts[key] = common_prefix(blank, tokens)
+        end = common_prefix(self.tokenize_chat(head)[0], tokens)
+        return (start + end) // 2
+
     async def stream(
         self, messages: list[ChatMessage], params: SamplingParams
     ) -> AsyncIterator[str]:
@@ -272,7 +309,8 @@ class BatchedEngine(ModelLifecycle):
             # The use cases fit prompts before they get here; this guards the engine itself.
             raise ContextLengthExceededError.counted(len(tokens), 1, self._n_ctx_seq)
         seed = params.seed if params.seed is not None else self.settings.seed
-        request = _Request(tokens, params, stops, seed, Relay(asyncio.get_running_loop()))
+        request = _Request(tokens, params, stops, seed, Relay(asyncio.get_running_loop()),
+                           self._own_from(messages, tokens))
         with self._cond:
             if self._stopping:
                 raise EngineUnavailableError("The model engine is shutting down.")
@@ -303,8 +341,10 @@ class BatchedEngine(ModelLifecycle):
             # decode, so a copy must see the restored cells, never the other way round.
             for i, (request, slot, reused, donor) in enumerate(starting):
                 try:
+                    restores = self.kv_host_restores
                     starting[i] = (request, slot, *self._swap(lc, request.prompt, slot,
                                                               reused, donor))
+                    request.restored = self.kv_host_restores > restores
                 except Exception:  # the cache is an optimization: evaluate instead
                     log.exception("could not save or restore KV cells in host RAM")
                     self._forget_cells(lc, slot)
@@ -391,6 +431,7 @@ class BatchedEngine(ModelLifecycle):
                 lc.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             del slot.tokens[reused:]
         self.prompt_tokens_reused += reused
+        self.kv_turns[_kv_turn(request, reused)] += 1
         sampler = sampler_chain(request.params, self._n_vocab, request.seed)
         self._running.append(_Sequence(request, slot, reused, sampler))
         self.peak_sequences = max(self.peak_sequences, len(self._running))
@@ -505,3 +546,12 @@ class BatchedEngine(ModelLifecycle):
             if n >= 0:
                 return buf.raw[:n]
             size = -n
+
+
+def _kv_turn(request: _Request, reused: int) -> str:
+    """KV_TURNS: where a starting turn's cells came from."""
+    if request.own_from is None:
+        return "new"
+    if request.restored:
+        return "restored"
+    return "local" if reused >= request.own_from else "evaluated"

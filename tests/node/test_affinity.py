@@ -1,0 +1,240 @@
+"""Two replicas of the character persona on the real node, through the route on port 8001:
+each conversation's turns reach the replica that holds its KV cells (the replicas forward
+to each other through the operator's headless Service, past the chart's NetworkPolicies),
+against the same traffic with placement off; a replica SIGKILLed: its conversations go on
+on the other; the persona scaled 2 -> 3 -> 1 under traffic: no answer lost.
+
+The tiny model (fast gibberish) instead of SmolLM2: what is measured is where the KV cells
+are, not what the answers say.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from chatbot.core.affinity import HashRing
+from tests.kube.helpers import wait_for
+from tests.node import ledger
+from tests.node.release import (
+    NS,
+    apply,
+    chatbot_model,
+    get,
+    kubectl,
+    pods,
+    post,
+    ready_pods,
+    stored_turns,
+)
+from tests.node.traffic import Users, container_id, history_problems, pod_performance, pod_url
+
+CONVERSATIONS, TURNS = 8, 6
+HOP = "X-Chatbot-Forwarded-By"
+PORT = 8080
+
+
+@pytest.fixture(scope="module")
+def mirror(node_cluster, tmp_path_factory):
+    """The mirror serving the tiny model under the name the release's ChatbotModel asks for."""
+    from chatbot_dev.tiny_model import write_tiny_model
+
+    from tests.operator.model_server import ModelServer
+
+    tiny = write_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny.Q4_0.gguf", seed=3)
+    with ModelServer({tiny.name: tiny.read_bytes()}, host=node_cluster.node.ip) as server:
+        server.smollm2 = tiny.name  # the file name release.chatbot_model puts in the spec
+        yield server
+
+
+@pytest.fixture(scope="module")
+def two_replicas(installed, mirror):
+    nc = installed
+    manifest = chatbot_model(nc, mirror)
+    manifest["spec"]["character"]["replicas"] = 2
+    apply(nc, manifest, "chatbotmodel-affinity")
+    wait_for(lambda: len(ready_pods(nc, "character")) == 2, timeout=300, interval=1,
+             desc="two character replicas ready")
+    time.sleep(6)  # each replica's next DNS lookup of its peers (every 2 s) lists both
+    return nc
+
+
+def _metric(pod: dict, name: str, **labels) -> float:
+    _, _, body = get(pod_url(pod, "/metrics"), timeout=10)
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = rf"^{re.escape(name)}\{{[^}}]*{re.escape(want)}[^}}]*\}} (\S+)$"
+    return sum(float(m) for m in re.findall(pattern, body.decode(), re.M))
+
+
+def _kv(pods: list[dict]) -> dict[str, float]:
+    return {kv: sum(_metric(p, "chatbot_kv_turns_total", kv=kv) for p in pods)
+            for kv in ("new", "local", "restored", "evaluated")}
+
+
+def _evaluated(pods: list[dict]) -> int:
+    return sum(pod_performance(p)["engine_prompt_tokens_evaluated"] for p in pods)
+
+
+def _split_evenly(pods: list[dict], n: int) -> list[str]:
+    """n conversation ids, half owned by each replica (so that bounded load never moves
+    one: each owner holds at most n/2 - 1 others when a turn comes)."""
+    ring = HashRing([f"http://{p['status']['podIP']}:{PORT}" for p in pods])
+    by_owner: dict[str, list[str]] = {m: [] for m in ring.members}
+    while any(len(ids) < n // 2 for ids in by_owner.values()):
+        db_id = str(uuid.uuid4())
+        owned = by_owner[ring.owner(db_id)]
+        if len(owned) < n // 2:
+            owned.append(db_id)
+    return [db_id for ids in by_owner.values() for db_id in ids]
+
+
+def _turns(nc, db_ids: list[str], user: str, placed: bool) -> tuple[list[int], list[float],
+                                                                    dict[str, set[str]]]:
+    """TURNS rounds, each round one turn of every conversation at once through the route;
+    returns the prompt tokens the replicas evaluated per round, the slowest answer per
+    round, and who served each conversation."""
+    pods = ready_pods(nc, "character")
+    headers = {} if placed else {HOP: "test"}
+    served: dict[str, set[str]] = {d: set() for d in db_ids}
+    tokens, slowest = [], []
+
+    def ask(db_id: str, turn: int) -> tuple[str, float]:
+        body = {"input_data": f"guest {db_id[:8]} turn {turn}: tell me about bread",
+                "character_name": "Mina", "greeting": "Hello!",
+                "context": "Mina is a cheerful baker.", "db_id": db_id, "user_id": user}
+        started = time.monotonic()
+        status, head, answer = post(nc.route("/character/Llama"), body, headers=headers)
+        assert status == 200, answer[:300]
+        return head["X-Served-By"], time.monotonic() - started
+
+    with ThreadPoolExecutor(len(db_ids)) as pool:
+        for turn in range(TURNS):
+            before = _evaluated(pods)
+            results = list(pool.map(lambda d, t=turn: ask(d, t), db_ids))
+            tokens.append(_evaluated(pods) - before)
+            slowest.append(max(s for _, s in results))
+            for db_id, (who, _) in zip(db_ids, results, strict=True):
+                served[db_id].add(who)
+    return tokens, slowest, served
+
+
+def test_each_conversation_stays_on_its_replica_and_evaluates_only_its_new_part(two_replicas):
+    nc = two_replicas
+    pods = ready_pods(nc, "character")
+    before = _kv(pods)
+    off_tokens, off_s, off_served = _turns(nc, _split_evenly(pods, CONVERSATIONS),
+                                           "affinity-off", placed=False)
+    middle = _kv(pods)
+    on_ids = _split_evenly(pods, CONVERSATIONS)
+    on_tokens, on_s, on_served = _turns(nc, on_ids, "affinity-on", placed=True)
+    after = _kv(pods)
+    off = {k: middle[k] - before[k] for k in before}
+    on = {k: after[k] - middle[k] for k in before}
+    placements = {p: sum(_metric(pod, "chatbot_affinity_requests_total", placement=p)
+                         for pod in pods)
+                  for p in ("local", "forwarded", "received", "fallback_unreachable",
+                            "fallback_saturated", "fallback_unavailable", "fallback_failed")}
+    placements["passed_over"] = sum(_metric(pod, "chatbot_affinity_passed_over_total")
+                                    for pod in pods)
+    log = kubectl(nc, "logs", "-n", NS, "--tail=400", "-l",
+                  "app.kubernetes.io/component=character", check=False)
+    print("\n".join(line for line in log.splitlines()
+                    if "replicas:" in line or "bounded load" in line or "peer " in line))
+    print(f"\n[affinity] {CONVERSATIONS} conversations x {TURNS} turns on 2 replicas; prompt "
+          f"tokens evaluated per turn (all conversations): off {off_tokens}, on {on_tokens}; "
+          f"slowest answer per turn (s): off {[round(s, 2) for s in off_s]}, "
+          f"on {[round(s, 2) for s in on_s]}; follow-up turns' KV: off {off}, on {on}; "
+          f"placements {placements}")
+    follow_ups = CONVERSATIONS * (TURNS - 1)
+    # Every turn reached its conversation's owner, except the ones bounded load deliberately
+    # sent to the other replica (each replica sees only the requests it placed), or that
+    # came back because the owner could not take them (fallback_*: none expected here).
+    fallbacks = sum(n for p, n in placements.items() if p.startswith("fallback_"))
+    moved = [d for d, who in on_served.items() if len(who) > 1]
+    assert len(moved) <= placements["passed_over"] + fallbacks, (on_served, placements)
+    assert (placements["forwarded"] + placements["local"] + fallbacks
+            == CONVERSATIONS * TURNS), placements
+    assert len(set().union(*on_served.values())) == 2
+    assert on["evaluated"] <= placements["passed_over"] + fallbacks, (on, placements)
+    assert on["local"] + on["restored"] + on["evaluated"] == follow_ups, on
+    assert any(len(who) == 2 for who in off_served.values())
+    assert off["evaluated"] > 0, off
+    assert sum(on_tokens[1:]) < sum(off_tokens[1:])
+    # Every answer stored once (one history for both replicas: MongoDB).
+    for db_id in on_ids:
+        assert len(stored_turns(nc, "character", "affinity-on", db_id)) == TURNS
+
+
+def test_a_replica_sigkilled_its_conversations_go_on_on_the_other(two_replicas):
+    nc = two_replicas
+    pods = ready_pods(nc, "character")
+    db_ids = _split_evenly(pods, 4)
+    user = "affinity-kill"
+    body = {"character_name": "Mina", "greeting": "Hello!", "context": "A baker.",
+            "user_id": user}
+    for db_id in db_ids:
+        status, _, answer = post(nc.route("/character/Llama"),
+                                 {**body, "db_id": db_id, "input_data": "hello"})
+        assert status == 200, answer[:300]
+    victim = pods[0]
+    killed = time.monotonic()
+    nc.node.ctr("tasks", "kill", "--signal", "SIGKILL", container_id(victim))
+    answered, statuses = 0, []
+    for db_id in db_ids:  # right after the kill: a route or peer may still pick the victim
+        deadline = time.monotonic() + 120
+        while True:
+            status, head, answer = post(nc.route("/character/Llama"),
+                                        {**body, "db_id": db_id, "input_data": "again"})
+            statuses.append(status)
+            if status == 200:
+                answered += 1
+                break
+            assert status in (502, 503, 504) and time.monotonic() < deadline, (status, answer)
+            time.sleep(1)
+    for db_id in db_ids:
+        assert len(stored_turns(nc, "character", user, db_id)) == 2, db_id
+    recovered_s = time.monotonic() - killed
+    ledger.record(ledger.FaultRow(
+        "a character replica SIGKILLed (affinity on, 2 replicas)", len(statuses), 0,
+        Counter(s for s in statuses if s >= 500), recovered_s,
+        f"{answered} of {len(db_ids)} conversations went on; every turn stored once"))
+    print(f"\n[affinity] after SIGKILL: statuses {statuses}, all answered in {recovered_s:.1f}s")
+
+
+def test_scaling_2_3_1_under_traffic_loses_no_answer(two_replicas, mirror):
+    """Replicas come and go while users talk: a new replica takes its share of the
+    conversations, a removed one hands its turns in flight back as it drains (503 to the
+    forwarding peer, which serves them itself); no answer lost, each stored once."""
+    nc = two_replicas
+
+    def scale(n: int) -> float:
+        started = time.monotonic()
+        manifest = chatbot_model(nc, mirror)
+        manifest["spec"]["character"]["replicas"] = n
+        apply(nc, manifest, f"chatbotmodel-affinity-{n}")
+        wait_for(lambda: len(ready_pods(nc, "character")) == n == len(pods(nc, "character")),
+                 timeout=300, interval=1, desc=f"{n} character replicas")
+        return time.monotonic() - started
+
+    with Users(nc, count=4, persona="character", name="scale") as users:
+        time.sleep(5)
+        up_s = scale(3)
+        time.sleep(6)
+        down_s = scale(1)
+        time.sleep(6)
+    answered = [q for q in users.questions if q.answered]
+    statuses = users.statuses()
+    print(f"\n[affinity] scale 2->3 in {up_s:.0f}s, 3->1 in {down_s:.0f}s: "
+          f"{len(answered)} answers, statuses {dict(statuses)}")
+    ledger.record(ledger.FaultRow(
+        "character scaled 2 -> 3 -> 1 under traffic (affinity on)", users.requests(),
+        len(users.unanswered()), users.status_5xx(), down_s,
+        f"{len(answered)} answers, each stored once"))
+    assert not users.unanswered(), [(q.text, q.attempts) for q in users.unanswered()]
+    assert set(statuses) <= {200, 429, 503}, statuses
+    assert not history_problems(nc, users, answered)
