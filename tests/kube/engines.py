@@ -4,13 +4,13 @@ The node tests prove that a persona grows with its load through the engines peop
 not through a scaler of our own. :class:`Engines` starts, on this host and against the
 local API server (``controlplane.py``, ``realnode.py``):
 
-* **Prometheus** (``build-binaries prometheus``), scraping the persona pods the way the
-  chart's PodMonitor describes them: ``kubernetes_sd_configs`` role ``pod``, the pods the
-  operator labels ``app.kubernetes.io/name=chatbot`` and ``managed-by=chatbot-operator``,
-  their container port named ``http``, path ``/metrics``; the targets get the labels
-  prometheus-operator gives a PodMonitor's (``namespace``, ``pod``, ``container``,
-  ``endpoint``, ``job``). It reaches the pod IPs from the host over the node's bridge, as
-  Traefik does (the release's NetworkPolicies admit the bridge's address).
+* **Prometheus** (``build-binaries prometheus``), scraping the persona pods as the chart's
+  PodMonitor describes them: :func:`scrape_config` turns the rendered PodMonitor into the
+  scrape config prometheus-operator would generate from it (``kubernetes_sd_configs`` role
+  ``pod``, its selector, port, path and relabelings; the target labels the operator adds).
+  prometheus-operator itself is not run. Prometheus reaches the pod IPs from the host over
+  the node's bridge, as Traefik does (the release's NetworkPolicies admit the bridge's
+  address).
 * **KEDA** (``build-binaries keda``): its CRDs, its operator and its external-metrics API
   server (``keda-adapter``), registered as the APIService ``v1beta1.external.metrics.k8s.io``
   for the kube-controller-manager's HPA controller. The API server reaches the adapter
@@ -43,45 +43,82 @@ from tests.support.ports import free_port
 KEDA_NAMESPACE = "keda"
 METRICS_APISERVER = "keda-metrics-apiserver"
 EXTERNAL_METRICS_APISERVICE = "v1beta1.external.metrics.k8s.io"
-# Scrape often: the tests and the KEDA trigger see a queue within seconds.
+# Scrape often: the tests and the KEDA trigger see a queue within seconds (the chart's
+# PodMonitor says 15s by default).
 SCRAPE_INTERVAL = "2s"
-# What the chart's PodMonitor selects (operator/chatbot_operator/builders.py labels()).
-POD_LABELS = {"app.kubernetes.io/name": "chatbot",
-              "app.kubernetes.io/managed-by": "chatbot-operator"}
-METRICS_PORT_NAME = "http"
-JOB = "chatbot-personas"
 
 
-def _label(name: str) -> str:
+def _meta_label(name: str) -> str:
     """The meta label kubernetes_sd gives a pod label."""
     return "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in name)
 
 
-def scrape_config(kubeconfig: Path) -> dict:
-    """Prometheus' scrape config equivalent to the chart's PodMonitor for the personas."""
-    keep = [{"source_labels": [_label(k)], "regex": v, "action": "keep"}
-            for k, v in POD_LABELS.items()]
+def _present(name: str) -> str:
+    return "__meta_kubernetes_pod_labelpresent_" + "".join(
+        c if c.isalnum() else "_" for c in name)
+
+
+def _relabeling(r: dict) -> dict:
+    """A PodMonitor relabeling (camelCase) as Prometheus' relabel_config."""
+    keys = {"sourceLabels": "source_labels", "targetLabel": "target_label",
+            "separator": "separator", "regex": "regex", "replacement": "replacement",
+            "modulus": "modulus"}
+    out = {keys[k]: v for k, v in r.items() if k in keys}
+    if "action" in r:
+        out["action"] = r["action"].lower()
+    return out
+
+
+def scrape_config(pod_monitor: dict, kubeconfig: Path, interval: str = SCRAPE_INTERVAL,
+                  endpoint: int = 0) -> dict:
+    """The scrape config prometheus-operator generates from a PodMonitor (its
+    ``podMetricsEndpoints[endpoint]``): ``kubernetes_sd_configs`` role ``pod`` in the
+    selected namespaces, keep the pods its selector selects, their container port of the
+    endpoint's name, not finished; target labels ``namespace``, ``container``, ``pod``,
+    ``endpoint`` and ``job`` (``<namespace>/<PodMonitor name>``), then the endpoint's own
+    relabelings. ``interval`` replaces the endpoint's (the tests want seconds)."""
+    spec = pod_monitor["spec"]
+    ep = spec["podMetricsEndpoints"][endpoint]
+    ns_sel = spec.get("namespaceSelector") or {}
+    sd: dict = {"role": "pod", "kubeconfig_file": str(kubeconfig)}
+    if not ns_sel.get("any"):
+        sd["namespaces"] = {"names": ns_sel.get("matchNames")
+                            or [pod_monitor["metadata"]["namespace"]]}
+    selector = spec.get("selector") or {}
+    relabel = [{"source_labels": [_meta_label(k)], "regex": v, "action": "keep"}
+               for k, v in (selector.get("matchLabels") or {}).items()]
+    for e in selector.get("matchExpressions") or []:
+        key, op = e["key"], e["operator"]
+        if op in ("In", "NotIn"):
+            relabel.append({"source_labels": [_meta_label(key)],
+                            "regex": "(" + "|".join(e["values"]) + ")",
+                            "action": "keep" if op == "In" else "drop"})
+        else:  # Exists / DoesNotExist
+            relabel.append({"source_labels": [_present(key)], "regex": "true",
+                            "action": "keep" if op == "Exists" else "drop"})
+    name = f"{pod_monitor['metadata']['namespace']}/{pod_monitor['metadata']['name']}"
+    relabel += [
+        {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "(Failed|Succeeded)",
+         "action": "drop"},
+        {"source_labels": ["__meta_kubernetes_pod_container_port_name"],
+         "regex": ep["port"], "action": "keep"},
+        {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+        {"source_labels": ["__meta_kubernetes_pod_container_name"],
+         "target_label": "container"},
+        {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
+        {"target_label": "endpoint", "replacement": ep["port"]},
+        {"target_label": "job", "replacement": name},
+        *(_relabeling(r) for r in ep.get("relabelings") or []),
+    ]
     return {
-        "job_name": JOB,
-        "scrape_interval": SCRAPE_INTERVAL,
-        "scrape_timeout": SCRAPE_INTERVAL,
-        "metrics_path": "/metrics",
-        "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig)}],
-        "relabel_configs": [
-            *keep,
-            {"source_labels": ["__meta_kubernetes_pod_container_port_name"],
-             "regex": METRICS_PORT_NAME, "action": "keep"},
-            {"source_labels": ["__meta_kubernetes_pod_phase"], "regex": "Running",
-             "action": "keep"},
-            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-            {"source_labels": ["__meta_kubernetes_pod_container_name"],
-             "target_label": "container"},
-            {"source_labels": ["__meta_kubernetes_pod_container_port_name"],
-             "target_label": "endpoint"},
-            {"source_labels": ["__meta_kubernetes_namespace"], "replacement": f"$1/{JOB}",
-             "target_label": "job"},
-        ],
+        "job_name": f"podMonitor/{name}/{endpoint}",
+        "honor_labels": bool(ep.get("honorLabels")),
+        "scrape_interval": interval,
+        "scrape_timeout": interval,
+        "metrics_path": ep.get("path", "/metrics"),
+        "scheme": ep.get("scheme", "http"),
+        "kubernetes_sd_configs": [sd],
+        "relabel_configs": relabel,
     }
 
 
@@ -92,9 +129,10 @@ class EngineError(RuntimeError):
 class Engines:
     """Prometheus and KEDA for a cluster with a real node."""
 
-    def __init__(self, cluster: controlplane.LocalCluster, node_ip: str):
+    def __init__(self, cluster: controlplane.LocalCluster, node_ip: str, pod_monitor: dict):
         self.cluster = cluster
         self.node_ip = node_ip
+        self.pod_monitor = pod_monitor
         self.dir = cluster.dir / "engines"
         self.names: list[str] = []
         self.prometheus_url = ""
@@ -165,7 +203,7 @@ class Engines:
         port = free_port()
         config = {"global": {"scrape_interval": SCRAPE_INTERVAL,
                              "evaluation_interval": SCRAPE_INTERVAL},
-                  "scrape_configs": [scrape_config(self.cluster.kubeconfig)]}
+                  "scrape_configs": [scrape_config(self.pod_monitor, self.cluster.kubeconfig)]}
         path = self.dir / "prometheus.yml"
         path.write_text(json.dumps(config, indent=2) + "\n")  # JSON is YAML
         self._spawn("prometheus", [
@@ -271,13 +309,14 @@ class Engines:
         c.api("POST", f"/api/v1/namespaces/{ns}/services", {
             "metadata": {"name": METRICS_APISERVER},
             "spec": {"ports": [{"name": "https", "port": port, "targetPort": port}]}})
-        c.api("POST", "/apis/discovery.k8s.io/v1/namespaces/" + ns + "/endpointslices", {
-            "metadata": {"name": METRICS_APISERVER + "-host",
-                         "labels": {"kubernetes.io/service-name": METRICS_APISERVER,
-                                    "endpointslice.kubernetes.io/managed-by": "chatbot-tests"}},
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [self.node_ip], "conditions": {"ready": True}}],
-            "ports": [{"name": "https", "port": port, "protocol": "TCP"}]})
+        # Endpoints (the controller-manager mirrors them into an EndpointSlice): the
+        # aggregator dials the address behind the Service, the node IP.
+        status, resp = c.api("POST", f"/api/v1/namespaces/{ns}/endpoints", {
+            "metadata": {"name": METRICS_APISERVER},
+            "subsets": [{"addresses": [{"ip": self.node_ip}],
+                         "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]})
+        if status not in (200, 201):
+            raise EngineError(f"Endpoints {ns}/{METRICS_APISERVER}: {status} {resp}")
         ca = base64.b64encode((c.pki / "ca.crt").read_bytes()).decode()
         status, resp = c.api("POST", "/apis/apiregistration.k8s.io/v1/apiservices", {
             "metadata": {"name": EXTERNAL_METRICS_APISERVICE},
