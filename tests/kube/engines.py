@@ -178,6 +178,24 @@ class Engines:
                             f"{EXTERNAL_METRICS_APISERVICE} Available "
                             f"({time.monotonic() - started:.1f}s)")
 
+    def remove_keda(self, timeout: float = 120) -> None:
+        """Take KEDA out of the cluster again, for the tests after these: its CRDs while its
+        operator still runs (it removes its finalizers from the ScaledObjects), then the
+        APIService (an unavailable aggregated API stalls discovery, and namespace deletion
+        with it) and what was made for it; its processes stop with :meth:`down`."""
+        c, ns = self.cluster, KEDA_NAMESPACE
+        subprocess.run(
+            [str(binaries.binary("kubectl")), "delete", "--ignore-not-found", "--wait",
+             f"--timeout={int(timeout)}s", "-f", str(binaries.binary("keda-crds.yaml"))],
+            capture_output=True, text=True, timeout=timeout + 30,
+            env={**os.environ, "KUBECONFIG": str(c.kubeconfig)})
+        for path in (f"/apis/apiregistration.k8s.io/v1/apiservices/{EXTERNAL_METRICS_APISERVICE}",
+                     "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/"
+                     "keda-hpa-controller-external-metrics",
+                     "/apis/rbac.authorization.k8s.io/v1/clusterroles/keda-external-metrics-reader",
+                     f"/api/v1/namespaces/{ns}"):
+            c.api("DELETE", path)
+
     def down(self, timeout: float = 10) -> None:
         """Stop the engines' processes (the cluster's ``down`` would too, at its end)."""
         state = self.cluster._load_state()
@@ -248,7 +266,8 @@ class Engines:
         c.api("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
         certs = self.dir / "keda-certs"
         certs.mkdir(exist_ok=True)
-        crt, key = pki.make_host_cert(c.pki, "keda", ["127.0.0.1", self.node_ip])
+        crt, key = pki.make_host_cert(c.pki, "keda", ["127.0.0.1", self.node_ip],
+                                      dns=(f"{METRICS_APISERVER}.{ns}.svc",))
         for src, dest in ((c.pki / "ca.crt", "ca.crt"), (crt, "tls.crt"), (key, "tls.key")):
             (certs / dest).write_bytes(src.read_bytes())
         grpc_port, adapter_port = free_port(), free_port()

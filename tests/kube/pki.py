@@ -65,15 +65,18 @@ def make_pki(pki: Path, service_ip: str, node_ip: str | None = None) -> None:
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
 
 
-def make_host_cert(pki: Path, name: str, ips: list[str]) -> tuple[Path, Path]:
+def make_host_cert(pki: Path, name: str, ips: list[str],
+                   dns: tuple[str, ...] = ()) -> tuple[Path, Path]:
     """A certificate from the cluster's CA for a program on this host that both serves TLS
-    (on ``ips`` and localhost) and is a client (KEDA's operator and metrics apiserver, whose
-    gRPC link is mutual TLS). Returns (cert, key)."""
+    (on ``ips``, localhost and the ``dns`` names: the aggregator checks an extension API
+    server's certificate for ``<service>.<namespace>.svc``) and is a client (KEDA's
+    operator and metrics apiserver, whose gRPC link is mutual TLS). Returns (cert, key)."""
     ext = pki / f"{name}.ext"
+    names = [f"DNS:{d}" for d in ("localhost", *dns)] + [f"IP:{ip}" for ip in ips]
     ext.write_text(
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
         "extendedKeyUsage=serverAuth,clientAuth\n"
-        "subjectAltName=DNS:localhost," + ",".join(f"IP:{ip}" for ip in ips) + "\n")
+        "subjectAltName=" + ",".join(names) + "\n")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     _openssl("req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
              "-subj", f"/CN={name}", cwd=pki)
