@@ -2,9 +2,10 @@
 personas (`chatbot loadtest --prometheus URL`): replicas and queue depth per persona over
 time, beside the client's own p95 latency, so the report shows the scaling at a glance.
 
-Replicas are the persona pods Prometheus scraped at each step (`chatbot_engine_generated_tokens`
-carries the persona; one series per pod); queue depth is the sum of the pods'
-`llamacpp:requests_deferred`, the signal the queue-driven ScaledObject scales on.
+Replicas are the persona pods Prometheus scraped at each step (one `llamacpp:requests_deferred`
+series per pod); queue depth is the sum of the pods' `llamacpp:requests_deferred`, the signal
+the queue-driven ScaledObject scales on. Both group by the `persona` label the chart's
+PodMonitor gives every series.
 """
 
 from __future__ import annotations
@@ -14,15 +15,16 @@ from datetime import datetime
 
 from chatbot_loadtest import analysis
 
-PERSONA_SERIES = "chatbot_engine_generated_tokens"
+QUEUE_SERIES = "llamacpp:requests_deferred"
 
 
 def queries(selector: str = "") -> dict[str, str]:
-    """The PromQL behind each series; `selector`: extra label matchers (`namespace="x"`)."""
-    pods = f"{PERSONA_SERIES}{{{selector}}}"
-    return {"replicas": f"count by (persona) ({pods})",
-            "queue": f"sum by (persona) (llamacpp:requests_deferred{{{selector}}} "
-                     f"+ on (namespace, pod) group_left (persona) (0 * {pods}))"}
+    """The PromQL behind each series; `selector`: extra label matchers (`namespace="x"`).
+    The `persona` label is the scrape's (the chart's PodMonitor sets it from the pod's
+    `app.kubernetes.io/component`)."""
+    series = f"{QUEUE_SERIES}{{{selector}}}"
+    return {"replicas": f"count by (persona) ({series})",
+            "queue": f"sum by (persona) ({series})"}
 
 
 def fetch(prometheus: str, start: float, end: float, selector: str = "",
