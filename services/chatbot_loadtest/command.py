@@ -29,6 +29,12 @@ def add_arguments(load: argparse.ArgumentParser) -> None:
     load.add_argument("--stop-timeout", type=float, default=30.0,
                       help="seconds in-flight questions get after --run-time")
     load.add_argument("--seed", type=int, help="seed for the office question draw")
+    load.add_argument("--prometheus", metavar="URL",
+                      help="the Prometheus that scrapes the personas: the report plots their "
+                           "replicas and queue depth over the run beside p95 latency")
+    load.add_argument("--prometheus-selector", default="", metavar="MATCHERS",
+                      help='with --prometheus: label matchers for the personas\' series, '
+                           'e.g. namespace="chatbot"')
     load.add_argument("--spawn-stack", action="store_true",
                       help="start `chatbot serve` on a free port first and stop it after")
     load.add_argument("--office-model", type=Path, help="with --spawn-stack: office GGUF")
@@ -98,7 +104,9 @@ def loadtest(args: argparse.Namespace) -> int:
     def config(host: str) -> RunConfig:
         return RunConfig(host=host, out_dir=out_dir, users=args.users,
                          spawn_rate=args.spawn_rate, run_time_s=run_time_s, personas=personas,
-                         stop_timeout_s=args.stop_timeout, options=options)
+                         stop_timeout_s=args.stop_timeout, options=options,
+                         prometheus=args.prometheus,
+                         prometheus_selector=args.prometheus_selector)
 
     def outcome(summary: dict) -> int:
         """1 when the client's rows and the servers' counters disagree (a request lost)."""

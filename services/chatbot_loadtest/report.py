@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from chatbot_loadtest import analysis
@@ -18,6 +18,9 @@ RESPONSE_HIST, PROCESS_HIST, SIZE_HIST = "#1f77b4", "#17becf", "#8c564b"
 OUTCOME_COLOURS = {analysis.DIRECT: "#2ca02c", analysis.AFTER_RETRY: "#ffbf00",
                    analysis.FAILED: "#d62728", analysis.CUT_OFF: "#a6a6a6"}
 PERSONA_COLOURS = {"office": "#9467bd", "character": "#bcbd22"}
+# The scaling chart (--prometheus): replicas, queue depth, p95; one dash per persona.
+SCALING_COLOURS = {"replicas": "#0b5394", "queue": "#e69138", "p95": "#38761d"}
+PERSONA_DASH = {"office": "solid", "character": "dot"}
 FAILED_TABLE_LIMIT = 1000
 _CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -29,16 +32,19 @@ def status_colour(status: int) -> str:
 
 
 def write_report(path: Path, rows: list[dict], meta: dict,
-                 reconciliation: dict | None = None) -> Path:
-    path.write_text(build_report(rows, meta, reconciliation), encoding="utf-8")
+                 reconciliation: dict | None = None, scaling: dict | None = None) -> Path:
+    path.write_text(build_report(rows, meta, reconciliation, scaling), encoding="utf-8")
     return path
 
 
-def build_report(rows: list[dict], meta: dict, reconciliation: dict | None = None) -> str:
+def build_report(rows: list[dict], meta: dict, reconciliation: dict | None = None,
+                 scaling: dict | None = None) -> str:
     """`rows`: typed attempts (records.read_rows); `meta`: run facts shown at the top (host,
-    users, run time); `reconciliation`: per persona, `analysis.reconcile`'s answer."""
+    users, run time); `reconciliation`: per persona, `analysis.reconcile`'s answer;
+    `scaling`: `scaling.fetch`'s series plus "p95" (`--prometheus`)."""
     from plotly.offline import get_plotlyjs
 
+    scaling_section = _scaling_section(scaling) if scaling else ""
     charts = [
         ("Response time over time, by status", _timeline(rows)),
         ("Response and processing time", _time_histograms(rows)),
@@ -48,7 +54,7 @@ def build_report(rows: list[dict], meta: dict, reconciliation: dict | None = Non
     ]
     body = [f"<h1>Load test report</h1>{_meta(meta)}",
             "<h2>Summary</h2>" + _summary(analysis.summarize(rows)),
-            _reconciliation(reconciliation or {}), "<div class='grid'>"]
+            _reconciliation(reconciliation or {}), scaling_section, "<div class='grid'>"]
     for title, fig in charts:
         body.append(f"<section class='chart'><h2>{html.escape(title)}</h2>"
                     f"{fig.to_html(full_html=False, include_plotlyjs=False, config=_CONFIG)}"
@@ -135,6 +141,38 @@ def _throughput(rows: list[dict]):
     for persona, values in data["series"].items():
         fig.add_trace(go.Bar(x=[i * data["bin_s"] for i in range(len(values))], y=values,
                              name=persona, marker_color=PERSONA_COLOURS.get(persona)))
+    return fig
+
+
+def _scaling_section(scaling: dict) -> str:
+    title = "<h2>Scaling: replicas, queue depth and p95 latency over time</h2>"
+    if scaling.get("error"):
+        return (f"<section class='chart'>{title}<p>Prometheus gave no series: "
+                f"{html.escape(scaling['error'])}</p></section>")
+    fig = _scaling(scaling)
+    return (f"<section class='chart scaling'>{title}"
+            f"{fig.to_html(full_html=False, include_plotlyjs=False, config=_CONFIG)}</section>")
+
+
+def _scaling(scaling: dict):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    panels = (("replicas", "replicas", "hv"), ("queue", "queue depth", "hv"),
+              ("p95", "p95 latency (s)", "linear"))
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06)
+    for row, (key, label, shape) in enumerate(panels, start=1):
+        for persona, points in sorted((scaling.get(key) or {}).items()):
+            fig.add_trace(go.Scatter(
+                x=[datetime.fromtimestamp(t, UTC) for t, _ in points],
+                y=[v for _, v in points], mode="lines+markers", name=f"{label}: {persona}",
+                line=dict(color=SCALING_COLOURS[key], width=3, shape=shape,
+                          dash=PERSONA_DASH.get(persona, "dash")),
+                marker=dict(size=5)), row=row, col=1)
+        fig.update_yaxes(title_text=label, rangemode="tozero", row=row, col=1)
+    fig.update_xaxes(title_text="time (UTC)", row=3, col=1)
+    fig.update_layout(template="plotly_white", height=620, margin=dict(l=60, r=20, t=20, b=50),
+                      legend=dict(orientation="h", y=-0.12))
     return fig
 
 

@@ -36,6 +36,9 @@ class RunConfig:
     stop_timeout_s: float = 30.0  # after run_time: in-flight questions get this long
     progress_every_s: float = 2.0
     options: LoadOptions = field(default_factory=LoadOptions)
+    # The Prometheus that scrapes the personas: the report adds replicas and queue depth.
+    prometheus: str | None = None
+    prometheus_selector: str = ""
 
 
 def run(config: RunConfig, say: Callable[[str], None] = print) -> dict:
@@ -72,18 +75,27 @@ def run(config: RunConfig, say: Callable[[str], None] = print) -> dict:
         "users": config.users, "spawn_rate": config.spawn_rate,
         "run_time_s": config.run_time_s, "ended_by": ended_by,
         "requests per user": config.options.requests_per_user or "until the run ends",
-    })
+    }, scaling_from=(config.prometheus, config.prometheus_selector, started_at.timestamp())
+        if config.prometheus else None)
     _say_results(summary, config.out_dir, say)
     return summary
 
 
 def finish(session: RunSession, host: str, personas, before: dict, out_dir: Path,
-           meta: dict) -> dict:
+           meta: dict, scaling_from: tuple[str, str, float] | None = None) -> dict:
     """After the users stopped: the servers' counters once idle, the CSVs read back,
-    `summary.json` and `report.html`."""
+    `summary.json` and `report.html`; with `scaling_from` (Prometheus URL, label matchers,
+    start), the replicas and queue depth it recorded during the run."""
     after = {p: wait_idle(host, p) for p in personas}
     paths = session.close()
     rows = read_rows(paths)
+    scaling_series = None
+    if scaling_from:
+        from chatbot_loadtest import scaling
+
+        url, selector, start = scaling_from
+        scaling_series = scaling.fetch(url, start, time.time(), selector)
+        scaling_series["p95"] = scaling.p95_over_time(rows)
     reconciliation = {p: analysis.reconcile([r for r in rows if r["test_type"] == p],
                                             before.get(p), after[p]) for p in personas}
     meta = {**meta, "csv": [p.name for p in paths]}
@@ -100,9 +112,10 @@ def finish(session: RunSession, host: str, personas, before: dict, out_dir: Path
         **meta, "options": asdict(session.options),
         "results": results, "reconciliation": reconciliation,
         "percentiles": analysis.percentile_table(rows),
+        **({"scaling": scaling_series} if scaling_series else {}),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    write_report(out_dir / "report.html", rows, meta, reconciliation)
+    write_report(out_dir / "report.html", rows, meta, reconciliation, scaling_series)
     return summary
 
 

@@ -432,6 +432,13 @@ def build_component(comp: Component, *, started_all: float | None = None) -> flo
     else:
         args += ["-o", str(staging_out) + "/", *recipe.packages]
     _run_go(args, build_dir, log_file, f"{comp.name} (compile)", started)
+    if len(recipe.packages) > 1:
+        # `go build -o DIR/` names each program after its package's directory (KEDA's
+        # cmd/operator, cmd/adapter): give them the recipe's names.
+        for pkg, name in zip(recipe.packages, recipe.outputs, strict=True):
+            built = staging_out / pkg.rstrip("/").rsplit("/", 1)[-1]
+            if built.name != name and built.is_file():
+                built.rename(staging_out / name)
 
     if comp.name == "kwok":
         # kwok needs Stage objects to know how to fake nodes and pods; these are

@@ -307,7 +307,19 @@ class LocalCluster:
             *(("--bind-address=0.0.0.0", f"--advertise-address={self.node_ip}",
                f"--kubelet-client-certificate={pki / 'admin.crt'}",
                f"--kubelet-client-key={pki / 'admin.key'}",
-               "--kubelet-preferred-address-types=InternalIP")
+               "--kubelet-preferred-address-types=InternalIP",
+               # The aggregation layer, for extension API servers on this host (KEDA's
+               # external metrics, tests/kube/engines.py): requests proxied with the
+               # front-proxy client certificate, to the endpoints' addresses (the
+               # extension server is a host process, not behind a Service's cluster IP).
+               f"--requestheader-client-ca-file={pki / 'ca.crt'}",
+               "--requestheader-allowed-names=front-proxy-client",
+               "--requestheader-username-headers=X-Remote-User",
+               "--requestheader-group-headers=X-Remote-Group",
+               "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+               f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+               f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+               "--enable-aggregator-routing=true")
               if self.node_ip else
               ("--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
                "--endpoint-reconciler-type=none")),
@@ -349,6 +361,8 @@ class LocalCluster:
             f"--cluster-signing-key-file={pki / 'ca.key'}",
             "--controllers=*",
             "--node-monitor-grace-period=120s",
+            # The HPAs (KEDA's, with a real node) act on a metric within seconds.
+            "--horizontal-pod-autoscaler-sync-period=5s",
             "--v=1",
         ], die_with_parent=die_with_parent)
 

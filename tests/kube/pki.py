@@ -51,6 +51,9 @@ def make_pki(pki: Path, service_ip: str, node_ip: str | None = None) -> None:
     }
     if node_ip:
         certs["kubelet"] = ("/O=system:nodes/CN=system:node:node-1", "client.ext")
+        # The aggregator's client certificate towards extension API servers (KEDA's
+        # external-metrics apiserver): --proxy-client-cert-file, requestheader-allowed-names.
+        certs["front-proxy-client"] = ("/CN=front-proxy-client", "client.ext")
     for name, (subj, ext) in certs.items():
         _openssl("req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
                  "-subj", subj, cwd=pki)
@@ -60,6 +63,27 @@ def make_pki(pki: Path, service_ip: str, node_ip: str | None = None) -> None:
     _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
              "-out", "sa.key", cwd=pki)
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=pki)
+
+
+def make_host_cert(pki: Path, name: str, ips: list[str],
+                   dns: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A certificate from the cluster's CA for a program on this host that both serves TLS
+    (on ``ips``, localhost and the ``dns`` names: the aggregator checks an extension API
+    server's certificate for ``<service>.<namespace>.svc``) and is a client (KEDA's
+    operator and metrics apiserver, whose gRPC link is mutual TLS). Returns (cert, key)."""
+    ext = pki / f"{name}.ext"
+    names = [f"DNS:{d}" for d in ("localhost", *dns)] + [f"IP:{ip}" for ip in ips]
+    ext.write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n"
+        "subjectAltName=" + ",".join(names) + "\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+             "-subj", f"/CN={name}", cwd=pki)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", f"{name}.crt", "-days", "3650", "-extfile", ext.name,
+             cwd=pki)
+    return pki / f"{name}.crt", pki / f"{name}.key"
 
 
 def write_kubeconfig(path: Path, server: str, ca: Path, *, cert: Path | None = None,
