@@ -96,16 +96,20 @@ COMPONENTS: dict[str, Component] = {
             "local-path-provisioner", "LOCAL_PATH_PROVISIONER_VERSION", ("local-path-provisioner",)
         ),
         Component("kube-router", "KUBE_ROUTER_VERSION", ("kube-router",)),
+        Component("kubeadm", "KUBERNETES_VERSION", ("kubeadm",)),
+        Component("kind", "KIND_VERSION", ("kind",)),
     )
 }
 
 # Components the cluster itself needs (helm and FerretDB are for other tests).
 CLUSTER_COMPONENTS = ("etcd", "kubernetes", "kwok")
 # Built from the k8s.io/kubernetes module (its staging replaces, its version ldflags).
-KUBERNETES_MODULE_COMPONENTS = ("kubernetes", "kube-node", "kubectl")
+KUBERNETES_MODULE_COMPONENTS = ("kubernetes", "kube-node", "kubectl", "kubeadm")
 # What a real node adds (tests/kube/realnode.py).
 NODE_COMPONENTS = ("kube-node", "kubectl", "coredns", "traefik", "local-path-provisioner",
                    "kube-router")
+# The kind quickstart (tests/kind): kind itself and kubeadm for its node image.
+KIND_COMPONENTS = ("kind", "kubeadm", "kube-node", "kubectl", "coredns", "etcd", "kubernetes")
 
 
 def binary(name: str) -> Path:
@@ -161,9 +165,9 @@ def _go_version() -> str:
 
 def _run_go(args: list[str], cwd: Path, log_file: Path, what: str, started: float) -> None:
     """Run a go command, logging to a file and printing a heartbeat with progress."""
-    with open(log_file, "a") as log:
-        log.write(f"\n$ go {' '.join(args)}\n")
-        log.flush()
+    with open(log_file, "a") as out:
+        out.write(f"\n$ go {' '.join(args)}\n")
+        out.flush()
         proc = subprocess.Popen(
             ["go", *args],
             cwd=cwd,
@@ -186,7 +190,7 @@ def _run_go(args: list[str], cwd: Path, log_file: Path, what: str, started: floa
         t.start()
         assert proc.stdout is not None
         for line in proc.stdout:
-            log.write(line)
+            out.write(line)
             state["lines"] += 1
             state["last"] = line.strip()
         rc = proc.wait()
@@ -313,6 +317,9 @@ def _recipe(comp: Component) -> _Recipe:
             ["kube-router"],
             [f"-X {mod}/pkg/version.Version={v}", f"-X {mod}/pkg/version.BuildDate=chatbot-dev"],
         )
+    if comp.name == "kind":
+        # kind's version is a constant in its source (a release needs no ldflags).
+        return _Recipe("sigs.k8s.io/kind", ["sigs.k8s.io/kind"], ["kind"])
     raise KeyError(comp.name)
 
 
