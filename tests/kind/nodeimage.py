@@ -243,6 +243,11 @@ def _slim() -> list[str]:
     return SLIM
 
 
+def helper_image() -> str:
+    """kind's local-path helper (a shell for the volume's setup and teardown): the base."""
+    return f"{LOCAL}/local-path-helper:{_digest(base_tag().encode())}"
+
+
 def kubeadm_images() -> list[str]:
     """``kubeadm config images list`` for the harness's Kubernetes version."""
     out = subprocess.run([str(binaries.binary("kubeadm")), "config", "images", "list",
@@ -294,7 +299,7 @@ def component_images(base: str, workdir: Path) -> dict[str, str]:
            "\nENV PATH=/usr/local/bin\n",
            {"local-path-provisioner": binaries.binary("local-path-provisioner")})
     built[lpp] = "storage-provisioner"
-    helper = f"{LOCAL}/local-path-helper:{_digest(base.encode())}"
+    helper = helper_image()
     _build(helper, f"FROM {base}\nENTRYPOINT []\n", {})
     built[helper] = "storage-helper"
     return built
@@ -366,8 +371,8 @@ def _assemble(cid: str, archive: Path, images: dict[str, str]) -> None:
     _exec(cid, "sh", "-c", "cat > /kind/manifests/default-storage.yaml",
           input=kind_storage_manifest(provisioner, helper))
     _exec(cid, "bash", "-c", "nohup containerd > /dev/null 2>&1 &")
-    _exec(cid, "bash", "-c", "for i in $(seq 50); do ctr info >/dev/null 2>&1 && exit 0; "
-          "sleep 0.2; done; ctr info")
+    _exec(cid, "bash", "-c", "for i in $(seq 50); do ctr version >/dev/null 2>&1 && exit 0; "
+          "sleep 0.2; done; ctr version")
     with open(archive, "rb") as f:
         proc = subprocess.run(
             ["/usr/bin/docker", "exec", "-i", cid, "ctr", "--namespace=k8s.io", "images",
