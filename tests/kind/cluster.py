@@ -25,6 +25,12 @@ nodes:
     hostPort: 8001
     listenAddress: 127.0.0.1
 """
+# A cluster that publishes nothing on the host (tests that need no route).
+PLAIN_CONFIG = """kind: Cluster
+apiVersion: kind.x-k8s.io/v1alpha4
+nodes:
+- role: control-plane
+"""
 
 
 class KindCluster:

@@ -12,7 +12,7 @@ import json
 import time
 
 from tests.kind import engine, nodeimage
-from tests.kind.cluster import KindCluster
+from tests.kind.cluster import PLAIN_CONFIG, KindCluster
 from tests.kube.helpers import wait_for
 
 PROBE = """apiVersion: v1
@@ -54,7 +54,7 @@ def test_kind_cluster_runs_pods_and_is_deleted_cleanly(kind_engine, tmp_path):
     started = time.monotonic()
     image, steps = nodeimage.build_node_image()
     built_s = time.monotonic() - started
-    cluster = KindCluster("chatbot-check", image, tmp_path)
+    cluster = KindCluster("chatbot-check", image, tmp_path, PLAIN_CONFIG)
     try:
         cluster.create()
         wait_for(lambda: "True" in cluster.kubectl(
