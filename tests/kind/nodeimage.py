@@ -321,6 +321,7 @@ def build_node_image(progress=log) -> tuple[str, dict[str, float]]:
     times: dict[str, float] = {}
     if engine.docker("image", "inspect", tag, check=False).returncode == 0:
         engine.docker("tag", tag, IMAGE)
+        _forget_older(keep={tag, IMAGE, base_tag()})
         return IMAGE, times
     logdir = engine.LOG_DIR
     logdir.mkdir(parents=True, exist_ok=True)
@@ -350,7 +351,18 @@ def build_node_image(progress=log) -> tuple[str, dict[str, float]]:
             engine.docker("rm", "-f", "-v", cid, check=False, timeout=120)
         times["node"] = time.monotonic() - t
     engine.docker("tag", tag, IMAGE)
+    _forget_older(keep={tag, IMAGE, base})
     return IMAGE, times
+
+
+def _forget_older(keep: set[str]) -> None:
+    """Untag earlier node and base images (other inputs) so the engine's disk stays bounded."""
+    for repo in (REPO, BASE_REPO):
+        refs = engine.docker("images", "--format", "{{.Repository}}:{{.Tag}}", repo,
+                             check=False).stdout.split()
+        old = [r for r in refs if r not in keep]
+        if old:
+            engine.docker("rmi", *old, check=False, timeout=300)
 
 
 def _exec(cid: str, *cmd: str, input: bytes | str | None = None, timeout: float = 300) -> str:
