@@ -99,18 +99,22 @@ COMPONENTS: dict[str, Component] = {
         Component("kube-router", "KUBE_ROUTER_VERSION", ("kube-router",)),
         Component("prometheus", "PROMETHEUS_VERSION", ("prometheus", "promtool")),
         Component("keda", "KEDA_VERSION", ("keda", "keda-adapter", "keda-crds.yaml")),
+        Component("kubeadm", "KUBERNETES_VERSION", ("kubeadm",)),
+        Component("kind", "KIND_VERSION", ("kind",)),
     )
 }
 
 # Components the cluster itself needs (helm and FerretDB are for other tests).
 CLUSTER_COMPONENTS = ("etcd", "kubernetes", "kwok")
 # Built from the k8s.io/kubernetes module (its staging replaces, its version ldflags).
-KUBERNETES_MODULE_COMPONENTS = ("kubernetes", "kube-node", "kubectl")
+KUBERNETES_MODULE_COMPONENTS = ("kubernetes", "kube-node", "kubectl", "kubeadm")
 # What a real node adds (tests/kube/realnode.py).
 NODE_COMPONENTS = ("kube-node", "kubectl", "coredns", "traefik", "local-path-provisioner",
                    "kube-router")
 # The autoscaling engines the node tests run beside the node (tests/kube/engines.py).
 ENGINE_COMPONENTS = ("prometheus", "keda")
+# The kind quickstart (tests/kind): kind itself and kubeadm for its node image.
+KIND_COMPONENTS = ("kind", "kubeadm", "kube-node", "kubectl", "coredns", "etcd", "kubernetes")
 
 
 def binary(name: str) -> Path:
@@ -340,6 +344,9 @@ def _recipe(comp: Component) -> _Recipe:
             ["keda", "keda-adapter"],
             [f"-X {mod}/version.Version={v}", f"-X {mod}/version.GitCommit=chatbot-dev"],
         )
+    if comp.name == "kind":
+        # kind's version is a constant in its source (a release needs no ldflags).
+        return _Recipe("sigs.k8s.io/kind", ["sigs.k8s.io/kind"], ["kind"])
     raise KeyError(comp.name)
 
 
