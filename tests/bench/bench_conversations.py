@@ -22,9 +22,10 @@ It prints, per user level and contender: TTFT p50/p95 per turn index, aggregate 
 prompt tokens evaluated and reused (both servers' `llamacpp:prompt_tokens_total` and
 `llamacpp:prompt_tokens_cached_total`; of ours, those restored from host RAM after another
 conversation took the slot: `chatbot_engine_prompt_tokens_restored_total`), and our ratio
-to llama-server. The markdown ends
-with the ratio table: `users | agg tok/s ratio | TTFT p95 ratio | turn-last/turn-1 TTFT
-p50` (ours over llama-server's, except the last column: ours alone).
+to llama-server. The markdown ends with the ratio table: `users | agg tok/s ratio | TTFT
+p95 ratio | prompt tokens evaluated ratio | turn-1 / turn-last TTFT p50 ms |
+turn-last/turn-1 TTFT p50 | load` (ours over llama-server's; the turn columns ours alone;
+the load: the 1-minute load average at the start and end of each contender's level).
 
     tests/bench/build-llama-server        # once: builds the peer (cached)
     .venv/bin/python tests/bench/bench_conversations.py --model PATH --users 4,8,16 \\
@@ -138,10 +139,10 @@ def bench_model(model: Path, args, workdir: Path) -> list[dict]:
         for users in args.users:
             for c in contenders:  # in turn, so machine noise hits each of them
                 time.sleep(bb.PAUSE_S)  # let the previous one's spinning threads settle
-                before = prompt_counters(c.url)
+                before, load_start = prompt_counters(c.url), os.getloadavg()[0]
                 per_turn, wall = run_level(c, users, args.turns, f"u{users}", args.think_s,
                                            args.seed)
-                after = prompt_counters(c.url)
+                after, load_end = prompt_counters(c.url), os.getloadavg()[0]
                 samples = [s for turn in per_turn for s in turn]
                 ttfts = [s.ttft for s in samples]
                 rows.append({
@@ -152,13 +153,15 @@ def bench_model(model: Path, args, workdir: Path) -> list[dict]:
                     "turn_p95": [bb.pct([s.ttft for s in turn], 0.95) for turn in per_turn],
                     "evaluated": after[0] - before[0], "reused": after[1] - before[1],
                     "restored": None if after[2] is None else after[2] - (before[2] or 0),
+                    "load": (load_start, load_end),
                 })
                 r = rows[-1]
                 print(f"  {model.name} users={users} {c.name}: {r['tok_s']:.1f} tok/s, TTFT "
                       f"p95 {r['ttft_p95'] * 1000:.0f} ms, prompt tokens evaluated "
                       f"{r['evaluated']:.0f} / reused {r['reused']:.0f} (restored from RAM "
                       f"{restored(r)}), TTFT p50 turn 1 {ms(r['turn_p50'][0])} ms, turn "
-                      f"{args.turns} {ms(r['turn_p50'][-1])} ms", file=sys.stderr,
+                      f"{args.turns} {ms(r['turn_p50'][-1])} ms, load {load_start:.1f} -> "
+                      f"{load_end:.1f}", file=sys.stderr,
                       flush=True)
     finally:
         for c in contenders:
@@ -195,19 +198,26 @@ def table(rows: list[dict], args, load: float) -> str:
             + " | ".join(f"{ms(a)}/{ms(b)}" for a, b in zip(r["turn_p50"], r["turn_p95"],
                                                           strict=True)) + " |")
     for model in dict.fromkeys(r["model"] for r in rows):
-        lines += ["", f"Ratios, {model} (ours / llama-server; the last column ours alone):", "",
-                  "| users | agg tok/s ratio | TTFT p95 ratio | turn-last/turn-1 TTFT p50 |",
-                  "|---|---|---|---|"]
+        lines += ["", f"Ratios, {model} (ours / llama-server; the turn columns ours alone; "
+                  "the load: 1-minute average at the level's start and end, ours / peer):", "",
+                  "| users | agg tok/s ratio | TTFT p95 ratio | prompt tokens evaluated ratio | "
+                  "turn-1 / turn-last TTFT p50 ms | turn-last/turn-1 TTFT p50 | load |",
+                  "|---|---|---|---|---|---|---|"]
         for users in args.users:
             found = {r["contender"].split(",")[0].split(" ")[0]: r for r in rows
                      if r["model"] == model and r["users"] == users}
             ours, peer = found.get("ours"), found.get("llama-server")
             if ours is None:
                 continue
-            ratios = ("- | -" if peer is None else f"{ours['tok_s'] / peer['tok_s']:.2f} | "
-                      f"{ours['ttft_p95'] / peer['ttft_p95']:.2f}")
-            lines.append(f"| {users} | {ratios} | "
-                         f"{ours['turn_p50'][-1] / ours['turn_p50'][0]:.2f} |")
+            ratios = ("- | - | -" if peer is None else
+                      f"{ours['tok_s'] / peer['tok_s']:.2f} | "
+                      f"{ours['ttft_p95'] / peer['ttft_p95']:.2f} | "
+                      f"{ours['evaluated'] / max(peer['evaluated'], 1):.2f}")
+            load = " / ".join(f"{a:.1f}-{b:.1f}" for a, b in
+                              (r["load"] for r in (ours, peer) if r is not None))
+            lines.append(f"| {users} | {ratios} | {ms(ours['turn_p50'][0])} / "
+                         f"{ms(ours['turn_p50'][-1])} | "
+                         f"{ours['turn_p50'][-1] / ours['turn_p50'][0]:.2f} | {load} |")
     return "\n".join(lines) + "\n"
 
 
