@@ -15,8 +15,10 @@ very same rendered messages (the office system prompt, the user's earlier questi
 own earlier answers, the new question) through `/v1/chat/completions` with `cache_prompt`
 on and its default slot-similarity reuse and host-memory prompt cache. Same GGUF, greedy
 decoding with the persona's penalties, the same fixed `max_tokens`, same threads, 8 slots of
-2048 tokens each (bench_batching.py's contenders, whose helpers this reuses). With more
-users than slots, a conversation's next turn may find its slot taken by another.
+2048 tokens each and 1 GiB of host RAM for saved KV cells each (llama-server's `-cram`;
+bench_batching.py's contenders, whose helpers this reuses). With more users than slots, a
+conversation's next turn may find its slot taken by another. Context shift stays off
+(llama-server's default; `n_keep` unused): the replayed window always fits a slot.
 
 It prints, per user level and contender: TTFT p50/p95 per turn index, aggregate tok/s,
 prompt tokens evaluated and reused (both servers' `llamacpp:prompt_tokens_total` and
@@ -183,7 +185,8 @@ def table(rows: list[dict], args, load: float) -> str:
         f"Conversations of {turns} turns (office persona, history on), think time "
         f"{args.think_s:g} s x 0.5-1.5 (seed {args.seed}), <= {args.max_tokens} "
         f"tokens per answer (greedy), {bb.THREADS} threads, {bb.SLOTS} slots x "
-        f"{bb.N_CTX_PER_SLOT} tokens, 1-minute load average at start {load:.2f}, at end "
+        f"{bb.N_CTX_PER_SLOT} tokens, {bb.CACHE_RAM_MIB} MiB of host RAM for KV cells "
+        f"each, 1-minute load average at start {load:.2f}, at end "
         f"{os.getloadavg()[0]:.2f}.", "",
         "| model | contender | users | requests | agg tok/s | TTFT p50 ms | TTFT p95 ms | "
         "prompt tokens evaluated | reused | of which restored from RAM | "
