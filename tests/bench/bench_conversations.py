@@ -40,6 +40,7 @@ work shows in it).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
@@ -84,6 +85,30 @@ def prompt_counters(url: str) -> tuple[float, float, float | None]:
             values.get("chatbot_engine_prompt_tokens_restored_total"))
 
 
+def ask_streamed(ours, http: httpx.Client, body: dict) -> tuple[bb.Sample, str]:
+    """One turn through ours' streamed chat (`POST /playground/chat`: the `/Llama` turn,
+    same body, queue, history replayed and written back, as Server-Sent Events): the first
+    token timed by the client as llama-server's is, not derived from Server-Timing (which
+    on `/Llama` leaves the history write after the answer in the TTFT)."""
+    started = time.perf_counter()
+    first, summary = 0.0, None
+    with http.stream("POST", ours.url + "/playground/chat", json=body) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                raise RuntimeError(f"turn failed: {event['error']}")
+            if "delta" in event:
+                first = first or time.perf_counter() - started
+            elif event.get("done"):
+                summary = event
+    if summary is None:
+        raise RuntimeError("the streamed turn ended without its summary")
+    return bb.Sample(time.perf_counter() - started, first, summary["tokens"]), summary["text"]
+
+
 def think_times(seed: int, user: int, turns: int, think_s: float) -> list[float]:
     """A user's pauses: before its first turn (a random point of a first pause), then after
     each answer (0.5-1.5 x think_s); the same for every contender."""
@@ -93,7 +118,7 @@ def think_times(seed: int, user: int, turns: int, think_s: float) -> list[float]
 
 
 def run_level(contender, users: int, turns: int, tag: str, think_s: float = 0.0,
-              seed: int = 0):
+              seed: int = 0, streamed: bool = False):
     """Each user's T turns one after the other, with its think times between them, all
     users at once; returns the samples per turn index and the wall time."""
     per_turn: list[list[bb.Sample]] = [[] for _ in range(turns)]
@@ -112,7 +137,8 @@ def run_level(contender, users: int, turns: int, tag: str, think_s: float = 0.0,
                 q = question(t, u)
                 try:
                     if ours:
-                        sample, answer = contender.ask(http, {"input_data": q, **conversation})
+                        ask = ask_streamed if streamed else type(contender).ask
+                        sample, answer = ask(contender, http, {"input_data": q, **conversation})
                     else:
                         sample, answer = contender.chat(http, bb.peer_messages(q, history))
                 except BaseException as exc:  # reported after the level
@@ -143,7 +169,7 @@ def bench_model(model: Path, args, workdir: Path) -> list[dict]:
                 time.sleep(bb.PAUSE_S)  # let the previous one's spinning threads settle
                 before, load_start = prompt_counters(c.url), os.getloadavg()[0]
                 per_turn, wall = run_level(c, users, args.turns, f"u{users}", args.think_s,
-                                           args.seed)
+                                           args.seed, args.ours_streamed)
                 after, load_end = prompt_counters(c.url), os.getloadavg()[0]
                 samples = [s for turn in per_turn for s in turn]
                 ttfts = [s.ttft for s in samples]
@@ -182,7 +208,9 @@ def ms(seconds: float) -> str:
 def table(rows: list[dict], args, load: float) -> str:
     turns = args.turns
     lines = [
-        f"Conversations of {turns} turns (office persona, history on), think time "
+        f"Conversations of {turns} turns (office persona, history on; ours through "
+        f"{'its streamed turn, TTFT timed by the client' if args.ours_streamed else '/Llama'}"
+        f"), think time "
         f"{args.think_s:g} s x 0.5-1.5 (seed {args.seed}), <= {args.max_tokens} "
         f"tokens per answer (greedy), {bb.THREADS} threads, {bb.SLOTS} slots x "
         f"{bb.N_CTX_PER_SLOT} tokens, {bb.CACHE_RAM_MIB} MiB of host RAM for KV cells "
@@ -238,6 +266,10 @@ def main() -> int:
     parser.add_argument("--llama-server", type=Path,
                         help="the binary (default: build or reuse it with build-llama-server)")
     parser.add_argument("--out", type=Path, help="also write the tables here (markdown)")
+    parser.add_argument("--ours-streamed", action="store_true",
+                        help="ours through its streamed turn (POST /playground/chat), its "
+                        "TTFT timed by the client like llama-server's (default: /Llama, TTFT "
+                        "= latency - Server-Timing's time after the first token)")
     parser.add_argument("--no-peer", action="store_true",
                         help="ours alone, without llama-server (no ratios)")
     parser.add_argument("--threads", type=int, default=bb.THREADS,
