@@ -175,7 +175,8 @@ def bench_model(model: Path, args, workdir: Path) -> list[dict]:
                 ttfts = [s.ttft for s in samples]
                 rows.append({
                     "model": model.name, "contender": c.name, "users": users,
-                    "requests": len(samples), "tok_s": sum(s.tokens for s in samples) / wall,
+                    "requests": len(samples), "tokens": sum(s.tokens for s in samples),
+                    "wall": wall, "tok_s": sum(s.tokens for s in samples) / wall,
                     "ttft_p50": bb.pct(ttfts, 0.5), "ttft_p95": bb.pct(ttfts, 0.95),
                     "turn_p50": [bb.pct([s.ttft for s in turn], 0.5) for turn in per_turn],
                     "turn_p95": [bb.pct([s.ttft for s in turn], 0.95) for turn in per_turn],
@@ -216,15 +217,17 @@ def table(rows: list[dict], args, load: float) -> str:
         f"{bb.N_CTX_PER_SLOT} tokens, {bb.CACHE_RAM_MIB} MiB of host RAM for KV cells "
         f"each, 1-minute load average at start {load:.2f}, at end "
         f"{os.getloadavg()[0]:.2f}.", "",
-        "| model | contender | users | requests | agg tok/s | TTFT p50 ms | TTFT p95 ms | "
+        "| model | contender | users | requests | tokens generated | wall s | agg tok/s | "
+        "TTFT p50 ms | TTFT p95 ms | "
         "prompt tokens evaluated | reused | of which restored from RAM | "
         + " | ".join(f"turn {t + 1} p50/p95 ms" for t in range(turns)) + " |",
-        "|---" * (10 + turns) + "|",
+        "|---" * (12 + turns) + "|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['contender']} | {r['users']} | {r['requests']} | "
-            f"{r['tok_s']:.1f} | {ms(r['ttft_p50'])} | {ms(r['ttft_p95'])} | "
+            f"{r['tokens']} | {r['wall']:.0f} | {r['tok_s']:.1f} | {ms(r['ttft_p50'])} | "
+            f"{ms(r['ttft_p95'])} | "
             f"{r['evaluated']:.0f} | {r['reused']:.0f} | {restored(r)} | "
             + " | ".join(f"{ms(a)}/{ms(b)}" for a, b in zip(r["turn_p50"], r["turn_p95"],
                                                           strict=True)) + " |")
