@@ -20,7 +20,8 @@ bench_batching.py's contenders, whose helpers this reuses). With more users than
 conversation's next turn may find its slot taken by another. Context shift stays off
 (llama-server's default; `n_keep` unused): the replayed window always fits a slot.
 
-It prints, per user level and contender: TTFT p50/p95 per turn index, aggregate tok/s,
+It prints, per user level and contender: TTFT p50/p95 per turn index, tokens generated
+(the servers' `llamacpp:tokens_predicted_total`), the wall time, aggregate tok/s,
 prompt tokens evaluated and reused (both servers' `llamacpp:prompt_tokens_total` and
 `llamacpp:prompt_tokens_cached_total`; of ours, those restored from host RAM after another
 conversation took the slot: `chatbot_engine_prompt_tokens_restored_total`), and our ratio
@@ -72,17 +73,21 @@ def question(turn: int, user: int) -> str:
     return f"{QUESTIONS[turn % len(QUESTIONS)]} (user {user})"
 
 
-def prompt_counters(url: str) -> tuple[float, float, float | None]:
-    """(evaluated, reused, of which restored from host RAM) prompt tokens so far:
-    llama-server's metric names, ours too; restored is ours only (None for llama-server)."""
+def prompt_counters(url: str) -> tuple[float, float, float | None, float]:
+    """(evaluated, reused, of which restored from host RAM) prompt tokens and tokens
+    generated so far: llama-server's metric names, ours too; restored is ours only (None for
+    llama-server). Generated tokens come from the servers, not the client: our `/Llama`
+    counts the text pieces it relayed, and a stop-string check can join tokens into one."""
     values = {}
     for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
-        if line.startswith(("llamacpp:prompt_tokens", "chatbot_engine_prompt_tokens_restored")):
+        if line.startswith(("llamacpp:prompt_tokens", "llamacpp:tokens_predicted_total",
+                            "chatbot_engine_prompt_tokens_restored")):
             name, value = line.rsplit(" ", 1)
             values[name.split("{")[0]] = float(value)
     return (values.get("llamacpp:prompt_tokens_total", 0.0),
             values.get("llamacpp:prompt_tokens_cached_total", 0.0),
-            values.get("chatbot_engine_prompt_tokens_restored_total"))
+            values.get("chatbot_engine_prompt_tokens_restored_total"),
+            values.get("llamacpp:tokens_predicted_total", 0.0))
 
 
 def ask_streamed(ours, http: httpx.Client, body: dict) -> tuple[bb.Sample, str]:
@@ -175,8 +180,8 @@ def bench_model(model: Path, args, workdir: Path) -> list[dict]:
                 ttfts = [s.ttft for s in samples]
                 rows.append({
                     "model": model.name, "contender": c.name, "users": users,
-                    "requests": len(samples), "tokens": sum(s.tokens for s in samples),
-                    "wall": wall, "tok_s": sum(s.tokens for s in samples) / wall,
+                    "requests": len(samples), "tokens": round(after[3] - before[3]),
+                    "wall": wall, "tok_s": (after[3] - before[3]) / wall,
                     "ttft_p50": bb.pct(ttfts, 0.5), "ttft_p95": bb.pct(ttfts, 0.95),
                     "turn_p50": [bb.pct([s.ttft for s in turn], 0.5) for turn in per_turn],
                     "turn_p95": [bb.pct([s.ttft for s in turn], 0.95) for turn in per_turn],
