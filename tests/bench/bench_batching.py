@@ -57,6 +57,9 @@ from tests.support.server import ChatbotServer  # noqa: E402
 THREADS = len(os.sched_getaffinity(0))  # --threads overrides
 SLOTS = 8
 N_CTX_PER_SLOT = 2048
+# Host RAM for conversations' KV cells, the same for both (llama-server's -cram; ours
+# `MODEL__CACHE_RAM_MIB`): enough for 16 SmolLM2 conversations of a full window.
+CACHE_RAM_MIB = 1024
 SEED = 7
 PAUSE_S = 0.5
 QUESTION = "Explain in a few sentences how to write good meeting notes"
@@ -94,6 +97,7 @@ class Ours:
             "CHATBOT_HISTORY_PATH": ":memory:", "CHATBOT_LOG_LEVEL": "warning",
             "CHATBOT_OFFICE__MAX_CONCURRENT": str(SLOTS), "CHATBOT_OFFICE__MAX_QUEUE": "256",
             "CHATBOT_OFFICE__MODEL__N_CTX": str(N_CTX_PER_SLOT),
+            "CHATBOT_OFFICE__MODEL__CACHE_RAM_MIB": str(CACHE_RAM_MIB),
             "CHATBOT_OFFICE__MODEL__N_THREADS": str(THREADS),
             "CHATBOT_OFFICE__MODEL__SEED": str(SEED),
             # Greedy, with the persona's penalties; the fallback the same, were it needed.
@@ -137,6 +141,7 @@ class LlamaServer:
         self.proc = subprocess.Popen(
             [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
              "-np", str(SLOTS), "-c", str(N_CTX_PER_SLOT * SLOTS), "-b", "2048",
+             "-cram", str(CACHE_RAM_MIB),
              "-t", str(THREADS), "-tb", str(THREADS), "-fa", "on", "--no-webui",
              "--seed", str(SEED), "--metrics"],
             stdout=self._log, stderr=subprocess.STDOUT)

@@ -15,16 +15,20 @@ very same rendered messages (the office system prompt, the user's earlier questi
 own earlier answers, the new question) through `/v1/chat/completions` with `cache_prompt`
 on and its default slot-similarity reuse and host-memory prompt cache. Same GGUF, greedy
 decoding with the persona's penalties, the same fixed `max_tokens`, same threads, 8 slots of
-2048 tokens each (bench_batching.py's contenders, whose helpers this reuses). With more
-users than slots, a conversation's next turn may find its slot taken by another.
+2048 tokens each and 1 GiB of host RAM for saved KV cells each (llama-server's `-cram`;
+bench_batching.py's contenders, whose helpers this reuses). With more users than slots, a
+conversation's next turn may find its slot taken by another. Context shift stays off
+(llama-server's default; `n_keep` unused): the replayed window always fits a slot.
 
-It prints, per user level and contender: TTFT p50/p95 per turn index, aggregate tok/s,
+It prints, per user level and contender: TTFT p50/p95 per turn index, tokens generated
+(the servers' `llamacpp:tokens_predicted_total`), the wall time, aggregate tok/s,
 prompt tokens evaluated and reused (both servers' `llamacpp:prompt_tokens_total` and
 `llamacpp:prompt_tokens_cached_total`; of ours, those restored from host RAM after another
 conversation took the slot: `chatbot_engine_prompt_tokens_restored_total`), and our ratio
-to llama-server. The markdown ends
-with the ratio table: `users | agg tok/s ratio | TTFT p95 ratio | turn-last/turn-1 TTFT
-p50` (ours over llama-server's, except the last column: ours alone).
+to llama-server. The markdown ends with the ratio table: `users | agg tok/s ratio | TTFT
+p95 ratio | prompt tokens evaluated ratio | turn-1 / turn-last TTFT p50 ms |
+turn-last/turn-1 TTFT p50 | load` (ours over llama-server's; the turn columns ours alone;
+the load: the 1-minute load average at the start and end of each contender's level).
 
     tests/bench/build-llama-server        # once: builds the peer (cached)
     .venv/bin/python tests/bench/bench_conversations.py --model PATH --users 4,8,16 \\
@@ -37,6 +41,7 @@ work shows in it).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
@@ -68,17 +73,45 @@ def question(turn: int, user: int) -> str:
     return f"{QUESTIONS[turn % len(QUESTIONS)]} (user {user})"
 
 
-def prompt_counters(url: str) -> tuple[float, float, float | None]:
-    """(evaluated, reused, of which restored from host RAM) prompt tokens so far:
-    llama-server's metric names, ours too; restored is ours only (None for llama-server)."""
+def prompt_counters(url: str) -> tuple[float, float, float | None, float]:
+    """(evaluated, reused, of which restored from host RAM) prompt tokens and tokens
+    generated so far: llama-server's metric names, ours too; restored is ours only (None for
+    llama-server). Generated tokens come from the servers, not the client: our `/Llama`
+    counts the text pieces it relayed, and a stop-string check can join tokens into one."""
     values = {}
     for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
-        if line.startswith(("llamacpp:prompt_tokens", "chatbot_engine_prompt_tokens_restored")):
+        if line.startswith(("llamacpp:prompt_tokens", "llamacpp:tokens_predicted_total",
+                            "chatbot_engine_prompt_tokens_restored")):
             name, value = line.rsplit(" ", 1)
             values[name.split("{")[0]] = float(value)
     return (values.get("llamacpp:prompt_tokens_total", 0.0),
             values.get("llamacpp:prompt_tokens_cached_total", 0.0),
-            values.get("chatbot_engine_prompt_tokens_restored_total"))
+            values.get("chatbot_engine_prompt_tokens_restored_total"),
+            values.get("llamacpp:tokens_predicted_total", 0.0))
+
+
+def ask_streamed(ours, http: httpx.Client, body: dict) -> tuple[bb.Sample, str]:
+    """One turn through ours' streamed chat (`POST /playground/chat`: the `/Llama` turn,
+    same body, queue, history replayed and written back, as Server-Sent Events): the first
+    token timed by the client as llama-server's is, not derived from Server-Timing (which
+    on `/Llama` leaves the history write after the answer in the TTFT)."""
+    started = time.perf_counter()
+    first, summary = 0.0, None
+    with http.stream("POST", ours.url + "/playground/chat", json=body) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                raise RuntimeError(f"turn failed: {event['error']}")
+            if "delta" in event:
+                first = first or time.perf_counter() - started
+            elif event.get("done"):
+                summary = event
+    if summary is None:
+        raise RuntimeError("the streamed turn ended without its summary")
+    return bb.Sample(time.perf_counter() - started, first, summary["tokens"]), summary["text"]
 
 
 def think_times(seed: int, user: int, turns: int, think_s: float) -> list[float]:
@@ -90,7 +123,7 @@ def think_times(seed: int, user: int, turns: int, think_s: float) -> list[float]
 
 
 def run_level(contender, users: int, turns: int, tag: str, think_s: float = 0.0,
-              seed: int = 0):
+              seed: int = 0, streamed: bool = False):
     """Each user's T turns one after the other, with its think times between them, all
     users at once; returns the samples per turn index and the wall time."""
     per_turn: list[list[bb.Sample]] = [[] for _ in range(turns)]
@@ -109,7 +142,8 @@ def run_level(contender, users: int, turns: int, tag: str, think_s: float = 0.0,
                 q = question(t, u)
                 try:
                     if ours:
-                        sample, answer = contender.ask(http, {"input_data": q, **conversation})
+                        ask = ask_streamed if streamed else type(contender).ask
+                        sample, answer = ask(contender, http, {"input_data": q, **conversation})
                     else:
                         sample, answer = contender.chat(http, bb.peer_messages(q, history))
                 except BaseException as exc:  # reported after the level
@@ -138,27 +172,30 @@ def bench_model(model: Path, args, workdir: Path) -> list[dict]:
         for users in args.users:
             for c in contenders:  # in turn, so machine noise hits each of them
                 time.sleep(bb.PAUSE_S)  # let the previous one's spinning threads settle
-                before = prompt_counters(c.url)
+                before, load_start = prompt_counters(c.url), os.getloadavg()[0]
                 per_turn, wall = run_level(c, users, args.turns, f"u{users}", args.think_s,
-                                           args.seed)
-                after = prompt_counters(c.url)
+                                           args.seed, args.ours_streamed)
+                after, load_end = prompt_counters(c.url), os.getloadavg()[0]
                 samples = [s for turn in per_turn for s in turn]
                 ttfts = [s.ttft for s in samples]
                 rows.append({
                     "model": model.name, "contender": c.name, "users": users,
-                    "requests": len(samples), "tok_s": sum(s.tokens for s in samples) / wall,
+                    "requests": len(samples), "tokens": round(after[3] - before[3]),
+                    "wall": wall, "tok_s": (after[3] - before[3]) / wall,
                     "ttft_p50": bb.pct(ttfts, 0.5), "ttft_p95": bb.pct(ttfts, 0.95),
                     "turn_p50": [bb.pct([s.ttft for s in turn], 0.5) for turn in per_turn],
                     "turn_p95": [bb.pct([s.ttft for s in turn], 0.95) for turn in per_turn],
                     "evaluated": after[0] - before[0], "reused": after[1] - before[1],
                     "restored": None if after[2] is None else after[2] - (before[2] or 0),
+                    "load": (load_start, load_end),
                 })
                 r = rows[-1]
                 print(f"  {model.name} users={users} {c.name}: {r['tok_s']:.1f} tok/s, TTFT "
                       f"p95 {r['ttft_p95'] * 1000:.0f} ms, prompt tokens evaluated "
                       f"{r['evaluated']:.0f} / reused {r['reused']:.0f} (restored from RAM "
                       f"{restored(r)}), TTFT p50 turn 1 {ms(r['turn_p50'][0])} ms, turn "
-                      f"{args.turns} {ms(r['turn_p50'][-1])} ms", file=sys.stderr,
+                      f"{args.turns} {ms(r['turn_p50'][-1])} ms, load {load_start:.1f} -> "
+                      f"{load_end:.1f}", file=sys.stderr,
                       flush=True)
     finally:
         for c in contenders:
@@ -177,37 +214,49 @@ def ms(seconds: float) -> str:
 def table(rows: list[dict], args, load: float) -> str:
     turns = args.turns
     lines = [
-        f"Conversations of {turns} turns (office persona, history on), think time "
+        f"Conversations of {turns} turns (office persona, history on; ours through "
+        f"{'its streamed turn, TTFT timed by the client' if args.ours_streamed else '/Llama'}"
+        f"), think time "
         f"{args.think_s:g} s x 0.5-1.5 (seed {args.seed}), <= {args.max_tokens} "
         f"tokens per answer (greedy), {bb.THREADS} threads, {bb.SLOTS} slots x "
-        f"{bb.N_CTX_PER_SLOT} tokens, 1-minute load average at start {load:.2f}, at end "
+        f"{bb.N_CTX_PER_SLOT} tokens, {bb.CACHE_RAM_MIB} MiB of host RAM for KV cells "
+        f"each, 1-minute load average at start {load:.2f}, at end "
         f"{os.getloadavg()[0]:.2f}.", "",
-        "| model | contender | users | requests | agg tok/s | TTFT p50 ms | TTFT p95 ms | "
+        "| model | contender | users | requests | tokens generated | wall s | agg tok/s | "
+        "TTFT p50 ms | TTFT p95 ms | "
         "prompt tokens evaluated | reused | of which restored from RAM | "
         + " | ".join(f"turn {t + 1} p50/p95 ms" for t in range(turns)) + " |",
-        "|---" * (10 + turns) + "|",
+        "|---" * (12 + turns) + "|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['contender']} | {r['users']} | {r['requests']} | "
-            f"{r['tok_s']:.1f} | {ms(r['ttft_p50'])} | {ms(r['ttft_p95'])} | "
+            f"{r['tokens']} | {r['wall']:.0f} | {r['tok_s']:.1f} | {ms(r['ttft_p50'])} | "
+            f"{ms(r['ttft_p95'])} | "
             f"{r['evaluated']:.0f} | {r['reused']:.0f} | {restored(r)} | "
             + " | ".join(f"{ms(a)}/{ms(b)}" for a, b in zip(r["turn_p50"], r["turn_p95"],
                                                           strict=True)) + " |")
     for model in dict.fromkeys(r["model"] for r in rows):
-        lines += ["", f"Ratios, {model} (ours / llama-server; the last column ours alone):", "",
-                  "| users | agg tok/s ratio | TTFT p95 ratio | turn-last/turn-1 TTFT p50 |",
-                  "|---|---|---|---|"]
+        lines += ["", f"Ratios, {model} (ours / llama-server; the turn columns ours alone; "
+                  "the load: 1-minute average at the level's start and end, ours / peer):", "",
+                  "| users | agg tok/s ratio | TTFT p95 ratio | prompt tokens evaluated ratio | "
+                  "turn-1 / turn-last TTFT p50 ms | turn-last/turn-1 TTFT p50 | load |",
+                  "|---|---|---|---|---|---|---|"]
         for users in args.users:
             found = {r["contender"].split(",")[0].split(" ")[0]: r for r in rows
                      if r["model"] == model and r["users"] == users}
             ours, peer = found.get("ours"), found.get("llama-server")
             if ours is None:
                 continue
-            ratios = ("- | -" if peer is None else f"{ours['tok_s'] / peer['tok_s']:.2f} | "
-                      f"{ours['ttft_p95'] / peer['ttft_p95']:.2f}")
-            lines.append(f"| {users} | {ratios} | "
-                         f"{ours['turn_p50'][-1] / ours['turn_p50'][0]:.2f} |")
+            ratios = ("- | - | -" if peer is None else
+                      f"{ours['tok_s'] / peer['tok_s']:.2f} | "
+                      f"{ours['ttft_p95'] / peer['ttft_p95']:.2f} | "
+                      f"{ours['evaluated'] / max(peer['evaluated'], 1):.2f}")
+            load = " / ".join(f"{a:.1f}-{b:.1f}" for a, b in
+                              (r["load"] for r in (ours, peer) if r is not None))
+            lines.append(f"| {users} | {ratios} | {ms(ours['turn_p50'][0])} / "
+                         f"{ms(ours['turn_p50'][-1])} | "
+                         f"{ours['turn_p50'][-1] / ours['turn_p50'][0]:.2f} | {load} |")
     return "\n".join(lines) + "\n"
 
 
@@ -225,6 +274,10 @@ def main() -> int:
     parser.add_argument("--llama-server", type=Path,
                         help="the binary (default: build or reuse it with build-llama-server)")
     parser.add_argument("--out", type=Path, help="also write the tables here (markdown)")
+    parser.add_argument("--ours-streamed", action="store_true",
+                        help="ours through its streamed turn (POST /playground/chat), its "
+                        "TTFT timed by the client like llama-server's (default: /Llama, TTFT "
+                        "= latency - Server-Timing's time after the first token)")
     parser.add_argument("--no-peer", action="store_true",
                         help="ours alone, without llama-server (no ratios)")
     parser.add_argument("--threads", type=int, default=bb.THREADS,
