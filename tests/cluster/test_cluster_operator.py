@@ -356,25 +356,32 @@ def test_an_autoscaling_block_is_accepted_with_its_defaults(kube_api, crd, names
     assert obj["spec"]["character"]["autoscaling"]["target"] == 0.8
 
 
+def _crd_to_install(kube_api, name: str, load, what: str) -> dict:
+    """A CRD this test installs itself: skipped where the cluster already serves it, loaded
+    from its Go module (a failure there fails the test where the cluster is required)."""
+    from tests.kube import require_cluster
+
+    try:
+        kubernetes.client.ApiextensionsV1Api(kube_api).read_custom_resource_definition(name)
+        pytest.skip(f"this cluster already serves {name}")
+    except ApiException as exc:
+        assert exc.status == 404
+    try:
+        return load()
+    except (FileNotFoundError, OSError) as exc:
+        if require_cluster():
+            raise
+        pytest.skip(f"{what} not available: {exc}")
+
+
 def test_gateway_route_reports_a_missing_api_then_applies_the_httproute(
         kube_api, namespace, operator, volumes, fake_gpu_nodes, monkeypatch):
     """Without the Gateway API the route is reported (and retried); once its CRDs are there,
     the HTTPRoute passes the real Gateway API schema and validation."""
-    from tests.kube import require_cluster
     from tests.kube.operator_fixtures import gateway_api_crd, install_crd_object
 
-    ext = kubernetes.client.ApiextensionsV1Api(kube_api)
-    try:
-        ext.read_custom_resource_definition("httproutes.gateway.networking.k8s.io")
-        pytest.skip("this cluster already serves HTTPRoute")
-    except ApiException as exc:
-        assert exc.status == 404
-    try:
-        httproute_crd = gateway_api_crd()
-    except (FileNotFoundError, OSError) as exc:
-        if require_cluster():
-            raise
-        pytest.skip(f"Gateway API CRDs not available: {exc}")
+    httproute_crd = _crd_to_install(kube_api, "httproutes.gateway.networking.k8s.io",
+                                    gateway_api_crd, "the Gateway API CRDs")
     monkeypatch.setenv("CHATBOT_OPERATOR_RETRY_DELAY_S", "2")
     _, _, _, _, custom = _apis(kube_api)
     body = example()
@@ -474,21 +481,10 @@ def test_autoscaling_waits_for_keda_then_leaves_the_count_to_it_and_names_unsche
     CRD: the ScaledObject applied and owned, the Deployment's count left to KEDA's HPA (a
     rollout does not reset it), a replica no GPU node takes named in status; autoscaling
     switched off: the ScaledObject deleted and the fixed count back."""
-    from tests.kube import require_cluster
     from tests.kube.operator_fixtures import install_crd_object, keda_scaledobject_crd
 
-    ext = kubernetes.client.ApiextensionsV1Api(kube_api)
-    try:
-        ext.read_custom_resource_definition("scaledobjects.keda.sh")
-        pytest.skip("this cluster already serves KEDA's ScaledObject")
-    except ApiException as exc:
-        assert exc.status == 404
-    try:
-        keda_crd = keda_scaledobject_crd()
-    except (FileNotFoundError, OSError) as exc:
-        if require_cluster():
-            raise
-        pytest.skip(f"KEDA's CRD not available: {exc}")
+    keda_crd = _crd_to_install(kube_api, "scaledobjects.keda.sh", keda_scaledobject_crd,
+                               "KEDA's ScaledObject CRD")
     monkeypatch.setenv("CHATBOT_OPERATOR_RETRY_DELAY_S", "2")
     core, apps, _, _, custom = _apis(kube_api)
     body = example()
@@ -577,7 +573,8 @@ def test_autoscaling_waits_for_keda_then_leaves_the_count_to_it_and_names_unsche
                 "ReplicasScheduled") == "AllScheduled", timeout=60,
                 desc="AutoscalingReady gone, all scheduled")
         finally:
-            ext.delete_custom_resource_definition("scaledobjects.keda.sh")
+            kubernetes.client.ApiextensionsV1Api(kube_api).delete_custom_resource_definition(
+                "scaledobjects.keda.sh")
 
 
 def test_the_operator_used_every_permission_the_chart_grants_and_none_was_refused(

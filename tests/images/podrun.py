@@ -18,6 +18,7 @@ dropped.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 KNOWN_POD = {"securityContext", "terminationGracePeriodSeconds", "containers", "volumes",
@@ -45,6 +46,14 @@ def _cpus(text: str) -> float:
     return int(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
+def _expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' `$(VAR)` in an env value: the value of a variable defined before it;
+    `$$(VAR)` stays literal, as does a reference to an undefined variable."""
+    return re.sub(r"\$(\$)?\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                  lambda m: m.group(0)[1:] if m.group(1) else env.get(m.group(2), m.group(0)),
+                  value)
+
+
 def _pre_stop_sleep_s(lifecycle: dict | None) -> float:
     """The seconds of a `preStop: {sleep: ...}` hook; any other lifecycle hook is Unmapped."""
     if lifecycle is None:
@@ -59,15 +68,19 @@ def docker_run_args(pod: dict, *, image: str, config_maps: dict[str, dict[str, s
                     claims: dict[str, str], secrets: dict[tuple[str, str], str] | None = None,
                     ports: dict[int, int] | None = None, max_cpus: float | None = None,
                     empty_dirs: Path | None = None, container: int = 0,
-                    pod_name: str = "chatbot-pod", namespace: str = "default") -> list[str]:
+                    pod_name: str = "chatbot-pod", namespace: str = "default",
+                    pod_ip: str = "127.0.0.1") -> list[str]:
     """`docker run` options, image and command for ``pod["containers"][container]``.
 
     config_maps: ConfigMap name -> data; claims: claim name -> host directory; secrets:
     (name, key) -> value; ports: containerPort -> host port on 127.0.0.1; max_cpus caps a CPU
     limit at what this machine has (Docker refuses more CPUs than there are); empty_dirs:
     where the emptyDir volumes' directories are made (required when the pod has one);
-    pod_name, namespace: what the downward API (env fieldRef) gives the container."""
-    pod_fields = {"metadata.name": pod_name, "metadata.namespace": namespace}
+    pod_name, namespace, pod_ip: what the downward API (env fieldRef) gives the container
+    (Docker assigns the container's address only as it starts, so `status.podIP` is
+    loopback by default: alone, without peers, the pod's address only names itself)."""
+    pod_fields = {"metadata.name": pod_name, "metadata.namespace": namespace,
+                  "status.podIP": pod_ip}
     extra = set(pod) - KNOWN_POD
     if extra:
         raise Unmapped(f"pod spec fields not mapped to docker: {sorted(extra)}")
@@ -101,7 +114,7 @@ def docker_run_args(pod: dict, *, image: str, config_maps: dict[str, dict[str, s
         env.update(config_maps[source["configMapRef"]["name"]])
     for item in c.get("env", []):
         if "value" in item:
-            env[item["name"]] = item["value"]
+            env[item["name"]] = _expand(item["value"], env)
         elif "fieldRef" in item["valueFrom"]:  # the downward API
             path = item["valueFrom"]["fieldRef"]["fieldPath"]
             if path not in pod_fields:

@@ -44,6 +44,9 @@ def test_the_persona_pod_maps_to_its_security_mounts_and_command(tmp_path):
         assert expected in joined, expected
     assert (tmp_path / "data").stat().st_mode & 0o777 == 0o777  # as an emptyDir
     assert "--env CHATBOT_POD_NAME=chatbot-pod" in joined  # the downward API's metadata.name
+    # status.podIP, and $(VAR) expanded in a later value as the kubelet does
+    assert "--env CHATBOT_POD_IP=127.0.0.1" in joined
+    assert "--env CHATBOT_AFFINITY_SELF=http://127.0.0.1:8080" in joined
     at = args.index("--entrypoint")
     assert args[at + 1:at + 6] == ["chatbot", "img", "serve", "office", "--host"]
 
