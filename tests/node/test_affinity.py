@@ -160,7 +160,9 @@ def test_each_conversation_stays_on_its_replica_and_evaluates_only_its_new_part(
     assert (placements["forwarded"] + placements["local"] + fallbacks
             == CONVERSATIONS * TURNS), placements
     assert len(set().union(*on_served.values())) == 2
-    assert on["evaluated"] <= placements["passed_over"] + fallbacks, (on, placements)
+    # A turn bounded load passes over is evaluated where it lands, and the conversation's
+    # next turn, back at its owner, may be too (CI saw 3 evaluated for 2 passed over).
+    assert on["evaluated"] <= 2 * (placements["passed_over"] + fallbacks), (on, placements)
     assert on["local"] + on["restored"] + on["evaluated"] == follow_ups, on
     assert any(len(who) == 2 for who in off_served.values())
     assert off["evaluated"] > 0, off
