@@ -14,13 +14,14 @@ containers and network) at the next start.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
+
+from tests.support.docker_engine import _die_with_parent
 
 HERE = Path(__file__).resolve().parent
 RUNTIME = HERE / "capfit-runtime"
@@ -70,11 +71,6 @@ def missing_prerequisites() -> list[str]:
         if not (os.access(tool, os.X_OK) or shutil.which(tool)):
             missing.append(f"{tool} (apt-get install {package})")
     return missing
-
-
-def _die_with_parent() -> None:  # runs in the child, before exec
-    os.setsid()
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def reap() -> None:
