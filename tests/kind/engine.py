@@ -6,22 +6,30 @@ which on this machine needs the runtime wrapper (see ``capfit-runtime``); regist
 a daemon another test may be using would change that daemon under it. This one keeps
 everything apart: its socket, state and data under :data:`STATE` and :data:`DATA`
 (the data root persists, so the node image stays cached between runs), no iptables rules
-(``--iptables=false``: published ports go through Docker's userland proxy) and no default
-bridge. It dies with the process that started it (parent-death signal) and, when it stops,
-Docker stops its containers; :func:`reap` removes what a killed run left (kind's
-containers and network) at the next start.
+(``--iptables=false``: published ports go through Docker's userland proxy). It dies with the
+process that started it (parent-death signal) and, when it stops, Docker stops its
+containers; :func:`reap` removes what a killed run left (kind's containers and network) at
+the next start.
+
+It shares the host's network namespace with the harness's ``dockerd``
+(tests/support/docker_engine.py), so it must not touch that daemon's ``docker0``:
+``--bridge=none`` would make dockerd delete ``docker0`` at start (Docker does so whenever
+its default bridge is disabled), and the harness's containers and builds then fail to get a
+network ("could not find bridge docker0"; pip in a build cannot resolve). So its default
+bridge is a bridge of its own, :data:`BRIDGE` on :data:`BRIDGE_CIDR`, and kind's network is
+created here on :data:`KIND_SUBNET` (kind uses a ``kind`` network it finds), outside
+Docker's default pools (172.17-31.0.0/16, 192.168.0.0/16), which the harness's daemon
+allocates from without looking at this one's.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
-from tests.support.docker_engine import _die_with_parent
+from tests.support import docker_engine
 
 HERE = Path(__file__).resolve().parent
 RUNTIME = HERE / "capfit-runtime"
@@ -31,9 +39,14 @@ SOCKET = STATE / "docker.sock"
 HOST = f"unix://{SOCKET}"
 LOG_DIR = Path(os.environ.get("CHATBOT_KIND_LOG_DIR", "/tmp/chatbot-kind"))
 KIND_LABEL = "io.x-k8s.kind.cluster"
+BRIDGE = "chatbot-kind0"  # this engine's default bridge (docker0 is the harness daemon's)
+BRIDGE_CIDR = "10.231.1.1/24"
+KIND_NETWORK = "kind"
+KIND_SUBNET = "10.231.0.0/24"
+KIND_IPV6_SUBNET = "fc00:f853:ccd:e793::/64"  # what kind itself picks for "kind"
 
 
-class EngineUnavailable(RuntimeError):
+class EngineUnavailable(docker_engine.DockerUnavailable):
     pass
 
 
@@ -42,24 +55,13 @@ def env() -> dict[str, str]:
     return {**os.environ, "DOCKER_HOST": HOST, "DOCKER_BUILDKIT": "1"}
 
 
-def docker(*args: str, check: bool = True, timeout: float = 120,
-           input: bytes | str | None = None, **kw) -> subprocess.CompletedProcess:
-    text = not isinstance(input, bytes)
-    proc = subprocess.run(["/usr/bin/docker", *args], capture_output=True, text=text,
-                          timeout=timeout, env=env(), input=input, **kw)
-    if check and proc.returncode != 0:
-        err = proc.stderr if text else proc.stderr.decode(errors="replace")
-        raise RuntimeError(f"docker {' '.join(args[:4])}... failed ({proc.returncode}): "
-                           f"{err[-3000:]}")
-    return proc
+def docker(*args: str, **kw) -> subprocess.CompletedProcess:
+    """``docker ARGS`` on this engine (tests.support.docker_engine.docker's arguments)."""
+    return docker_engine.docker(*args, host=HOST, **kw)
 
 
 def reachable() -> bool:
-    try:
-        return docker("version", "--format", "{{.Server.Version}}", check=False,
-                      timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+    return docker_engine.reachable(HOST)
 
 
 def missing_prerequisites() -> list[str]:
@@ -67,7 +69,8 @@ def missing_prerequisites() -> list[str]:
     if os.geteuid() != 0:
         missing.append("root")
     for tool, package in (("/usr/sbin/dockerd", "docker.io"), ("/usr/bin/docker", "docker.io"),
-                          ("/usr/sbin/runc", "runc"), ("mmdebstrap", "mmdebstrap")):
+                          ("/usr/sbin/runc", "runc"), ("mmdebstrap", "mmdebstrap"),
+                          ("/usr/sbin/ip", "iproute2")):
         if not (os.access(tool, os.X_OK) or shutil.which(tool)):
             missing.append(f"{tool} (apt-get install {package})")
     return missing
@@ -78,7 +81,22 @@ def reap() -> None:
     out = docker("ps", "-aq", "--filter", f"label={KIND_LABEL}", check=False).stdout.split()
     if out:
         docker("rm", "-f", "-v", *out, check=False, timeout=300)
-    docker("network", "rm", "kind", check=False)
+    docker("network", "rm", KIND_NETWORK, check=False)
+
+
+def kind_network() -> None:
+    """kind's network as kind creates it (bridge, masquerade, IPv6 ULA), on
+    :data:`KIND_SUBNET` rather than the first free default pool."""
+    docker("network", "create", "-d=bridge",
+           "-o", "com.docker.network.bridge.enable_ip_masquerade=true",
+           "--ipv6", "--subnet", KIND_IPV6_SUBNET, "--subnet", KIND_SUBNET, KIND_NETWORK)
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["/usr/sbin/ip", *args], capture_output=True, text=True, timeout=30)
+    if check and proc.returncode:
+        raise EngineUnavailable(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+    return proc
 
 
 class Engine:
@@ -88,43 +106,35 @@ class Engine:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90) -> Engine:
-        if reachable():
-            reap()
-            return self
+        if not reachable():
+            self._start_dockerd(timeout)
+        reap()
+        kind_network()
+        return self
+
+    def _start_dockerd(self, timeout: float) -> None:
         if missing := missing_prerequisites():
             raise EngineUnavailable("kind's engine needs: " + ", ".join(missing))
         for d in (STATE, DATA, LOG_DIR):
             d.mkdir(parents=True, exist_ok=True)
         SOCKET.unlink(missing_ok=True)
-        log = open(LOG_DIR / "dockerd.log", "ab")  # noqa: SIM115 - the daemon keeps it
-        self.proc = subprocess.Popen(
+        if _ip("link", "show", BRIDGE, check=False).returncode:  # dockerd takes its address
+            _ip("link", "add", "name", BRIDGE, "type", "bridge")
+            _ip("addr", "add", BRIDGE_CIDR, "dev", BRIDGE)
+        self.proc = docker_engine.start_dockerd(
             ["/usr/sbin/dockerd", "--host", HOST, "--data-root", str(DATA),
              "--exec-root", str(STATE / "exec"), "--pidfile", str(STATE / "dockerd.pid"),
              "--add-runtime", f"capfit={RUNTIME}", "--default-runtime", "capfit",
-             "--iptables=false", "--ip-masq=false", "--bridge=none",
+             "--iptables=false", "--ip-masq=false", "--bridge", BRIDGE,
              "--cgroup-parent", "/chatbot-kind"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while not reachable():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise EngineUnavailable(f"dockerd did not come up; see {LOG_DIR}/dockerd.log")
-            time.sleep(0.5)
-        reap()
-        return self
+            LOG_DIR / "dockerd.log", host=HOST, timeout=timeout)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
         reap()
-        self.proc.send_signal(signal.SIGTERM)  # dockerd stops its containers and containerd
-        try:
-            self.proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        docker_engine.stop_dockerd(self.proc)
+        _ip("link", "del", BRIDGE, check=False)
 
     def __enter__(self) -> Engine:
         return self.start()

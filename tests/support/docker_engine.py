@@ -54,22 +54,28 @@ def client() -> str:
     raise DockerUnavailable("no docker client: apt-get install docker.io")
 
 
-def docker(*args: str, check: bool = True, timeout: float = 120, **kw) -> \
-        subprocess.CompletedProcess:
+def docker(*args: str, check: bool = True, timeout: float = 120, host: str | None = None,
+           input: bytes | str | None = None, **kw) -> subprocess.CompletedProcess:
+    """``docker ARGS`` on the default daemon, or on ``host`` (a ``DOCKER_HOST`` URL: kind's
+    engine, tests/kind/engine.py); text in and out unless ``input`` is bytes."""
     env = {**os.environ, "DOCKER_BUILDKIT": "1", **kw.pop("env", {})}
-    proc = subprocess.run([client(), *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, **kw)
+    if host:
+        env["DOCKER_HOST"] = host
+    text = not isinstance(input, bytes)
+    proc = subprocess.run([client(), *args], capture_output=True, text=text, timeout=timeout,
+                          env=env, input=input, **kw)
     if check and proc.returncode != 0:
-        raise RuntimeError(f"docker {' '.join(args[:3])}... failed ({proc.returncode}): "
-                           f"{proc.stderr[-3000:]}")
+        err = proc.stderr if text else proc.stderr.decode(errors="replace")
+        raise RuntimeError(f"docker {' '.join(args[:4])}... failed ({proc.returncode}): "
+                           f"{err[-3000:]}")
     return proc
 
 
-def reachable() -> bool:
+def reachable(host: str | None = None) -> bool:
     try:
-        return docker("version", "--format", "{{.Server.Version}}", check=False,
-                      timeout=20).returncode == 0
-    except (DockerUnavailable, subprocess.TimeoutExpired):
+        return docker("version", "--format", "{{.Server.Version}}", check=False, timeout=20,
+                      host=host).returncode == 0
+    except (DockerUnavailable, OSError, subprocess.TimeoutExpired):
         return False
 
 
@@ -93,18 +99,8 @@ class Daemon:
                                     "(start dockerd, or run as root)")
         if not os.access(dockerd, os.X_OK):
             raise DockerUnavailable("dockerd is missing: apt-get install docker.io")
-        LOG_DIR.mkdir(parents=True, exist_ok=True)
-        log = open(LOG_DIR / "dockerd.log", "ab")  # noqa: SIM115 - the daemon keeps it
-        self.proc = subprocess.Popen(["nice", dockerd, "--host", "unix:///var/run/docker.sock"],
-                                     stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while not reachable():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise DockerUnavailable(f"dockerd did not come up; see {LOG_DIR}/dockerd.log")
-            time.sleep(0.5)
+        self.proc = start_dockerd(["nice", dockerd, "--host", "unix:///var/run/docker.sock"],
+                                  LOG_DIR / "dockerd.log", timeout=timeout)
         return self
 
     @property
@@ -112,14 +108,36 @@ class Daemon:
         return self.proc is not None
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)  # by PID: dockerd stops its containerd
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        stop_dockerd(self.proc)
+
+
+def start_dockerd(argv: list[str], log_path: Path, *, host: str | None = None,
+                  timeout: float = 60) -> subprocess.Popen:
+    """Start ``dockerd`` (argv) logging to log_path, dying with this process; return once it
+    answers on ``host`` (default: the default socket), or stop it and raise."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    deadline = time.monotonic() + timeout
+    while not reachable(host):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_dockerd(proc)
+            raise DockerUnavailable(f"dockerd did not come up; see {log_path}")
+        time.sleep(0.5)
+    return proc
+
+
+def stop_dockerd(proc: subprocess.Popen | None, timeout: float = 90) -> None:
+    """SIGTERM by PID (dockerd stops its containers and its containerd), then SIGKILL."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 # ----------------------------------------------------------------------------- images
