@@ -157,3 +157,56 @@ def test_gpu_profile_deploys_the_cuda_image_on_the_seeds_gpus():
     service = _profile("gpu")["build"]["artifacts"][1]["docker"]
     assert service["dockerfile"] == "images/service/Dockerfile.cuda"
     assert service["buildArgs"]["CUDA_ARCHITECTURES"] == "75;86"
+
+
+def _quickstart_commands(doc) -> list[list[str]]:
+    """The kind quickstart's commands (the first ```bash block that creates a kind
+    cluster), continuation lines joined, comments dropped, each split as the shell would."""
+    import shlex
+
+    blocks = re.findall(r"```bash\n(.*?)```", doc.read_text(), re.S)
+    block = next(b for b in blocks if "kind create cluster" in b)
+    return [shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()
+            if shlex.split(line, comments=True)]
+
+
+def _flag(argv: list[str], *names: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in names]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/deploying.md"])
+def test_kind_profile_does_what_the_kind_quickstart_does(doc):
+    """``skaffold run -p kind`` builds, loads and installs what the quickstart's steps do:
+    the same Dockerfiles for the same images, the chart as the same release in the same
+    namespace with the CPU image, and the quickstart's ChatbotModel (the chart creates it
+    from ci/kind-values.yaml instead of a ``kubectl apply``)."""
+    cmds = _quickstart_commands(ROOT / doc)
+    built = {_flag(c, "-t")[0].rsplit(":", 1)[0]: _flag(c, "-f")[0]
+             for c in cmds if c[:2] == ["docker", "build"]}
+    profile = _profile("kind")
+    assert built == {a["image"]: a["docker"]["dockerfile"]
+                     for a in profile["build"]["artifacts"]}
+    loaded = next(c for c in cmds if c[:3] == ["kind", "load", "docker-image"])
+    refs = [a for i, a in enumerate(loaded[3:], 3)
+            if not a.startswith("-") and loaded[i - 1] != "--name"]
+    assert {ref.rsplit(":", 1)[0] for ref in refs} == set(built)
+    install = next(c for c in cmds if c[:2] == ["helm", "install"] and "charts/chatbot" in c)
+    [release] = profile["deploy"]["helm"]["releases"]
+    assert install[2] == release["name"]
+    assert (ROOT / install[3]).resolve() == (ROOT / release["chartPath"]).resolve()
+    assert _flag(install, "-n", "--namespace") == [release["namespace"]]
+    assert ("--create-namespace" in install) == release["createNamespace"]
+    kind_values = {}
+    for f in release["valuesFiles"]:
+        kind_values.update(yaml.safe_load((ROOT / f).read_text()))
+    for setting in _flag(install, "--set"):
+        key, value = setting.split("=", 1)
+        node = kind_values
+        for part in key.split("."):
+            node = node[part]
+        assert str(node) == value, setting
+    applied = next(c for c in cmds if c[0] == "kubectl" and "apply" in c)
+    assert _flag(applied, "-n", "--namespace") == [release["namespace"]]
+    example = yaml.safe_load((ROOT / _flag(applied, "-f")[0]).read_text())
+    spec = {k: v for k, v in example["spec"].items() if k != "image"}  # skaffold sets it
+    assert kind_values["chatbotModel"]["spec"] == spec
