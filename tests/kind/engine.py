@@ -43,6 +43,7 @@ BRIDGE = "chatbot-kind0"  # this engine's default bridge (docker0 is the harness
 BRIDGE_CIDR = "10.231.1.1/24"
 KIND_NETWORK = "kind"
 KIND_SUBNET = "10.231.0.0/24"
+KIND_GATEWAY = "10.231.0.1"
 KIND_IPV6_SUBNET = "fc00:f853:ccd:e793::/64"  # what kind itself picks for "kind"
 
 
@@ -89,7 +90,8 @@ def kind_network() -> None:
     :data:`KIND_SUBNET` rather than the first free default pool."""
     docker("network", "create", "-d=bridge",
            "-o", "com.docker.network.bridge.enable_ip_masquerade=true",
-           "--ipv6", "--subnet", KIND_IPV6_SUBNET, "--subnet", KIND_SUBNET, KIND_NETWORK)
+           "--subnet", KIND_SUBNET, "--gateway", KIND_GATEWAY,  # paired by order
+           "--ipv6", "--subnet", KIND_IPV6_SUBNET, KIND_NETWORK)
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
