@@ -192,7 +192,8 @@ def reconcile_replicas(rows: list[dict], before: list[dict], after: list[dict]) 
     are the `/performance` snapshots the route gave at the start and the end, one per
     replica it answered from. A replica's rows are compared with the difference of its own
     counters (from zero when the replica was not there at the start: it started during the
-    run). Attempts the service saw without naming a replica (cut off in flight) are counted
+    run; one such that counted fewer than its rows may have restarted since, and is left
+    out). Attempts the service saw without naming a replica (cut off in flight) are counted
     by one of them in `total_requests`: the replicas' surplus there must add up to them.
     A replica that served but whose counters the end could not reach (removed by a scale
     down, or not reachable through the route) is left out, and said so: never a mismatch.
@@ -234,8 +235,8 @@ def reconcile_replicas(rows: list[dict], before: list[dict], after: list[dict]) 
         end = ends.get(name)
         if end is None:
             replicas[name] = {"checked": False, "client": client, "reason": (
-                "its counters could not be read at the end (removed by a scale down, or not "
-                "reachable through the route)")}
+                "its counters could not be read at the end (the pod was removed by a scale "
+                "down or a rollout, or the route does not reach it)")}
             continue
         start = starts.get(name)
         if start is not None and not same_counters(start, end):
@@ -244,6 +245,11 @@ def reconcile_replicas(rows: list[dict], before: list[dict], after: list[dict]) 
                 f"start, {end.get('instance')} at the end)")}
             continue
         server = {k: end.get(k, 0) - (start or {}).get(k, 0) for k in RECONCILED}
+        if start is None and any(server[k] < client[k] for k in RECONCILED):
+            replicas[name] = {"checked": False, "client": client, "reason": (
+                f"it counted fewer than its rows ({server}) and was not seen at the start: "
+                "its counters may have restarted during the run")}
+            continue
         extra = server["total_requests"] - client["total_requests"]
         surplus += extra
         replicas[name] = {
