@@ -179,6 +179,97 @@ def reconcile_pods(rows: list[dict], before: list[dict], after: list[dict]) -> d
     return {"checked": True, "client": client, "server": server, "match": client == server}
 
 
+def replica_of(snapshot: dict) -> str:
+    """The replica whose counters a `/performance` snapshot holds: the host part of its
+    `instance` (a pod's name, which its answers carry as `X-Served-By`)."""
+    return str(snapshot.get("instance", "")).split("/", 1)[0]
+
+
+def reconcile_replicas(rows: list[dict], before: list[dict], after: list[dict]) -> dict:
+    """Compares the client's rows of one persona with each replica's counters.
+
+    Each answer names its replica (`served_by`, the `X-Served-By` header); `before`/`after`
+    are the `/performance` snapshots the route gave at the start and the end, one per
+    replica it answered from. A replica's rows are compared with the difference of its own
+    counters (from zero when the replica was not there at the start: it started during the
+    run; one such that counted fewer than its rows may have restarted since, and is left
+    out). Attempts the service saw without naming a replica (cut off in flight) are counted
+    by one of them in `total_requests`: the replicas' surplus there must add up to them.
+    A replica that served but whose counters the end could not reach (removed by a scale
+    down, or not reachable through the route) is left out, and said so: never a mismatch.
+    """
+    if not after:
+        return {"checked": False, "reason": "no /performance snapshot"}
+    reached = [r for r in rows if reached_server(r)]
+    if not any(r.get("served_by") for r in reached):
+        # No answer named its replica: a service without replicas to place turns on (it
+        # adds no X-Served-By), or a file from before the column. One server's counters.
+        if len(after) > 1:
+            return {"checked": False, "reason": (
+                f"{len(after)} replicas answered but no answer named its replica "
+                "(X-Served-By): their counters cannot be told apart")}
+        return reconcile(rows, before[0] if len(before) == 1 else None, after[0])
+    by_replica: dict[str, list[dict]] = defaultdict(list)
+    unnamed = 0
+    for r in reached:
+        if r.get("served_by"):
+            by_replica[r["served_by"]].append(r)
+        else:
+            unnamed += 1
+    starts = {replica_of(s): s for s in before}
+    ends = {replica_of(s): s for s in after}
+    if not set(by_replica) & set(ends):
+        if len(ends) > 1 or len(by_replica) > 1 or len(starts) > 1:
+            return {"checked": False, "reason": (
+                f"the replicas named in the answers ({', '.join(sorted(by_replica))}) are "
+                f"not those whose counters were read ({', '.join(sorted(ends))})")}
+        # One replica answered and one server's counters were read, but under another name
+        # (a process outside Kubernetes names its answers by a hash of its address).
+        (name,) = by_replica
+        ends = {name: next(iter(ends.values()))}
+        starts = dict.fromkeys([name], next(iter(starts.values()))) if starts else {}
+    replicas: dict[str, dict] = {}
+    surplus = 0
+    for name in sorted(set(by_replica) | set(ends)):
+        client = client_counts(by_replica.get(name, []))
+        end = ends.get(name)
+        if end is None:
+            replicas[name] = {"checked": False, "client": client, "reason": (
+                "its counters could not be read at the end (the pod was removed by a scale "
+                "down or a rollout, or the route does not reach it)")}
+            continue
+        start = starts.get(name)
+        if start is not None and not same_counters(start, end):
+            replicas[name] = {"checked": False, "client": client, "reason": (
+                f"its counters restarted during the run ({start.get('instance')} at the "
+                f"start, {end.get('instance')} at the end)")}
+            continue
+        server = {k: end.get(k, 0) - (start or {}).get(k, 0) for k in RECONCILED}
+        if start is None and any(server[k] < client[k] for k in RECONCILED):
+            replicas[name] = {"checked": False, "client": client, "reason": (
+                f"it counted fewer than its rows ({server}) and was not seen at the start: "
+                "its counters may have restarted during the run")}
+            continue
+        extra = server["total_requests"] - client["total_requests"]
+        surplus += extra
+        replicas[name] = {
+            "checked": True, "client": client, "server": server,
+            "from_zero": start is None,  # not seen at the start: started during the run
+            "match": 0 <= extra <= unnamed and all(server[k] == client[k]
+                                                   for k in RECONCILED if k != "total_requests")}
+    checked = {n: r for n, r in replicas.items() if r["checked"]}
+    if not checked:
+        return {"checked": False, "replicas": replicas, "reason": "no replica's counters "
+                "before and after the run could be read"}
+    complete = len(checked) == len(replicas)
+    match = all(r["match"] for r in checked.values()) and (
+        surplus == unnamed if complete else surplus <= unnamed)
+    return {"checked": True, "match": match, "complete": complete, "replicas": replicas,
+            "unnamed": unnamed,
+            "client": {k: sum(r["client"][k] for r in checked.values()) for k in RECONCILED},
+            "server": {k: sum(r["server"][k] for r in checked.values()) for k in RECONCILED}}
+
+
 def reconcile(rows: list[dict], before: dict | None, after: dict | None) -> dict:
     """Compares what the client sent with what the server counted, per persona.
 
@@ -193,7 +284,7 @@ def reconcile(rows: list[dict], before: dict | None, after: dict | None) -> dict
         return {"checked": False, "reason": (
             f"the counters at the end are another server's: {before.get('instance')} at the "
             f"start, {after.get('instance')} at the end, after a restart or a rollout, or "
-            "with several replicas; analysis.reconcile_pods sums each pod's")}
+            "with several replicas; analysis.reconcile_replicas compares each one's")}
     return reconcile_pods(rows, [before], [after])
 
 
@@ -209,3 +300,33 @@ def _cut_off(row: dict) -> bool:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
+
+
+def reconciliation_lines(rec: dict) -> list[str]:
+    """`reconcile_replicas`' answer for a person: the verdict, then one line per replica
+    when several served (or one could not be reconciled)."""
+    if not rec.get("checked"):
+        return [f"not reconciled with the server ({rec['reason']})"]
+    replicas = rec.get("replicas") or {}
+    checked = [n for n, r in replicas.items() if r["checked"]]
+    verdict = "match" if rec["match"] else "MISMATCH"
+    if not replicas:
+        return [f"client {rec['client']} vs server {rec['server']}: {verdict}"]
+    left = [n for n in replicas if n not in checked]
+    scope = (f"{len(checked)} replica{'s' * (len(checked) != 1)}" if not left else
+             f"{len(checked)} of {len(replicas)} replicas")
+    lines = [f"client {rec['client']} vs server {rec['server']} ({scope}): {verdict}"]
+    if len(replicas) > 1 or left:
+        for name, r in replicas.items():
+            if r["checked"]:
+                how = "match" if r["match"] else "MISMATCH"
+                zero = ", started during the run" if r.get("from_zero") else ""
+                lines.append(f"  {name}: client {r['client']} vs server {r['server']}{zero}: "
+                             f"{how}")
+            else:
+                lines.append(f"  {name}: {r['client']['total_requests']} requests not "
+                             f"reconciled: {r['reason']}")
+    if rec.get("unnamed"):
+        lines.append(f"  {rec['unnamed']} cut off in flight without naming a replica: "
+                     "counted in one replica's total_requests")
+    return lines

@@ -11,7 +11,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from chatbot_loadtest.runner import finish, performance
+from chatbot_loadtest.runner import finish, replica_counters
 from chatbot_loadtest.session import RunSession, attach
 
 log = logging.getLogger("chatbot_loadtest")
@@ -28,7 +28,7 @@ def _on_test_start(environment, **_kwargs) -> None:
     session = RunSession(out_dir)
     attach(environment, session)
     host = (environment.host or "").rstrip("/")
-    environment.chatbot_before = {p: performance(host, p) for p in ("office", "character")}
+    environment.chatbot_before = {p: replica_counters(host, p) for p in ("office", "character")}
     environment.chatbot_started = datetime.now().isoformat(timespec="seconds")
     log.warning("recording this test's attempts in %s", out_dir)
 

@@ -3,9 +3,11 @@
 Both files keep the original's columns, in the original's order; the office file appends
 the retry columns the original office test did not have (it never retried). Both end with
 `request_id`, the service's `X-Request-ID` (empty when no answer came from the service: a
-proxy's 503 while no pod is ready, a connection error). Times are in seconds; `timestamp`
+proxy's 503 while no pod is ready, a connection error), then `served_by`, the replica that
+answered (its `X-Served-By`; empty when the service runs without replicas to place turns
+on, or did not answer). Times are in seconds; `timestamp`
 is when the attempt was sent (UTC, ISO 8601). Files written before `request_id` existed
-read back with `request_id` None.
+read back with `request_id` (`served_by`) None.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ CHARACTER_COLUMNS = (
     "user_id", "test_type", "endpoint", "character_name", "status_code", "response_time",
     "success", "failure_reason", "retry_count", "retry_after_seconds", "timestamp",
     "response_size", "is_retry_record", "is_final_failure", "is_final_success", "error",
-    "process_time", "request_id",
+    "process_time", "request_id", "served_by",
 )
 OFFICE_COLUMNS = (
     "user_id", "test_type", "endpoint", "google_access", "question_length", "status_code",
@@ -28,6 +30,7 @@ OFFICE_COLUMNS = (
     # not in the original office file, which had no retries:
     "failure_reason", "retry_count", "retry_after_seconds", "is_retry_record",
     "is_final_failure", "is_final_success", "error", "process_time", "request_id",
+    "served_by",
 )
 COLUMNS = {"office": OFFICE_COLUMNS, "character": CHARACTER_COLUMNS}
 
@@ -53,6 +56,7 @@ class Attempt:
     error: str = ""
     process_time: float | None = None  # the server's own total (Server-Timing)
     request_id: str = ""  # the service's X-Request-ID: empty when the service did not answer
+    served_by: str = ""  # the replica that answered (X-Served-By): empty when none said
     extra: dict = field(default_factory=dict)  # character_name | google_access, question_length
 
     def row(self) -> dict:
@@ -136,4 +140,5 @@ def _typed(raw: dict) -> dict:
         row[key] = raw.get(key) == "True"
     row["sent_at"] = datetime.fromisoformat(raw["timestamp"])
     row["request_id"] = raw.get("request_id")  # None: a file from before the column
+    row["served_by"] = raw.get("served_by")  # None: a file from before the column
     return row

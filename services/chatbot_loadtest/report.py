@@ -40,7 +40,7 @@ def write_report(path: Path, rows: list[dict], meta: dict,
 def build_report(rows: list[dict], meta: dict, reconciliation: dict | None = None,
                  scaling: dict | None = None) -> str:
     """`rows`: typed attempts (records.read_rows); `meta`: run facts shown at the top (host,
-    users, run time); `reconciliation`: per persona, `analysis.reconcile`'s answer;
+    users, run time); `reconciliation`: per persona, `analysis.reconcile_replicas`' answer;
     `scaling`: `scaling.fetch`'s series plus "p95" (`--prometheus`)."""
     from plotly.offline import get_plotlyjs
 
@@ -226,11 +226,21 @@ def _summary(summary: dict) -> str:
 def _reconciliation(reconciliation: dict) -> str:
     if not reconciliation:
         return ""
-    head = ["persona", "checked", "client rows that reached it", "server counted", "match"]
-    rows = [[persona, r.get("checked"), _compact(r.get("client", r.get("reason", ""))),
-             _compact(r.get("server", "")), r.get("match", "-")]
-            for persona, r in reconciliation.items()]
-    return "<h2>Client rows against the servers' /performance counters</h2>" + _table(head, rows)
+    head = ["persona", "replica", "checked", "client rows that reached it", "server counted",
+            "match"]
+    rows = []
+    for persona, r in reconciliation.items():
+        rows.append([persona, "all", r.get("checked"),
+                     _compact(r.get("client", r.get("reason", ""))),
+                     _compact(r.get("server", "")), r.get("match", "-")])
+        replicas = r.get("replicas") or {}
+        if len(replicas) > 1 or any(not p["checked"] for p in replicas.values()):
+            for name, p in replicas.items():
+                rows.append([persona, name, p["checked"], _compact(p["client"]),
+                             _compact(p.get("server", p.get("reason", ""))),
+                             p.get("match", "-")])
+    return ("<h2>Client rows against each replica's /performance counters</h2>"
+            + _table(head, rows))
 
 
 def _compact(value) -> str:

@@ -1,5 +1,6 @@
 """A headless, bounded Locust run through Locust's library API, with progress lines, the
-servers' counters before and after, the CSVs and the report."""
+servers' counters before and after (each replica's the route answers from), the CSVs and
+the report."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def run(config: RunConfig, say: Callable[[str], None] = print) -> dict:
     env = Environment(user_classes=[USER_CLASSES[p] for p in config.personas], host=host,
                       stop_timeout=config.stop_timeout_s)
     attach(env, session)
-    before = {p: performance(host, p) for p in config.personas}
+    before = {p: replica_counters(host, p) for p in config.personas}
     runner = env.create_local_runner()
     started_at = datetime.now(UTC)
     started = time.monotonic()
@@ -86,7 +87,7 @@ def finish(session: RunSession, host: str, personas, before: dict, out_dir: Path
     """After the users stopped: the servers' counters once idle, the CSVs read back,
     `summary.json` and `report.html`; with `scaling_from` (Prometheus URL, label matchers,
     start), the replicas and queue depth it recorded during the run."""
-    after = {p: wait_idle(host, p) for p in personas}
+    after = {p: replica_counters(host, p, idle=True) for p in personas}
     paths = session.close()
     rows = read_rows(paths)
     scaling_series = None
@@ -96,15 +97,17 @@ def finish(session: RunSession, host: str, personas, before: dict, out_dir: Path
         url, selector, start = scaling_from
         scaling_series = scaling.fetch(url, start, time.time(), selector)
         scaling_series["p95"] = scaling.p95_over_time(rows)
-    reconciliation = {p: analysis.reconcile([r for r in rows if r["test_type"] == p],
-                                            before.get(p), after[p]) for p in personas}
+    reconciliation = {p: analysis.reconcile_replicas(
+        [r for r in rows if r["test_type"] == p], before.get(p) or [], after[p])
+        for p in personas}
     meta = {**meta, "csv": [p.name for p in paths]}
     results = analysis.summarize(rows)
     for persona in personas:
-        if (persona in results and before.get(persona) and after[persona]
-                and analysis.same_counters(before[persona], after[persona])):
-            tokens = (after[persona].get("generated_tokens", 0)
-                      - before[persona].get("generated_tokens", 0))
+        start = {s["instance"]: s for s in before.get(persona) or [] if "instance" in s}
+        end = after[persona]
+        if persona in results and end and all(s.get("instance") in start for s in end):
+            tokens = sum(s.get("generated_tokens", 0)
+                         - start[s["instance"]].get("generated_tokens", 0) for s in end)
             results[persona]["server_generated_tokens"] = tokens
             results[persona]["server_tokens_per_s"] = round(
                 tokens / max(results[persona]["duration_s"], 1e-9), 2)
@@ -127,16 +130,29 @@ def performance(host: str, persona: str) -> dict | None:
         return None
 
 
-def wait_idle(host: str, persona: str, timeout_s: float = 30.0) -> dict | None:
-    """The counters once nothing is running or queued (cut-off requests are counted by the
-    server when it notices the client left)."""
+def replica_counters(host: str, persona: str, *, idle: bool = False, quiet_polls: int = 6,
+                     timeout_s: float = 30.0) -> list[dict]:
+    """The `/performance` snapshot of each replica the route answers from, one per replica
+    (`analysis.replica_of`): asked until `quiet_polls` answers in a row bring no replica not
+    seen yet (a route spreads them over its replicas). With `idle`, until none of them runs
+    or queues anything (cut-off requests are counted by the server when it notices the
+    client left). Empty when the route gives no counters."""
     deadline = time.monotonic() + timeout_s
+    seen: dict[str, dict] = {}
+    quiet = 0
     while True:
         perf = performance(host, persona)
-        idle = perf and not perf.get("active_connections") and not perf.get("queue_size")
-        if perf is None or idle or time.monotonic() > deadline:
-            return perf
-        gevent.sleep(0.2)
+        if perf is None and not seen:
+            return []
+        if perf is not None:
+            name = analysis.replica_of(perf)
+            quiet = quiet + 1 if name in seen else 0
+            seen[name] = perf
+        busy = idle and any(s.get("active_connections") or s.get("queue_size")
+                            for s in seen.values())
+        if (quiet >= quiet_polls and not busy) or time.monotonic() > deadline:
+            return list(seen.values())
+        gevent.sleep(0.2 if busy else 0.02)
 
 
 def _progress(session, runner, config, started, say) -> None:
@@ -167,9 +183,6 @@ def _say_results(summary: dict, out_dir: Path, say) -> None:
             f"{r['answers_per_s']:.3f} answers/s, p50 {p50}, p95 {p95}, "
             f"status {r['status_codes']}")
     for persona, rec in summary["reconciliation"].items():
-        if rec.get("checked"):
-            verdict = "match" if rec["match"] else "MISMATCH"
-            say(f"{persona:>9}: client {rec['client']} vs server {rec['server']}: {verdict}")
-        else:
-            say(f"{persona:>9}: not reconciled with the server ({rec['reason']})")
+        for line in analysis.reconciliation_lines(rec):
+            say(f"{persona:>9}: {line}")
     say(f"report: {out_dir / 'report.html'}")

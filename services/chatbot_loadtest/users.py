@@ -30,6 +30,7 @@ from chatbot_loadtest.session import session_of
 IDLE_S = 3600.0
 RETRIED_STATUSES = (429, 503)
 REQUEST_ID_HEADER = "X-Request-ID"  # set on every answer of the service (RequestIdMiddleware)
+SERVED_BY_HEADER = "X-Served-By"  # the replica that answered (chatbot.peers.forwarding)
 IN_FLIGHT = "stopped in flight at the end of the run"
 WAITING = "stopped while waiting to retry at the end of the run"
 
@@ -114,6 +115,7 @@ class _ChatUser(HttpUser):
             response_size=len(response.content or b""), retry_count=retries, extra=extra,
             process_time=process_time_s(response.headers.get("Server-Timing", "")),
             request_id=response.headers.get(REQUEST_ID_HEADER, "") if status else "",
+            served_by=response.headers.get(SERVED_BY_HEADER, "") if status else "",
         )
         if status == 0:
             attempt.failure_reason = "no HTTP answer"

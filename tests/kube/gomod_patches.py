@@ -1,4 +1,5 @@
-"""Source patches for Go programs whose module cannot be built as published here.
+"""Source patches for Go programs whose module cannot be built as published here, or
+whose published build is far more than the tests need.
 
 Traefik v3 is built from a copy of its module source, because the Go module proxy
 this project can reach refuses three things its go.mod asks for. The patches
@@ -15,6 +16,21 @@ middlewares our routes use); they remove what this binary therefore lacks:
   against its htpasswd hash (MD5, SHA, bcrypt) through upstream's ``CheckAuth`` instead
   of the fork's ``CheckSecret``, and digest auth answers a stale nonce with a plain 401
   challenge (no ``stale=true``), so a client re-authenticates instead of retrying.
+
+KEDA is built from a copy of its module source trimmed to what this product's ScaledObjects
+use (``patch_keda``): compiling its ~70 scalers' cloud SDKs was most of a cold build. Kept:
+the ``prometheus`` trigger and the ``cpu``/``memory`` resource triggers, everything of
+KEDA's core (operator, metrics apiserver, HashiCorp Vault, Secrets, env and bound
+ServiceAccount tokens in TriggerAuthentication). Removed, each refused with an error that
+names it:
+
+- every other scaler: ``buildScaler`` answers ``scaler type "kafka" is not in this build of
+  KEDA``; an unknown type keeps KEDA's ``no scaler found for type``;
+- the prometheus trigger's cloud-managed Prometheus auth (Azure workload identity, GCP
+  credentials, AWS SigV4) and the fasthttp round tripper (predictkube's);
+- the Azure Key Vault, GCP Secret Manager and AWS Secrets Manager secret stores of a
+  TriggerAuthentication, and the Azure Event Grid destination of a CloudEventSource: the
+  same names and signatures, each refusing (KEDA logs it as for a store it cannot reach).
 """
 
 from __future__ import annotations
@@ -41,11 +57,11 @@ func (in *HTTP) DeepCopyInto(out *HTTP) { *out = *in }
 """
 
 
-def _sub(path: Path, pattern: str, repl: str, *, count: int = 0) -> None:
+def _sub(path: Path, pattern: str, repl: str, *, count: int = 0, flags: int = 0) -> None:
     text = path.read_text()
-    new, n = re.subn(pattern, repl, text, count=count, flags=re.M)
+    new, n = re.subn(pattern, repl, text, count=count, flags=re.M | flags)
     if n == 0:
-        raise RuntimeError(f"traefik patch: {pattern!r} not found in {path}")
+        raise RuntimeError(f"patch: {pattern!r} not found in {path}")
     path.write_text(new)
 
 
@@ -94,3 +110,246 @@ def patch_traefik(src: Path) -> None:
         fh.write(TRAEFIK_CHECK_SECRET_GO)
     _sub(auth / "digest_auth.go", r"d\.auth\.RequireAuthStale\(rw, req\)",
          "d.auth.RequireAuth(rw, req)")
+
+
+# --------------------------------------------------------------------------- KEDA
+
+# The triggers this product's ScaledObjects use (prometheus) and the resource triggers
+# KEDA documents beside them (cpu, memory): every other scaler is removed from the build.
+KEDA_KEPT_SCALERS = {"cpu": "cpu_memory", "memory": "cpu_memory", "prometheus": "prometheus"}
+# Bumped whenever patch_keda changes what it builds: part of KEDA's cache key.
+KEDA_PATCH_REVISION = 1
+
+
+def patch_keda(src: Path) -> None:
+    """Patch a writable copy of KEDA's module source down to the scalers this product uses."""
+    scalers = src / "pkg" / "scalers"
+    kept_files = {f"{stem}_scaler.go" for stem in KEDA_KEPT_SCALERS.values()}
+    for f in scalers.glob("*_scaler*.go"):
+        if f.name.replace("_test.go", ".go") not in kept_files:
+            f.unlink()
+    (scalers / "chatbot_trimmed.go").write_text(KEDA_PROMETHEUS_CLOUD_AUTH_GO)
+    prom = scalers / "prometheus_scaler.go"
+    _sub(prom, r"^\t\} else \{\n\t\t// could be the case of azure managed prometheus.*?^\t\}\n",
+         "\t} else if err := prometheusCloudAuth(config, meta); err != nil {\n"
+         "\t\treturn nil, err\n\t}\n", count=1, flags=re.S)
+    for pkg in ("aws", "azure", "gcp"):
+        _sub(prom, rf'^\t"github.com/kedacore/keda/v2/pkg/scalers/{pkg}"\n', "")
+    _sub(prom, r'^\t"errors"\n', "")
+    builder = src / "pkg" / "scaling" / "scalers_builder.go"
+    text = builder.read_text()
+    m = re.search(r"(\tswitch triggerType \{\n)(.*?)(\tdefault:\n)", text, re.S)
+    if not m:
+        raise RuntimeError(f"keda patch: buildScaler's switch not found in {builder}")
+    cases = re.findall(r'^\tcase "([\w-]+)":\n((?:\t\t.*\n)+)', m.group(2), re.M)
+    if len(cases) < 20 or not all(k in dict(cases) for k in KEDA_KEPT_SCALERS):
+        raise RuntimeError(f"keda patch: unexpected buildScaler cases in {builder}")
+    kept = "".join(f'\tcase "{name}":\n{body}' for name, body in cases
+                   if name in KEDA_KEPT_SCALERS)
+    removed = ", ".join(f'"{name}"' for name, _ in cases if name not in KEDA_KEPT_SCALERS)
+    kept += (f"\tcase {removed}:\n"
+             '\t\treturn nil, fmt.Errorf("scaler type %q is not in this build of KEDA'
+             f' (it has {", ".join(sorted(KEDA_KEPT_SCALERS))})", triggerType)\n')
+    builder.write_text(text[: m.start(2)] + kept + text[m.end(2):])
+
+    # The fasthttp round tripper (predictkube-libs: fasthttp, validator, ...) served only the
+    # removed predictkube scaler.
+    helpers = scalers / "authentication" / "authentication_helpers.go"
+    _sub(helpers, r"^\tcase FastHTTP:\n.*?^\t\treturn rt, nil\n\t\}\n",
+         "\tcase FastHTTP:\n\t\treturn nil, " + _not_in_build("the fasthttp round tripper")
+         + "\n\t}\n", count=1, flags=re.S)
+    for imp in (r"libs \S+", r'"github.com/dysnix/predictkube-libs/external/http_transport"',
+                r'pConfig "github.com/prometheus/common/config"'):
+        _sub(helpers, rf"^\t{imp}\n", "")
+
+    for rel, go in KEDA_RESOLVER_STUBS.items():
+        (src / rel).write_text(go)
+        (src / rel.replace(".go", "_test.go")).unlink(missing_ok=True)
+    # The Azure service-principal parameter names, without the Azure SDKs behind them.
+    resolvers = src / "pkg" / "scaling" / "resolver" / "scale_resolvers.go"
+    _sub(resolvers, r'^\t"github.com/kedacore/keda/v2/pkg/scalers/azure"\n', "")
+    _sub(resolvers, r"\bazure\.(ServicePrincipal\w*Key)\b", r"azure\1")
+    consts = re.findall(r"^\s*(ServicePrincipal\w*Key)\s*=\s*(\"[^\"]*\")",
+                        (scalers / "azure" / "azure_service_principal.go").read_text(), re.M)
+    (resolvers.parent / "chatbot_azure_keys.go").write_text(
+        "package resolver\n\n"
+        "// The Azure service-principal parameter names (pkg/scalers/azure).\nconst (\n"
+        + "".join(f"\tazure{name} = {value}\n" for name, value in consts) + ")\n")
+
+
+def _not_in_build(what: str) -> str:
+    return f'fmt.Errorf("{what} is not in this build of KEDA")'
+
+
+# Stand-ins for the cloud handlers of pkg/scaling/resolver and pkg/eventemitter: the same
+# names and signatures, each refusing with an error that names what is missing. KEDA logs
+# it (and leaves the parameter unresolved, or the CloudEventSource not ready) as it does
+# for a secret store it cannot reach.
+KEDA_RESOLVER_STUBS = {
+    "pkg/scaling/resolver/aws_secretmanager_handler.go": f"""\
+package resolver
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	corev1listers "k8s.io/client-go/listers/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	kedav1alpha1 "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
+)
+
+// AwsSecretManagerHandler refuses: AWS Secrets Manager is left out of this build.
+type AwsSecretManagerHandler struct{{}}
+
+func NewAwsSecretManagerHandler(*kedav1alpha1.AwsSecretManager) *AwsSecretManagerHandler {{
+	return &AwsSecretManagerHandler{{}}
+}}
+
+func (*AwsSecretManagerHandler) Read(context.Context, logr.Logger, string, string, string,
+	string) (string, error) {{
+	return "", {_not_in_build("awsSecretManager (TriggerAuthentication)")}
+}}
+
+func (*AwsSecretManagerHandler) Initialize(context.Context, client.Client, logr.Logger, string,
+	corev1listers.SecretLister, *corev1.PodSpec) error {{
+	return {_not_in_build("awsSecretManager (TriggerAuthentication)")}
+}}
+
+func (*AwsSecretManagerHandler) Stop() {{}}
+""",
+    "pkg/scaling/resolver/azure_keyvault_handler.go": f"""\
+package resolver
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/go-logr/logr"
+	corev1listers "k8s.io/client-go/listers/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	kedav1alpha1 "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
+)
+
+// AzureKeyVaultHandler refuses: Azure Key Vault is left out of this build.
+type AzureKeyVaultHandler struct{{}}
+
+func NewAzureKeyVaultHandler(*kedav1alpha1.AzureKeyVault) *AzureKeyVaultHandler {{
+	return &AzureKeyVaultHandler{{}}
+}}
+
+func (*AzureKeyVaultHandler) Initialize(context.Context, client.Client, logr.Logger, string,
+	corev1listers.SecretLister) error {{
+	return {_not_in_build("azureKeyVault (TriggerAuthentication)")}
+}}
+
+func (*AzureKeyVaultHandler) Read(context.Context, string, string) (string, error) {{
+	return "", {_not_in_build("azureKeyVault (TriggerAuthentication)")}
+}}
+""",
+    "pkg/scaling/resolver/gcp_secretmanager_handler.go": f"""\
+package resolver
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/go-logr/logr"
+	corev1listers "k8s.io/client-go/listers/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	kedav1alpha1 "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
+)
+
+// GCPSecretManagerHandler refuses: GCP Secret Manager is left out of this build.
+type GCPSecretManagerHandler struct{{}}
+
+func NewGCPSecretManagerHandler(*kedav1alpha1.GCPSecretManager) *GCPSecretManagerHandler {{
+	return &GCPSecretManagerHandler{{}}
+}}
+
+func (*GCPSecretManagerHandler) Initialize(context.Context, client.Client, logr.Logger, string,
+	corev1listers.SecretLister) error {{
+	return {_not_in_build("gcpSecretManager (TriggerAuthentication)")}
+}}
+
+func (*GCPSecretManagerHandler) Read(context.Context, string, string) (string, error) {{
+	return "", {_not_in_build("gcpSecretManager (TriggerAuthentication)")}
+}}
+""",
+    "pkg/eventemitter/azure_event_grid_topic_handler.go": f"""\
+package eventemitter
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/go-logr/logr"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	eventingv1alpha1 "github.com/kedacore/keda/v2/apis/eventing/v1alpha1"
+	kedav1alpha1 "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
+	"github.com/kedacore/keda/v2/pkg/eventemitter/eventdata"
+)
+
+// AzureEventGridTopicHandler is never made: Azure Event Grid is left out of this build.
+type AzureEventGridTopicHandler struct{{ activeStatus metav1.ConditionStatus }}
+
+func NewAzureEventGridTopicHandler(context.Context, string,
+	*eventingv1alpha1.AzureEventGridTopicSpec, map[string]string, kedav1alpha1.AuthPodIdentity,
+	logr.Logger) (*AzureEventGridTopicHandler, error) {{
+	return nil, {_not_in_build("azureEventGridTopic (CloudEventSource destination)")}
+}}
+
+func (a *AzureEventGridTopicHandler) CloseHandler() {{}}
+
+func (a *AzureEventGridTopicHandler) SetActiveStatus(status metav1.ConditionStatus) {{
+	a.activeStatus = status
+}}
+
+func (a *AzureEventGridTopicHandler) GetActiveStatus() metav1.ConditionStatus {{
+	return a.activeStatus
+}}
+
+func (a *AzureEventGridTopicHandler) EmitEvent(eventdata.EventData,
+	func(eventdata.EventData, error)) {{
+}}
+""",
+}
+
+KEDA_PROMETHEUS_CLOUD_AUTH_GO = """\
+package scalers
+
+import (
+	"fmt"
+
+	kedav1alpha1 "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
+	"github.com/kedacore/keda/v2/pkg/scalers/scalersconfig"
+)
+
+// Defined in a scaler this build leaves out (azure_queue_scaler.go).
+const externalMetricType = "External"
+
+// prometheusCloudAuth refuses what the prometheus trigger would have taken to a cloud's
+// managed Prometheus (Azure workload identity, GCP credentials, AWS SigV4): not in this build.
+func prometheusCloudAuth(config *scalersconfig.ScalerConfig, meta *prometheusMetadata) error {
+	asked := ""
+	switch {
+	case config.PodIdentity.Provider != "" &&
+		config.PodIdentity.Provider != kedav1alpha1.PodIdentityProviderNone:
+		asked = fmt.Sprintf("pod identity %q", config.PodIdentity.Provider)
+	case meta.AwsRegion != "":
+		asked = "awsRegion (Amazon Managed Prometheus)"
+	case config.AuthParams["GoogleApplicationCredentials"] != "" ||
+		config.TriggerMetadata["credentialsFromEnv"] != "" ||
+		config.TriggerMetadata["credentialsFromEnvFile"] != "":
+		asked = "GCP credentials (Google Managed Prometheus)"
+	default:
+		return nil
+	}
+	return fmt.Errorf("prometheus trigger: %s is not in this build of KEDA", asked)
+}
+"""

@@ -71,7 +71,8 @@ def test_the_csvs_keep_the_originals_columns(load_run):
     office = load_run.csv("office")[0]
     assert office[:len(OFFICE_COLUMNS)] == OFFICE_COLUMNS
     assert {"retry_count", "is_retry_record", "is_final_success"} <= set(office)
-    assert character[-1] == office[-1] == "request_id"  # appended after the originals'
+    # appended after the originals'
+    assert character[-2:] == office[-2:] == ["request_id", "served_by"]
 
 
 def test_progress_is_shown_while_it_runs(load_run):

@@ -95,7 +95,7 @@ def test_the_routes_503s_are_retried_and_left_out_of_the_reconciliation(tmp_path
 
     (path,) = out.glob("character_*.csv")
     columns, rows = read_csv(path)
-    assert columns[-1] == "request_id"
+    assert columns[-2:] == ["request_id", "served_by"]
     unavailable = [r for r in rows if r["status_code"] == "503"]
     assert len(unavailable) == ROUTE_503S + 1
     assert all(r["is_retry_record"] == "True" and r["retry_after_seconds"] == "0.2"

@@ -25,8 +25,9 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 def _attempt(user: str, at: float, status: int, retry: int = 0, final: bool = True,
              persona: str = "character", rt: float = 1.0,
-             request_id: str | None = None) -> Attempt:
-    """`request_id`: the service's X-Request-ID; by default every HTTP answer has one."""
+             request_id: str | None = None, served_by: str = "") -> Attempt:
+    """`request_id`: the service's X-Request-ID; by default every HTTP answer has one.
+    `served_by`: the replica that answered (X-Served-By)."""
     ok = status == 200
     retried = status in (429, 503) and not final
     extra = ({"character_name": "Rachel"} if persona == "character"
@@ -38,7 +39,7 @@ def _attempt(user: str, at: float, status: int, retry: int = 0, final: bool = Tr
         is_final_success=final and ok, is_final_failure=final and not ok,
         process_time=rt - 0.1 if ok else None, extra=extra,
         request_id=(f"id-{user}-{retry}" if status else "") if request_id is None
-        else request_id)
+        else request_id, served_by=served_by)
 
 
 def _rows(tmp_path, attempts: list[Attempt]) -> list[dict]:
@@ -63,13 +64,14 @@ def test_csv_files_have_the_original_columns_first_and_round_trip(tmp_path):
     retried = [r for r in rows if r["status_code"] == 429]
     assert retried[0]["is_retry_record"] and retried[0]["retry_after_seconds"] == 2.0
     assert sum(r["is_final_success"] for r in rows) == 2
-    assert header[-1] == office_header[-1] == "request_id"  # appended after the originals'
+    # appended after the originals'
+    assert header[-2:] == office_header[-2:] == ["request_id", "served_by"]
     assert {r["request_id"] for r in rows} == {"id-char_user_0001-0", "id-office_user_0001-0",
                                                "id-office_user_0001-1"}
 
 
 def test_csv_files_from_before_the_request_id_column_still_read_and_reconcile(tmp_path):
-    old_columns = [c for c in CHARACTER_COLUMNS if c != "request_id"]
+    old_columns = [c for c in CHARACTER_COLUMNS if c not in ("request_id", "served_by")]
     rows = _rows(tmp_path, [_attempt("a", 0, 429, final=False), _attempt("a", 2, 200, retry=1)])
     old = tmp_path / "old" / "character_t.csv"
     old.parent.mkdir()
@@ -79,6 +81,7 @@ def test_csv_files_from_before_the_request_id_column_still_read_and_reconcile(tm
         writer.writerows({**r, "timestamp": r["sent_at"].isoformat()} for r in rows)
     read = read_rows([old])
     assert [r["request_id"] for r in read] == [None, None]
+    assert [r["served_by"] for r in read] == [None, None]
     assert [r["status_code"] for r in read] == [429, 200]
     # without the column every HTTP answer counts as one the server saw, as before
     assert analysis.reconcile(read, {"total_requests": 0, "succeeded": 0, "rejected": 0},
@@ -239,3 +242,99 @@ def test_counters_of_another_server_at_the_end_are_not_reconciled(tmp_path):
     assert "office-abc/1f2e3d4c" in result["reason"] and "office-def/9a8b7c6d" in result["reason"]
     same = {**replaced, "instance": before["instance"], "total_requests": 42, "succeeded": 42}
     assert analysis.reconcile(rows, before, same)["match"] is True
+
+
+def _perf(instance: str, total: int, succeeded: int, rejected: int = 0) -> dict:
+    return {"instance": instance, "total_requests": total, "succeeded": succeeded,
+            "rejected": rejected}
+
+
+def test_each_replica_is_reconciled_with_its_own_counters(tmp_path):
+    """Two replicas behind the route: each answer names its replica (X-Served-By), and each
+    replica's rows are compared with its own counters, the second from zero (it was added
+    during the run)."""
+    rows = _rows(tmp_path, [
+        _attempt("a", 0, 200, served_by="chat-a"),
+        _attempt("b", 0, 429, final=False, served_by="chat-a"),
+        _attempt("b", 2, 200, retry=1, served_by="chat-b"),
+        _attempt("c", 3, 200, served_by="chat-b"),
+    ])
+    before = [_perf("chat-a/11111111", 10, 10)]
+    after = [_perf("chat-a/11111111", 12, 11, 1), _perf("chat-b/22222222", 2, 2)]
+    result = analysis.reconcile_replicas(rows, before, after)
+    assert (result["checked"], result["match"], result["complete"]) == (True, True, True)
+    assert result["client"] == result["server"] == {"total_requests": 4, "succeeded": 3,
+                                                    "rejected": 1}
+    assert result["replicas"]["chat-b"]["from_zero"] is True
+    assert not result["replicas"]["chat-a"]["from_zero"]
+    lines = analysis.reconciliation_lines(result)
+    assert lines[0].endswith("(2 replicas): match")
+    assert any(line.startswith("  chat-b:") and "started during the run" in line
+               for line in lines)
+    # the sums agree, but one answer counted by the wrong replica is still a mismatch
+    swapped = [_perf("chat-a/11111111", 11, 10, 1), _perf("chat-b/22222222", 3, 3)]
+    wrong = analysis.reconcile_replicas(rows, before, swapped)
+    assert wrong["client"] == wrong["server"] and wrong["match"] is False
+    assert wrong["replicas"]["chat-b"]["match"] is False
+    assert "MISMATCH" in analysis.reconciliation_lines(wrong)[0]
+
+
+def test_a_replica_gone_before_the_end_is_left_out_and_said_so_not_a_mismatch(tmp_path):
+    """The scale down removed a replica before its counters could be read: what can be
+    reconciled is, the rest is named, and the verdict is no false MISMATCH."""
+    rows = _rows(tmp_path, [_attempt("a", 0, 200, served_by="chat-a"),
+                            _attempt("b", 1, 200, served_by="chat-gone"),
+                            _attempt("c", 2, 200, served_by="chat-gone")])
+    before = [_perf("chat-a/11111111", 0, 0)]
+    after = [_perf("chat-a/11111111", 1, 1)]
+    result = analysis.reconcile_replicas(rows, before, after)
+    assert (result["checked"], result["match"], result["complete"]) == (True, True, False)
+    gone = result["replicas"]["chat-gone"]
+    assert gone["checked"] is False and gone["client"]["total_requests"] == 2
+    lines = analysis.reconciliation_lines(result)
+    assert "(1 of 2 replicas): match" in lines[0]
+    assert any("chat-gone: 2 requests not reconciled" in line and "removed" in line
+               for line in lines)
+    # the one left lost a request: that is still found
+    lost = analysis.reconcile_replicas(rows, before, [_perf("chat-a/11111111", 2, 2)])
+    assert lost["match"] is False
+    # a replica added during the run that counted fewer than it answered may have restarted
+    # since (its counters began again at zero): left out, not a mismatch
+    restarted = analysis.reconcile_replicas(rows, before, [_perf("chat-a/11111111", 1, 1),
+                                                           _perf("chat-gone/3", 1, 1)])
+    assert restarted["match"] is True
+    assert "may have restarted" in restarted["replicas"]["chat-gone"]["reason"]
+
+
+def test_attempts_cut_off_without_a_replica_name_are_in_some_replicas_total(tmp_path):
+    cut = _attempt("late", 3, 0)
+    cut.failure_reason = "stopped in flight at the end of the run"
+    rows = _rows(tmp_path, [_attempt("a", 0, 200, served_by="chat-a"),
+                            _attempt("b", 0, 200, served_by="chat-b"), cut])
+    zero = [_perf("chat-a/1", 0, 0), _perf("chat-b/2", 0, 0)]
+    counted = [_perf("chat-a/1", 1, 1), _perf("chat-b/2", 2, 1)]  # b counted the cut one
+    result = analysis.reconcile_replicas(rows, zero, counted)
+    assert result["match"] is True and result["unnamed"] == 1
+    twice = [_perf("chat-a/1", 2, 1), _perf("chat-b/2", 2, 1)]  # one more than was sent
+    assert analysis.reconcile_replicas(rows, zero, twice)["match"] is False
+
+
+def test_one_server_without_replica_names_reconciles_as_before(tmp_path):
+    """A service run alone names no replica (no X-Served-By), or names it by a hash of its
+    address rather than its host: one server's counters are still compared. Two servers'
+    counters with no names to tell their answers apart are not compared at all."""
+    plain = _rows(tmp_path / "plain", [_attempt("a", 0, 200), _attempt("b", 0, 200)])
+    one = [_perf("laptop/1", 5, 5)]
+    assert analysis.reconcile_replicas(plain, one, [_perf("laptop/1", 7, 7)])["match"]
+    hashed = _rows(tmp_path / "hashed", [_attempt("a", 0, 200, served_by="9f86d081884c")])
+    assert analysis.reconcile_replicas(hashed, one, [_perf("laptop/1", 6, 6)])["match"]
+    two = analysis.reconcile_replicas(plain, one, [_perf("laptop/1", 6, 6),
+                                                   _perf("other/2", 1, 1)])
+    assert two["checked"] is False and "X-Served-By" in two["reason"]
+    assert "MISMATCH" not in " ".join(analysis.reconciliation_lines(two))
+    # names in the answers that no counters carry: nothing to pair, nothing compared
+    named = _rows(tmp_path / "named", [_attempt("a", 0, 200, served_by="pod-a"),
+                                       _attempt("b", 0, 200, served_by="pod-b")])
+    other = analysis.reconcile_replicas(named, [], [_perf("host-1/1", 1, 1),
+                                                    _perf("host-2/2", 1, 1)])
+    assert other["checked"] is False and "pod-a, pod-b" in other["reason"]
