@@ -17,9 +17,8 @@ it). That thread runs the step loop:
    prompt tokens of starting sequences, oldest first, up to `prompt_tokens_per_step` and
    `n_batch` (llama-server's order; a long prompt is chunked over several steps, so a wave
    of new prompts does not stall the conversations already generating);
-3. one `llama_decode`, on all the configured threads or on one, whichever measures faster
-   for steps of its size (`threads.py`: on a busy machine ggml's threads wait for each
-   other);
+3. one `llama_decode`, on all the configured threads, or on one for a step too small to
+   split (`threads.py`);
 4. every sequence that got logits samples its next token with its own native sampler chain
    (its persona's parameters, its own seed), and its text goes to its own HTTP response
    through a `Relay`; finished and cancelled sequences leave their slot (their cells stay
@@ -53,7 +52,7 @@ from chatbot.llm.relay import END, Relay
 from chatbot.llm.sampling import sampler_chain
 from chatbot.llm.slots import COPY_MIN_GAIN, Slot, SlotTable, common_prefix
 from chatbot.llm.text_stream import TextStream
-from chatbot.llm.threads import StepThreads
+from chatbot.llm.threads import step_threads
 from chatbot.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -229,7 +228,7 @@ class BatchedEngine(ModelLifecycle):
                                             verbose=False)
         self._n_ctx_seq = lc.llama_n_ctx_seq(context.ctx)
         self._threads = self._step_threads = threads
-        self._thread_choice = StepThreads(threads, lc.llama_model_n_params(model.model))
+        self._n_params = lc.llama_model_n_params(model.model)
         self._n_vocab = model.n_vocab()
         self._format = model_chat_format(model)
         self._facts = self.model_facts(
@@ -487,7 +486,7 @@ class BatchedEngine(ModelLifecycle):
                 seq.logits_at = n - 1
         batch.n_tokens = n
         n_prompt = n - sum(1 for seq in running if seq.last >= 0)
-        threads = self._thread_choice.choose(n)
+        threads = step_threads(n, self._n_params, self._threads)
         if threads != self._step_threads:
             lc.llama_set_n_threads(self._ctx, threads, threads)
             self._step_threads = threads
@@ -496,7 +495,6 @@ class BatchedEngine(ModelLifecycle):
         started = time.perf_counter()
         rc = lc.llama_decode(self._ctx, batch)
         now = time.perf_counter()
-        self._thread_choice.observe(n, threads, now - started)
         if n_prompt:
             self.prompt_seconds += now - started
         self.decode_steps += 1
