@@ -45,6 +45,18 @@ def test_a_follow_up_turn_takes_its_own_slot_over_an_empty_one():
     assert slot is first and donor is None and reused == 102
 
 
+def test_a_conversation_that_asked_the_same_first_question_does_not_take_anothers_history():
+    table = SlotTable(3)
+    system, question = list(range(100)), [7] * 20
+    other, _, _ = table.claim([*system, *question, 1])
+    other.tokens[:] = [*system, *question, 1, *[5] * 300]  # another user, many turns on
+    table.release(other)
+    # A follow-up whose first question matched the other's but for its last token.
+    slot, reused, donor = table.claim([*system, *question, 2, 6, 6], own_from=110)
+    assert slot is not other and donor is other and reused == 120
+    assert other.tokens[-1] == 5
+
+
 def test_when_every_slot_is_taken_the_least_recently_used_is_overwritten():
     table = SlotTable(2)
     a, _, _ = table.claim([1])

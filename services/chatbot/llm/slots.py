@@ -30,7 +30,8 @@ class SlotTable:
     A new prompt takes, among the free slots:
 
     1. the one that holds its conversation's earlier turns (the prompt's prefix shared with
-       the slot reaches past `own_from`, into the conversation's own first question);
+       the slot reaches past `own_from`, into the conversation's own first question, and
+       is at least half of what the slot holds);
     2. else a slot that loses nothing to it: an empty one, or one that holds only a prefix
        of the prompt (the longest such prefix first, then the least recently used);
     3. else the least recently used free slot is overwritten.
@@ -69,7 +70,9 @@ class SlotTable:
             if slot.busy:
                 continue
             n = common_prefix(slot.tokens, prompt)
-            own = own_from is not None and n > 0 and n >= own_from
+            # Its own: past `own_from` and keeping most of the slot (a conversation that
+            # merely asked the same first question keeps little of another's history).
+            own = own_from is not None and n > 0 and n >= own_from and 2 * n >= len(slot.tokens)
             intact = n == len(slot.tokens)  # taking it overwrites nobody's cells
             # The conversation's own slot, then one that loses nothing (longest prefix
             # first), then the least recently used.
