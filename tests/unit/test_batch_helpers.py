@@ -22,6 +22,41 @@ def test_a_conversation_gets_back_the_slot_holding_its_earlier_turns():
     assert again is first and reused == 7
 
 
+def test_a_new_conversation_takes_an_empty_slot_over_one_sharing_only_the_system_prompt():
+    table = SlotTable(2)
+    system = list(range(100))
+    first, _, _ = table.claim([*system, 1])
+    first.tokens[:] = [*system, 1, 2, 3]  # early in its conversation: mostly system prompt
+    table.release(first)
+    # A new conversation leaves the first one's turn in place and copies the system prompt.
+    slot, reused, donor = table.claim([*system, 9])
+    assert slot is not first and donor is first and reused == 100
+    assert first.tokens == [*system, 1, 2, 3]
+
+
+def test_a_follow_up_turn_takes_its_own_slot_over_an_empty_one():
+    table = SlotTable(3)
+    system = list(range(100))
+    first, _, _ = table.claim([*system, 1, 1])
+    first.tokens[:] = [*system, 1, 1, 5, 5]  # the first question, the time, the answer
+    table.release(first)
+    # Its next turn: the first question and answer replayed, the time block gone.
+    slot, reused, donor = table.claim([*system, 1, 1, 6, 6, 2], own_from=101)
+    assert slot is first and donor is None and reused == 102
+
+
+def test_a_conversation_that_asked_the_same_first_question_does_not_take_anothers_history():
+    table = SlotTable(3)
+    system, question = list(range(100)), [7] * 20
+    other, _, _ = table.claim([*system, *question, 1])
+    other.tokens[:] = [*system, *question, 1, *[5] * 300]  # another user, many turns on
+    table.release(other)
+    # A follow-up whose first question matched the other's but for its last token.
+    slot, reused, donor = table.claim([*system, *question, 2, 6, 6], own_from=110)
+    assert slot is not other and donor is other and reused == 120
+    assert other.tokens[-1] == 5
+
+
 def test_when_every_slot_is_taken_the_least_recently_used_is_overwritten():
     table = SlotTable(2)
     a, _, _ = table.claim([1])
@@ -76,3 +111,4 @@ def test_a_short_shared_prefix_is_not_worth_a_copy():
     first, _, _ = table.claim([1])
     first.tokens[:] = [1, 2, 3, 4]
     assert table.claim([1, 2, 3, 9])[1:] == (0, None)
+

@@ -11,9 +11,9 @@ from chatbot.core.chat import ChatService
 # as `engine_<name>`; /readyz leaves them out of its engine facts.
 ENGINE_COUNTERS = (
     "sequences_active", "sequences_waiting", "peak_sequences", "prompt_tokens_evaluated",
-    "prompt_tokens_reused", "prompt_tokens_copied", "decode_steps", "peak_batch_tokens",
-    "prompt_tokens_restored", "kv_host_bytes", "kv_host_sequences", "kv_host_saves",
-    "kv_host_saved_tokens", "kv_host_restores", "kv_host_evictions",
+    "prompt_tokens_reused", "prompt_tokens_copied", "decode_steps", "decode_steps_one_thread",
+    "peak_batch_tokens", "prompt_tokens_restored", "kv_host_bytes", "kv_host_sequences",
+    "kv_host_saves", "kv_host_saved_tokens", "kv_host_restores", "kv_host_evictions",
 )
 
 

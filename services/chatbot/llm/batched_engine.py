@@ -5,8 +5,10 @@ cells: the context holds `n_ctx * n_seq_max`, non-unified), and one dedicated th
 owns every llama.cpp call (llama.cpp's OpenMP pool is tied to the thread that first used
 it). That thread runs the step loop:
 
-1. requests waiting for a sequence take a free slot, reusing the KV cells of the longest
-   prefix that slot still holds (`llama_memory_seq_rm` drops the rest), or copying them
+1. requests waiting for a sequence take a free slot (their conversation's own, else one
+   whose cells nobody loses, else the least recently used: `slots.py`), reusing the KV
+   cells of the prefix that slot still holds (`llama_memory_seq_rm` drops the rest), or
+   copying them
    from another slot that holds more of the prompt (`llama_memory_seq_cp`: the shared
    system prompt is evaluated once, not once per slot), or from host RAM
    (`kv_host_cache.py`: a slot's conversation is saved there before another prompt
@@ -15,7 +17,8 @@ it). That thread runs the step loop:
    prompt tokens of starting sequences, oldest first, up to `prompt_tokens_per_step` and
    `n_batch` (llama-server's order; a long prompt is chunked over several steps, so a wave
    of new prompts does not stall the conversations already generating);
-3. one `llama_decode`;
+3. one `llama_decode`, on all the configured threads, or on one for a step too small to
+   split (`threads.py`);
 4. every sequence that got logits samples its next token with its own native sampler chain
    (its persona's parameters, its own seed), and its text goes to its own HTTP response
    through a `Relay`; finished and cancelled sequences leave their slot (their cells stay
@@ -49,6 +52,7 @@ from chatbot.llm.relay import END, Relay
 from chatbot.llm.sampling import sampler_chain
 from chatbot.llm.slots import COPY_MIN_GAIN, Slot, SlotTable, common_prefix
 from chatbot.llm.text_stream import TextStream
+from chatbot.llm.threads import step_threads
 from chatbot.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -122,6 +126,7 @@ class BatchedEngine(ModelLifecycle):
         self.prompt_tokens_copied = 0
         self.prompt_tokens_restored = 0  # ... and of which restored from host RAM
         self.decode_steps = 0
+        self.decode_steps_one_thread = 0  # of them, on one thread (`threads.py`)
         self.peak_sequences = 0
         self.peak_batch_tokens = 0
         # llama-server's metrics (`llamacpp:*`): time in steps that evaluated prompt tokens,
@@ -154,6 +159,7 @@ class BatchedEngine(ModelLifecycle):
             kv_host_restores=self.kv_host_restores, kv_host_evictions=self._host.evicted,
             **{f"kv_turns_{k}": v for k, v in self.kv_turns.items()},
             decode_steps=self.decode_steps,
+            decode_steps_one_thread=self.decode_steps_one_thread,
             peak_sequences=self.peak_sequences, peak_batch_tokens=self.peak_batch_tokens,
             prompt_seconds=self.prompt_seconds, predict_seconds=self.predict_seconds,
             busy_sequence_steps=self.busy_sequence_steps,
@@ -221,6 +227,8 @@ class BatchedEngine(ModelLifecycle):
         self._batch = _internals.LlamaBatch(n_tokens=s.n_batch, embd=0, n_seq_max=1,
                                             verbose=False)
         self._n_ctx_seq = lc.llama_n_ctx_seq(context.ctx)
+        self._threads = self._step_threads = threads
+        self._n_params = lc.llama_model_n_params(model.model)
         self._n_vocab = model.n_vocab()
         self._format = model_chat_format(model)
         self._facts = self.model_facts(
@@ -335,7 +343,8 @@ class BatchedEngine(ModelLifecycle):
                 while self._pending and slots.has_free():
                     request = self._pending.popleft()
                     if not request.cancelled:  # a request cancelled while waiting never runs
-                        starting.append((request, *slots.claim(request.prompt)))
+                        starting.append((request, *slots.claim(request.prompt,
+                                                               request.own_from)))
             # Host RAM first (saving a slot's leaving conversation, restoring a returning
             # one), then the copies between slots: llama.cpp copies a stream at the next
             # decode, so a copy must see the restored cells, never the other way round.
@@ -477,6 +486,12 @@ class BatchedEngine(ModelLifecycle):
                 seq.logits_at = n - 1
         batch.n_tokens = n
         n_prompt = n - sum(1 for seq in running if seq.last >= 0)
+        threads = step_threads(n, self._n_params, self._threads)
+        if threads != self._step_threads:
+            lc.llama_set_n_threads(self._ctx, threads, threads)
+            self._step_threads = threads
+        if threads < self._threads:
+            self.decode_steps_one_thread += 1
         started = time.perf_counter()
         rc = lc.llama_decode(self._ctx, batch)
         now = time.perf_counter()

@@ -27,11 +27,19 @@ class Slot:
 class SlotTable:
     """`n` sequence ids of one context.
 
-    A new prompt takes the free slot that shares the longest prefix with it while keeping
-    at least half of what that slot holds (a conversation's earlier turns; an empty slot
-    keeps all of its nothing). When no slot qualifies, the least recently used free slot is
-    overwritten, so a conversation's cells outlive a few unrelated requests that merely
-    share its system prompt.
+    A new prompt takes, among the free slots:
+
+    1. the one that holds its conversation's earlier turns (the prompt's prefix shared with
+       the slot reaches past `own_from`, into the conversation's own first question, and
+       is at least half of what the slot holds);
+    2. else a slot that loses nothing to it: an empty one, or one that holds only a prefix
+       of the prompt (the longest such prefix first, then the least recently used);
+    3. else the least recently used free slot is overwritten.
+
+    So another conversation's cells are overwritten only when no slot is free of them, and a
+    new conversation that shares only the system prompt with a slot leaves that slot's
+    conversation in place (it copies the system prompt's cells instead: `claim`), and the
+    cells of the conversation overwritten are the ones least recently used.
     """
 
     def __init__(self, n: int) -> None:
@@ -45,9 +53,12 @@ class SlotTable:
     def busy(self) -> int:
         return sum(1 for s in self.slots if s.busy)
 
-    def claim(self, prompt: list[int]) -> tuple[Slot, int, Slot | None]:
+    def claim(self, prompt: list[int], own_from: int | None = None,
+              ) -> tuple[Slot, int, Slot | None]:
         """A free slot, how many leading prompt tokens it will hold, and the slot to copy
-        them from first (None: the slot already holds them).
+        them from first (None: the slot already holds them). `own_from`: for a follow-up
+        turn, where the prompt's tokens stop being shared with other conversations (the
+        system prompt) and become this conversation's own; None for a first turn.
 
         Another slot, busy or not, lends its cells when it holds at least `COPY_MIN_GAIN`
         more of the prompt (typically the system prompt, to a slot that never saw it):
@@ -59,9 +70,13 @@ class SlotTable:
             if slot.busy:
                 continue
             n = common_prefix(slot.tokens, prompt)
-            keeps_most = 2 * n >= len(slot.tokens)
-            # Qualifying slots first, then the longest prefix, then the least recently used.
-            key = (keeps_most, n if keeps_most else 0, -slot.last_used)
+            # Its own: past `own_from` and keeping most of the slot (a conversation that
+            # merely asked the same first question keeps little of another's history).
+            own = own_from is not None and n > 0 and n >= own_from and 2 * n >= len(slot.tokens)
+            intact = n == len(slot.tokens)  # taking it overwrites nobody's cells
+            # The conversation's own slot, then one that loses nothing (longest prefix
+            # first), then the least recently used.
+            key = (own, intact, n if own or intact else 0, -slot.last_used)
             if best_key is None or key > best_key:
                 best, best_len, best_key = slot, n, key  # an evicted slot still lends its prefix
         if best is None:
