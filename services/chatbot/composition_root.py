@@ -256,9 +256,12 @@ async def handoff_server(settings: Settings, handoffs: Mapping):
                                        port=settings.kv_handoff_port, log_level="warning",
                                        lifespan="off"))
     task = asyncio.create_task(server.serve())
+    watching = [asyncio.create_task(h.watch()) for h in handoffs.values()]
     try:
         yield
     finally:
+        for watch in watching:
+            watch.cancel()
         server.should_exit = True
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 5)

@@ -379,10 +379,12 @@ class BatchedEngine(ModelLifecycle):
         """The largest state this engine takes: a full sequence, within the host budget."""
         return min(self.state_size(self._n_ctx_seq), self._host.budget_bytes)
 
-    async def export_kv(self) -> list[SavedKv]:
+    async def export_kv(self, wanted: Callable[[str], bool] = lambda key: True
+                        ) -> list[SavedKv]:
         """Every conversation's cells this engine holds, in idle slots and in host RAM, that
-        a placed request produced (the longest of each conversation's; most recent first)."""
-        return await self._on_loop(self._export)
+        a placed request produced and whose key is `wanted` (the longest of each
+        conversation's)."""
+        return await self._on_loop(lambda lc: self._export(lc, wanted))
 
     async def import_kv(self, saved: SavedKv) -> bool:
         """Keeps cells a peer handed over in host RAM for their conversation's next turn;
@@ -406,18 +408,18 @@ class BatchedEngine(ModelLifecycle):
             self._cond.notify()
         return asyncio.wrap_future(future)
 
-    def _export(self, lc) -> list[SavedKv]:
+    def _export(self, lc, wanted: Callable[[str], bool]) -> list[SavedKv]:
         found: list[SavedKv] = []
         for slot in self._slots.slots:
             if (slot.busy or slot.key is None or slot.seq_id in self._unsettled
-                    or len(slot.tokens) < SAVE_MIN_TOKENS):
+                    or len(slot.tokens) < SAVE_MIN_TOKENS or not wanted(slot.key)):
                 continue
             size = lc.llama_state_seq_get_size(self._ctx, slot.seq_id)
             state = (ctypes.c_uint8 * size)()
             if lc.llama_state_seq_get_data(self._ctx, state, size, slot.seq_id) == size:
                 found.append(SavedKv(slot.key, list(slot.tokens), bytes(state)))
         for entry in self._host.entries():
-            if entry.key is not None:
+            if entry.key is not None and wanted(entry.key):
                 found.append(SavedKv(entry.key, list(entry.tokens), bytes(entry.state)))
         # One per conversation: the one holding the most of it.
         longest: dict[str, SavedKv] = {}

@@ -9,6 +9,11 @@ conversation's owner: where the conversation's next turn goes. The receiver keep
 its host-RAM KV cache (its budget, least recently used first; nothing on disk) and the next
 turn restores them (`chatbot_kv_turns_total{kv="handed_over"}`).
 
+The same transfer runs when a replica joins (a rollout's new pod, a scale-up): every
+replica hands the joiner the cells of the conversations the joiner now owns, so that a
+rollout that replaces pods one by one (maxSurge 0: the drained pod's conversations go to the
+pod still running, then on to the new one) leaves each conversation's cells at its owner.
+
 Never across models or settings: every transfer carries the sender's fingerprint (model
 file sha256, llama.cpp build, KV-relevant settings); a receiver with another refuses it.
 The receiver also checks the state has exactly the size a state of that many tokens has
@@ -37,6 +42,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from chatbot.core.affinity import HashRing
 from chatbot.llm.batched_engine import BatchedEngine, SavedKv
 from chatbot.peers.discovery import Peers
 
@@ -126,28 +132,43 @@ class KvHandoff:
         return str(httpx.URL(member).copy_with(port=self.port, path=f"/kv/{self.persona}"))
 
     async def drain(self) -> None:
-        """Hands every conversation's cells to its next owner, within `timeout_s`."""
+        """Hands every conversation's cells to its next owner (the ring without this
+        replica), within `timeout_s`."""
+        ring, skip = self.peers.ring, {self.peers.self_url} | self.peers.down()
+        await self._bounded(lambda key: ring.owner(key, skip=skip), "drain")
+
+    async def watch(self) -> None:
+        """Runs while the replica serves: when replicas join, hands each the cells of the
+        conversations it now owns."""
+        known = set(self.peers.ring.members)
+        while True:
+            ring = await self.peers.current()
+            joined = set(ring.members) - known - {self.peers.self_url}
+            known = set(ring.members)
+            if joined:
+                await self._bounded(_new_owner(ring, self.peers.down(), joined), "join")
+            await asyncio.sleep(self.peers.refresh_s)
+
+    async def _bounded(self, owner_of, why: str) -> None:
         if not self.engine.status().ready:
             return
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self._send_all()
+                await self._send_all(owner_of, why)
         except TimeoutError:
-            log.warning("KV handoff: not done within %g s; the rest is evaluated again",
-                        self.timeout_s)
+            log.warning("KV handoff (%s): not done within %g s; the rest is evaluated again",
+                        why, self.timeout_s)
         except Exception:
-            log.exception("KV handoff failed")
+            log.exception("KV handoff (%s) failed", why)
 
-    async def _send_all(self) -> None:
+    async def _send_all(self, owner_of, why: str) -> None:
         fingerprint = await self.engine.kv_fingerprint()
-        saved = await self.engine.export_kv()
-        ring = self.peers.ring
-        skip = {self.peers.self_url} | self.peers.down()
-        targets = [(s, ring.owner(s.key, skip=skip)) for s in saved]
+        saved = await self.engine.export_kv(lambda key: owner_of(key) is not None)
+        targets = [(s, owner_of(s.key)) for s in saved]
         targets = [(s, owner) for s, owner in targets if owner is not None]
         if not targets:
             return
-        log.info("KV handoff: %d conversations to %d peers", len(targets),
+        log.info("KV handoff (%s): %d conversations to %d peers", why, len(targets),
                  len({o for _, o in targets}))
         gate = asyncio.Semaphore(CONCURRENCY)
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
@@ -204,6 +225,16 @@ class KvHandoff:
     def _refuse(self, result: str, reason: str, status: int) -> JSONResponse:
         self.metrics.count(result)
         return JSONResponse({"result": result, "detail": reason}, status_code=status)
+
+
+def _new_owner(ring: HashRing, down: set[str], joined: set[str]):
+    """key -> its owner when that is one of the replicas that `joined`, else None."""
+
+    def owner(key: str) -> str | None:
+        member = ring.owner(key, skip=down)
+        return member if member in joined else None
+
+    return owner
 
 
 def handoff_app(handoffs: dict[str, KvHandoff]) -> Starlette:
