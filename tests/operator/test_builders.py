@@ -206,8 +206,17 @@ def test_the_kv_handoff_port_is_the_pods_and_the_peers_services_never_the_routes
             "targetPort": "kv-handoff"} in peers
     public = builders.persona_service(OWNER, "character")["spec"]["ports"]
     assert [p["targetPort"] for p in public] == ["http"]
-    settings = Settings(kv_handoff_port=env["CHATBOT_KV_HANDOFF_PORT"]["value"])
+    settings = Settings(kv_handoff_port=env["CHATBOT_KV_HANDOFF_PORT"]["value"],
+                        kv_handoff=env["CHATBOT_KV_HANDOFF"]["value"])
     assert settings.kv_handoff and settings.kv_handoff_port == builders.KV_HANDOFF_PORT
+    # kvHandoff: false turns it off for that persona only.
+    spec = _spec(character={**_spec().model_dump(by_alias=True)["character"],
+                            "kvHandoff": False})
+    for persona, on in (("character", "false"), ("office", "true")):
+        dep = builders.persona_deployment(OWNER, spec, persona, PROFILES, CONFIG)
+        env = {e["name"]: e for e in _container(dep)["env"]}
+        assert env["CHATBOT_KV_HANDOFF"]["value"] == on
+    assert not Settings(kv_handoff="false").kv_handoff
 
 
 def test_fetch_job_downloads_into_the_persona_volume_and_reports_status():
