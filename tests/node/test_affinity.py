@@ -37,6 +37,7 @@ from tests.node.release import (
 from tests.node.traffic import Users, container_id, history_problems, pod_performance, pod_url
 
 CONVERSATIONS, TURNS = 8, 6
+ROLLOUT_ROUNDS = 4  # turns of each conversation while the pods are replaced
 HOP = "X-Chatbot-Forwarded-By"
 PORT = 8080
 
@@ -255,7 +256,12 @@ def test_a_rollout_hands_each_conversations_kv_to_its_next_owner(two_replicas):
         started = time.monotonic()
         across = []
         while not rolled():
-            across.append(round_(pool))
+            # At most ROLLOUT_ROUNDS across: the persona replays 10 turns at most, and a
+            # conversation past them moves its window (its prompt's prefix changes: its
+            # next turn is evaluated wherever its cells are).
+            if len(across) < ROLLOUT_ROUNDS:
+                across.append(round_(pool))
+            time.sleep(2)
             assert time.monotonic() - started < 300, "the rollout did not finish"
         rollout_s = time.monotonic() - started
         time.sleep(6)  # each new pod's DNS lookup lists the other, which got its share
@@ -274,6 +280,9 @@ def test_a_rollout_hands_each_conversations_kv_to_its_next_owner(two_replicas):
           f"conversations; slowest answer per round (s): before {fmt(before)}, across "
           f"{fmt(across)}, first after {fmt([first])}, then {fmt(after)}; first turn after "
           f"the rollout: {kv_first}; transfers at the new pods {transfers}")
+    log = kubectl(nc, "logs", "-n", NS, "--tail=200", "-l",
+                  "app.kubernetes.io/component=character", check=False)
+    print("\n".join(line for line in log.splitlines() if "KV handoff" in line))
     assert kv_first["evaluated"] == 0, kv_first
     assert kv_first["handed_over"] + kv_first["restored"] + kv_first["local"] == len(db_ids)
     assert transfers["received"] >= 1 and transfers["refused_mismatch"] == 0
