@@ -55,6 +55,7 @@ HEADER_OVERHEAD = 1024
 MAX_KEY = 256
 # Transfers in flight at once from a draining replica.
 CONCURRENCY = 4
+SENT_REMEMBERED = 10_000
 
 RESULTS = ("sent", "refused", "failed", "received", "refused_mismatch", "refused_invalid")
 
@@ -127,6 +128,9 @@ class KvHandoff:
                  metrics: HandoffMetrics, timeout_s: float) -> None:
         self.persona, self.engine, self.peers, self.port = persona, engine, peers, port
         self.metrics, self.timeout_s = metrics, timeout_s
+        # (peer, conversation) -> the tokens last handed there: a replica whose readiness
+        # flaps (it leaves the DNS name and joins again) is not sent the same cells again.
+        self._sent: dict[tuple[str, str], int] = {}
 
     def peer_url(self, member: str) -> str:
         return str(httpx.URL(member).copy_with(port=self.port, path=f"/kv/{self.persona}"))
@@ -165,7 +169,8 @@ class KvHandoff:
         fingerprint = await self.engine.kv_fingerprint()
         saved = await self.engine.export_kv(lambda key: owner_of(key) is not None)
         targets = [(s, owner_of(s.key)) for s in saved]
-        targets = [(s, owner) for s, owner in targets if owner is not None]
+        targets = [(s, owner) for s, owner in targets if owner is not None
+                   and self._sent.get((owner, s.key)) != len(s.tokens)]
         if not targets:
             return
         log.info("KV handoff (%s): %d conversations to %d peers", why, len(targets),
@@ -186,6 +191,9 @@ class KvHandoff:
                         return
                     if response.status_code == 200:
                         self.metrics.count("sent", len(saved.state))
+                        if len(self._sent) >= SENT_REMEMBERED:
+                            self._sent.clear()
+                        self._sent[(owner, saved.key)] = len(saved.tokens)
                     else:
                         log.warning("KV handoff: %s refused (%d): %s", owner,
                                     response.status_code, response.text[:200])
