@@ -252,10 +252,17 @@ async def handoff_server(settings: Settings, handoffs: Mapping):
             yield
 
     host = urlsplit(settings.affinity_self).hostname
-    server = PeerServer(uvicorn.Config(handoff_app(dict(handoffs)), host=host,
-                                       port=settings.kv_handoff_port, log_level="warning",
-                                       lifespan="off"))
-    task = asyncio.create_task(server.serve())
+    config = uvicorn.Config(handoff_app(dict(handoffs)), host=host,
+                            port=settings.kv_handoff_port, log_level="warning", lifespan="off")
+    try:  # bound here: a port that is taken costs the handoff, not the service
+        sock = config.bind_socket()
+    except SystemExit:
+        log.error("KV handoff: cannot listen on %s:%d; no KV is handed over or taken",
+                  host, settings.kv_handoff_port)
+        yield
+        return
+    server = PeerServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     watching = [asyncio.create_task(h.watch()) for h in handoffs.values()]
     try:
         yield
