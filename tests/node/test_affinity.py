@@ -219,8 +219,13 @@ def test_a_rollout_hands_each_conversations_kv_to_its_next_owner(two_replicas):
     of evaluating its history. Answer times (the tiny model: mostly the prompt's
     evaluation) before, across and after."""
     nc = two_replicas
-    old = {p["metadata"]["name"] for p in ready_pods(nc, "character")}
+    # (a replica SIGKILLed just before: its container restarts in the same pod)
+    wait_for(lambda: len(ready_pods(nc, "character")) == 2, timeout=120, interval=1,
+             desc="two character replicas ready")
+    time.sleep(4)  # each replica's next DNS lookup of its peers lists both
+    old = {p["metadata"]["name"] for p in pods(nc, "character")}
     db_ids = _split_evenly(ready_pods(nc, "character"), 4)
+    assert len(db_ids) == 4
     user = "affinity-rollout"
 
     def ask(db_id: str, turn: int) -> float:
