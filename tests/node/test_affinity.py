@@ -248,7 +248,14 @@ def test_a_rollout_hands_each_conversations_kv_to_its_next_owner(two_replicas):
         turns.update(db_ids)
         return times
 
+    seen: list[str] = []  # the pods' handoff log lines, kept before the old pods go
+
     def rolled() -> bool:
+        log = kubectl(nc, "logs", "-n", NS, "--tail=100", "-l",
+                      "app.kubernetes.io/component=character", "--prefix", check=False)
+        seen.extend(line for line in log.splitlines()
+                    if ("KV handoff" in line or "replicas:" in line or "restore" in line)
+                    and line not in seen)
         now = pods(nc, "character")
         return (len(now) == 2 == len(ready_pods(nc, "character"))
                 and not old & {p["metadata"]["name"] for p in now})
@@ -285,9 +292,8 @@ def test_a_rollout_hands_each_conversations_kv_to_its_next_owner(two_replicas):
           f"conversations; slowest answer per round (s): before {fmt(before)}, across "
           f"{fmt(across)}, first after {fmt([first])}, then {fmt(after)}; first turn after "
           f"the rollout: {kv_first}; transfers at the new pods {transfers}")
-    log = kubectl(nc, "logs", "-n", NS, "--tail=200", "-l",
-                  "app.kubernetes.io/component=character", check=False)
-    print("\n".join(line for line in log.splitlines() if "KV handoff" in line))
+    rolled()
+    print("\n".join(seen))
     assert kv_first["evaluated"] == 0, kv_first
     assert kv_first["handed_over"] + kv_first["restored"] + kv_first["local"] == len(db_ids)
     assert transfers["received"] >= 1 and transfers["refused_mismatch"] == 0

@@ -31,6 +31,7 @@ header {fingerprint, key, tokens}, then the state's bytes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import struct
@@ -172,13 +173,16 @@ class KvHandoff:
         targets = [(s, owner) for s, owner in targets if owner is not None
                    and self._sent.get((owner, s.key)) != len(s.tokens)]
         if not targets:
+            if why == "drain":
+                log.info("KV handoff (drain): nothing to hand over (%d conversations here; "
+                         "replicas: %s)", len(saved), ", ".join(self.peers.ring.members))
             return
         log.info("KV handoff (%s): %d conversations to %d peers", why, len(targets),
                  len({o for _, o in targets}))
         gate = asyncio.Semaphore(CONCURRENCY)
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
 
-            async def send(saved: SavedKv, owner: str) -> None:
+            async def send(saved: SavedKv, owner: str) -> str:
                 async with gate:
                     body = encode(fingerprint, saved)
                     try:
@@ -188,18 +192,21 @@ class KvHandoff:
                     except httpx.HTTPError as exc:
                         log.warning("KV handoff to %s failed: %s", owner, exc)
                         self.metrics.count("failed")
-                        return
+                        return "failed"
                     if response.status_code == 200:
                         self.metrics.count("sent", len(saved.state))
                         if len(self._sent) >= SENT_REMEMBERED:
                             self._sent.clear()
                         self._sent[(owner, saved.key)] = len(saved.tokens)
+                        return "sent"
                     else:
                         log.warning("KV handoff: %s refused (%d): %s", owner,
                                     response.status_code, response.text[:200])
                         self.metrics.count("refused")
+                        return "refused"
 
-            await asyncio.gather(*(send(s, o) for s, o in targets))
+            results = await asyncio.gather(*(send(s, o) for s, o in targets))
+            log.info("KV handoff (%s): %s", why, dict(collections.Counter(results)))
 
     def max_body(self) -> int:
         engine = self.engine
