@@ -140,6 +140,8 @@ class KvHandoff:
         """Hands every conversation's cells to its next owner (the ring without this
         replica), within `timeout_s`."""
         ring, skip = self.peers.ring, {self.peers.self_url} | self.peers.down()
+        if not set(ring.members) - skip:  # a DNS answer that missed the others: ask again
+            ring = await self.peers.resolve_now()
         await self._bounded(lambda key: ring.owner(key, skip=skip), "drain")
 
     async def watch(self) -> None:
