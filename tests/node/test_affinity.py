@@ -276,8 +276,19 @@ def test_a_rollout_hands_each_conversations_kv_to_its_next_owner(two_replicas):
             time.sleep(2)
             assert time.monotonic() - started < 300, "the rollout did not finish"
         rollout_s = time.monotonic() - started
-        time.sleep(6)  # each new pod's DNS lookup lists the other, which got its share
         new = ready_pods(nc, "character")
+        # Each new pod's peers lookup lists both (DNS answers lag during a rollout), and
+        # the join's handoff that follows it is done.
+        ips = {p["status"]["podIP"] for p in new}
+
+        def both_listed(pod: dict) -> bool:
+            log = kubectl(nc, "logs", "-n", NS, pod["metadata"]["name"], check=False)
+            lines = [line for line in log.splitlines() if "replicas:" in line]
+            return bool(lines) and all(ip in lines[-1] for ip in ips)
+
+        wait_for(lambda: all(both_listed(p) for p in new), timeout=60, interval=1,
+                 desc="each new pod lists both")
+        time.sleep(3)
         kv_before = _kv(new)
         first = round_(pool)
         kv_first = {k: v - kv_before[k] for k, v in _kv(new).items()}
