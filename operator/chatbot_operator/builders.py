@@ -19,6 +19,9 @@ from chatbot_operator.spec import AUTOSCALING_METRICS, PERSONAS, ChatbotModelSpe
 MODELS_DIR = "/models"
 DATA_DIR = "/data"
 HTTP_PORT = 8080
+# A draining pod hands its conversations' KV cells to its peers here (CHATBOT_KV_HANDOFF_PORT):
+# never behind the route; the chart's NetworkPolicy opens it to the persona's own pods only.
+KV_HANDOFF_PORT = 8081
 SERVICE_PORT = 80
 ROUTE_PORT = 8001
 HASH_ANNOTATION = f"{GROUP}/settings-hash"
@@ -330,7 +333,8 @@ def peers_name(owner: Owner, persona: str) -> str:
 
 def _affinity_env(owner: Owner, persona: str) -> list[dict]:
     """Conversation affinity (the service's chatbot.peers): the pod's own address and the
-    headless Service whose DNS name lists the persona's ready pods. Set at every replica
+    headless Service whose DNS name lists the persona's ready pods, and the port a draining
+    pod hands its conversations' KV cells to (chatbot.peers.handoff). Set at every replica
     count, so that scaling never changes the pod template (one replica: nothing to
     forward)."""
     return [
@@ -339,6 +343,7 @@ def _affinity_env(owner: Owner, persona: str) -> list[dict]:
          "value": f"http://$({env_name('pod_ip')}):{HTTP_PORT}"},
         {"name": env_name("affinity_peers_dns"),
          "value": f"{peers_name(owner, persona)}:{HTTP_PORT}"},
+        {"name": env_name("kv_handoff_port"), "value": str(KV_HANDOFF_PORT)},
     ]
 
 
@@ -357,11 +362,13 @@ def persona_deployment(owner: Owner, spec: ChatbotModelSpec, persona: str, profi
         "image": spec.image_for(persona),
         "command": ["chatbot", "serve", persona, "--host", "0.0.0.0",
                     "--port", str(HTTP_PORT), "--forwarded-allow-ips", "*"],
-        "ports": [{"name": "http", "containerPort": HTTP_PORT}],
+        "ports": [{"name": "http", "containerPort": HTTP_PORT},
+                  {"name": "kv-handoff", "containerPort": KV_HANDOFF_PORT}],
         "envFrom": [{"configMapRef": {"name": settings_name(owner)}}],
         "env": [{"name": env_name("root_path"), "value": f"/{persona}"}, *_secret_env(spec),
                 *_report_env(owner, spec, persona, profile, config),
-                *_affinity_env(owner, persona)],
+                *_affinity_env(owner, persona),
+                {"name": env_name("kv_handoff"), "value": "true" if p.kv_handoff else "false"}],
         "resources": _resources(p, profile),
         "startupProbe": _probe(contract.HEALTH_PATH, periodSeconds=5, failureThreshold=60),
         "livenessProbe": _probe(contract.HEALTH_PATH, periodSeconds=10, failureThreshold=3),
@@ -498,7 +505,9 @@ def peers_service(owner: Owner, persona: str) -> dict:
         "metadata": _meta(owner, peers_name(owner, persona), f"{persona}-peers"),
         "spec": {"selector": selector(owner, persona), "clusterIP": "None",
                  "publishNotReadyAddresses": False,
-                 "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}]},
+                 "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http"},
+                           {"name": "kv-handoff", "port": KV_HANDOFF_PORT,
+                            "targetPort": "kv-handoff"}]},
     }
 
 

@@ -111,6 +111,12 @@ def _persona(defaults: dict, what: str) -> dict:
                                  "description": "on a GPU profile, a pod that offloaded fewer "
                                                 "layers than told is Ready anyway (with an "
                                                 "Accelerated=False warning condition)"},
+            "kvHandoff": {"type": "boolean", "default": True,
+                          "description": "with several replicas, a pod that drains (rollout, "
+                                         "scale-down) hands its conversations' KV cells to "
+                                         "the pods that own them next, and a pod that joins "
+                                         "gets the ones it owns; false: their next turns "
+                                         "evaluate the history again"},
             "maxConcurrent": {"type": "integer", "default": defaults["maxConcurrent"],
                               "minimum": 1, "maximum": 64},
             "contextSize": {"type": "integer", "default": DEFAULT_CONTEXT_SIZE, "minimum": 256,

@@ -79,6 +79,8 @@ class Persona(_Model):
     image: str | None = None
     # A pod on a GPU profile that offloaded fewer layers than told is not Ready, unless this.
     allow_cpu_fallback: bool = Field(default=False, alias="allowCpuFallback")
+    # A draining pod hands its conversations' KV cells to the pods that own them next.
+    kv_handoff: bool = Field(default=True, alias="kvHandoff")
 
 
 OFFICE_DEFAULTS = {

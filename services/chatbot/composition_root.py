@@ -219,6 +219,61 @@ def placed(app, runtime: PersonaRuntime, settings: Settings, peers):
         read_timeout_s=ps.request_timeout_s + 30)
 
 
+def build_handoffs(settings: Settings, runtimes: Mapping[Persona, PersonaRuntime], peers):
+    """Each persona's KV handoff (`chatbot.peers.handoff`), or none: handoff off, no peers, no
+    port, or an engine that keeps no KV between requests."""
+    if not settings.kv_handoff or settings.kv_handoff_port is None or peers is None:
+        return {}
+    from chatbot.llm.batched_engine import BatchedEngine
+    from chatbot.peers.handoff import HandoffMetrics, KvHandoff
+
+    return {p.value: KvHandoff(p.value, r.service.engine, peers, settings.kv_handoff_port,
+                               HandoffMetrics(p.value, r.metrics.registry),
+                               settings.kv_handoff_timeout_s)
+            for p, r in runtimes.items() if isinstance(r.service.engine, BatchedEngine)}
+
+
+@asynccontextmanager
+async def handoff_server(settings: Settings, handoffs: Mapping):
+    """The handoff's own port, on this replica's peer address (not the public one's)."""
+    if not handoffs:
+        yield
+        return
+    import contextlib
+    from urllib.parse import urlsplit
+
+    import uvicorn
+
+    from chatbot.peers.handoff import handoff_app
+
+    class PeerServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):  # the main server's handlers stay in charge
+            yield
+
+    host = urlsplit(settings.affinity_self).hostname
+    config = uvicorn.Config(handoff_app(dict(handoffs)), host=host,
+                            port=settings.kv_handoff_port, log_level="warning", lifespan="off")
+    try:  # bound here: a port that is taken costs the handoff, not the service
+        sock = config.bind_socket()
+    except SystemExit:
+        log.error("KV handoff: cannot listen on %s:%d; no KV is handed over or taken",
+                  host, settings.kv_handoff_port)
+        yield
+        return
+    server = PeerServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    watching = [asyncio.create_task(h.watch()) for h in handoffs.values()]
+    try:
+        yield
+    finally:
+        for watch in watching:
+            watch.cancel()
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 5)
+
+
 def build_runtime(
     persona: Persona, settings: Settings, engine, store: HistoryStore,
     search: WebSearch | None = None, shutdown: Shutdown | None = None,
@@ -348,6 +403,9 @@ def create_app(settings: Settings, personas: list[Persona] | None = None, *,
                 if status.ready:
                     await asyncio.to_thread(report, settings, persona.value, status.facts)
 
+    peers = build_peers(settings)
+    handoffs = build_handoffs(settings, runtimes, peers)
+
     @asynccontextmanager
     async def lifespan(app):
         loading = asyncio.create_task(load_and_report())  # serve /healthz while loading
@@ -355,7 +413,12 @@ def create_app(settings: Settings, personas: list[Persona] | None = None, *,
             _report_keys(settings, personas, api_keys)  # then on every change
         await store.start()  # connects in the background; MongoDB may be down
         try:
-            yield
+            async with handoff_server(settings, handoffs):
+                yield
+                # Drained: the conversations' KV cells go to their next owners.
+                await requests_settled(runtimes)
+                for handoff in handoffs.values():
+                    await handoff.drain()
         finally:
             loading.cancel()
             try:  # before the engines close: their live counters are part of the line
@@ -370,7 +433,6 @@ def create_app(settings: Settings, personas: list[Persona] | None = None, *,
                     for gpt in runtime.gpt_services.values():
                         await gpt.engine.close()
 
-    peers = build_peers(settings)
     if len(personas) == 1:
         runtime = runtimes[personas[0]]
         app = placed(persona_app(runtime, settings.root_path, lifespan), runtime, settings,

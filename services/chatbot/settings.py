@@ -207,6 +207,18 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="a peer that does not accept the connection in this "
         "long is skipped for affinity_down_s and the turn is served here")
     affinity_down_s: float = Field(default=5.0, gt=0)
+    # KV handoff (chatbot.peers.handoff): a draining replica hands its conversations' KV
+    # cells to the replicas that own them next, on a port of its own that only peers reach.
+    kv_handoff: bool = Field(
+        default=True, description="on drain, hand each conversation's KV cells to the "
+        "replica that owns it next, and take the ones peers hand over (needs affinity "
+        "peers and kv_handoff_port)")
+    kv_handoff_port: int | None = Field(
+        default=None, ge=1, le=65535, description="the port peers hand KV cells to, on "
+        "affinity_self's address (none: no handoff); never behind the public route")
+    kv_handoff_timeout_s: float = Field(
+        default=5.0, gt=0, description="on drain, how long handing over may take in all "
+        "(what is not sent by then is evaluated again by its next turn)")
 
     # On Kubernetes (set by the operator): report the GPU offload into the ChatbotModel's
     # status.acceleration.<persona>, with the pod's ServiceAccount token.

@@ -393,7 +393,9 @@ def test_network_policies_only_the_route_reaches_services_only_services_reach_mo
         assert _matches(peer["podSelector"], _operator_pod_labels(persona))
         for outsider in (other, "not-found", "office-fetch"):
             assert not _matches(peer["podSelector"], _operator_pod_labels(outsider))
-        assert rule["ports"] == [{"protocol": "TCP", "port": builders.HTTP_PORT}]
+        # 8080: forwarded turns; the KV handoff port: a draining replica's KV cells.
+        assert rule["ports"] == [{"protocol": "TCP", "port": builders.HTTP_PORT},
+                                 {"protocol": "TCP", "port": builders.KV_HANDOFF_PORT}]
 
     gateway = template({"route": {"kind": "HTTPRoute", "peers": [{"namespaceSelector": {
         "matchLabels": {"kubernetes.io/metadata.name": "envoy-gateway-system"}}}]},

@@ -2,7 +2,9 @@
 each conversation's turns reach the replica that holds its KV cells (the replicas forward
 to each other through the operator's headless Service, past the chart's NetworkPolicies),
 against the same traffic with placement off; a replica SIGKILLed: its conversations go on
-on the other; the persona scaled 2 -> 3 -> 1 under traffic: no answer lost.
+on the other; a rollout of the persona under conversation traffic: each conversation's
+first turn after it restores the KV cells the drained pods handed over instead of
+evaluating its history; the persona scaled 2 -> 3 -> 1 under traffic: no answer lost.
 
 The tiny model (fast gibberish) instead of SmolLM2: what is measured is where the KV cells
 are, not what the answers say.
@@ -35,6 +37,7 @@ from tests.node.release import (
 from tests.node.traffic import Users, container_id, history_problems, pod_performance, pod_url
 
 CONVERSATIONS, TURNS = 8, 6
+ROLLOUT_ROUNDS = 4  # turns of each conversation while the pods are replaced
 HOP = "X-Chatbot-Forwarded-By"
 PORT = 8080
 
@@ -73,7 +76,7 @@ def _metric(pod: dict, name: str, **labels) -> float:
 
 def _kv(pods: list[dict]) -> dict[str, float]:
     return {kv: sum(_metric(p, "chatbot_kv_turns_total", kv=kv) for p in pods)
-            for kv in ("new", "local", "restored", "evaluated")}
+            for kv in ("new", "local", "restored", "handed_over", "evaluated")}
 
 
 def _evaluated(pods: list[dict]) -> int:
@@ -206,6 +209,107 @@ def test_a_replica_sigkilled_its_conversations_go_on_on_the_other(two_replicas):
         Counter(s for s in statuses if s >= 500), recovered_s,
         f"{answered} of {len(db_ids)} conversations went on; every turn stored once"))
     print(f"\n[affinity] after SIGKILL: statuses {statuses}, all answered in {recovered_s:.1f}s")
+
+
+def test_a_rollout_hands_each_conversations_kv_to_its_next_owner(two_replicas):
+    """Two replicas replaced one by one (maxSurge 0) while 4 conversations go on: a draining
+    pod hands its conversations' KV cells to the pod that owns them next, a pod that joins
+    gets the ones it now owns from the others; the first turn of each conversation after
+    the rollout restores them (kv="handed_over" or "restored", or still "local") instead
+    of evaluating its history. Answer times (the tiny model: mostly the prompt's
+    evaluation) before, across and after."""
+    nc = two_replicas
+    # (a replica SIGKILLed just before: its container restarts in the same pod)
+    wait_for(lambda: len(ready_pods(nc, "character")) == 2, timeout=120, interval=1,
+             desc="two character replicas ready")
+    time.sleep(4)  # each replica's next DNS lookup of its peers lists both
+    old = {p["metadata"]["name"] for p in pods(nc, "character")}
+    db_ids = _split_evenly(ready_pods(nc, "character"), 4)
+    assert len(db_ids) == 4
+    user = "affinity-rollout"
+
+    def ask(db_id: str, turn: int) -> float:
+        body = {"input_data": f"guest {db_id[:8]} turn {turn}: tell me about bread",
+                "character_name": "Mina", "greeting": "Hello!",
+                "context": "Mina is a cheerful baker.", "db_id": db_id, "user_id": user}
+        started = time.monotonic()
+        deadline = started + 120
+        while True:  # a pod going away: the route answers 502/503 until it notices
+            status, _, answer = post(nc.route("/character/Llama"), body)
+            if status == 200:
+                return time.monotonic() - started
+            assert status in (502, 503, 504) and time.monotonic() < deadline, (status, answer)
+            time.sleep(0.5)
+
+    turns = Counter()
+
+    def round_(pool) -> list[float]:
+        times = list(pool.map(lambda d: ask(d, turns[d]), db_ids))
+        turns.update(db_ids)
+        return times
+
+    seen: list[str] = []  # the pods' handoff log lines, kept before the old pods go
+
+    def rolled() -> bool:
+        log = kubectl(nc, "logs", "-n", NS, "--tail=100", "-l",
+                      "app.kubernetes.io/component=character", "--prefix", check=False)
+        seen.extend(line for line in log.splitlines()
+                    if ("KV handoff" in line or "replicas:" in line or "restore" in line)
+                    and line not in seen)
+        now = pods(nc, "character")
+        return (len(now) == 2 == len(ready_pods(nc, "character"))
+                and not old & {p["metadata"]["name"] for p in now})
+
+    with ThreadPoolExecutor(len(db_ids)) as pool:
+        before = [round_(pool) for _ in range(2)]
+        # What a settings change or an image update does to the pods, spec unchanged (the
+        # operator's server-side apply leaves kubectl's restartedAt annotation alone).
+        kubectl(nc, "rollout", "restart", "-n", NS, "deployment/chatbot-cpu-character")
+        started = time.monotonic()
+        across = []
+        while not rolled():
+            # At most ROLLOUT_ROUNDS across: the persona replays 10 turns at most, and a
+            # conversation past them moves its window (its prompt's prefix changes: its
+            # next turn is evaluated wherever its cells are).
+            if len(across) < ROLLOUT_ROUNDS:
+                across.append(round_(pool))
+            time.sleep(2)
+            assert time.monotonic() - started < 300, "the rollout did not finish"
+        rollout_s = time.monotonic() - started
+        new = ready_pods(nc, "character")
+        # Each new pod's peers lookup lists both (DNS answers lag during a rollout), and
+        # the join's handoff that follows it is done.
+        ips = {p["status"]["podIP"] for p in new}
+
+        def both_listed(pod: dict) -> bool:
+            log = kubectl(nc, "logs", "-n", NS, pod["metadata"]["name"], check=False)
+            lines = [line for line in log.splitlines() if "replicas:" in line]
+            return bool(lines) and all(ip in lines[-1] for ip in ips)
+
+        wait_for(lambda: all(both_listed(p) for p in new), timeout=60, interval=1,
+                 desc="each new pod lists both")
+        time.sleep(3)
+        kv_before = _kv(new)
+        first = round_(pool)
+        kv_first = {k: v - kv_before[k] for k, v in _kv(new).items()}
+        after = [round_(pool) for _ in range(2)]
+    transfers = {r: sum(_metric(p, "chatbot_kv_transfers_total", result=r) for p in new)
+                 for r in ("received", "refused_mismatch", "refused_invalid", "sent")}
+
+    def fmt(rounds: list[list[float]]) -> str:
+        return str([round(max(r), 2) for r in rounds])
+
+    print(f"\n[affinity] rollout of 2 character replicas in {rollout_s:.0f}s under 4 "
+          f"conversations; slowest answer per round (s): before {fmt(before)}, across "
+          f"{fmt(across)}, first after {fmt([first])}, then {fmt(after)}; first turn after "
+          f"the rollout: {kv_first}; transfers at the new pods {transfers}")
+    rolled()
+    print("\n".join(seen))
+    assert kv_first["evaluated"] == 0, kv_first
+    assert kv_first["handed_over"] + kv_first["restored"] + kv_first["local"] == len(db_ids)
+    assert transfers["received"] >= 1 and transfers["refused_mismatch"] == 0
+    for db_id in db_ids:
+        assert len(stored_turns(nc, "character", user, db_id)) == turns[db_id], db_id
 
 
 def test_scaling_2_3_1_under_traffic_loses_no_answer(two_replicas, mirror):

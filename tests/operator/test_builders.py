@@ -188,6 +188,37 @@ def test_replicas_find_each_other_through_a_headless_service_the_service_setting
     assert settings.affinity and settings.affinity_self == f"http://10.1.2.3:{builders.HTTP_PORT}"
 
 
+
+def test_the_kv_handoff_port_is_the_pods_and_the_peers_services_never_the_routes():
+    """A draining pod hands its conversations' KV cells to its peers on a port of its own:
+    declared on the pod and the headless peers Service, absent from the persona's Service
+    (the route's backend), and taken by the service's Settings."""
+    from chatbot.settings import Settings
+
+    dep = builders.persona_deployment(OWNER, _spec(), "character", PROFILES, CONFIG)
+    container = _container(dep)
+    env = {e["name"]: e for e in container["env"]}
+    assert {"name": "kv-handoff", "containerPort": builders.KV_HANDOFF_PORT} in \
+        container["ports"]
+    assert int(env["CHATBOT_KV_HANDOFF_PORT"]["value"]) == builders.KV_HANDOFF_PORT
+    peers = builders.peers_service(OWNER, "character")["spec"]["ports"]
+    assert {"name": "kv-handoff", "port": builders.KV_HANDOFF_PORT,
+            "targetPort": "kv-handoff"} in peers
+    public = builders.persona_service(OWNER, "character")["spec"]["ports"]
+    assert [p["targetPort"] for p in public] == ["http"]
+    settings = Settings(kv_handoff_port=env["CHATBOT_KV_HANDOFF_PORT"]["value"],
+                        kv_handoff=env["CHATBOT_KV_HANDOFF"]["value"])
+    assert settings.kv_handoff and settings.kv_handoff_port == builders.KV_HANDOFF_PORT
+    # kvHandoff: false turns it off for that persona only.
+    spec = _spec(character={**_spec().model_dump(by_alias=True)["character"],
+                            "kvHandoff": False})
+    for persona, on in (("character", "false"), ("office", "true")):
+        dep = builders.persona_deployment(OWNER, spec, persona, PROFILES, CONFIG)
+        env = {e["name"]: e for e in _container(dep)["env"]}
+        assert env["CHATBOT_KV_HANDOFF"]["value"] == on
+    assert not Settings(kv_handoff="false").kv_handoff
+
+
 def test_fetch_job_downloads_into_the_persona_volume_and_reports_status():
     spec = _spec(office={"sha256": "a" * 64})
     job = builders.fetch_job(OWNER, spec, "office", PROFILES, CONFIG)

@@ -68,7 +68,8 @@ class _EngineHostCache:
 class _EngineKvTurns:
     """Turns by where their KV cells came from, read live from the batched engine: `new`
     (a first turn), `local` (the replica still held the conversation), `restored` (from host
-    RAM), `evaluated` (its history evaluated again: its cells were nowhere here)."""
+    RAM), `handed_over` (from host RAM, cells a draining replica handed over), `evaluated`
+    (its history evaluated again: its cells were nowhere here)."""
 
     def __init__(self, engine: ChatEngine, persona: str) -> None:
         self.engine, self.persona = engine, persona
@@ -77,9 +78,10 @@ class _EngineKvTurns:
         f = self.engine.status().facts
         family = CounterMetricFamily(
             "chatbot_kv_turns", "Turns by where their KV cells came from: new (first turn), "
-            "local (kept in a slot here), restored (host RAM), evaluated (history evaluated "
-            "again)", labels=["persona", "kv"])
-        for kv in ("new", "local", "restored", "evaluated"):
+            "local (kept in a slot here), restored (host RAM), handed_over (host RAM, cells a "
+            "draining replica handed over), evaluated (history evaluated again)",
+            labels=["persona", "kv"])
+        for kv in ("new", "local", "restored", "handed_over", "evaluated"):
             family.add_metric([self.persona, kv], f.get(f"kv_turns_{kv}", 0))
         yield family
 

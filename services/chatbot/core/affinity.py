@@ -19,9 +19,15 @@ import bisect
 import hashlib
 import math
 from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar
 
 DEFAULT_POINTS = 100  # points per replica: shares within a few percent of each other
 DEFAULT_LOAD_FACTOR = 1.25  # KubeAI's and HAProxy's default
+
+# The affinity key of the conversation the current request belongs to (set by the placing
+# middleware for the request's task): the engine tags the KV cells it keeps with it, so a
+# draining replica knows which peer owns each conversation next.
+CONVERSATION: ContextVar[str | None] = ContextVar("chatbot_conversation", default=None)
 
 
 def ring_hash(text: str) -> int:

@@ -24,6 +24,12 @@ it). That thread runs the step loop:
    through a `Relay`; finished and cancelled sequences leave their slot (their cells stay
    resident for the conversation's next turn until another prompt needs the slot).
 
+When the replica drains, the conversations' cells it holds (idle slots and host RAM) are
+exported, each tagged with its conversation's affinity key, and handed to the replica that
+owns the conversation next (`chatbot.peers.handoff`), which imports them into its own host
+RAM: only after checking they were made by the same model file and KV-relevant settings
+(`kv_fingerprint`) and that they have exactly the size such a state of that many tokens has.
+
 Python runs a handful of attribute reads and two C calls per sequence per step; sampling
 itself is llama.cpp's. The model is loaded with llama-cpp-python's `_internals` wrappers
 (model, context and batch lifetimes), the prompt formatted by the GGUF's own template
@@ -33,14 +39,19 @@ itself is llama.cpp's. The model is loaded with llama-cpp-python's `_internals` 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ctypes
+import hashlib
+import json
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from chatbot.core.affinity import CONVERSATION
 from chatbot.core.ports import Completion, EngineStatus
 from chatbot.domain.conversation import ChatMessage
 from chatbot.domain.errors import ContextLengthExceededError, EngineUnavailableError
@@ -62,15 +73,26 @@ N_UBATCH_MAX = 512
 SAVE_MIN_TOKENS = COPY_MIN_GAIN
 # Where a turn's KV cells came from: `new` (a conversation's first turn), and for a
 # follow-up `local` (this replica still held its earlier turns in a slot), `restored`
-# (from host RAM), `evaluated` (from scratch: only the shared system prompt was found).
-KV_TURNS = ("new", "local", "restored", "evaluated")
+# (from host RAM), `handed_over` (from host RAM, cells another replica handed over as it
+# drained), `evaluated` (from scratch: only the shared system prompt was found).
+KV_TURNS = ("new", "local", "restored", "handed_over", "evaluated")
+
+
+@dataclass(frozen=True)
+class SavedKv:
+    """One conversation's KV cells out of a replica: its affinity key, the tokens its cells
+    hold (positions 0..n-1) and `llama_state_seq_get_data`'s bytes for them."""
+
+    key: str
+    tokens: list[int]
+    state: bytes
 
 
 class _Request:
     """One generation: its prompt, its sampling, where its text goes."""
 
     __slots__ = ("prompt", "params", "stops", "seed", "relay", "cancelled", "own_from",
-                 "restored")
+                 "restored", "handed_over", "key")
 
     def __init__(self, prompt: list[int], params: SamplingParams, stops: tuple[str, ...],
                  seed: int | None, relay: Relay, own_from: int | None = None) -> None:
@@ -79,6 +101,8 @@ class _Request:
         # into its first question); None: a first turn.
         self.own_from = own_from
         self.restored = False
+        self.handed_over = False  # restored from cells a draining replica handed over
+        self.key = CONVERSATION.get()  # the conversation's affinity key (None: unplaced)
         self.params = params
         self.stops = stops
         self.seed = seed
@@ -145,6 +169,13 @@ class BatchedEngine(ModelLifecycle):
         # Sequences whose cells are the source or target of a stream copy that llama.cpp
         # carries out at the next decode: their cells are not saved or restored until then.
         self._unsettled: set[int] = set()
+        # Work for the decode thread between steps (export, import): (function, future).
+        self._calls: deque[tuple[Callable[[object], object], concurrent.futures.Future]] = \
+            deque()
+        # A sequence's state size for n cells is state_base + n * state_per_cell (measured
+        # once the loop starts); an imported state of any other size is refused.
+        self.state_base = self.state_per_cell = 0
+        self._fingerprint: str | None = None
 
     def status(self) -> EngineStatus:
         return self._status(dict(
@@ -326,6 +357,115 @@ class BatchedEngine(ModelLifecycle):
             self._cond.notify()
         return request
 
+    # -- handing KV cells to another replica ----------------------------------------------
+
+    async def kv_fingerprint(self) -> str:
+        """What must be equal for two replicas' KV bytes to mean the same: the model file's
+        sha256, llama.cpp's build, and the settings that change the cells (context per
+        sequence, cache type, flash attention's V layout, RoPE scaling)."""
+        self._require()
+        if self._fingerprint is None:
+            digest = await asyncio.to_thread(_file_sha256, self.path)
+            s = self._settings_for_kv()
+            self._fingerprint = hashlib.sha256(json.dumps(
+                {"model_sha256": digest, **s}, sort_keys=True).encode()).hexdigest()
+        return self._fingerprint
+
+    def _settings_for_kv(self) -> dict:
+        s = self.settings
+        return {"llama_cpp": str(self._facts.get("llama_cpp")), "n_ctx_seq": self._n_ctx_seq,
+                "kv_cache_type": s.kv_cache_type, "flash_attn": s.flash_attn,
+                "rope_scaling_type": s.rope_scaling_type, "rope_freq_scale": s.rope_freq_scale}
+
+    def state_size(self, n_tokens: int) -> int:
+        """The bytes of a sequence state holding `n_tokens` cells here (0: not measured)."""
+        if not self.state_per_cell:
+            return 0
+        return self.state_base + n_tokens * self.state_per_cell
+
+    def max_state_bytes(self) -> int:
+        """The largest state this engine takes: a full sequence, within the host budget."""
+        return min(self.state_size(self._n_ctx_seq), self._host.budget_bytes)
+
+    async def export_kv(self, wanted: Callable[[str], bool] = lambda key: True
+                        ) -> list[SavedKv]:
+        """Every conversation's cells this engine holds, in idle slots and in host RAM, that
+        a placed request produced and whose key is `wanted` (the longest of each
+        conversation's)."""
+        return await self._on_loop(lambda lc: self._export(lc, wanted))
+
+    async def import_kv(self, saved: SavedKv) -> bool:
+        """Keeps cells a peer handed over in host RAM for their conversation's next turn;
+        False (nothing kept) when they are not a state of their tokens' size here, their
+        tokens are not this model's, or they do not fit the host budget."""
+        self._require()
+        n = len(saved.tokens)
+        if not (0 < n < self._n_ctx_seq and len(saved.state) == self.state_size(n)
+                and self._host.fits(len(saved.state))
+                and all(isinstance(t, int) and 0 <= t < self._n_vocab for t in saved.tokens)):
+            return False
+        return await self._on_loop(lambda lc: self._import(saved))
+
+    def _on_loop(self, call: Callable[[object], object]) -> asyncio.Future:
+        self._require()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self._stopping:
+                raise EngineUnavailableError("The model engine is shutting down.")
+            self._calls.append((call, future))
+            self._cond.notify()
+        return asyncio.wrap_future(future)
+
+    def _export(self, lc, wanted: Callable[[str], bool]) -> list[SavedKv]:
+        found: list[SavedKv] = []
+        for slot in self._slots.slots:
+            if (slot.busy or slot.key is None or slot.seq_id in self._unsettled
+                    or len(slot.tokens) < SAVE_MIN_TOKENS or not wanted(slot.key)):
+                continue
+            size = lc.llama_state_seq_get_size(self._ctx, slot.seq_id)
+            state = (ctypes.c_uint8 * size)()
+            if lc.llama_state_seq_get_data(self._ctx, state, size, slot.seq_id) == size:
+                found.append(SavedKv(slot.key, list(slot.tokens), bytes(state)))
+        for entry in self._host.entries():
+            if entry.key is not None and wanted(entry.key):
+                found.append(SavedKv(entry.key, list(entry.tokens), bytes(entry.state)))
+        # One per conversation: the one holding the most of it.
+        longest: dict[str, SavedKv] = {}
+        for saved in found:
+            if saved.key not in longest or len(saved.tokens) > len(longest[saved.key].tokens):
+                longest[saved.key] = saved
+        return list(longest.values())
+
+    def _import(self, saved: SavedKv) -> bool:
+        if self._host.covers(saved.tokens):
+            return True
+        size = len(saved.state)
+        state = (ctypes.c_uint8 * size).from_buffer_copy(saved.state)
+        self._host.put(saved.tokens, state, size, saved.key, received=True)
+        return True
+
+    def _measure_state_size(self, lc) -> None:
+        """A sequence's state size is linear in its cells: measured with 2 cells and 1 (a
+        token decoded into sequence 0 before anything else runs, then dropped)."""
+        batch = self._batch.batch
+        token = lc.llama_vocab_bos(self._vocab)
+        if token < 0:
+            token = 0
+        for i in range(2):
+            batch.token[i], batch.pos[i], batch.seq_id[i][0], batch.n_seq_id[i], \
+                batch.logits[i] = token, i, 0, 1, 0
+        batch.n_tokens = 2
+        try:
+            if lc.llama_decode(self._ctx, batch) != 0:
+                return
+            two = lc.llama_state_seq_get_size(self._ctx, 0)
+            lc.llama_memory_seq_rm(self._memory, 0, 1, -1)
+            one = lc.llama_state_seq_get_size(self._ctx, 0)
+        finally:
+            lc.llama_memory_seq_rm(self._memory, 0, -1, -1)
+        if two > one > 0:
+            self.state_per_cell, self.state_base = two - one, 2 * one - two
+
     # -- the step loop (decode thread) -----------------------------------------------------
 
     def _serve(self) -> None:
@@ -333,12 +473,25 @@ class BatchedEngine(ModelLifecycle):
 
         slots = SlotTable(self.n_seq)
         self._slots = slots
+        try:
+            self._measure_state_size(lc)
+        except Exception:
+            log.exception("could not measure the KV state size: no KV handed over is taken")
         while True:
             with self._cond:
-                while not (self._stopping or self._pending or self._running):
+                while not (self._stopping or self._pending or self._running or self._calls):
                     self._cond.wait()
                 if self._stopping:
                     break
+                calls = list(self._calls)
+                self._calls.clear()
+            for call, future in calls:  # between steps: no cell is being written
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(call(lc))
+                    except Exception as exc:
+                        future.set_exception(exc)
+            with self._cond:
                 starting = []
                 while self._pending and slots.has_free():
                     request = self._pending.popleft()
@@ -350,10 +503,8 @@ class BatchedEngine(ModelLifecycle):
             # decode, so a copy must see the restored cells, never the other way round.
             for i, (request, slot, reused, donor) in enumerate(starting):
                 try:
-                    restores = self.kv_host_restores
-                    starting[i] = (request, slot, *self._swap(lc, request.prompt, slot,
-                                                              reused, donor))
-                    request.restored = self.kv_host_restores > restores
+                    starting[i] = (request, slot, *self._swap(lc, request, slot, reused,
+                                                              donor))
                 except Exception:  # the cache is an optimization: evaluate instead
                     log.exception("could not save or restore KV cells in host RAM")
                     self._forget_cells(lc, slot)
@@ -377,15 +528,18 @@ class BatchedEngine(ModelLifecycle):
         for seq in list(self._running):
             self._finish(lc, seq, EngineUnavailableError("The model engine is shutting down."))
         with self._cond:
+            while self._calls:
+                self._calls.popleft()[1].cancel()
             while self._pending:
                 self._pending.popleft().relay.put(
                     EngineUnavailableError("The model engine is shutting down."), flush=True)
 
-    def _swap(self, lc, prompt: list[int], slot: Slot, reused: int,
+    def _swap(self, lc, request: _Request, slot: Slot, reused: int,
               donor: Slot | None) -> tuple[int, Slot | None]:
         """Saves the cells `slot` is about to lose to host RAM and restores a saved
-        conversation that holds more of `prompt` than the slot or its donor would; returns
+        conversation that holds more of the prompt than the slot or its donor would; returns
         the new (reused, donor)."""
+        prompt = request.prompt
         host = self._host
         if not host.budget_bytes or slot.seq_id in self._unsettled:
             return reused, donor
@@ -399,12 +553,19 @@ class BatchedEngine(ModelLifecycle):
             return reused, donor
         entry = host.take(key)
         read = lc.llama_state_seq_set_data(self._ctx, entry.state, entry.size, slot.seq_id)
-        if read != entry.size:  # llama.cpp emptied the sequence
+        # llama.cpp checks the layers, types and row sizes; the positions are checked here
+        # (cells handed over by a peer must be this conversation's 0..n-1, nothing else).
+        if read != entry.size or not self._holds_positions(lc, slot.seq_id, len(entry.tokens)):
             log.warning("could not restore %d saved KV cells into sequence %d",
                         len(entry.tokens), slot.seq_id)
+            lc.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             slot.tokens.clear()
-            return (reused, donor) if donor is not None else (0, None)
+            if donor is not None:
+                return min(reused, common_prefix(donor.tokens, prompt)), donor
+            return 0, None
         slot.tokens[:] = entry.tokens
+        slot.key = entry.key
+        request.restored, request.handed_over = True, entry.received
         self.kv_host_restores += 1
         self.prompt_tokens_restored += n
         return n, None
@@ -415,7 +576,11 @@ class BatchedEngine(ModelLifecycle):
             return
         state = (ctypes.c_uint8 * size)()
         if lc.llama_state_seq_get_data(self._ctx, state, size, slot.seq_id) == size:
-            self._host.put(slot.tokens, state, size)
+            self._host.put(slot.tokens, state, size, slot.key)
+
+    def _holds_positions(self, lc, seq_id: int, n: int) -> bool:
+        return (lc.llama_memory_seq_pos_min(self._memory, seq_id) == 0
+                and lc.llama_memory_seq_pos_max(self._memory, seq_id) == n - 1)
 
     def _start(self, lc, request: _Request, slot: Slot, reused: int,
                donor: Slot | None) -> None:
@@ -439,6 +604,7 @@ class BatchedEngine(ModelLifecycle):
                 reused = 0  # a model that cannot drop a partial range starts over
                 lc.llama_memory_seq_rm(self._memory, slot.seq_id, -1, -1)
             del slot.tokens[reused:]
+        slot.key = request.key
         self.prompt_tokens_reused += reused
         self.kv_turns[_kv_turn(request, reused)] += 1
         sampler = sampler_chain(request.params, self._n_vocab, request.seed)
@@ -568,5 +734,13 @@ def _kv_turn(request: _Request, reused: int) -> str:
     if request.own_from is None:
         return "new"
     if request.restored:
-        return "restored"
+        return "handed_over" if request.handed_over else "restored"
     return "local" if reused >= request.own_from else "evaluated"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

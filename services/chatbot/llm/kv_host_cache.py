@@ -10,6 +10,10 @@ Entries are keyed by the tokens they hold and found by the longest common prefix
 prompt; least recently used entries leave first when the byte budget is exceeded. An entry
 that is a prefix of a newly saved one (the same conversation at an earlier turn) is dropped.
 This module holds bytes and tokens only; the engine's decode thread makes the llama.cpp calls.
+
+Each entry also carries the affinity key of the conversation that produced it (None: a request
+placed by no key), so that a draining replica can hand it to the replica that owns that
+conversation next (`chatbot.peers.handoff`), and whether it came from such a peer.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ class Entry:
     tokens: list[int]  # the sequence's cells, positions 0..len-1, in order
     state: object  # a ctypes buffer from llama_state_seq_get_data
     size: int  # bytes
+    key: str | None = None  # the conversation's affinity key
+    received: bool = False  # handed over by a draining peer
 
 
 class KvHostCache:
@@ -51,7 +57,8 @@ class KvHostCache:
         return any(len(e.tokens) >= n and e.tokens[:n] == tokens
                    for e in self._entries.values())
 
-    def put(self, tokens: list[int], state: object, size: int) -> None:
+    def put(self, tokens: list[int], state: object, size: int, key: str | None = None,
+            received: bool = False) -> None:
         """Keeps a saved sequence; entries it extends go, then the least recently used ones
         until the budget holds it."""
         if not self.fits(size):
@@ -62,7 +69,7 @@ class KvHostCache:
         while self._entries and self.bytes + size > self.budget_bytes:
             self._drop(next(iter(self._entries)))
             self.evicted += 1
-        self._entries[self._next_key] = Entry(list(tokens), state, size)
+        self._entries[self._next_key] = Entry(list(tokens), state, size, key, received)
         self._next_key += 1
         self.bytes += size
         self.saved += 1
@@ -77,6 +84,10 @@ class KvHostCache:
             if n > best_n:
                 best_key, best_n = key, n
         return best_key, best_n
+
+    def entries(self) -> list[Entry]:
+        """Every entry, most recently used first."""
+        return list(reversed(self._entries.values()))
 
     def take(self, key: int) -> Entry:
         """Removes and returns an entry (its state moves into a slot)."""

@@ -22,6 +22,7 @@ class Slot:
     tokens: list[int] = field(default_factory=list)  # resident in the KV cache, in order
     busy: bool = False
     last_used: int = 0
+    key: str | None = None  # the affinity key of the conversation whose cells it holds
 
 
 class SlotTable:

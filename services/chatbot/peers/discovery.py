@@ -70,6 +70,12 @@ class Peers:
                 pass
         return self.ring
 
+    async def resolve_now(self) -> HashRing:
+        """The ring after one more DNS lookup (a fixed list: as it is)."""
+        if self._dns is not None:
+            await self._resolve()
+        return self.ring
+
     def mark_down(self, member: str) -> None:
         self._down_until[member] = time.monotonic() + self.down_s
 

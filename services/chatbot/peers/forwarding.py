@@ -27,6 +27,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chatbot.core.affinity import CONVERSATION
 from chatbot.peers.discovery import Peers
 
 log = logging.getLogger(__name__)
@@ -129,17 +130,26 @@ class AffinityMiddleware:
         if scope["type"] != "http" or not is_chat(scope):
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        if HOP_HEADER in headers:
-            self.metrics.count("received")
-            return await self._local(scope, receive, send)
-        ring = await self.peers.current()
-        if len(ring) < 2:
-            return await self._local(scope, receive, send)
         body, disconnected = await _read_body(receive)
         if disconnected:
             return
         replay = _replaying(body, receive)
         key = conversation_key(scope["path"], headers, body)
+        # The engine tags the KV cells this request leaves with its conversation's key.
+        token = CONVERSATION.set(key)
+        try:
+            await self._place(scope, headers, key, body, replay, receive, send)
+        finally:
+            CONVERSATION.reset(token)
+
+    async def _place(self, scope: Scope, headers: dict[bytes, bytes], key: str | None,
+                     body: bytes, replay: Receive, receive: Receive, send: Send) -> None:
+        if HOP_HEADER in headers:
+            self.metrics.count("received")
+            return await self._local(scope, replay, send)
+        ring = await self.peers.current()
+        if len(ring) < 2:
+            return await self._local(scope, replay, send)
         down = self.peers.down()
         owner = None if key is None else ring.owner(
             key, self.in_flight, self.load_factor, skip=down, min_bound=self.min_bound)
