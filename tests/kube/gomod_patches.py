@@ -181,6 +181,42 @@ def _not_in_build(what: str) -> str:
     return f'fmt.Errorf("{what} is not in this build of KEDA")'
 
 
+def _secret_store_stub(handler: str, spec: str, name: str, field: str) -> str:
+    """A TriggerAuthentication secret store's handler (Azure Key Vault, GCP Secret Manager:
+    the same methods) that refuses."""
+    refusal = _not_in_build(f"{field} (TriggerAuthentication)")
+    return f"""\
+package resolver
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/go-logr/logr"
+	corev1listers "k8s.io/client-go/listers/core/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	kedav1alpha1 "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
+)
+
+// {handler} refuses: {name} is left out of this build.
+type {handler} struct{{}}
+
+func New{handler}(*kedav1alpha1.{spec}) *{handler} {{
+	return &{handler}{{}}
+}}
+
+func (*{handler}) Initialize(context.Context, client.Client, logr.Logger, string,
+	corev1listers.SecretLister) error {{
+	return {refusal}
+}}
+
+func (*{handler}) Read(context.Context, string, string) (string, error) {{
+	return "", {refusal}
+}}
+"""
+
+
 # Stand-ins for the cloud handlers of pkg/scaling/resolver and pkg/eventemitter: the same
 # names and signatures, each refusing with an error that names what is missing. KEDA logs
 # it (and leaves the parameter unresolved, or the CloudEventSource not ready) as it does
@@ -220,66 +256,10 @@ func (*AwsSecretManagerHandler) Initialize(context.Context, client.Client, logr.
 
 func (*AwsSecretManagerHandler) Stop() {{}}
 """,
-    "pkg/scaling/resolver/azure_keyvault_handler.go": f"""\
-package resolver
-
-import (
-	"context"
-	"fmt"
-
-	"github.com/go-logr/logr"
-	corev1listers "k8s.io/client-go/listers/core/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-
-	kedav1alpha1 "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
-)
-
-// AzureKeyVaultHandler refuses: Azure Key Vault is left out of this build.
-type AzureKeyVaultHandler struct{{}}
-
-func NewAzureKeyVaultHandler(*kedav1alpha1.AzureKeyVault) *AzureKeyVaultHandler {{
-	return &AzureKeyVaultHandler{{}}
-}}
-
-func (*AzureKeyVaultHandler) Initialize(context.Context, client.Client, logr.Logger, string,
-	corev1listers.SecretLister) error {{
-	return {_not_in_build("azureKeyVault (TriggerAuthentication)")}
-}}
-
-func (*AzureKeyVaultHandler) Read(context.Context, string, string) (string, error) {{
-	return "", {_not_in_build("azureKeyVault (TriggerAuthentication)")}
-}}
-""",
-    "pkg/scaling/resolver/gcp_secretmanager_handler.go": f"""\
-package resolver
-
-import (
-	"context"
-	"fmt"
-
-	"github.com/go-logr/logr"
-	corev1listers "k8s.io/client-go/listers/core/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
-
-	kedav1alpha1 "github.com/kedacore/keda/v2/apis/keda/v1alpha1"
-)
-
-// GCPSecretManagerHandler refuses: GCP Secret Manager is left out of this build.
-type GCPSecretManagerHandler struct{{}}
-
-func NewGCPSecretManagerHandler(*kedav1alpha1.GCPSecretManager) *GCPSecretManagerHandler {{
-	return &GCPSecretManagerHandler{{}}
-}}
-
-func (*GCPSecretManagerHandler) Initialize(context.Context, client.Client, logr.Logger, string,
-	corev1listers.SecretLister) error {{
-	return {_not_in_build("gcpSecretManager (TriggerAuthentication)")}
-}}
-
-func (*GCPSecretManagerHandler) Read(context.Context, string, string) (string, error) {{
-	return "", {_not_in_build("gcpSecretManager (TriggerAuthentication)")}
-}}
-""",
+    "pkg/scaling/resolver/azure_keyvault_handler.go": _secret_store_stub(
+        "AzureKeyVaultHandler", "AzureKeyVault", "Azure Key Vault", "azureKeyVault"),
+    "pkg/scaling/resolver/gcp_secretmanager_handler.go": _secret_store_stub(
+        "GCPSecretManagerHandler", "GCPSecretManager", "GCP Secret Manager", "gcpSecretManager"),
     "pkg/eventemitter/azure_event_grid_topic_handler.go": f"""\
 package eventemitter
 

@@ -4,8 +4,10 @@ import csv
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,34 @@ LOAD_ENV = {
 
 def chatbot_command() -> str:
     return shutil.which("chatbot", path=str(Path(sys.executable).parent)) or "chatbot"
+
+
+def loadtest_against_stub(answer, out: Path, *args: str) -> subprocess.CompletedProcess:
+    """`chatbot loadtest` against a stub route: `answer(handler)` writes each answer (GET and
+    POST alike); the stub stops when the run ends."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's method names)
+            answer(self)
+
+        def do_POST(self) -> None:  # noqa: N802
+            answer(self)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        return subprocess.run(
+            [chatbot_command(), "loadtest", "--host", f"http://127.0.0.1:{server.server_port}",
+             *args, "--out", str(out)],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def idle_performance(url: str, persona: str, timeout: float = 30) -> dict:

@@ -11,14 +11,13 @@ between the replicas, as a round-robin route's do.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from tests.load.conftest import chatbot_command, read_csv
+from tests.load.conftest import loadtest_against_stub, read_csv
 
 USERS = 6
 REPLICAS = ("chat-7d9f-a", "chat-7d9f-b")
@@ -70,30 +69,10 @@ def _send(handler, status: int, body: str, served_by: str = "") -> None:
 
 
 def _load(tmp_path, stub: _TwoReplicas):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:  # noqa: N802 (http.server's method names)
-            stub.answer(self)
-
-        def do_POST(self) -> None:  # noqa: N802
-            stub.answer(self)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     out = tmp_path / "results"
-    try:
-        result = subprocess.run(
-            [chatbot_command(), "loadtest", "--host", f"http://127.0.0.1:{server.server_port}",
-             "--persona", "character", "--users", str(USERS), "--spawn-rate", str(USERS),
-             "--run-time", "60s", "--out", str(out)],
-            capture_output=True, text=True, timeout=120)
-    finally:
-        server.shutdown()
-        server.server_close()
+    result = loadtest_against_stub(
+        stub.answer, out, "--persona", "character", "--users", str(USERS),
+        "--spawn-rate", str(USERS), "--run-time", "60s")
     summary = json.loads((out / "summary.json").read_text())
     return result, result.stdout + result.stderr, summary, out
 

@@ -11,12 +11,11 @@ as a failure), then the service answers.
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
-from tests.load.conftest import chatbot_command, read_csv
+from tests.load.conftest import loadtest_against_stub, read_csv
 
 ROUTE_503S = 2  # the first answers come from the route
 USERS = 2
@@ -66,30 +65,10 @@ def _send(handler, status: int, body: str, *, request_id: bool,
 def test_the_routes_503s_are_retried_and_left_out_of_the_reconciliation(tmp_path):
     stub = _RouteThenService()
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:  # noqa: N802 (http.server's method names)
-            stub.answer(self)
-
-        def do_POST(self) -> None:  # noqa: N802
-            stub.answer(self)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     out = tmp_path / "results"
-    try:
-        result = subprocess.run(
-            [chatbot_command(), "loadtest", "--host", f"http://127.0.0.1:{server.server_port}",
-             "--persona", "character", "--users", str(USERS), "--spawn-rate", str(USERS),
-             "--run-time", "60s", "--default-retry-after", "0.2", "--out", str(out)],
-            capture_output=True, text=True, timeout=120)
-    finally:
-        server.shutdown()
-        server.server_close()
+    result = loadtest_against_stub(
+        stub.answer, out, "--persona", "character", "--users", str(USERS),
+        "--spawn-rate", str(USERS), "--run-time", "60s", "--default-retry-after", "0.2")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
 
