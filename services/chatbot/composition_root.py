@@ -37,7 +37,7 @@ from chatbot.core.performance import performance_report
 from chatbot.core.ports import ChatEngine, HistoryStore, NoWebSearch, WebSearch
 from chatbot.core.prompts import OfficeAssistant
 from chatbot.core.shutdown import Shutdown
-from chatbot.core.stats import PerformanceStats
+from chatbot.core.stats import Outcome, PerformanceStats
 from chatbot.domain.personas import GPT_MODELS, GPT_SAMPLING, PROFILES, Persona
 from chatbot.llm.bundled import bundled_model_path
 from chatbot.settings import Settings
@@ -207,6 +207,7 @@ def placed(app, runtime: PersonaRuntime, settings: Settings, peers):
 
     from chatbot.peers.forwarding import AffinityMiddleware, PlacementMetrics
 
+    gate = runtime.service.gate
     served_by = settings.pod_name or hashlib.sha256(peers.self_url.encode()).hexdigest()[:12]
     ps = runtime.settings
     return AffinityMiddleware(
@@ -216,7 +217,8 @@ def placed(app, runtime: PersonaRuntime, settings: Settings, peers):
         served_by=served_by, min_bound=2 * ps.max_concurrent,
         load_factor=settings.affinity_load_factor,
         connect_timeout_s=settings.affinity_connect_timeout_s,
-        read_timeout_s=ps.request_timeout_s + 30)
+        read_timeout_s=ps.request_timeout_s + 30, shutdown=gate.shutdown,
+        client_left=lambda: gate.stats.record(Outcome(ok=False, total_s=0.0)))
 
 
 def build_handoffs(settings: Settings, runtimes: Mapping[Persona, PersonaRuntime], peers):

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import socket
+import threading
+import time
 import uuid
 
 import httpx
@@ -140,3 +144,49 @@ def test_a_streamed_v1_answer_comes_from_the_sessions_owner_through_either_repli
             served.add(response.headers["x-served-by"])
         assert events[-1] == "data: [DONE]" and len(events) > 2
     assert len(served) == 1
+
+
+def test_an_owner_still_answering_when_the_forwarders_grace_ends_is_a_503_to_retry(
+        start_server):
+    """A replica stopping (scale-down) while it waits for a peer's answer: when its grace
+    period ends, its client gets its 503 with Retry-After (and retries elsewhere), not the
+    bare 500 of uvicorn's own cut-off. The owner here is a stand-in: a socket that takes the
+    request and never answers, as an owner still generating a long answer does."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(16)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.extend(holder.accept()[0] for _ in iter(int, 1)),
+                     daemon=True).start()
+    owner = f"http://127.0.0.1:{holder.getsockname()[1]}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = start_server("character", port=port, env={
+        "CHATBOT_AFFINITY_SELF": url, "CHATBOT_AFFINITY_PEERS": json.dumps([url, owner]),
+        "CHATBOT_SHUTDOWN_GRACE_S": "2", "CHATBOT_CHARACTER__GENERATION__MAX_TOKENS": "8"})
+    answers: list[httpx.Response] = []
+
+    def ask(db_id: str) -> None:
+        body = {**CHARACTER, "db_id": db_id, "user_id": "cut", "input_data": "Hello there"}
+        answers.append(httpx.post(url + "/Llama", json=body, timeout=60))
+
+    try:
+        askers = [threading.Thread(target=ask, args=(str(uuid.uuid4()),)) for _ in range(6)]
+        for asker in askers:
+            asker.start()
+        deadline = time.monotonic() + 60
+        while len(held) < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert held, "no conversation was forwarded to the stand-in owner"
+        time.sleep(3)  # the ones this replica owns are answered meanwhile
+        server.proc.send_signal(signal.SIGTERM)
+        for asker in askers:
+            asker.join(30)
+    finally:
+        server.stop()
+        holder.close()
+    cut = [a for a in answers if a.status_code != 200]
+    assert len(answers) == 6 and cut, [a.status_code for a in answers]
+    for answer in cut:
+        assert answer.status_code == 503, (answer.status_code, answer.text)
+        assert answer.json()["code"] == "SHUTTING_DOWN" and answer.headers["retry-after"]

@@ -28,6 +28,10 @@ DEFAULT_LOAD_FACTOR = 1.25  # KubeAI's and HAProxy's default
 # middleware for the request's task): the engine tags the KV cells it keeps with it, so a
 # draining replica knows which peer owns each conversation next.
 CONVERSATION: ContextVar[str | None] = ContextVar("chatbot_conversation", default=None)
+# A request a peer forwarded here. When that peer lets it go before the answer (its own
+# shutdown cut it, or its client left), the peer answers its client for it (a 503 it counts
+# itself), so this replica does not count it as a failure of its own as well.
+FORWARDED: ContextVar[bool] = ContextVar("chatbot_forwarded", default=False)
 
 
 def ring_hash(text: str) -> int:

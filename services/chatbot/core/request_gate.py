@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from chatbot.core.admission_queue import AdmissionQueue
+from chatbot.core.affinity import FORWARDED
 from chatbot.core.ports import ChatEngine
 from chatbot.core.shutdown import Shutdown
 from chatbot.core.stats import Outcome, PerformanceStats
@@ -120,7 +121,11 @@ class RequestGate:
         except TimeoutError as exc:
             self._failed(started)
             raise self.deadline_error() from exc
-        except BaseException:  # includes cancellation when the client goes away
+        except asyncio.CancelledError:  # the client went away
+            if not FORWARDED.get():  # (a peer's, which answers its own client for it)
+                self._failed(started)
+            raise
+        except BaseException:
             self._failed(started)
             raise
 

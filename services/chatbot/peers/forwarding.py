@@ -22,12 +22,15 @@ import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chatbot.core.affinity import CONVERSATION
+from chatbot.core.affinity import CONVERSATION, FORWARDED
+from chatbot.core.shutdown import Shutdown
+from chatbot.domain.errors import ServiceShuttingDownError
 from chatbot.peers.discovery import Peers
 
 log = logging.getLogger(__name__)
@@ -86,7 +89,8 @@ class PlacementMetrics:
     chat request."""
 
     PLACEMENTS = ("local", "forwarded", "received", "fallback_unreachable",
-                  "fallback_saturated", "fallback_unavailable", "fallback_failed", "no_key")
+                  "fallback_saturated", "fallback_unavailable", "fallback_failed",
+                  "fallback_shutdown", "no_key")
 
     def __init__(self, persona: str, registry: CollectorRegistry) -> None:
         self.counter = Counter(
@@ -116,8 +120,16 @@ class PlacementMetrics:
 class AffinityMiddleware:
     def __init__(self, app: ASGIApp, peers: Peers, metrics: PlacementMetrics, *,
                  served_by: str, min_bound: int, load_factor: float,
-                 connect_timeout_s: float, read_timeout_s: float) -> None:
+                 connect_timeout_s: float, read_timeout_s: float,
+                 shutdown: Shutdown | None = None,
+                 client_left: Callable[[], None] = lambda: None) -> None:
         self.app = app
+        # This replica's shutdown: an owner's answer not begun when its grace period ends
+        # is given up, and the client gets this replica's own 503 (retried), not a 500.
+        self.shutdown = shutdown
+        # A client that left during a relayed answer is counted here: the owner does not
+        # count a request its forwarder let go (chatbot.core.affinity.FORWARDED).
+        self.client_left = client_left
         self.peers, self.metrics = peers, metrics
         self.served_by = served_by.encode("latin-1")
         self.min_bound, self.load_factor = min_bound, load_factor
@@ -137,9 +149,11 @@ class AffinityMiddleware:
         key = conversation_key(scope["path"], headers, body)
         # The engine tags the KV cells this request leaves with its conversation's key.
         token = CONVERSATION.set(key)
+        forwarded = FORWARDED.set(HOP_HEADER in headers)
         try:
             await self._place(scope, headers, key, body, replay, receive, send)
         finally:
+            FORWARDED.reset(forwarded)
             CONVERSATION.reset(token)
 
     async def _place(self, scope: Scope, headers: dict[bytes, bytes], key: str | None,
@@ -223,9 +237,13 @@ class AffinityMiddleware:
         done = self._placed(owner)
         try:
             try:
-                response = await client.send(
-                    client.build_request(scope["method"], url, headers=headers, content=body),
-                    stream=True)
+                response = await self._owners_answer(
+                    client, client.build_request(scope["method"], url, headers=headers,
+                                                 content=body))
+            except ServiceShuttingDownError:
+                log.warning("peer %s had not answered when this replica's shutdown grace "
+                            "ended: the client is told to retry", owner)
+                return "shutdown"
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 log.warning("peer %s unreachable (%s): serving here", owner, exc)
                 self.peers.mark_down(owner)
@@ -242,6 +260,15 @@ class AffinityMiddleware:
                 await response.aclose()
         finally:
             done()
+
+    async def _owners_answer(self, client: httpx.AsyncClient,
+                             request: httpx.Request) -> httpx.Response:
+        """The owner's answer as far as its headers, unless this replica's shutdown grace
+        period ends first (ServiceShuttingDownError)."""
+        if self.shutdown is None:
+            return await client.send(request, stream=True)
+        async with self.shutdown.cutoff(admitted=True):
+            return await client.send(request, stream=True)
 
     async def _relay(self, response: httpx.Response, receive: Receive, send: Send,
                      done) -> None:
@@ -282,6 +309,7 @@ class AffinityMiddleware:
             left.cancel()
             if not relay.done():
                 relay.cancel()
+                self.client_left()
             with contextlib.suppress(asyncio.CancelledError):
                 await relay  # a peer lost mid-answer raises: the client's connection drops
 
