@@ -422,9 +422,9 @@ class BatchedEngine(ModelLifecycle):
             if (slot.busy or slot.key is None or slot.seq_id in self._unsettled
                     or len(slot.tokens) < SAVE_MIN_TOKENS or not wanted(slot.key)):
                 continue
-            size = lc.llama_state_seq_get_size(self._ctx, slot.seq_id)
-            state = (ctypes.c_uint8 * size)()
-            if lc.llama_state_seq_get_data(self._ctx, state, size, slot.seq_id) == size:
+            state = self._read_state(lc, slot.seq_id,
+                                     lc.llama_state_seq_get_size(self._ctx, slot.seq_id))
+            if state is not None:
                 found.append(SavedKv(slot.key, list(slot.tokens), bytes(state)))
         for entry in self._host.entries():
             if entry.key is not None and wanted(entry.key):
@@ -574,9 +574,16 @@ class BatchedEngine(ModelLifecycle):
         size = lc.llama_state_seq_get_size(self._ctx, slot.seq_id)
         if not self._host.fits(size):
             return
-        state = (ctypes.c_uint8 * size)()
-        if lc.llama_state_seq_get_data(self._ctx, state, size, slot.seq_id) == size:
+        state = self._read_state(lc, slot.seq_id, size)
+        if state is not None:
             self._host.put(slot.tokens, state, size, slot.key)
+
+    def _read_state(self, lc, seq_id: int, size: int):
+        """`llama_state_seq_get_data` of a sequence into a buffer of `size` bytes; None when
+        llama.cpp wrote another size."""
+        state = (ctypes.c_uint8 * size)()
+        return state if lc.llama_state_seq_get_data(self._ctx, state, size, seq_id) == size \
+            else None
 
     def _holds_positions(self, lc, seq_id: int, n: int) -> bool:
         return (lc.llama_memory_seq_pos_min(self._memory, seq_id) == 0
