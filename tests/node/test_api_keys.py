@@ -32,6 +32,7 @@ GPT_ONLY = "sk-gpt-node-0123456789abcdef"
 SMALL = "sk-small-node-0123456789abcd"
 OTHER = "sk-other-node-0123456789abcd"
 ROTATED = "sk-web-rotated-0123456789abc"
+HOP = "X-Chatbot-Forwarded-By"  # chatbot.peers.forwarding.HOP_HEADER
 SMALL_TPM = 1500
 WEB_TPM = 1_000_000
 # The documented bound (docs/configuration.md) for a changed Secret to reach the pods: the
@@ -98,8 +99,11 @@ def _pod_url(pod: dict, path: str) -> str:
 
 
 def _pod_status(pod: dict, key: str) -> int:
+    """What this pod answers to `key`. The hop header makes the pod serve the request itself:
+    without it, the pod would forward the conversation to its owner replica, and only the
+    owner's keys would be checked."""
     return post(_pod_url(pod, "/v1/chat/completions"), {**V1, "max_tokens": 1},
-                headers=_bearer(key), timeout=60)[0]
+                headers={**_bearer(key), HOP: "test"}, timeout=60)[0]
 
 
 def _tokens_charged(pod: dict, name: str) -> float:
@@ -250,7 +254,8 @@ def test_a_rotated_key_takes_effect_within_the_documented_time_without_a_restart
     took = time.monotonic() - started
     print(f"\n[api keys] rotation in force on all 3 pods after {took:.0f}s "
           f"(bound {ROTATION_BOUND_S}s)", file=sys.stderr, flush=True)
-    assert post(nc.route("/office/Llama"), OFFICE, headers=_bearer(ROTATED))[0] == 200
+    status, headers, body = post(nc.route("/office/Llama"), OFFICE, headers=_bearer(ROTATED))
+    assert status == 200, (status, headers.get("X-Served-By"), body[:300])
     assert release.restart_counts(nc, "office", "character") == before
     assert sorted(p["metadata"]["uid"] for p in _pods(nc)) == uids
 

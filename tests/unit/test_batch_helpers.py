@@ -57,6 +57,25 @@ def test_a_conversation_that_asked_the_same_first_question_does_not_take_another
     assert other.tokens[-1] == 5
 
 
+def test_a_slot_claimed_earlier_in_the_same_round_lends_only_what_it_will_keep():
+    table = SlotTable(2)
+    system = list(range(100))
+    a, _, _ = table.claim([*system, 1])
+    a.tokens[:] = [*system, 1, *[5] * 50]  # conversation A's first turn
+    table.release(a)
+    b, _, _ = table.claim([*system, 2])
+    b.tokens[:] = [*system, 2, *[6] * 50]
+    table.release(b)
+    # A new conversation takes A's slot (least recently used) and keeps the system prompt;
+    x, reused, _ = table.claim([*system, 3])
+    assert x is a and reused == 100
+    # A's next turn, in the same round, cannot copy its cells from there: they are about
+    # to be overwritten (the engine finds them in host RAM instead).
+    slot, reused, donor = table.claim([*system, 1, *[5] * 50, 7], own_from=101,
+                                      claimed={x.seq_id: [*system, 3][:100]})
+    assert slot is b and donor is None and reused == 100
+
+
 def test_when_every_slot_is_taken_the_least_recently_used_is_overwritten():
     table = SlotTable(2)
     a, _, _ = table.claim([1])

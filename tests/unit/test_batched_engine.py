@@ -250,6 +250,45 @@ def test_each_turn_is_counted_by_where_its_kv_cells_came_from(tiny_models):
     assert elsewhere == {"new": 0, "local": 0, "restored": 0, "evaluated": 1}
 
 
+def test_a_turn_whose_slot_another_request_takes_in_the_same_step_is_restored_from_ram(
+        tiny_models):
+    """Two requests start in one step: the first takes the slot that holds the second's
+    conversation (the least recently used), the second the other slot. The second's cells
+    went to host RAM when the first took their slot, and come back from there; before, the
+    second counted on copying them from the slot being overwritten, and evaluated its whole
+    history (the node's affinity test saw 2 of 40 turns evaluated so)."""
+    import threading
+
+    system = "You are a careful office assistant. " * 4
+
+    async def scenario():
+        async with engine(tiny_models, 2, cache_ram_mib=64) as e:
+            question = ("Please list every step of planning a company offsite, from the "
+                        "budget to the thank-you notes afterwards.")  # its own, restorable
+            first = chat(question, system=system)
+            reply = (await answer(e, first, GREEDY_PLAIN)).strip()  # slot 0
+            await answer(e, chat(QUESTIONS[2], system=system), GREEDY_PLAIN)  # slot 1
+            before = e.status().facts
+            gate = threading.Event()
+            paused = e._on_loop(lambda lc: gate.wait(30))  # the decode thread waits here
+            await asyncio.sleep(0.2)
+            # Queued behind the pause, in this order: a new conversation, then the first's
+            # next turn; both start at the next step.
+            other = asyncio.ensure_future(answer(e, chat(QUESTIONS[3], system=system),
+                                                 GREEDY_PLAIN))
+            await asyncio.sleep(0.2)
+            again = asyncio.ensure_future(answer(e, chat("And then?", (question, reply),
+                                                         system=system), GREEDY_PLAIN))
+            await asyncio.sleep(0.2)
+            gate.set()
+            await asyncio.gather(paused, other, again)
+            after = e.status().facts
+            return {k: after[f"kv_turns_{k}"] - before[f"kv_turns_{k}"]
+                    for k in ("new", "local", "restored", "evaluated")}
+
+    assert asyncio.run(scenario()) == {"new": 1, "local": 0, "restored": 1, "evaluated": 0}
+
+
 def test_a_new_sequence_copies_the_shared_system_prompt_instead_of_evaluating_it(tiny_models):
     """Two conversations start together with the same long system prompt: the one that gets
     a fresh slot copies the cells from the other's slot and still answers as it does alone."""

@@ -493,11 +493,14 @@ class BatchedEngine(ModelLifecycle):
                         future.set_exception(exc)
             with self._cond:
                 starting = []
+                claimed: dict[int, list[int]] = {}
                 while self._pending and slots.has_free():
                     request = self._pending.popleft()
                     if not request.cancelled:  # a request cancelled while waiting never runs
-                        starting.append((request, *slots.claim(request.prompt,
-                                                               request.own_from)))
+                        slot, reused, donor = slots.claim(request.prompt, request.own_from,
+                                                          claimed)
+                        claimed[slot.seq_id] = request.prompt[:reused]
+                        starting.append((request, slot, reused, donor))
             # Host RAM first (saving a slot's leaving conversation, restoring a returning
             # one), then the copies between slots: llama.cpp copies a stream at the next
             # decode, so a copy must see the restored cells, never the other way round.
@@ -545,7 +548,12 @@ class BatchedEngine(ModelLifecycle):
             return reused, donor
         key, n = host.best(prompt)
         n = min(n, len(prompt) - 1)  # the last prompt token is evaluated for its logits
-        restore = key is not None and n - reused >= COPY_MIN_GAIN
+        # Worth it for the tokens it saves, or when it holds this conversation's own turns
+        # that the slot lacks (a short first question and an answer that retokenizes
+        # differently can leave less than COPY_MIN_GAIN past the shared system prompt).
+        own = request.own_from
+        restore = key is not None and (n - reused >= COPY_MIN_GAIN
+                                       or (own is not None and reused < own <= n))
         keeps = 0 if restore or donor is not None else reused
         if len(slot.tokens) - keeps >= SAVE_MIN_TOKENS and not host.covers(slot.tokens):
             self._save(lc, slot)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # Copying another sequence's cells moves its whole KV stream; worth it from this many tokens.
@@ -55,6 +56,7 @@ class SlotTable:
         return sum(1 for s in self.slots if s.busy)
 
     def claim(self, prompt: list[int], own_from: int | None = None,
+              claimed: Mapping[int, list[int]] | None = None,
               ) -> tuple[Slot, int, Slot | None]:
         """A free slot, how many leading prompt tokens it will hold, and the slot to copy
         them from first (None: the slot already holds them). `own_from`: for a follow-up
@@ -65,7 +67,14 @@ class SlotTable:
         more of the prompt (typically the system prompt, to a slot that never saw it):
         copying a sequence's cells costs far less than evaluating its tokens again. At least
         the last prompt token is always evaluated again: its logits give the first token.
+
+        `claimed`: the slots claimed before this one in the same round, by sequence id, with
+        the prompt prefix each will still hold once its request starts. Their other cells are
+        about to be overwritten (by a restore from host RAM, or the new prompt), so they lend
+        only that prefix: a conversation whose cells were in such a slot finds them in host
+        RAM instead (the earlier request's start saved them there).
         """
+        claimed = claimed or {}
         best, best_len, best_key = None, 0, None
         for slot in self.slots:
             if slot.busy:
@@ -86,7 +95,9 @@ class SlotTable:
         best.busy, best.last_used = True, self._clock
         donor, donor_len = None, best_len
         for slot in self.slots:
-            if slot is not best and (n := common_prefix(slot.tokens, prompt)) > donor_len:
+            if slot is best:
+                continue
+            if (n := common_prefix(claimed.get(slot.seq_id, slot.tokens), prompt)) > donor_len:
                 donor, donor_len = slot, n
         if donor is not None and donor_len - best_len >= COPY_MIN_GAIN:
             return best, min(donor_len, len(prompt) - 1), donor
