@@ -314,9 +314,7 @@ def _sandbox_image(config_toml: str) -> str:
 
 def build_node_image(progress=log) -> tuple[str, dict[str, float]]:
     """The node image, built when an input changed; returns (tag, seconds per step)."""
-    missing = binaries.missing_components(binaries.KIND_COMPONENTS)
-    if missing:
-        raise RuntimeError(f"build first: tests/kube/build-binaries {' '.join(missing)}")
+    binaries.build_all(list(binaries.KIND_COMPONENTS))  # kind and kubeadm on first use
     tag = image_tag()
     times: dict[str, float] = {}
     if engine.docker("image", "inspect", tag, check=False).returncode == 0:
