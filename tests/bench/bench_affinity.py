@@ -37,10 +37,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from chatbot.peers.forwarding import HOP_HEADER  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 from tests.support.server import ChatbotServer  # noqa: E402
 
-HOP = "X-Chatbot-Forwarded-By"
+HOP = HOP_HEADER.decode()
 CHARACTER = {"character_name": "Mina", "greeting": "Hello!",
              "context": "Mina is a cheerful baker in Busan who loves to talk about bread, "
                         "ovens, flour and the people who come to her shop every morning."}

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from chatbot.core.affinity import HashRing
+from chatbot.peers.forwarding import HOP_HEADER
 from tests.kube.helpers import wait_for
 from tests.node import ledger
 from tests.node.release import (
@@ -38,7 +39,7 @@ from tests.node.traffic import Users, container_id, history_problems, pod_perfor
 
 CONVERSATIONS, TURNS = 8, 6
 ROLLOUT_ROUNDS = 4  # turns of each conversation while the pods are replaced
-HOP = "X-Chatbot-Forwarded-By"
+HOP = HOP_HEADER.decode()
 PORT = 8080
 
 

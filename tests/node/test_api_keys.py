@@ -20,6 +20,7 @@ from collections import defaultdict
 
 import pytest
 
+from chatbot.peers.forwarding import HOP_HEADER
 from tests.kube.helpers import wait_for
 from tests.node import release
 from tests.node.release import NS, apply, chatbot_model, get, post, ready_pods
@@ -32,7 +33,7 @@ GPT_ONLY = "sk-gpt-node-0123456789abcdef"
 SMALL = "sk-small-node-0123456789abcd"
 OTHER = "sk-other-node-0123456789abcd"
 ROTATED = "sk-web-rotated-0123456789abc"
-HOP = "X-Chatbot-Forwarded-By"  # chatbot.peers.forwarding.HOP_HEADER
+HOP = HOP_HEADER.decode()
 SMALL_TPM = 1500
 WEB_TPM = 1_000_000
 # The documented bound (docs/configuration.md) for a changed Secret to reach the pods: the

@@ -18,11 +18,12 @@ import uuid
 import httpx
 import pytest
 
+from chatbot.peers.forwarding import HOP_HEADER
 from tests.support.ports import free_port
 
 CHARACTER = {"character_name": "Mina", "greeting": "Hello!",
              "context": "Mina is a cheerful baker who loves to talk about bread."}
-HOP = "X-Chatbot-Forwarded-By"
+HOP = HOP_HEADER.decode()
 CONVERSATIONS, TURNS = 6, 3
 
 

@@ -72,7 +72,7 @@ def test_a_slot_claimed_earlier_in_the_same_round_lends_only_what_it_will_keep()
     # A's next turn, in the same round, cannot copy its cells from there: they are about
     # to be overwritten (the engine finds them in host RAM instead).
     slot, reused, donor = table.claim([*system, 1, *[5] * 50, 7], own_from=101,
-                                      claimed={x.seq_id: [*system, 3][:100]})
+                                      claimed={x.seq_id: system})
     assert slot is b and donor is None and reused == 100
 
 
