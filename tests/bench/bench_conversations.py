@@ -127,6 +127,7 @@ def run_level(contender, users: int, turns: int, tag: str, think_s: float = 0.0,
     """Each user's T turns one after the other, with its think times between them, all
     users at once; returns the samples per turn index and the wall time."""
     per_turn: list[list[bb.Sample]] = [[] for _ in range(turns)]
+    spans: list[tuple[float, float]] = []  # each request's (sent, answered)
     errors: list[BaseException] = []
     lock = threading.Lock()
     ours = isinstance(contender, bb.Ours)
@@ -140,6 +141,7 @@ def run_level(contender, users: int, turns: int, tag: str, think_s: float = 0.0,
             for t in range(turns):
                 time.sleep(pauses[t])
                 q = question(t, u)
+                sent = time.perf_counter()
                 try:
                     if ours:
                         ask = ask_streamed if streamed else type(contender).ask
@@ -152,11 +154,22 @@ def run_level(contender, users: int, turns: int, tag: str, think_s: float = 0.0,
                 history.append((q, answer))
                 with lock:
                     per_turn[t].append(sample)
+                    spans.append((sent, time.perf_counter()))
 
     wall = bb.run_threads(user, users)
     if errors:
         raise RuntimeError(f"{contender.name}: {errors[0]!r}")
-    return per_turn, wall
+    return per_turn, wall, in_flight_at_arrival(spans)
+
+
+def in_flight_at_arrival(spans: list[tuple[float, float]]) -> float:
+    """How many other requests were being answered when a request arrived, on average: the
+    users' turns bunch together or spread out depending on how fast the server answered
+    the turns before (closed loop), so two servers' TTFTs compare only with this beside
+    them."""
+    if not spans:
+        return 0.0
+    return sum(sum(1 for s, e in spans if s < sent < e) for sent, _ in spans) / len(spans)
 
 
 def bench_model(model: Path, args, workdir: Path) -> list[dict]:
@@ -173,7 +186,7 @@ def bench_model(model: Path, args, workdir: Path) -> list[dict]:
             for c in contenders:  # in turn, so machine noise hits each of them
                 time.sleep(bb.PAUSE_S)  # let the previous one's spinning threads settle
                 before, load_start = prompt_counters(c.url), os.getloadavg()[0]
-                per_turn, wall = run_level(c, users, args.turns, f"u{users}", args.think_s,
+                per_turn, wall, overlap = run_level(c, users, args.turns, f"u{users}", args.think_s,
                                            args.seed, args.ours_streamed)
                 after, load_end = prompt_counters(c.url), os.getloadavg()[0]
                 samples = [s for turn in per_turn for s in turn]
@@ -187,15 +200,15 @@ def bench_model(model: Path, args, workdir: Path) -> list[dict]:
                     "turn_p95": [bb.pct([s.ttft for s in turn], 0.95) for turn in per_turn],
                     "evaluated": after[0] - before[0], "reused": after[1] - before[1],
                     "restored": None if after[2] is None else after[2] - (before[2] or 0),
-                    "load": (load_start, load_end),
+                    "load": (load_start, load_end), "in_flight": overlap,
                 })
                 r = rows[-1]
                 print(f"  {model.name} users={users} {c.name}: {r['tok_s']:.1f} tok/s, TTFT "
                       f"p95 {r['ttft_p95'] * 1000:.0f} ms, prompt tokens evaluated "
                       f"{r['evaluated']:.0f} / reused {r['reused']:.0f} (restored from RAM "
                       f"{restored(r)}), TTFT p50 turn 1 {ms(r['turn_p50'][0])} ms, turn "
-                      f"{args.turns} {ms(r['turn_p50'][-1])} ms, load {load_start:.1f} -> "
-                      f"{load_end:.1f}", file=sys.stderr,
+                      f"{args.turns} {ms(r['turn_p50'][-1])} ms, {overlap:.2f} others in flight "
+                      f"at arrival, load {load_start:.1f} -> {load_end:.1f}", file=sys.stderr,
                       flush=True)
     finally:
         for c in contenders:
@@ -223,16 +236,16 @@ def table(rows: list[dict], args, load: float) -> str:
         f"each, 1-minute load average at start {load:.2f}, at end "
         f"{os.getloadavg()[0]:.2f}.", "",
         "| model | contender | users | requests | tokens generated | wall s | agg tok/s | "
-        "TTFT p50 ms | TTFT p95 ms | "
+        "TTFT p50 ms | TTFT p95 ms | others in flight at arrival (mean) | "
         "prompt tokens evaluated | reused | of which restored from RAM | "
         + " | ".join(f"turn {t + 1} p50/p95 ms" for t in range(turns)) + " |",
-        "|---" * (12 + turns) + "|",
+        "|---" * (13 + turns) + "|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['contender']} | {r['users']} | {r['requests']} | "
             f"{r['tokens']} | {r['wall']:.0f} | {r['tok_s']:.1f} | {ms(r['ttft_p50'])} | "
-            f"{ms(r['ttft_p95'])} | "
+            f"{ms(r['ttft_p95'])} | {r['in_flight']:.2f} | "
             f"{r['evaluated']:.0f} | {r['reused']:.0f} | {restored(r)} | "
             + " | ".join(f"{ms(a)}/{ms(b)}" for a, b in zip(r["turn_p50"], r["turn_p95"],
                                                           strict=True)) + " |")

@@ -1,7 +1,11 @@
-"""The batched engine's pure helpers: slot choice for prefix reuse, text streaming."""
+"""The batched engine's pure helpers: slot choice for prefix reuse, the order of a step's
+batch, text streaming."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+from chatbot.llm.batched_engine import decode_order
 from chatbot.llm.slots import SlotTable
 from chatbot.llm.text_stream import TextStream
 
@@ -131,3 +135,11 @@ def test_a_short_shared_prefix_is_not_worth_a_copy():
     first.tokens[:] = [1, 2, 3, 4]
     assert table.claim([1, 2, 3, 9])[1:] == (0, None)
 
+
+
+def test_generating_conversations_go_into_a_step_by_sequence_id_whatever_order_they_started():
+    # llama.cpp passes over the weights once per run of consecutive sequence ids in the
+    # batch (one KV stream per sequence): ids 0..7 in order are one pass, shuffled up to 8.
+    started = [SimpleNamespace(slot=SimpleNamespace(seq_id=i)) for i in (3, 0, 6, 1, 7, 2, 5, 4)]
+    assert [seq.slot.seq_id for seq in decode_order(started)] == list(range(8))
+    assert [seq.slot.seq_id for seq in started] == [3, 0, 6, 1, 7, 2, 5, 4]  # prompts: oldest first

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from argparse import Namespace
 
-from tests.bench.bench_conversations import table, think_times
+from tests.bench.bench_conversations import in_flight_at_arrival, table, think_times
 
 
 def test_think_times_are_seeded_per_user_and_within_half_to_one_and_a_half_times():
@@ -22,7 +22,8 @@ def _row(contender: str, tokens: int, wall: float, p95: float, evaluated: int,
             "tokens": tokens, "wall": wall, "tok_s": tokens / wall, "ttft_p50": 0.1,
             "ttft_p95": p95, "turn_p50": turn_p50, "turn_p95": [p95, p95],
             "evaluated": evaluated, "reused": 100,
-            "restored": 40 if contender.startswith("ours") else None, "load": (3.0, 4.0)}
+            "restored": 40 if contender.startswith("ours") else None, "load": (3.0, 4.0),
+            "in_flight": 1.5}
 
 
 def test_the_ratio_table_gives_ours_over_the_peer_and_our_own_turn_ratio():
@@ -42,3 +43,10 @@ def test_without_a_peer_only_our_own_columns_are_filled():
     text = table([_row("ours, batched engine", 600, 100.0, 0.5, 900, [0.2, 0.1])], args, 1.0)
     assert "| 8 | - | - | - | 200 / 100 | 0.50 | 3.0-4.0 |" in text
     assert "ours through its streamed turn" in text
+
+
+def test_in_flight_at_arrival_counts_the_other_requests_being_answered_when_one_arrives():
+    # a [0, 10) and b [2, 5) overlap at b's arrival; c [6, 7) arrives during a only; d alone.
+    spans = [(0.0, 10.0), (2.0, 5.0), (6.0, 7.0), (20.0, 21.0)]
+    assert in_flight_at_arrival(spans) == (0 + 1 + 1 + 0) / 4
+    assert in_flight_at_arrival([]) == 0.0
