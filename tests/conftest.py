@@ -1,12 +1,14 @@
 """Shared fixtures: tiny GGUF models written once per session by `chatbot-dev tiny-model`, real
 `chatbot serve` processes on them, FerretDB; a Docker Engine and the project's images
-(tests/support/image_fixtures.py, used by tests/images and tests/cluster)."""
+(tests/support/image_fixtures.py, used by tests/images and tests/cluster); the lock on
+port 8001 that tests/node and tests/kind take (tests/support/node_lock.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from tests.support.image_fixtures import docker_engine, operator_image, service_image  # noqa: F401
+from tests.support.node_lock import node_lock  # noqa: F401
 from tests.support.server import ChatbotServer
 
 

@@ -25,12 +25,6 @@ nodes:
     hostPort: 8001
     listenAddress: 127.0.0.1
 """
-# A cluster that publishes nothing on the host (tests that need no route).
-PLAIN_CONFIG = """kind: Cluster
-apiVersion: kind.x-k8s.io/v1alpha4
-nodes:
-- role: control-plane
-"""
 
 
 class KindCluster:
@@ -61,6 +55,32 @@ class KindCluster:
     def logs(self, dest: Path) -> Path:
         self.kind("export", "logs", str(dest), "--name", self.name, check=False, timeout=300)
         return dest
+
+    def describe(self) -> str:
+        """What a failed test prints: the node's systemd state and failed units, the nodes,
+        every pod and the latest events (the full logs: :meth:`logs`)."""
+        from tests.support.docker_engine import client
+
+        node = f"{self.name}-control-plane"
+        kubectl = [str(binaries.binary("kubectl")), "--kubeconfig", str(self.kubeconfig)]
+        out = []
+        for shown, cmd in (
+                (f"{node}: systemctl is-system-running",
+                 [client(), "exec", node, "systemctl", "is-system-running"]),
+                (f"{node}: systemctl --failed",
+                 [client(), "exec", node, "systemctl", "--failed", "--no-legend"]),
+                ("kubectl get nodes,pods -A -o wide",
+                 [*kubectl, "get", "nodes,pods", "-A", "-o", "wide"]),
+                ("kubectl get events -A (the latest)",
+                 [*kubectl, "get", "events", "-A", "--sort-by=.lastTimestamp"])):
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30,
+                                      env=engine.env())
+                text = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                text = repr(exc)
+            out.append(f"--- {shown}\n{text}")
+        return "\n".join(out)
 
     def delete(self) -> None:
         self.kind("delete", "cluster", "--name", self.name, "--kubeconfig",

@@ -1,24 +1,21 @@
 """Fixtures for tests/kind: kind's own Docker Engine (tests/kind/engine.py) and its node image.
 
-These tests use the real node's port 8001 and the machine's kernel state: run them under
-``flock /tmp/realnode.lock``. Until they have passed twice in a row on CI's machine they stay
-out of the default run: set ``CHATBOT_KIND=1`` to collect them.
+These tests publish the route on the host's port 8001 and use the kernel's network state, as
+the real node's tests (tests/node) do: :func:`kind_engine` takes the same lock
+(tests/support/node_lock.py), so a second test session waits for the first. The engine is
+stopped when the last test of this package is done, so the tests after it (tests/node) run
+without kind's daemon and bridges beside them.
 """
 
 from __future__ import annotations
-
-import os
 
 import pytest
 
 from tests.kube.helpers import require_cluster
 
-if os.environ.get("CHATBOT_KIND") != "1":
-    collect_ignore_glob = ["test_*.py"]
 
-
-@pytest.fixture(scope="session")
-def kind_engine():
+@pytest.fixture(scope="package")
+def kind_engine(node_lock):
     from tests.kind import engine
 
     missing = engine.missing_prerequisites()

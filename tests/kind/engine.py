@@ -11,15 +11,17 @@ process that started it (parent-death signal) and, when it stops, Docker stops i
 containers; :func:`reap` removes what a killed run left (kind's containers and network) at
 the next start.
 
-It shares the host's network namespace with the harness's ``dockerd``
-(tests/support/docker_engine.py), so it must not touch that daemon's ``docker0``:
-``--bridge=none`` would make dockerd delete ``docker0`` at start (Docker does so whenever
-its default bridge is disabled), and the harness's containers and builds then fail to get a
-network ("could not find bridge docker0"; pip in a build cannot resolve). So its default
-bridge is a bridge of its own, :data:`BRIDGE` on :data:`BRIDGE_CIDR`, and kind's network is
-created here on :data:`KIND_SUBNET` (kind uses a ``kind`` network it finds), outside
-Docker's default pools (172.17-31.0.0/16, 192.168.0.0/16), which the harness's daemon
-allocates from without looking at this one's.
+Its volumes are in memory: ``dockerd`` runs in a mount namespace of its own
+(``unshare --mount``) with a tmpfs (:data:`VOLUMES_SIZE` at most) on ``DATA/volumes``. A kind
+node keeps ``/var`` in an anonymous volume: the node image's containerd store copied in at
+``kind create cluster``, the images ``kind load`` unpacks, the cluster's PersistentVolumes;
+about 3.5 GB for the quickstart. Removing that from this machine's disk took 20 of the 22 s
+of ``kind delete cluster`` (5 s in all from memory), and writing it is quicker too (one paired
+run under the same load: ``kind create cluster`` 34 s -> 17 s, ``kind load docker-image``
+30 s -> 20 s). The tmpfs exists only in that namespace, so the host never sees the mount, and
+it is freed when the last process in it (dockerd, its containerd, the nodes) exits, however
+the test ends: a SIGKILLed pytest takes dockerd with it (parent-death signal), which stops
+the nodes.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ KIND_NETWORK = "kind"
 KIND_SUBNET = "10.231.0.0/24"
 KIND_GATEWAY = "10.231.0.1"
 KIND_IPV6_SUBNET = "fc00:f853:ccd:e793::/64"  # what kind itself picks for "kind"
+VOLUMES_SIZE = "8g"  # the tmpfs's limit (memory is used only as it fills: ~3.5 GB)
 
 
 class EngineUnavailable(docker_engine.DockerUnavailable):
@@ -71,7 +74,7 @@ def missing_prerequisites() -> list[str]:
         missing.append("root")
     for tool, package in (("/usr/sbin/dockerd", "docker.io"), ("/usr/bin/docker", "docker.io"),
                           ("/usr/sbin/runc", "runc"), ("mmdebstrap", "mmdebstrap"),
-                          ("/usr/sbin/ip", "iproute2")):
+                          ("/usr/sbin/ip", "iproute2"), ("/usr/bin/unshare", "util-linux")):
         if not (os.access(tool, os.X_OK) or shutil.which(tool)):
             missing.append(f"{tool} (apt-get install {package})")
     return missing
@@ -123,8 +126,13 @@ class Engine:
         if _ip("link", "show", BRIDGE, check=False).returncode:  # dockerd takes its address
             _ip("link", "add", "name", BRIDGE, "type", "bridge")
             _ip("addr", "add", BRIDGE_CIDR, "dev", BRIDGE)
+        (DATA / "volumes").mkdir(parents=True, exist_ok=True)
+        in_memory_volumes = [
+            "/usr/bin/unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c",
+            'mount -t tmpfs -o "size=$1,mode=0701" chatbot-kind-volumes "$2" && shift 2 && '
+            'exec "$@"', "sh", VOLUMES_SIZE, str(DATA / "volumes")]
         self.proc = docker_engine.start_dockerd(
-            ["/usr/sbin/dockerd", "--host", HOST, "--data-root", str(DATA),
+            [*in_memory_volumes, "/usr/sbin/dockerd", "--host", HOST, "--data-root", str(DATA),
              "--exec-root", str(STATE / "exec"), "--pidfile", str(STATE / "dockerd.pid"),
              "--add-runtime", f"capfit={RUNTIME}", "--default-runtime", "capfit",
              "--iptables=false", "--ip-masq=false", "--bridge", BRIDGE,

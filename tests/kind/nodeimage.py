@@ -314,7 +314,7 @@ def _sandbox_image(config_toml: str) -> str:
 
 def build_node_image(progress=log) -> tuple[str, dict[str, float]]:
     """The node image, built when an input changed; returns (tag, seconds per step)."""
-    binaries.build_all(list(binaries.KIND_COMPONENTS))  # kind and kubeadm on first use
+    binaries.build_all(list(binaries.KIND_COMPONENTS))  # what it needs, when not cached
     tag = image_tag()
     times: dict[str, float] = {}
     if engine.docker("image", "inspect", tag, check=False).returncode == 0:

@@ -124,15 +124,6 @@ NODE_COMPONENTS = ("kube-node", "kubectl", "coredns", "traefik", "local-path-pro
 ENGINE_COMPONENTS = ("prometheus", "keda")
 # The kind quickstart (tests/kind): kind itself and kubeadm for its node image.
 KIND_COMPONENTS = ("kind", "kubeadm", "kube-node", "kubectl", "coredns", "etcd", "kubernetes")
-# Needed by tests/kind alone (opt-in: CHATBOT_KIND=1), so built by default only with it;
-# tests/kind builds them itself when missing (about a minute with Go's cache warm).
-KIND_ONLY = ("kubeadm", "kind")
-
-
-def default_components() -> list[str]:
-    """What `build-binaries` without arguments builds: what the default test run uses."""
-    wanted = os.environ.get("CHATBOT_KIND") == "1"
-    return [n for n in COMPONENTS if wanted or n not in KIND_ONLY]
 
 
 def binary(name: str) -> Path:
@@ -508,7 +499,7 @@ def _build_lock():
 
 
 def build_all(names: list[str] | None = None) -> dict[str, float]:
-    names = names or default_components()
+    names = names or list(COMPONENTS)
     for n in names:
         if n not in COMPONENTS:
             raise SystemExit(f"unknown component {n!r}; known: {', '.join(COMPONENTS)}")

@@ -10,10 +10,8 @@ node's containerd), containerd/runc/CNI plugins from Debian and the Go programs 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from tests.kube import binaries, controlplane, realnode
 from tests.kube.operator_fixtures import gateway_api_crds, install_crd_object
 from tests.support import docker_engine as engine
 from tests.support.browser import artifacts, browser, report, visit  # noqa: F401
+from tests.support.node_lock import workdir as node_lock_workdir
 from tests.support.requirements import unavailable
 
 REQUIRE_ENV = "CHATBOT_REQUIRE_NODE"
@@ -47,26 +46,8 @@ class NodeCluster:
         return f"http://127.0.0.1:{realnode.ROUTE_PORT}{path}"
 
 
-@pytest.fixture(scope="session")
-def node_lock():
-    """One node per host (port 8001, the bridge): a second session waits its turn, before
-    it uses Docker too (the first may stop the daemon it started when it ends)."""
-    lock = open(f"{_workdir()}.lock", "w")  # noqa: SIM115 - held for the whole session
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print(f"[node] another session holds the node ({lock.name}); waiting for it",
-              file=sys.stderr, flush=True)
-        fcntl.flock(lock, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        lock.close()
-
-
 def _workdir() -> Path:
-    # One fixed place: a killed session's leftovers are found there by the next.
-    return Path(tempfile.gettempdir()) / f"chatbot-node-{os.getuid()}"
+    return node_lock_workdir()
 
 
 @pytest.fixture(scope="session")
