@@ -469,3 +469,26 @@ def test_a_generating_conversation_keeps_getting_tokens_while_a_long_prompt_is_p
     # The whole prompt in one step (but the system prompt, copied from the running slot).
     assert facts["peak_batch_tokens"] > n_long - 64
     assert [name for name, _ in events] == ["first token", "running ends"]
+
+
+def test_a_turn_counted_to_fit_its_history_is_not_tokenized_again_to_run(tiny_models):
+    """The chat use case counts the prompt it sends (fitting the history to the context),
+    then the engine runs it: one tokenization between them, the same tokens either way;
+    and a different prompt is tokenized afresh."""
+
+    async def run():
+        async with engine(tiny_models, 1) as e:
+            calls = []
+            tokenize = e._model.tokenize
+            e._model.tokenize = lambda *a: calls.append(a) or tokenize(*a)
+            messages = chat(QUESTIONS[0], ("hi", "Hello! How can I help?"))
+            counted = e.count_prompt_tokens(messages)
+            text = await answer(e, messages, GREEDY_PLAIN)
+            prompt_calls = [a for a in calls if QUESTIONS[0].encode() in a[0]]
+            other = e.count_prompt_tokens(chat(QUESTIONS[1]))
+            return counted, text, prompt_calls, other, len(calls)
+
+    counted, text, prompt_calls, other, n_calls = asyncio.run(run())
+    assert text and counted > 0 and other > 0
+    assert len(prompt_calls) == 1, prompt_calls
+    assert n_calls >= 2  # the other prompt was tokenized, not taken from the first

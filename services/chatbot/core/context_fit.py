@@ -114,24 +114,30 @@ def fit_history(turns: int, prompt_tokens: Callable[[int], int], context_tokens:
     def fits(k: int) -> bool:
         return count(k) + max_tokens <= context_tokens
 
-    base = count(0)
-    floor = answer_floor(max_tokens, min_answer_tokens)
-    if base + floor > context_tokens:
-        raise ContextLengthExceededError.counted(base, floor, context_tokens)
-    if fits(turns):  # the common case: one count
+    # The common case first: everything fits, and then so does the prompt alone with the
+    # answer floor (at most max_tokens), so it is not counted: each count renders and
+    # tokenizes a whole prompt, a few milliseconds of a turn on a 135M model.
+    if fits(turns):
         kept = turns
-    elif not fits(0):
-        kept = 0
-    else:  # fits(lo) and not fits(hi)
-        lo, hi = 0, turns
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if fits(mid):
-                lo = mid
-            else:
-                hi = mid
-        kept = lo
+    else:
+        base = count(0)
+        floor = answer_floor(max_tokens, min_answer_tokens)
+        if base + floor > context_tokens:
+            raise ContextLengthExceededError.counted(base, floor, context_tokens)
+        kept = 0 if not fits(0) else _largest_fitting(turns, fits)
     kept = aligned(kept, position, block)
     used = count(kept)
     return Fit(kept, turns - kept, used, min(max_tokens, context_tokens - used),
                context_tokens)
+
+
+def _largest_fitting(turns: int, fits: Callable[[int], bool]) -> int:
+    """The most turns that fit, given that 0 fit and `turns` do not (binary search)."""
+    lo, hi = 0, turns
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo

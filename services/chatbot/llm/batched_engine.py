@@ -38,6 +38,7 @@ itself is llama.cpp's. The model is loaded with llama-cpp-python's `_internals` 
 
 from __future__ import annotations
 
+import array
 import asyncio
 import concurrent.futures
 import ctypes
@@ -69,6 +70,9 @@ from chatbot.settings import ModelSettings
 log = logging.getLogger(__name__)
 
 N_UBATCH_MAX = 512
+# Prompts whose tokens are kept (`tokenize_chat`): a turn's prompt is counted while its
+# history is fitted, then tokenized again to run; its head again at its next turn.
+TOKENIZED_KEPT = 32
 # A slot's cells are saved to host RAM when at least this many of them would be overwritten.
 SAVE_MIN_TOKENS = COPY_MIN_GAIN
 # Where a turn's KV cells came from: `new` (a conversation's first turn), and for a
@@ -176,6 +180,10 @@ class BatchedEngine(ModelLifecycle):
         # once the loop starts); an imported state of any other size is refused.
         self.state_base = self.state_per_cell = 0
         self._fingerprint: str | None = None
+        # Prompt text -> its tokens, the TOKENIZED_KEPT most recent (the fit's thread and the
+        # event loop's both tokenize).
+        self._tokenized: dict[tuple[bool, str], array.array] = {}
+        self._tokenized_lock = threading.Lock()
 
     def status(self) -> EngineStatus:
         return self._status(dict(
@@ -251,6 +259,7 @@ class BatchedEngine(ModelLifecycle):
                 model.close()
                 raise
         self._model, self._context = model, context
+        self._tokenized.clear()
         self._ctx, self._vocab = context.ctx, model.vocab
         self._memory = lc.llama_get_memory(context.ctx)
         self._n_batch = s.n_batch
@@ -287,8 +296,17 @@ class BatchedEngine(ModelLifecycle):
         """The prompt tokens for `messages` and the stop strings that end the answer."""
         self._require()
         prompt = self._format(messages)
-        tokens = self._model.tokenize(prompt.text.encode("utf-8"), prompt.add_bos, True)
-        return tokens, tuple(dict.fromkeys((*STOP_STRINGS, *prompt.stop)))
+        key = (prompt.add_bos, prompt.text)
+        with self._tokenized_lock:
+            tokens = self._tokenized.get(key)
+        if tokens is None:
+            tokens = array.array("i", self._model.tokenize(prompt.text.encode("utf-8"),
+                                                           prompt.add_bos, True))
+            with self._tokenized_lock:
+                if len(self._tokenized) >= TOKENIZED_KEPT:
+                    del self._tokenized[next(iter(self._tokenized))]
+                self._tokenized[key] = tokens
+        return tokens.tolist(), tuple(dict.fromkeys((*STOP_STRINGS, *prompt.stop)))
 
     def context_tokens(self) -> int:
         """Each sequence's own cells: one conversation's prompt and answer together."""
