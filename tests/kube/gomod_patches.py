@@ -17,6 +17,29 @@ middlewares our routes use); they remove what this binary therefore lacks:
   of the fork's ``CheckSecret``, and digest auth answers a stale nonce with a plain 401
   challenge (no ``stale=true``), so a client re-authenticates instead of retrying.
 
+Traefik is also trimmed to what this product runs (``_trim_traefik``): the harness starts
+it with the Kubernetes Ingress-NGINX and Gateway API providers, ping and the access log,
+and the routes use the rewrite, timeout and body-size middlewares. Left out, where a cold
+build spent its time (``go build -debug-actiongraph`` on 2 shared cores: of the 689 s its
+compile actions took, these 218; 1696 packages, 1388 after):
+
+- the providers ``ecs`` (the AWS SDK's ec2, ssm and ecs clients: 112 s, ec2 alone 65),
+  ``consul``, ``consulCatalog``, ``nomad``, ``etcd``, ``redis``, ``zooKeeper`` (13 s):
+  their static-configuration fields take any options (``TrimmedProvider``) and
+  ``ValidateConfiguration`` refuses them at startup: ``providers.ecs: not in this build of
+  Traefik``; the precedence list keeps their names;
+- plugins, the Yaegi interpreter and the WebAssembly runtime (47 s):
+  ``experimental.plugins``, ``experimental.localPlugins`` and ``providers.plugin`` are
+  refused at startup the same way, a ``plugin`` middleware when it is built;
+- the InfluxDB v2 metrics exporter (25 s): ``metrics.influxDB2`` refused at startup;
+- the rateLimit middleware's Redis storage (go-redis, 22 s with the redis provider):
+  ``rateLimit: its redis storage is not in this build of Traefik`` when the middleware is
+  built (the router reports it); the in-memory limiter remains.
+
+Kept although unused, each too small to be worth a patch (3-10 s): the docker/swarm,
+knative and CRD providers, the OpenTelemetry exporters, Datadog/StatsD metrics, the
+version check.
+
 KEDA is built from a copy of its module source trimmed to what this product's ScaledObjects
 use (``patch_keda``): compiling its ~70 scalers' cloud SDKs was most of a cold build. Kept:
 the ``prometheus`` trigger and the ``cpu``/``memory`` resource triggers, everything of
@@ -110,6 +133,229 @@ def patch_traefik(src: Path) -> None:
         fh.write(TRAEFIK_CHECK_SECRET_GO)
     _sub(auth / "digest_auth.go", r"d\.auth\.RequireAuthStale\(rw, req\)",
          "d.auth.RequireAuth(rw, req)")
+
+    _trim_traefik(src)
+
+
+# --------------------------------------------------------------------------- Traefik's trim
+
+TRAEFIK = "github.com/traefik/traefik/v3"
+# The providers left out (the static configuration's field -> its package under
+# pkg/provider): AWS ECS (its SDK's ec2/ssm/ecs clients were a sixth of the compile), the
+# KV stores and the Consul/Nomad catalogs. Kept: the Kubernetes providers (Ingress-NGINX
+# and Gateway API, which this product's routes use; Ingress, CRD, Knative), file, http,
+# rest, docker and swarm.
+TRAEFIK_TRIMMED_PROVIDERS = {
+    "Ecs": "ecs",
+    "ConsulCatalog": "consulcatalog",
+    "Nomad": "nomad",
+    "Consul": "kv/consul",
+    "Etcd": "kv/etcd",
+    "Redis": "kv/redis",
+    "ZooKeeper": "kv/zk",
+}
+# Bumped whenever patch_traefik changes what it builds: part of Traefik's cache key.
+TRAEFIK_PATCH_REVISION = 1
+
+TRAEFIK_STATIC_TRIMMED_GO = """\
+package static
+
+import (
+	"errors"
+	"slices"
+	"strings"
+)
+
+// TrimmedProvider stands for a provider this build of Traefik leaves out. It takes any
+// options, so that a configuration that names the provider parses, and
+// ValidateConfiguration refuses it by name.
+type TrimmedProvider map[string]any
+
+// trimmedFeatures refuses, by name, what the static configuration asks for that this build
+// of Traefik leaves out.
+func (c *Configuration) trimmedFeatures() error {
+	var asked []string
+	if c.Providers != nil {
+		for name, p := range map[string]TrimmedProvider{
+%(providers)s		} {
+			if p != nil {
+				asked = append(asked, "providers."+name)
+			}
+		}
+		if len(c.Providers.Plugin) > 0 {
+			asked = append(asked, "providers.plugin")
+		}
+	}
+	if c.Experimental != nil && len(c.Experimental.Plugins) > 0 {
+		asked = append(asked, "experimental.plugins")
+	}
+	if c.Experimental != nil && len(c.Experimental.LocalPlugins) > 0 {
+		asked = append(asked, "experimental.localPlugins")
+	}
+	if c.Metrics != nil && c.Metrics.InfluxDB2 != nil {
+		asked = append(asked, "metrics.influxDB2")
+	}
+	if len(asked) == 0 {
+		return nil
+	}
+	slices.Sort(asked)
+	return errors.New(strings.Join(asked, ", ") + ": not in this build of Traefik")
+}
+"""
+
+TRAEFIK_PLUGINS_TRIMMED_GO = """\
+package plugins
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/traefik/traefik/v3/pkg/provider"
+)
+
+// errNoPlugins: the Yaegi and WebAssembly plugin runtimes are left out of this build.
+var errNoPlugins = errors.New("plugins (Yaegi, WebAssembly) are not in this build of Traefik")
+
+// Constructor creates a plugin handler.
+type Constructor func(context.Context, http.Handler) (http.Handler, error)
+
+// Builder builds no plugin: this build of Traefik has no plugin runtime.
+type Builder struct{}
+
+// NewBuilder refuses any plugin; with none configured, its Builder has nothing to build.
+func NewBuilder(_ *Manager, plugins map[string]Descriptor,
+	localPlugins map[string]LocalDescriptor) (*Builder, error) {
+	names := slices.Sorted(maps.Keys(plugins))
+	names = append(names, slices.Sorted(maps.Keys(localPlugins))...)
+	if len(names) > 0 {
+		return nil, fmt.Errorf("%s: %w", strings.Join(names, ", "), errNoPlugins)
+	}
+	return &Builder{}, nil
+}
+
+// Build refuses: no middleware plugin is in this build.
+func (b Builder) Build(pName string, _ map[string]any, _ string) (Constructor, error) {
+	return nil, fmt.Errorf("middleware plugin %s: %w", pName, errNoPlugins)
+}
+
+// BuildProvider refuses: no provider plugin is in this build.
+func (b Builder) BuildProvider(pName string, _ map[string]any) (provider.Provider, error) {
+	return nil, fmt.Errorf("provider plugin %s: %w", pName, errNoPlugins)
+}
+"""
+
+# The files of pkg/plugins that hold the plugin runtimes (and their tests).
+TRAEFIK_PLUGIN_RUNTIME_FILES = ("builder.go", "providers.go", "middlewareyaegi.go",
+                                "middlewarewasm.go", "wasip.go", "wasip_mock.go")
+
+TRAEFIK_INFLUXDB2_GO = """\
+package metrics
+
+import (
+	"context"
+
+	"github.com/rs/zerolog/log"
+	otypes "github.com/traefik/traefik/v3/pkg/observability/types"
+)
+
+// RegisterInfluxDB2 refuses: the InfluxDB v2 exporter is left out of this build (the
+// static configuration's validation refuses metrics.influxDB2 before this is reached).
+func RegisterInfluxDB2(ctx context.Context, _ *otypes.InfluxDB2) Registry {
+	log.Ctx(ctx).Error().Msg("metrics.influxDB2: not in this build of Traefik")
+	return nil
+}
+
+// StopInfluxDB2 has nothing to stop.
+func StopInfluxDB2() {}
+"""
+
+TRAEFIK_REDIS_LIMITER_GO = """\
+package ratelimiter
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/traefik/traefik/v3/pkg/config/dynamic"
+	"golang.org/x/time/rate"
+)
+
+// newRedisLimiter refuses: the rateLimit middleware's Redis storage is left out of this
+// build (the in-memory one remains).
+func newRedisLimiter(context.Context, rate.Limit, int64, time.Duration, int, dynamic.RateLimit,
+	*zerolog.Logger) (limiter, error) {
+	return nil, errors.New("rateLimit: its redis storage is not in this build of Traefik")
+}
+"""
+
+
+def _trim_traefik(src: Path) -> None:
+    """Leave out of Traefik what this product does not run (the module docstring says what
+    and why); each piece left out is refused by name when configured."""
+    pkg = src / "pkg"
+    static = pkg / "config" / "static" / "static_config.go"
+    text = static.read_text()
+    options: dict[str, str] = {}
+    for field, rel in TRAEFIK_TRIMMED_PROVIDERS.items():
+        imp = f"{TRAEFIK}/pkg/provider/{rel}"
+        m = re.search(rf'^\t(?:(\w+) )?"{re.escape(imp)}"\n', text, re.M)
+        if not m:
+            raise RuntimeError(f"traefik patch: {imp} not imported by {static}")
+        alias = m.group(1) or rel.rsplit("/", 1)[-1]
+        text = text[: m.start()] + text[m.end():]
+        sources = "".join(f.read_text() for f in sorted((pkg / "provider" / rel).glob("*.go"))
+                          if not f.name.endswith("_test.go"))
+        name = re.search(r'\bProviderName\s*=\s*"([^"]+)"', sources)
+        if not name:
+            raise RuntimeError(f"traefik patch: no ProviderName in {pkg / 'provider' / rel}")
+        # The precedence list keeps its names, as literals.
+        text, n = re.subn(rf"^\t{alias}\.ProviderName,$", f'\t"{name.group(1)}",', text,
+                          flags=re.M)
+        # The field takes any options (TrimmedProvider) under its name (the json tag's);
+        # --help says it is not in this build.
+        line = re.search(rf'^(\t{field}\s+)\*{alias}\.\w+(\s+`description:")'
+                         rf'([^`]*json:"(\w+),omitempty")', text, re.M)
+        if n != 1 or not line:
+            raise RuntimeError(f"traefik patch: {field} ({alias}) not found in {static}")
+        text = (text[: line.start()] + line.expand(r"\1TrimmedProvider\2(not in this build) \3")
+                + text[line.end():])
+        options[line.group(4)] = field
+    text, n = re.subn(r"^(func \(c \*Configuration\) ValidateConfiguration\(\) error \{\n)",
+                      r"\1\tif err := c.trimmedFeatures(); err != nil {\n\t\treturn err\n\t}\n\n",
+                      text, flags=re.M)
+    if n != 1:
+        raise RuntimeError(f"traefik patch: ValidateConfiguration not found in {static}")
+    static.write_text(text)
+    (static.parent / "chatbot_trimmed.go").write_text(TRAEFIK_STATIC_TRIMMED_GO % {
+        "providers": "".join(f'\t\t\t"{opt}": c.Providers.{field},\n'
+                             for opt, field in sorted(options.items()))})
+
+    aggregator = pkg / "provider" / "aggregator" / "aggregator.go"
+    for field in TRAEFIK_TRIMMED_PROVIDERS:
+        _sub(aggregator, rf"^\tif conf\.{field} != nil \{{\n.*?^\t\}}\n\n", "", count=1,
+             flags=re.S)
+
+    plugins = pkg / "plugins"
+    for name in TRAEFIK_PLUGIN_RUNTIME_FILES:
+        (plugins / name).unlink()
+        (plugins / name.replace(".go", "_test.go")).unlink(missing_ok=True)
+    (plugins / "chatbot_trimmed.go").write_text(TRAEFIK_PLUGINS_TRIMMED_GO)
+
+    metrics = pkg / "observability" / "metrics"
+    (metrics / "influxdb2_test.go").unlink(missing_ok=True)
+    (metrics / "influxdb2.go").write_text(TRAEFIK_INFLUXDB2_GO)
+
+    ratelimiter = pkg / "middlewares" / "ratelimiter"
+    for name in ("lua.go", "redis_limiter.go"):
+        (ratelimiter / name).unlink()
+    (ratelimiter / "chatbot_redis_trimmed.go").write_text(TRAEFIK_REDIS_LIMITER_GO)
 
 
 # --------------------------------------------------------------------------- KEDA
