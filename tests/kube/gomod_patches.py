@@ -40,6 +40,23 @@ Kept although unused, each too small to be worth a patch (3-10 s): the docker/sw
 knative and CRD providers, the OpenTelemetry exporters, Datadog/StatsD metrics, the
 version check.
 
+Prometheus is built from a copy of its module source (``patch_prometheus``). Its service
+discovery was already trimmed by upstream's build tags (``PROMETHEUS_BUILD_TAGS``: of the
+SD mechanisms only Kubernetes', with file, http and ``static_configs``, which are always
+in; another ``*_sd_configs`` key is an unknown field). The patch leaves out, of the 537 s
+the compile actions of server and promtool took, these 118 (1283 packages, 1045 after):
+
+- the OpenAPI document of the HTTP API (libopenapi, 68 s): ``GET /api/v1/openapi.yaml``
+  answers 501 naming it, and ``/api/v1/features`` no longer lists it;
+- the cloud authentications of remote write and Alertmanager: ``sigv4`` (the AWS SDK,
+  27 s), ``google_iam`` (Google's auth libraries, 16 s) and ``azuread`` (the Azure SDK,
+  8 s): a configuration that names one fails to load, in the server and in ``promtool
+  check config`` alike: ``sigv4 (AWS SigV4 authentication): not in this build of
+  Prometheus``; basic auth, authorization, OAuth2 and TLS remain.
+
+Kept: the OTLP receiver and the OTLP trace exporters (woven into remote write and
+tracing), and everything the tests use: Kubernetes pod discovery, scraping, PromQL, rules.
+
 KEDA is built from a copy of its module source trimmed to what this product's ScaledObjects
 use (``patch_keda``): compiling its ~70 scalers' cloud SDKs was most of a cold build. Kept:
 the ``prometheus`` trigger and the ``cpu``/``memory`` resource triggers, everything of
@@ -356,6 +373,119 @@ def _trim_traefik(src: Path) -> None:
     for name in ("lua.go", "redis_limiter.go"):
         (ratelimiter / name).unlink()
     (ratelimiter / "chatbot_redis_trimmed.go").write_text(TRAEFIK_REDIS_LIMITER_GO)
+
+
+# --------------------------------------------------------------------------- Prometheus
+
+PROMETHEUS = "github.com/prometheus/prometheus"
+# Service discovery: the build tags keep Kubernetes' (file, http and static_configs are
+# always in); every other mechanism is refused by Prometheus itself as an unknown field.
+PROMETHEUS_BUILD_TAGS = "remove_all_sd,enable_kubernetes_sd"
+# Bumped whenever patch_prometheus (or the tags) change what it builds: part of its cache key.
+PROMETHEUS_PATCH_REVISION = 1
+
+# The remote-write and Alertmanager authentications left out: the config key, the package
+# this build puts in place of the one that pulled a cloud SDK, and what that package must
+# still provide (the config type, the round tripper's constructor).
+PROMETHEUS_TRIMMED_AUTH = {
+    "sigv4": ("github.com/prometheus/sigv4", "storage/remote/sigv4", "SigV4Config",
+              "NewSigV4RoundTripper", "AWS SigV4"),
+    "azuread": (f"{PROMETHEUS}/storage/remote/azuread", "storage/remote/azuread",
+                "AzureADConfig", "NewAzureADRoundTripper", "Azure AD"),
+    "google_iam": (f"{PROMETHEUS}/storage/remote/googleiam", "storage/remote/googleiam",
+                   "Config", "NewRoundTripper", "Google IAM"),
+}
+
+PROMETHEUS_AUTH_STUB_GO = """\
+// Package %(pkg)s stands for %(what)s authentication, left out of this build of Prometheus
+// (its SDK was most of what it cost to compile): a configuration that asks for it is
+// refused when it is loaded, by name.
+package %(pkg)s
+
+import (
+	"errors"
+	"net/http"
+)
+
+var errNotInBuild = errors.New("%(key)s (%(what)s authentication): not in this build of Prometheus")
+
+// %(type)s refuses to be configured.
+type %(type)s struct{}
+
+// UnmarshalYAML refuses: %(what)s is not in this build.
+func (*%(type)s) UnmarshalYAML(func(any) error) error { return errNotInBuild }
+
+// %(ctor)s refuses: %(what)s is not in this build.
+func %(ctor)s(*%(type)s, http.RoundTripper) (http.RoundTripper, error) {
+	return nil, errNotInBuild
+}
+"""
+
+# web/api/v1's OpenAPI specification (GET /api/v1/openapi.yaml), built with libopenapi:
+# no dependency but Kubernetes' client took longer to compile.
+PROMETHEUS_OPENAPI_FILES = ("openapi.go", "openapi_examples.go", "openapi_helpers.go",
+                            "openapi_paths.go", "openapi_schemas.go")
+
+PROMETHEUS_OPENAPI_STUB_GO = """\
+package v1
+
+import (
+	"log/slog"
+	"net/http"
+)
+
+%(options)s
+// OpenAPIBuilder serves no specification: the OpenAPI document is left out of this build.
+type OpenAPIBuilder struct{}
+
+// NewOpenAPIBuilder builds nothing.
+func NewOpenAPIBuilder(OpenAPIOptions, *slog.Logger) *OpenAPIBuilder { return &OpenAPIBuilder{} }
+
+// ServeOpenAPI answers 501, naming what is missing.
+func (*OpenAPIBuilder) ServeOpenAPI(w http.ResponseWriter, _ *http.Request) {
+	http.Error(w, "the OpenAPI specification (/api/v1/openapi.yaml) is not in this build of"+
+		" Prometheus", http.StatusNotImplemented)
+}
+
+// WrapHandler returns the handler unchanged (as upstream's: no validation).
+func (*OpenAPIBuilder) WrapHandler(next http.HandlerFunc) http.HandlerFunc { return next }
+"""
+
+
+def patch_prometheus(src: Path) -> None:
+    """Patch a writable copy of Prometheus' module source: without the OpenAPI document and
+    the cloud authentications of remote write (the module docstring says what and why)."""
+    for key, (imp, rel, typ, ctor, what) in PROMETHEUS_TRIMMED_AUTH.items():
+        pkg_dir = src / rel
+        if pkg_dir.is_dir():
+            for f in pkg_dir.glob("*.go"):
+                f.unlink()
+        pkg_dir.mkdir(parents=True, exist_ok=True)
+        pkg = rel.rsplit("/", 1)[-1]
+        (pkg_dir / f"{pkg}.go").write_text(PROMETHEUS_AUTH_STUB_GO % {
+            "pkg": pkg, "what": what, "key": key, "type": typ, "ctor": ctor})
+        new_imp = f"{PROMETHEUS}/{rel}"
+        if imp != new_imp:  # an outside module's package: its importers take this one
+            importers = [f for f in src.rglob("*.go") if not f.name.endswith("_test.go")
+                         and f'"{imp}"' in f.read_text()]
+            if not importers:
+                raise RuntimeError(f"prometheus patch: nothing imports {imp} in {src}")
+            for f in importers:
+                _sub(f, rf'^(\t(?:\w+ )?)"{re.escape(imp)}"$', rf'\1"{new_imp}"')
+
+    api = src / "web" / "api" / "v1"
+    options = re.search(r"^// OpenAPIOptions .*?^type OpenAPIOptions struct \{\n.*?^\}\n",
+                        (api / "openapi.go").read_text(), re.M | re.S)
+    if not options:
+        raise RuntimeError(f"prometheus patch: OpenAPIOptions not found in {api}")
+    for name in PROMETHEUS_OPENAPI_FILES:
+        (api / name).unlink()
+    for f in api.glob("openapi*_test.go"):
+        f.unlink()
+    (api / "chatbot_openapi.go").write_text(
+        PROMETHEUS_OPENAPI_STUB_GO % {"options": options.group(0)})
+    # /api/v1/features no longer lists the OpenAPI document.
+    _sub(src / "web" / "web.go", r'^\t+r\.Enable\(features\.API, "openapi_3\.\d"\).*\n', "")
 
 
 # --------------------------------------------------------------------------- KEDA
