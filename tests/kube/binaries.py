@@ -11,9 +11,10 @@ without the project's venv.
   ``${XDG_CACHE_HOME:-~/.cache}/chatbot-dev/bin/<component>-<version>/``;
   :func:`binary` gives a cached program's path.
 * :func:`build_all` builds what is missing with the machine's Go; Go's module and build
-  caches live under ``.../chatbot-dev/go/``. Traefik's module needs patches, and KEDA is
-  trimmed to the scalers this product uses (``gomod_patches.py``; KEDA's cache directory
-  names that build: ``keda-<version>-scalers-cpu-memory-prometheus-r<N>``).
+  caches live under ``.../chatbot-dev/go/``. Traefik's module needs patches, and Traefik,
+  Prometheus and KEDA are trimmed to what this product uses (``gomod_patches.py``; their
+  cache directories name those builds: ``traefik-<version>-trimmed-r<N>``,
+  ``prometheus-<version>-trimmed-r<N>``, ``keda-<version>-scalers-cpu-memory-prometheus-r<N>``).
 * :func:`module_zip` fetches a Go module's zip without building it, for the files it
   ships (skaffold's JSON schemas, the Gateway API CRDs).
 """
@@ -65,8 +66,8 @@ class Component:
     name: str
     version_key: str
     binaries: tuple[str, ...]
-    # Names a build that differs from the published module (KEDA's trimmed scalers): part of
-    # the cache key, so that changing it replaces a binary cached without it.
+    # Names a build that differs from the published module (Traefik, Prometheus and KEDA
+    # trimmed): part of the cache key, so that changing it replaces a binary cached without it.
     variant: str = ""
 
     @property
@@ -99,12 +100,14 @@ COMPONENTS: dict[str, Component] = {
         Component("kube-node", "KUBERNETES_VERSION", ("kubelet", "kube-proxy")),
         Component("kubectl", "KUBERNETES_VERSION", ("kubectl",)),
         Component("coredns", "COREDNS_VERSION", ("coredns",)),
-        Component("traefik", "TRAEFIK_VERSION", ("traefik",)),
+        Component("traefik", "TRAEFIK_VERSION", ("traefik",),
+                  variant=f"trimmed-r{gomod_patches.TRAEFIK_PATCH_REVISION}"),
         Component(
             "local-path-provisioner", "LOCAL_PATH_PROVISIONER_VERSION", ("local-path-provisioner",)
         ),
         Component("kube-router", "KUBE_ROUTER_VERSION", ("kube-router",)),
-        Component("prometheus", "PROMETHEUS_VERSION", ("prometheus", "promtool")),
+        Component("prometheus", "PROMETHEUS_VERSION", ("prometheus", "promtool"),
+                  variant=f"trimmed-r{gomod_patches.PROMETHEUS_PATCH_REVISION}"),
         Component("keda", "KEDA_VERSION", ("keda", "keda-adapter", "keda-crds.yaml"),
                   variant="scalers-" + "-".join(sorted(set(gomod_patches.KEDA_KEPT_SCALERS)))
                   + f"-r{gomod_patches.KEDA_PATCH_REVISION}"),
@@ -332,9 +335,11 @@ def _recipe(comp: Component) -> _Recipe:
             [f"-X {mod}/pkg/version.Version={v}", f"-X {mod}/pkg/version.BuildDate=chatbot-dev"],
         )
     if comp.name == "prometheus":
-        # The server and promtool; of the service discoveries only Kubernetes' (the
-        # tags drop the other cloud SDKs, a third of the compile), no embedded web UI.
-        mod = "github.com/prometheus/prometheus"
+        # The server and promtool, from a trimmed copy of the module (build_component): of
+        # the service discoveries only Kubernetes' (the tags drop the other cloud SDKs, a
+        # third of the compile), no OpenAPI document, no cloud authentication for remote
+        # write (gomod_patches.patch_prometheus), no embedded web UI.
+        mod = gomod_patches.PROMETHEUS
         common = "github.com/prometheus/common/version"
         return _Recipe(
             mod,
@@ -342,7 +347,7 @@ def _recipe(comp: Component) -> _Recipe:
             ["prometheus", "promtool"],
             # Module v0.3XY.Z is Prometheus 3.XY.Z.
             [f"-X {common}.Version={_prometheus_release(v)}", f"-X {common}.Branch=chatbot-dev"],
-            tags="remove_all_sd,enable_kubernetes_sd",
+            tags=gomod_patches.PROMETHEUS_BUILD_TAGS,
         )
     if comp.name == "keda":
         # The operator and the external-metrics apiserver; not the admission webhooks.
@@ -403,11 +408,19 @@ def build_component(comp: Component, *, started_all: float | None = None) -> flo
         (local / "build" / "version" / "version.txt").write_text(comp.version + "\n")
         (local / "build" / "version" / "package.txt").write_text("chatbot-dev\n")
         gomod += [f"replace {recipe.module} => ./ferretdb-src"]
+    if comp.name == "prometheus":
+        # A copy of the module source without what this project does not use
+        # (gomod_patches.patch_prometheus says what and why), in place of the published one.
+        local = _writable_copy(src_dir, work / "prometheus-src")
+        gomod_patches.patch_prometheus(local)
+        gomod += [f"replace {recipe.module} => ./prometheus-src"]
     build_dir = work
     if comp.name == "traefik":
         # The module proxy refuses some of Traefik's dependencies: build from a patched
         # copy of its source (gomod_patches.py says what and why), as the main module,
-        # since go.mod's replace directives only apply there.
+        # since go.mod's replace directives only apply there; the patch also leaves out
+        # the providers, plugins and exporter this product does not use (1388 packages of
+        # 1696).
         build_dir = _writable_copy(src_dir, work / "traefik-src")
         gomod_patches.patch_traefik(build_dir)
         recipe.packages = ["./cmd/traefik"]

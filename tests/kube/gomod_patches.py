@@ -17,6 +17,46 @@ middlewares our routes use); they remove what this binary therefore lacks:
   of the fork's ``CheckSecret``, and digest auth answers a stale nonce with a plain 401
   challenge (no ``stale=true``), so a client re-authenticates instead of retrying.
 
+Traefik is also trimmed to what this product runs (``_trim_traefik``): the harness starts
+it with the Kubernetes Ingress-NGINX and Gateway API providers, ping and the access log,
+and the routes use the rewrite, timeout and body-size middlewares. Left out, where a cold
+build spent its time (``go build -debug-actiongraph`` on 2 shared cores: of the 689 s its
+compile actions took, these 218; 1696 packages, 1388 after):
+
+- the providers ``ecs`` (the AWS SDK's ec2, ssm and ecs clients: 112 s, ec2 alone 65),
+  ``consul``, ``consulCatalog``, ``nomad``, ``etcd``, ``redis``, ``zooKeeper`` (13 s):
+  their static-configuration fields take any options (``TrimmedProvider``) and
+  ``ValidateConfiguration`` refuses them at startup: ``providers.ecs: not in this build of
+  Traefik``; the precedence list keeps their names;
+- plugins, the Yaegi interpreter and the WebAssembly runtime (47 s):
+  ``experimental.plugins``, ``experimental.localPlugins`` and ``providers.plugin`` are
+  refused at startup the same way, a ``plugin`` middleware when it is built;
+- the InfluxDB v2 metrics exporter (25 s): ``metrics.influxDB2`` refused at startup;
+- the rateLimit middleware's Redis storage (go-redis, 22 s with the redis provider):
+  ``rateLimit: its redis storage is not in this build of Traefik`` when the middleware is
+  built (the router reports it); the in-memory limiter remains.
+
+Kept although unused, each too small to be worth a patch (3-10 s): the docker/swarm,
+knative and CRD providers, the OpenTelemetry exporters, Datadog/StatsD metrics, the
+version check.
+
+Prometheus is built from a copy of its module source (``patch_prometheus``). Its service
+discovery was already trimmed by upstream's build tags (``PROMETHEUS_BUILD_TAGS``: of the
+SD mechanisms only Kubernetes', with file, http and ``static_configs``, which are always
+in; another ``*_sd_configs`` key is an unknown field). The patch leaves out, of the 537 s
+the compile actions of server and promtool took, these 118 (1283 packages, 1045 after):
+
+- the OpenAPI document of the HTTP API (libopenapi, 68 s): ``GET /api/v1/openapi.yaml``
+  answers 501 naming it, and ``/api/v1/features`` no longer lists it;
+- the cloud authentications of remote write and Alertmanager: ``sigv4`` (the AWS SDK,
+  27 s), ``google_iam`` (Google's auth libraries, 16 s) and ``azuread`` (the Azure SDK,
+  8 s): a configuration that names one fails to load, in the server and in ``promtool
+  check config`` alike: ``sigv4 (AWS SigV4 authentication): not in this build of
+  Prometheus``; basic auth, authorization, OAuth2 and TLS remain.
+
+Kept: the OTLP receiver and the OTLP trace exporters (woven into remote write and
+tracing), and everything the tests use: Kubernetes pod discovery, scraping, PromQL, rules.
+
 KEDA is built from a copy of its module source trimmed to what this product's ScaledObjects
 use (``patch_keda``): compiling its ~70 scalers' cloud SDKs was most of a cold build. Kept:
 the ``prometheus`` trigger and the ``cpu``/``memory`` resource triggers, everything of
@@ -110,6 +150,342 @@ def patch_traefik(src: Path) -> None:
         fh.write(TRAEFIK_CHECK_SECRET_GO)
     _sub(auth / "digest_auth.go", r"d\.auth\.RequireAuthStale\(rw, req\)",
          "d.auth.RequireAuth(rw, req)")
+
+    _trim_traefik(src)
+
+
+# --------------------------------------------------------------------------- Traefik's trim
+
+TRAEFIK = "github.com/traefik/traefik/v3"
+# The providers left out (the static configuration's field -> its package under
+# pkg/provider): AWS ECS (its SDK's ec2/ssm/ecs clients were a sixth of the compile), the
+# KV stores and the Consul/Nomad catalogs. Kept: the Kubernetes providers (Ingress-NGINX
+# and Gateway API, which this product's routes use; Ingress, CRD, Knative), file, http,
+# rest, docker and swarm.
+TRAEFIK_TRIMMED_PROVIDERS = {
+    "Ecs": "ecs",
+    "ConsulCatalog": "consulcatalog",
+    "Nomad": "nomad",
+    "Consul": "kv/consul",
+    "Etcd": "kv/etcd",
+    "Redis": "kv/redis",
+    "ZooKeeper": "kv/zk",
+}
+# Bumped whenever patch_traefik changes what it builds: part of Traefik's cache key.
+TRAEFIK_PATCH_REVISION = 1
+
+TRAEFIK_STATIC_TRIMMED_GO = """\
+package static
+
+import (
+	"errors"
+	"slices"
+	"strings"
+)
+
+// TrimmedProvider stands for a provider this build of Traefik leaves out. It takes any
+// options, so that a configuration that names the provider parses, and
+// ValidateConfiguration refuses it by name.
+type TrimmedProvider map[string]any
+
+// trimmedFeatures refuses, by name, what the static configuration asks for that this build
+// of Traefik leaves out.
+func (c *Configuration) trimmedFeatures() error {
+	var asked []string
+	if c.Providers != nil {
+		for name, p := range map[string]TrimmedProvider{
+%(providers)s		} {
+			if p != nil {
+				asked = append(asked, "providers."+name)
+			}
+		}
+		if len(c.Providers.Plugin) > 0 {
+			asked = append(asked, "providers.plugin")
+		}
+	}
+	if c.Experimental != nil && len(c.Experimental.Plugins) > 0 {
+		asked = append(asked, "experimental.plugins")
+	}
+	if c.Experimental != nil && len(c.Experimental.LocalPlugins) > 0 {
+		asked = append(asked, "experimental.localPlugins")
+	}
+	if c.Metrics != nil && c.Metrics.InfluxDB2 != nil {
+		asked = append(asked, "metrics.influxDB2")
+	}
+	if len(asked) == 0 {
+		return nil
+	}
+	slices.Sort(asked)
+	return errors.New(strings.Join(asked, ", ") + ": not in this build of Traefik")
+}
+"""
+
+TRAEFIK_PLUGINS_TRIMMED_GO = """\
+package plugins
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/traefik/traefik/v3/pkg/provider"
+)
+
+// errNoPlugins: the Yaegi and WebAssembly plugin runtimes are left out of this build.
+var errNoPlugins = errors.New("plugins (Yaegi, WebAssembly) are not in this build of Traefik")
+
+// Constructor creates a plugin handler.
+type Constructor func(context.Context, http.Handler) (http.Handler, error)
+
+// Builder builds no plugin: this build of Traefik has no plugin runtime.
+type Builder struct{}
+
+// NewBuilder refuses any plugin; with none configured, its Builder has nothing to build.
+func NewBuilder(_ *Manager, plugins map[string]Descriptor,
+	localPlugins map[string]LocalDescriptor) (*Builder, error) {
+	names := slices.Sorted(maps.Keys(plugins))
+	names = append(names, slices.Sorted(maps.Keys(localPlugins))...)
+	if len(names) > 0 {
+		return nil, fmt.Errorf("%s: %w", strings.Join(names, ", "), errNoPlugins)
+	}
+	return &Builder{}, nil
+}
+
+// Build refuses: no middleware plugin is in this build.
+func (b Builder) Build(pName string, _ map[string]any, _ string) (Constructor, error) {
+	return nil, fmt.Errorf("middleware plugin %s: %w", pName, errNoPlugins)
+}
+
+// BuildProvider refuses: no provider plugin is in this build.
+func (b Builder) BuildProvider(pName string, _ map[string]any) (provider.Provider, error) {
+	return nil, fmt.Errorf("provider plugin %s: %w", pName, errNoPlugins)
+}
+"""
+
+# The files of pkg/plugins that hold the plugin runtimes (and their tests).
+TRAEFIK_PLUGIN_RUNTIME_FILES = ("builder.go", "providers.go", "middlewareyaegi.go",
+                                "middlewarewasm.go", "wasip.go", "wasip_mock.go")
+
+TRAEFIK_INFLUXDB2_GO = """\
+package metrics
+
+import (
+	"context"
+
+	"github.com/rs/zerolog/log"
+	otypes "github.com/traefik/traefik/v3/pkg/observability/types"
+)
+
+// RegisterInfluxDB2 refuses: the InfluxDB v2 exporter is left out of this build (the
+// static configuration's validation refuses metrics.influxDB2 before this is reached).
+func RegisterInfluxDB2(ctx context.Context, _ *otypes.InfluxDB2) Registry {
+	log.Ctx(ctx).Error().Msg("metrics.influxDB2: not in this build of Traefik")
+	return nil
+}
+
+// StopInfluxDB2 has nothing to stop.
+func StopInfluxDB2() {}
+"""
+
+TRAEFIK_REDIS_LIMITER_GO = """\
+package ratelimiter
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/traefik/traefik/v3/pkg/config/dynamic"
+	"golang.org/x/time/rate"
+)
+
+// newRedisLimiter refuses: the rateLimit middleware's Redis storage is left out of this
+// build (the in-memory one remains).
+func newRedisLimiter(context.Context, rate.Limit, int64, time.Duration, int, dynamic.RateLimit,
+	*zerolog.Logger) (limiter, error) {
+	return nil, errors.New("rateLimit: its redis storage is not in this build of Traefik")
+}
+"""
+
+
+def _trim_traefik(src: Path) -> None:
+    """Leave out of Traefik what this product does not run (the module docstring says what
+    and why); each piece left out is refused by name when configured."""
+    pkg = src / "pkg"
+    static = pkg / "config" / "static" / "static_config.go"
+    text = static.read_text()
+    options: dict[str, str] = {}
+    for field, rel in TRAEFIK_TRIMMED_PROVIDERS.items():
+        imp = f"{TRAEFIK}/pkg/provider/{rel}"
+        m = re.search(rf'^\t(?:(\w+) )?"{re.escape(imp)}"\n', text, re.M)
+        if not m:
+            raise RuntimeError(f"traefik patch: {imp} not imported by {static}")
+        alias = m.group(1) or rel.rsplit("/", 1)[-1]
+        text = text[: m.start()] + text[m.end():]
+        sources = "".join(f.read_text() for f in sorted((pkg / "provider" / rel).glob("*.go"))
+                          if not f.name.endswith("_test.go"))
+        name = re.search(r'\bProviderName\s*=\s*"([^"]+)"', sources)
+        if not name:
+            raise RuntimeError(f"traefik patch: no ProviderName in {pkg / 'provider' / rel}")
+        # The precedence list keeps its names, as literals.
+        text, n = re.subn(rf"^\t{alias}\.ProviderName,$", f'\t"{name.group(1)}",', text,
+                          flags=re.M)
+        # The field takes any options (TrimmedProvider) under its name (the json tag's);
+        # --help says it is not in this build.
+        line = re.search(rf'^(\t{field}\s+)\*{alias}\.\w+(\s+`description:")'
+                         rf'([^`]*json:"(\w+),omitempty")', text, re.M)
+        if n != 1 or not line:
+            raise RuntimeError(f"traefik patch: {field} ({alias}) not found in {static}")
+        text = (text[: line.start()] + line.expand(r"\1TrimmedProvider\2(not in this build) \3")
+                + text[line.end():])
+        options[line.group(4)] = field
+    text, n = re.subn(r"^(func \(c \*Configuration\) ValidateConfiguration\(\) error \{\n)",
+                      r"\1\tif err := c.trimmedFeatures(); err != nil {\n\t\treturn err\n\t}\n\n",
+                      text, flags=re.M)
+    if n != 1:
+        raise RuntimeError(f"traefik patch: ValidateConfiguration not found in {static}")
+    static.write_text(text)
+    (static.parent / "chatbot_trimmed.go").write_text(TRAEFIK_STATIC_TRIMMED_GO % {
+        "providers": "".join(f'\t\t\t"{opt}": c.Providers.{field},\n'
+                             for opt, field in sorted(options.items()))})
+
+    aggregator = pkg / "provider" / "aggregator" / "aggregator.go"
+    for field in TRAEFIK_TRIMMED_PROVIDERS:
+        _sub(aggregator, rf"^\tif conf\.{field} != nil \{{\n.*?^\t\}}\n\n", "", count=1,
+             flags=re.S)
+
+    plugins = pkg / "plugins"
+    for name in TRAEFIK_PLUGIN_RUNTIME_FILES:
+        (plugins / name).unlink()
+        (plugins / name.replace(".go", "_test.go")).unlink(missing_ok=True)
+    (plugins / "chatbot_trimmed.go").write_text(TRAEFIK_PLUGINS_TRIMMED_GO)
+
+    metrics = pkg / "observability" / "metrics"
+    (metrics / "influxdb2_test.go").unlink(missing_ok=True)
+    (metrics / "influxdb2.go").write_text(TRAEFIK_INFLUXDB2_GO)
+
+    ratelimiter = pkg / "middlewares" / "ratelimiter"
+    for name in ("lua.go", "redis_limiter.go"):
+        (ratelimiter / name).unlink()
+    (ratelimiter / "chatbot_redis_trimmed.go").write_text(TRAEFIK_REDIS_LIMITER_GO)
+
+
+# --------------------------------------------------------------------------- Prometheus
+
+PROMETHEUS = "github.com/prometheus/prometheus"
+# Service discovery: the build tags keep Kubernetes' (file, http and static_configs are
+# always in); every other mechanism is refused by Prometheus itself as an unknown field.
+PROMETHEUS_BUILD_TAGS = "remove_all_sd,enable_kubernetes_sd"
+# Bumped whenever patch_prometheus (or the tags) change what it builds: part of its cache key.
+PROMETHEUS_PATCH_REVISION = 1
+
+# The remote-write and Alertmanager authentications left out: the config key, the package
+# this build puts in place of the one that pulled a cloud SDK, and what that package must
+# still provide (the config type, the round tripper's constructor).
+PROMETHEUS_TRIMMED_AUTH = {
+    "sigv4": ("github.com/prometheus/sigv4", "storage/remote/sigv4", "SigV4Config",
+              "NewSigV4RoundTripper", "AWS SigV4"),
+    "azuread": (f"{PROMETHEUS}/storage/remote/azuread", "storage/remote/azuread",
+                "AzureADConfig", "NewAzureADRoundTripper", "Azure AD"),
+    "google_iam": (f"{PROMETHEUS}/storage/remote/googleiam", "storage/remote/googleiam",
+                   "Config", "NewRoundTripper", "Google IAM"),
+}
+
+PROMETHEUS_AUTH_STUB_GO = """\
+// Package %(pkg)s stands for %(what)s authentication, left out of this build of Prometheus
+// (its SDK was most of what it cost to compile): a configuration that asks for it is
+// refused when it is loaded, by name.
+package %(pkg)s
+
+import (
+	"errors"
+	"net/http"
+)
+
+var errNotInBuild = errors.New("%(key)s (%(what)s authentication): not in this build of Prometheus")
+
+// %(type)s refuses to be configured.
+type %(type)s struct{}
+
+// UnmarshalYAML refuses: %(what)s is not in this build.
+func (*%(type)s) UnmarshalYAML(func(any) error) error { return errNotInBuild }
+
+// %(ctor)s refuses: %(what)s is not in this build.
+func %(ctor)s(*%(type)s, http.RoundTripper) (http.RoundTripper, error) {
+	return nil, errNotInBuild
+}
+"""
+
+# web/api/v1's OpenAPI specification (GET /api/v1/openapi.yaml), built with libopenapi:
+# no dependency but Kubernetes' client took longer to compile.
+PROMETHEUS_OPENAPI_FILES = ("openapi.go", "openapi_examples.go", "openapi_helpers.go",
+                            "openapi_paths.go", "openapi_schemas.go")
+
+PROMETHEUS_OPENAPI_STUB_GO = """\
+package v1
+
+import (
+	"log/slog"
+	"net/http"
+)
+
+%(options)s
+// OpenAPIBuilder serves no specification: the OpenAPI document is left out of this build.
+type OpenAPIBuilder struct{}
+
+// NewOpenAPIBuilder builds nothing.
+func NewOpenAPIBuilder(OpenAPIOptions, *slog.Logger) *OpenAPIBuilder { return &OpenAPIBuilder{} }
+
+// ServeOpenAPI answers 501, naming what is missing.
+func (*OpenAPIBuilder) ServeOpenAPI(w http.ResponseWriter, _ *http.Request) {
+	http.Error(w, "the OpenAPI specification (/api/v1/openapi.yaml) is not in this build of"+
+		" Prometheus", http.StatusNotImplemented)
+}
+
+// WrapHandler returns the handler unchanged (as upstream's: no validation).
+func (*OpenAPIBuilder) WrapHandler(next http.HandlerFunc) http.HandlerFunc { return next }
+"""
+
+
+def patch_prometheus(src: Path) -> None:
+    """Patch a writable copy of Prometheus' module source: without the OpenAPI document and
+    the cloud authentications of remote write (the module docstring says what and why)."""
+    for key, (imp, rel, typ, ctor, what) in PROMETHEUS_TRIMMED_AUTH.items():
+        pkg_dir = src / rel
+        if pkg_dir.is_dir():
+            for f in pkg_dir.glob("*.go"):
+                f.unlink()
+        pkg_dir.mkdir(parents=True, exist_ok=True)
+        pkg = rel.rsplit("/", 1)[-1]
+        (pkg_dir / f"{pkg}.go").write_text(PROMETHEUS_AUTH_STUB_GO % {
+            "pkg": pkg, "what": what, "key": key, "type": typ, "ctor": ctor})
+        new_imp = f"{PROMETHEUS}/{rel}"
+        if imp != new_imp:  # an outside module's package: its importers take this one
+            importers = [f for f in src.rglob("*.go") if not f.name.endswith("_test.go")
+                         and f'"{imp}"' in f.read_text()]
+            if not importers:
+                raise RuntimeError(f"prometheus patch: nothing imports {imp} in {src}")
+            for f in importers:
+                _sub(f, rf'^(\t(?:\w+ )?)"{re.escape(imp)}"$', rf'\1"{new_imp}"')
+
+    api = src / "web" / "api" / "v1"
+    options = re.search(r"^// OpenAPIOptions .*?^type OpenAPIOptions struct \{\n.*?^\}\n",
+                        (api / "openapi.go").read_text(), re.M | re.S)
+    if not options:
+        raise RuntimeError(f"prometheus patch: OpenAPIOptions not found in {api}")
+    for name in PROMETHEUS_OPENAPI_FILES:
+        (api / name).unlink()
+    for f in api.glob("openapi*_test.go"):
+        f.unlink()
+    (api / "chatbot_openapi.go").write_text(
+        PROMETHEUS_OPENAPI_STUB_GO % {"options": options.group(0)})
+    # /api/v1/features no longer lists the OpenAPI document.
+    _sub(src / "web" / "web.go", r'^\t+r\.Enable\(features\.API, "openapi_3\.\d"\).*\n', "")
 
 
 # --------------------------------------------------------------------------- KEDA
