@@ -370,6 +370,17 @@ def _prometheus_release(module_version: str) -> str:
     return f"{int(minor) // 100}.{int(minor) % 100}.{patch}"
 
 
+def patched_source(module: str, version: str, patch, dest: Path) -> Path:
+    """A writable copy of a module's source at `dest`, with `patch` applied to it (one of
+    gomod_patches' functions): what the build of a patched component compiles, for the
+    tests that check a patch."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    src_dir, _ = _module_zip_dir(module, version, dest.parent, dest.parent / "download.log")
+    copy = _writable_copy(src_dir, dest)
+    patch(copy)
+    return copy
+
+
 def _writable_copy(src: Path, dest: Path) -> Path:
     """A copy of a (read-only) module-cache directory that a build may change."""
     shutil.copytree(src, dest)

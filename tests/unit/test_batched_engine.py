@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from contextlib import asynccontextmanager
 
@@ -433,7 +434,11 @@ def test_a_generating_conversation_keeps_getting_tokens_while_a_long_prompt_is_p
     tokens per step the prompt is prefilled over ~90 steps, each also decoding the running
     conversation's next token, so the running one finishes its answer before the new one's
     first token. With the whole prompt in one step (the cap at n_batch) the running one gets
-    one token during the prefill and finishes after."""
+    one token during the prefill and finishes after.
+
+    Both requests are queued while the step loop is held between steps, so they start in
+    the same step whatever the machine's load (started on the running one's first token,
+    a busy event loop could let it finish its 60 tokens before the long prompt arrived)."""
     long_question = " ".join(f"item {i}: check the figures and the dates." for i in range(64))
     running_params = SamplingParams(max_tokens=60, temperature=0, top_p=1)
 
@@ -445,18 +450,25 @@ def test_a_generating_conversation_keeps_getting_tokens_while_a_long_prompt_is_p
                 n = 0
                 async for _ in e.stream(chat(QUESTIONS[0]), running_params):
                     n += 1
-                    if n == 1:
-                        joined.set()
                 events.append(("running ends", n))
 
             async def joining():
-                await joined.wait()
                 async for _ in e.stream(chat(long_question), GREEDY_PLAIN):
                     events.append(("first token", 0))
                     break
 
-            joined = asyncio.Event()
-            await asyncio.gather(running(), joining())
+            entered, hold = threading.Event(), threading.Event()
+            held = e._on_loop(lambda lc: (entered.set(), hold.wait(30)))
+            assert await asyncio.to_thread(entered.wait, 30)
+            tasks = [asyncio.create_task(running())]
+            while len(e._pending) < 1:
+                await asyncio.sleep(0.001)
+            tasks.append(asyncio.create_task(joining()))
+            while len(e._pending) < 2:
+                await asyncio.sleep(0.001)
+            hold.set()
+            await held
+            await asyncio.gather(*tasks)
             return events, len(e.tokenize_chat(chat(long_question))[0]), e.status().facts
 
     events, n_long, facts = asyncio.run(scenario(16))

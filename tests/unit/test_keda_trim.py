@@ -4,11 +4,9 @@ and a clear refusal for every trigger type it left out."""
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -22,15 +20,9 @@ def keda_src(tmp_path_factory):
     """A patched copy of KEDA's module source, from the module cache build-binaries fills."""
     if shutil.which("go") is None or not binaries.COMPONENTS["keda"].is_built():
         pytest.skip(f"KEDA not built: {binaries.BUILD_COMMAND} keda")
-    version = binaries.COMPONENTS["keda"].version
-    info = subprocess.run(["go", "mod", "download", "-json", f"{KEDA}@{version}"],
-                          env=binaries.go_env(), capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path_factory.mktemp("gomod"))
-    assert info.returncode == 0, info.stdout + info.stderr
-    src = binaries._writable_copy(Path(json.loads(info.stdout)["Dir"]),
-                                  tmp_path_factory.mktemp("keda") / "src")
-    gomod_patches.patch_keda(src)
-    return src
+    return binaries.patched_source(KEDA, binaries.COMPONENTS["keda"].version,
+                                   gomod_patches.patch_keda,
+                                   tmp_path_factory.mktemp("keda") / "src")
 
 
 def test_build_scaler_keeps_prometheus_cpu_memory_and_refuses_the_rest_by_name(keda_src):

@@ -8,13 +8,12 @@ import json
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.kube import binaries, gomod_patches
+from tests.support.http_get import http_get
 from tests.support.ports import free_port
 
 PROMETHEUS = gomod_patches.PROMETHEUS
@@ -35,12 +34,7 @@ def prometheus_build(tmp_path_factory):
     _built("prometheus")  # its modules are in the module cache build-binaries fills
     version = binaries.COMPONENTS["prometheus"].version
     work = tmp_path_factory.mktemp("prometheus")
-    info = subprocess.run(["go", "mod", "download", "-json", f"{PROMETHEUS}@{version}"],
-                          env=binaries.go_env(), capture_output=True, text=True, timeout=300,
-                          cwd=work)
-    assert info.returncode == 0, info.stdout + info.stderr
-    src = binaries._writable_copy(Path(json.loads(info.stdout)["Dir"]), work / "src")
-    gomod_patches.patch_prometheus(src)
+    binaries.patched_source(PROMETHEUS, version, gomod_patches.patch_prometheus, work / "src")
     (work / "go.mod").write_text(f"module chatbot.local/test\n\ngo {binaries._go_version()}\n\n"
                                  f"replace {PROMETHEUS} => ./src\n")
     got = subprocess.run(["go", "get", f"{PROMETHEUS}/cmd/prometheus@{version}",
@@ -120,26 +114,16 @@ def test_the_server_answers_501_for_the_openapi_document(tmp_path):
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
-        while _get(base + "/-/ready")[0] != 200:
+        while http_get(base + "/-/ready")[0] != 200:
             assert proc.poll() is None and time.monotonic() < deadline, "Prometheus not ready"
             time.sleep(0.2)
-        status, body = _get(base + "/api/v1/openapi.yaml")
+        status, body = http_get(base + "/api/v1/openapi.yaml")
         assert status == 501
         assert b"OpenAPI specification" in body and b"not in this build" in body
-        features = json.loads(_get(base + "/api/v1/features")[1])["data"]["api"]
+        features = json.loads(http_get(base + "/api/v1/features")[1])["data"]["api"]
         assert not any(name.startswith("openapi") for name in features)
-        query = json.loads(_get(base + "/api/v1/query?query=1%2B1")[1])
+        query = json.loads(http_get(base + "/api/v1/query?query=1%2B1")[1])
         assert query["data"]["result"][1] == "2"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-
-
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except OSError:
-        return 0, b""

@@ -9,13 +9,12 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.kube import binaries, gomod_patches
+from tests.support.http_get import http_get
 from tests.support.ports import free_port
 
 TRAEFIK = gomod_patches.TRAEFIK
@@ -33,14 +32,9 @@ def traefik_src(tmp_path_factory):
     if shutil.which("go") is None:
         pytest.skip("go not found")
     _built()  # its modules are in the module cache build-binaries fills
-    version = binaries.COMPONENTS["traefik"].version
-    info = subprocess.run(["go", "mod", "download", "-json", f"{TRAEFIK}@{version}"],
-                          env=binaries.go_env(), capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path_factory.mktemp("gomod"))
-    assert info.returncode == 0, info.stdout + info.stderr
-    src = binaries._writable_copy(Path(json.loads(info.stdout)["Dir"]),
+    src = binaries.patched_source(TRAEFIK, binaries.COMPONENTS["traefik"].version,
+                                  gomod_patches.patch_traefik,
                                   tmp_path_factory.mktemp("traefik") / "src")
-    gomod_patches.patch_traefik(src)
     subprocess.run(["go", "mod", "tidy", "-e"], cwd=src, env=binaries.go_env(),
                    capture_output=True, timeout=600)
     return src
@@ -121,7 +115,7 @@ def test_routes_with_the_kept_middlewares_serve_and_a_redis_rate_limit_is_refuse
     try:
         body = _get_when_up(f"http://127.0.0.1:{web}/kept/hello.txt", traefik)
         assert body == (200, b"hello\n")
-        assert _get(f"http://127.0.0.1:{web}/redis/hello.txt")[0] == 404
+        assert http_get(f"http://127.0.0.1:{web}/redis/hello.txt")[0] == 404
         assert "rateLimit: its redis storage is not in this build of Traefik" in log.read_text()
     finally:
         for proc in (traefik, server):
@@ -129,23 +123,11 @@ def test_routes_with_the_kept_middlewares_serve_and_a_redis_rate_limit_is_refuse
             proc.wait(timeout=10)
 
 
-def _get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
 def _get_when_up(url: str, proc: subprocess.Popen, timeout: float = 30) -> tuple[int, bytes]:
     deadline = time.monotonic() + timeout
     while True:
         assert proc.poll() is None, "traefik exited"
-        try:
-            got = _get(url)
-            if got[0] == 200 or time.monotonic() > deadline:
-                return got
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
+        got = http_get(url)
+        if got[0] == 200 or time.monotonic() > deadline:
+            return got
         time.sleep(0.2)

@@ -21,7 +21,16 @@ from chatbot.core.affinity import FORWARDED
 from chatbot.core.ports import ChatEngine
 from chatbot.core.shutdown import Shutdown
 from chatbot.core.stats import Outcome, PerformanceStats
-from chatbot.domain.errors import DeadlineExceededError, EngineUnavailableError, QueueFullError
+from chatbot.domain.errors import (
+    DeadlineExceededError,
+    EngineUnavailableError,
+    QueueFullError,
+    ServiceShuttingDownError,
+)
+
+# This replica's refusals (429, 503) that a forwarding peer answers by serving the turn itself
+# (`chatbot.peers.forwarding`): counted there, as the client's one request, not here too.
+PEER_SERVES_INSTEAD = (QueueFullError, EngineUnavailableError, ServiceShuttingDownError)
 
 
 @dataclass
@@ -92,7 +101,9 @@ class RequestGate:
 
         A full queue counts as rejected; a passed deadline (-> DeadlineExceededError), a
         failure, a shutdown or a cancellation as failed. Success is counted by
-        `Admitted.succeeded`.
+        `Admitted.succeeded`. A request a peer forwarded here is not counted when it is
+        refused (PEER_SERVES_INSTEAD) or when the peer lets it go: the peer serves or
+        answers it, and counts it, itself.
         """
         started = time.monotonic()
         ticket = Admitted(self, started, asyncio.get_running_loop().time() + self.deadline_s)
@@ -115,8 +126,15 @@ class RequestGate:
                             cutoff.admit()
                             ticket.admitted = time.monotonic()
                             yield ticket
-        except QueueFullError:
-            self.stats.record_rejected()
+        except PEER_SERVES_INSTEAD as exc:
+            # A peer's request refused before its answer began (a stream's begins once
+            # admitted): the peer serves the turn itself.
+            if FORWARDED.get() and not (spans_tasks and ticket.admitted):
+                raise
+            if isinstance(exc, QueueFullError):
+                self.stats.record_rejected()
+            else:
+                self._failed(started)
             raise
         except TimeoutError as exc:
             self._failed(started)
