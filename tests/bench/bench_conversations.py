@@ -125,7 +125,8 @@ def think_times(seed: int, user: int, turns: int, think_s: float) -> list[float]
 def run_level(contender, users: int, turns: int, tag: str, think_s: float = 0.0,
               seed: int = 0, streamed: bool = False):
     """Each user's T turns one after the other, with its think times between them, all
-    users at once; returns the samples per turn index and the wall time."""
+    users at once; returns the samples per turn index, the wall time and the requests in
+    flight at each arrival (`in_flight_at_arrival`)."""
     per_turn: list[list[bb.Sample]] = [[] for _ in range(turns)]
     spans: list[tuple[float, float]] = []  # each request's (sent, answered)
     errors: list[BaseException] = []
@@ -186,8 +187,8 @@ def bench_model(model: Path, args, workdir: Path) -> list[dict]:
             for c in contenders:  # in turn, so machine noise hits each of them
                 time.sleep(bb.PAUSE_S)  # let the previous one's spinning threads settle
                 before, load_start = prompt_counters(c.url), os.getloadavg()[0]
-                per_turn, wall, overlap = run_level(c, users, args.turns, f"u{users}", args.think_s,
-                                           args.seed, args.ours_streamed)
+                per_turn, wall, overlap = run_level(c, users, args.turns, f"u{users}",
+                                                    args.think_s, args.seed, args.ours_streamed)
                 after, load_end = prompt_counters(c.url), os.getloadavg()[0]
                 samples = [s for turn in per_turn for s in turn]
                 ttfts = [s.ttft for s in samples]

@@ -11,6 +11,16 @@ process that started it (parent-death signal) and, when it stops, Docker stops i
 containers; :func:`reap` removes what a killed run left (kind's containers and network) at
 the next start.
 
+It shares the host's network namespace with the harness's ``dockerd``
+(tests/support/docker_engine.py), so it must not touch that daemon's ``docker0``:
+``--bridge=none`` would make dockerd delete ``docker0`` at start (Docker does so whenever
+its default bridge is disabled), and the harness's containers and builds then fail to get a
+network ("could not find bridge docker0"; pip in a build cannot resolve). So its default
+bridge is a bridge of its own, :data:`BRIDGE` on :data:`BRIDGE_CIDR`, and kind's network is
+created here on :data:`KIND_SUBNET` (kind uses a ``kind`` network it finds), outside
+Docker's default pools (172.17-31.0.0/16, 192.168.0.0/16), which the harness's daemon
+allocates from without looking at this one's.
+
 Its volumes are in memory: ``dockerd`` runs in a mount namespace of its own
 (``unshare --mount``) with a tmpfs (:data:`VOLUMES_SIZE` at most) on ``DATA/volumes``. A kind
 node keeps ``/var`` in an anonymous volume: the node image's containerd store copied in at

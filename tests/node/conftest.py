@@ -46,10 +46,6 @@ class NodeCluster:
         return f"http://127.0.0.1:{realnode.ROUTE_PORT}{path}"
 
 
-def _workdir() -> Path:
-    return node_lock_workdir()
-
-
 @pytest.fixture(scope="session")
 def node_cluster(node_lock, docker_engine, service_image, operator_image) -> NodeCluster:
     missing = realnode.missing_prerequisites()
@@ -67,7 +63,7 @@ def node_cluster(node_lock, docker_engine, service_image, operator_image) -> Nod
     }
 
     say = lambda msg: print(f"[node] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    cluster = controlplane.LocalCluster(_workdir(), node_ip=realnode.node_ip())
+    cluster = controlplane.LocalCluster(node_lock_workdir(), node_ip=realnode.node_ip())
     node = realnode.RealNode(cluster)
     timings: dict[str, float] = {}
     started = time.monotonic()
