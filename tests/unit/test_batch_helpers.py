@@ -1,11 +1,11 @@
 """The batched engine's pure helpers: slot choice for prefix reuse, the order of a step's
-batch, text streaming."""
+batch, when prompts wait, text streaming."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from chatbot.llm.batched_engine import decode_order
+from chatbot.llm.batched_engine import FIRST_TEXT_TOKENS, decode_order, prompts_wait
 from chatbot.llm.slots import SlotTable
 from chatbot.llm.text_stream import TextStream
 
@@ -143,3 +143,17 @@ def test_generating_conversations_go_into_a_step_by_sequence_id_whatever_order_t
     started = [SimpleNamespace(slot=SimpleNamespace(seq_id=i)) for i in (3, 0, 6, 1, 7, 2, 5, 4)]
     assert [seq.slot.seq_id for seq in decode_order(started)] == list(range(8))
     assert [seq.slot.seq_id for seq in started] == [3, 0, 6, 1, 7, 2, 5, 4]  # prompts: oldest first
+
+
+def test_prompts_wait_while_a_started_answer_has_no_text_to_show():
+    def seq(generated: int, shown: bool):
+        return SimpleNamespace(generated=generated, shown=shown)
+
+    assert not prompts_wait([])
+    assert not prompts_wait([seq(0, False), seq(9, True)])  # prefilling, and a shown answer
+    # The first byte of a 3-byte syllable: the next steps decode without prompts.
+    assert prompts_wait([seq(1, False), seq(9, True)])
+    assert prompts_wait([seq(FIRST_TEXT_TOKENS - 1, False)])
+    assert not prompts_wait([seq(2, True)])
+    # Text held longer (a stop string's prefix, say) no longer holds the prompts back.
+    assert not prompts_wait([seq(FIRST_TEXT_TOKENS, False)])

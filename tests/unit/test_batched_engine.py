@@ -47,6 +47,14 @@ async def engine(tiny_models, n_seq: int, path=None, **model):
         await e.close()
 
 
+async def until(condition, timeout: float = 10.0) -> None:
+    """Waits for the step loop to get somewhere (a fixed sleep fails on a busy machine)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the step loop never got there"
+        await asyncio.sleep(0.002)
+
+
 async def answer(e: BatchedEngine, messages, params=GREEDY, delay: float = 0.0) -> str:
     await asyncio.sleep(delay)
     return "".join([piece async for piece in e.stream(messages, params)])
@@ -171,10 +179,9 @@ def test_a_request_cancelled_while_waiting_never_runs(tiny_models):
     async def scenario():
         async with engine(tiny_models, 1, n_ctx=4096) as e:
             first = asyncio.create_task(answer(e, chat(QUESTIONS[0]), long))
-            await asyncio.sleep(0.01)
+            await until(lambda: e.status().facts["sequences_active"] == 1)
             waiting = asyncio.create_task(answer(e, chat(QUESTIONS[2] * 5)))
-            await asyncio.sleep(0.01)
-            assert e.status().facts["sequences_waiting"] == 1
+            await until(lambda: e.status().facts["sequences_waiting"] == 1)
             waiting.cancel()
             await first
             await asyncio.sleep(0.05)
@@ -481,6 +488,58 @@ def test_a_generating_conversation_keeps_getting_tokens_while_a_long_prompt_is_p
     # The whole prompt in one step (but the system prompt, copied from the running slot).
     assert facts["peak_batch_tokens"] > n_long - 64
     assert [name for name, _ in events] == ["first token", "running ends"]
+
+
+def test_a_korean_answer_shows_its_first_syllable_before_another_prompt_takes_more_steps(
+        tiny_models):
+    """SmolLM2's English vocabulary spells a Hangul syllable in 3 byte tokens, so a Korean
+    answer has no text to show after its first token. Its next tokens are decoded in steps
+    of their own, not beside another conversation's prompt chunks (each hundreds of
+    milliseconds on a CPU for a real prompt): with 16 prompt tokens a step, a long prompt
+    that started in the same step has had at most one more chunk evaluated when the first
+    syllable arrives, where before it had at least two."""
+    korean = [ChatMessage("system", "당신은 한국어로만 답하는 회사 업무 도우미입니다."),
+              ChatMessage("user", "회의록을 잘 쓰는 방법을 한국어로 알려주세요.")]
+    long_question = " ".join(f"item {i}: check the figures and the dates." for i in range(20))
+    other = chat(long_question, system="Someone else entirely. ")
+    per_step = 16
+
+    async def scenario():
+        async with engine(tiny_models, 2, bundled_model_path(), n_threads=1,
+                          prompt_tokens_per_step=per_step) as e:
+            seen = {}
+
+            async def korean_answer():
+                async for piece in e.stream(korean, GREEDY_PLAIN):
+                    seen.setdefault("first", piece)
+                    seen.setdefault("evaluated", e.status().facts["prompt_tokens_evaluated"])
+
+            async def other_answer():
+                async for _ in e.stream(other, GREEDY_PLAIN):
+                    break
+
+            entered, hold = threading.Event(), threading.Event()
+            held = e._on_loop(lambda lc: (entered.set(), hold.wait(30)))
+            assert await asyncio.to_thread(entered.wait, 30)
+            before = e.status().facts["prompt_tokens_evaluated"]
+            tasks = [asyncio.create_task(korean_answer())]
+            while len(e._pending) < 1:
+                await asyncio.sleep(0.001)
+            tasks.append(asyncio.create_task(other_answer()))
+            while len(e._pending) < 2:
+                await asyncio.sleep(0.001)
+            hold.set()
+            await held
+            await asyncio.gather(*tasks)
+            n_korean, n_other = (len(e.tokenize_chat(m)[0]) for m in (korean, other))
+            return seen, seen["evaluated"] - before, n_korean, n_other
+
+    seen, evaluated, n_korean, n_other = asyncio.run(scenario())
+    assert "\uac00" <= seen["first"][0] <= "\ud7a3", seen  # a Hangul syllable first
+    assert n_other > n_korean + 8 * per_step  # the other prompt was still being fed
+    # The Korean prompt went first (the oldest); its last step may have carried up to 15 of
+    # the other prompt's tokens, and the step after the syllable one more chunk.
+    assert evaluated - n_korean < 2 * per_step
 
 
 def test_a_turn_counted_to_fit_its_history_is_not_tokenized_again_to_run(tiny_models):

@@ -16,7 +16,8 @@ it). That thread runs the step loop:
 2. one `llama_batch` gets the last sampled token of every generating sequence first, then
    prompt tokens of starting sequences, oldest first, up to `prompt_tokens_per_step` and
    `n_batch` (llama-server's order; a long prompt is chunked over several steps, so a wave
-   of new prompts does not stall the conversations already generating);
+   of new prompts does not stall the conversations already generating), except while a
+   sequence has sampled tokens but shown no text yet (`prompts_wait`);
 3. one `llama_decode`, on all the configured threads, or on one for a step too small to
    split (`threads.py`);
 4. every sequence that got logits samples its next token with its own native sampler chain
@@ -73,6 +74,9 @@ N_UBATCH_MAX = 512
 # Prompts whose tokens are kept (`tokenize_chat`): a turn's prompt is counted while its
 # history is fitted, then tokenized again to run; its head again at its next turn.
 TOKENIZED_KEPT = 32
+# A sequence waits at most this many tokens for its first text before prompts share the
+# step again: a Hangul syllable is 3 byte tokens in an English vocabulary (SmolLM2).
+FIRST_TEXT_TOKENS = 4
 # A slot's cells are saved to host RAM when at least this many of them would be overwritten.
 SAVE_MIN_TOKENS = COPY_MIN_GAIN
 # Where a turn's KV cells came from: `new` (a conversation's first turn), and for a
@@ -117,8 +121,8 @@ class _Request:
 class _Sequence:
     """A request running in a slot (decode-thread state only)."""
 
-    __slots__ = ("request", "slot", "sampler", "fed", "last", "generated", "text", "logits_at",
-                 "max_tokens", "first_token_at")
+    __slots__ = ("request", "slot", "sampler", "fed", "last", "generated", "shown", "text",
+                 "logits_at", "max_tokens", "first_token_at")
 
     def __init__(self, request: _Request, slot: Slot, reused: int, sampler) -> None:
         self.request = request
@@ -127,6 +131,7 @@ class _Sequence:
         self.fed = reused  # prompt tokens already in the KV cache
         self.last = -1  # the sampled token still to be decoded; -1 while prefilling
         self.generated = 0
+        self.shown = False  # whether any of its text has gone to the relay
         self.text = TextStream(request.stops)
         self.logits_at = -1  # this step's batch index whose logits it samples from
         self.max_tokens = request.params.max_tokens
@@ -666,7 +671,7 @@ class BatchedEngine(ModelLifecycle):
             else:
                 seq.logits_at = -1
         # ... and prompts fill the rest of the batch, oldest first, within the step's budget.
-        limit = min(self._n_batch, n + self._prompt_step)
+        limit = n if prompts_wait(running) else min(self._n_batch, n + self._prompt_step)
         for seq in running:
             if seq.last >= 0 or n >= limit:
                 continue
@@ -725,6 +730,7 @@ class BatchedEngine(ModelLifecycle):
             text, stopped = seq.text.feed(piece)
             if text:
                 seq.request.relay.put(text)
+                seq.shown = True
             if (stopped or seq.generated >= seq.max_tokens
                     or len(seq.slot.tokens) + 1 >= n_ctx_seq):
                 self._finish(lc, seq, None, flush_text=not stopped)
@@ -770,6 +776,18 @@ def decode_order(running: list[_Sequence]) -> list[_Sequence]:
     conversations' tokens took up to 8 passes instead of one (SmolLM2 on 2 threads: a step of
     61-73 ms instead of 43)."""
     return sorted(running, key=lambda seq: seq.slot.seq_id)
+
+
+def prompts_wait(running: list[_Sequence]) -> bool:
+    """Whether this step leaves the prompts out: a sequence has sampled its first tokens
+    but shown no text yet (a character split over byte tokens, text that may begin a stop
+    string). Its next tokens then come in steps of one token per sequence, milliseconds,
+    instead of behind other conversations' prompt chunks, each hundreds of milliseconds on
+    a CPU: the user sees the answer start without waiting for others' prompts (SmolLM2's
+    Korean answers start with a 3-token syllable, and at 4 users their first text came up
+    to 1.5 s after their first token). The prompts wait at most FIRST_TEXT_TOKENS - 1 short
+    steps per starting sequence."""
+    return any(0 < seq.generated < FIRST_TEXT_TOKENS and not seq.shown for seq in running)
 
 
 def _kv_turn(request: _Request, reused: int) -> str:
