@@ -75,7 +75,8 @@ N_UBATCH_MAX = 512
 # history is fitted, then tokenized again to run; its head again at its next turn.
 TOKENIZED_KEPT = 32
 # A sequence waits at most this many tokens for its first text before prompts share the
-# step again: a Hangul syllable is 3 byte tokens in an English vocabulary (SmolLM2).
+# step again: a UTF-8 character is at most 4 bytes, each a token in a byte-level vocabulary
+# that lacks it (a Hangul syllable is 3 in SmolLM2's English one).
 FIRST_TEXT_TOKENS = 4
 # A slot's cells are saved to host RAM when at least this many of them would be overwritten.
 SAVE_MIN_TOKENS = COPY_MIN_GAIN
