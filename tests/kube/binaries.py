@@ -12,9 +12,10 @@ without the project's venv.
   :func:`binary` gives a cached program's path.
 * :func:`build_all` builds what is missing with the machine's Go; Go's module and build
   caches live under ``.../chatbot-dev/go/``. Traefik's module needs patches, and Traefik,
-  Prometheus and KEDA are trimmed to what this product uses (``gomod_patches.py``; their
-  cache directories name those builds: ``traefik-<version>-trimmed-r<N>``,
-  ``prometheus-<version>-trimmed-r<N>``, ``keda-<version>-scalers-cpu-memory-prometheus-r<N>``).
+  Prometheus, KEDA and CoreDNS are trimmed to what this product uses (``gomod_patches.py``;
+  their cache directories name those builds: ``traefik-<version>-trimmed-r<N>``,
+  ``prometheus-<version>-trimmed-r<N>``, ``keda-<version>-scalers-cpu-memory-prometheus-r<N>``,
+  ``coredns-<version>-trimmed-r<N>``).
 * :func:`module_zip` fetches a Go module's zip without building it, for the files it
   ships (skaffold's JSON schemas, the Gateway API CRDs).
 """
@@ -66,8 +67,9 @@ class Component:
     name: str
     version_key: str
     binaries: tuple[str, ...]
-    # Names a build that differs from the published module (Traefik, Prometheus and KEDA
-    # trimmed): part of the cache key, so that changing it replaces a binary cached without it.
+    # Names a build that differs from the published module (Traefik, Prometheus, KEDA and
+    # CoreDNS trimmed): part of the cache key, so that changing it replaces a binary cached
+    # without it.
     variant: str = ""
 
     @property
@@ -99,7 +101,8 @@ COMPONENTS: dict[str, Component] = {
         Component("ferretdb", "FERRETDB_VERSION", ("ferretdb",)),
         Component("kube-node", "KUBERNETES_VERSION", ("kubelet", "kube-proxy")),
         Component("kubectl", "KUBERNETES_VERSION", ("kubectl",)),
-        Component("coredns", "COREDNS_VERSION", ("coredns",)),
+        Component("coredns", "COREDNS_VERSION", ("coredns",),
+                  variant=f"trimmed-r{gomod_patches.COREDNS_PATCH_REVISION}"),
         Component("traefik", "TRAEFIK_VERSION", ("traefik",),
                   variant=f"trimmed-r{gomod_patches.TRAEFIK_PATCH_REVISION}"),
         Component(
@@ -305,12 +308,10 @@ def _recipe(comp: Component) -> _Recipe:
             ["ferretdb"],
         )
     if comp.name == "coredns":
-        return _Recipe(
-            "github.com/coredns/coredns",
-            ["github.com/coredns/coredns"],
-            ["coredns"],
-            [f"-X github.com/coredns/coredns/coremain.GitCommit={v}"],
-        )
+        # From a copy of the module whose plugin list keeps only the plugins this project's
+        # Corefiles and kubeadm's use (build_component, gomod_patches.patch_coredns).
+        mod = gomod_patches.COREDNS
+        return _Recipe(mod, [mod], ["coredns"], [f"-X {mod}/coremain.GitCommit={v}"])
     if comp.name == "traefik":
         mod = "github.com/traefik/traefik/v3"
         return _Recipe(
@@ -362,6 +363,12 @@ def _recipe(comp: Component) -> _Recipe:
         # kind's version is a constant in its source (a release needs no ldflags).
         return _Recipe("sigs.k8s.io/kind", ["sigs.k8s.io/kind"], ["kind"])
     raise KeyError(comp.name)
+
+
+# Built from a patched copy of their module source, which a `replace` puts in place of the
+# published module (build_component): the patch each copy gets.
+PATCHED_IN_PLACE = {"prometheus": gomod_patches.patch_prometheus,
+                    "coredns": gomod_patches.patch_coredns}
 
 
 def _prometheus_release(module_version: str) -> str:
@@ -419,12 +426,12 @@ def build_component(comp: Component, *, started_all: float | None = None) -> flo
         (local / "build" / "version" / "version.txt").write_text(comp.version + "\n")
         (local / "build" / "version" / "package.txt").write_text("chatbot-dev\n")
         gomod += [f"replace {recipe.module} => ./ferretdb-src"]
-    if comp.name == "prometheus":
+    patch = PATCHED_IN_PLACE.get(comp.name)
+    if patch:
         # A copy of the module source without what this project does not use
-        # (gomod_patches.patch_prometheus says what and why), in place of the published one.
-        local = _writable_copy(src_dir, work / "prometheus-src")
-        gomod_patches.patch_prometheus(local)
-        gomod += [f"replace {recipe.module} => ./prometheus-src"]
+        # (gomod_patches says what and why), in place of the published one.
+        patch(_writable_copy(src_dir, work / f"{comp.name}-src"))
+        gomod += [f"replace {recipe.module} => ./{comp.name}-src"]
     build_dir = work
     if comp.name == "traefik":
         # The module proxy refuses some of Traefik's dependencies: build from a patched
