@@ -55,6 +55,23 @@ async def until(condition, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.002)
 
 
+async def start_in_one_step(e: BatchedEngine, *requests) -> list[asyncio.Task]:
+    """Runs each of `requests` (coroutine functions that stream from `e`), queued in this
+    order while the step loop is held between steps, so that they start in the same step
+    whatever the machine's load; their tasks."""
+    entered, hold = threading.Event(), threading.Event()
+    held = e._on_loop(lambda lc: (entered.set(), hold.wait(30)))
+    assert await asyncio.to_thread(entered.wait, 30)
+    tasks = []
+    for request in requests:
+        tasks.append(asyncio.create_task(request()))
+        while len(e._pending) < len(tasks):
+            await asyncio.sleep(0.001)
+    hold.set()
+    await held
+    return tasks
+
+
 async def answer(e: BatchedEngine, messages, params=GREEDY, delay: float = 0.0) -> str:
     await asyncio.sleep(delay)
     return "".join([piece async for piece in e.stream(messages, params)])
@@ -464,18 +481,7 @@ def test_a_generating_conversation_keeps_getting_tokens_while_a_long_prompt_is_p
                     events.append(("first token", 0))
                     break
 
-            entered, hold = threading.Event(), threading.Event()
-            held = e._on_loop(lambda lc: (entered.set(), hold.wait(30)))
-            assert await asyncio.to_thread(entered.wait, 30)
-            tasks = [asyncio.create_task(running())]
-            while len(e._pending) < 1:
-                await asyncio.sleep(0.001)
-            tasks.append(asyncio.create_task(joining()))
-            while len(e._pending) < 2:
-                await asyncio.sleep(0.001)
-            hold.set()
-            await held
-            await asyncio.gather(*tasks)
+            await asyncio.gather(*await start_in_one_step(e, running, joining))
             return events, len(e.tokenize_chat(chat(long_question))[0]), e.status().facts
 
     events, n_long, facts = asyncio.run(scenario(16))
@@ -518,19 +524,8 @@ def test_a_korean_answer_shows_its_first_syllable_before_another_prompt_takes_mo
                 async for _ in e.stream(other, GREEDY_PLAIN):
                     break
 
-            entered, hold = threading.Event(), threading.Event()
-            held = e._on_loop(lambda lc: (entered.set(), hold.wait(30)))
-            assert await asyncio.to_thread(entered.wait, 30)
             before = e.status().facts["prompt_tokens_evaluated"]
-            tasks = [asyncio.create_task(korean_answer())]
-            while len(e._pending) < 1:
-                await asyncio.sleep(0.001)
-            tasks.append(asyncio.create_task(other_answer()))
-            while len(e._pending) < 2:
-                await asyncio.sleep(0.001)
-            hold.set()
-            await held
-            await asyncio.gather(*tasks)
+            await asyncio.gather(*await start_in_one_step(e, korean_answer, other_answer))
             n_korean, n_other = (len(e.tokenize_chat(m)[0]) for m in (korean, other))
             return seen, seen["evaluated"] - before, n_korean, n_other
 
