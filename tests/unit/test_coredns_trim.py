@@ -19,6 +19,7 @@ import pytest
 from tests.kube import binaries, gomod_patches
 from tests.support.http_get import http_get
 from tests.support.ports import free_port
+from tests.support.trimmed_builds import built_binary, patched_module_source
 
 COREDNS = gomod_patches.COREDNS
 # Upstream's order (plugin.cfg) of the plugins kept: the order a query goes through them.
@@ -27,20 +28,14 @@ KEPT_IN_ORDER = ["reload", "bind", "ready", "health", "prometheus", "errors", "l
 
 
 def _built() -> Path:
-    if not binaries.COMPONENTS["coredns"].is_built():
-        pytest.skip(f"CoreDNS not built: {binaries.BUILD_COMMAND} coredns")
-    return binaries.binary("coredns")
+    return built_binary("coredns")
 
 
 @pytest.fixture(scope="module")
 def coredns_src(tmp_path_factory):
     """A patched copy of CoreDNS's module source, from the module cache build-binaries fills."""
-    if shutil.which("go") is None:
-        pytest.skip("go not found")
-    _built()
-    return binaries.patched_source(COREDNS, binaries.COMPONENTS["coredns"].version,
-                                   gomod_patches.patch_coredns,
-                                   tmp_path_factory.mktemp("coredns") / "src")
+    return patched_module_source("coredns", COREDNS, gomod_patches.patch_coredns,
+                                 tmp_path_factory.mktemp("coredns") / "src")
 
 
 def test_the_plugin_list_keeps_the_used_plugins_in_upstreams_order(coredns_src):

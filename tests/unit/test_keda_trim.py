@@ -5,12 +5,12 @@ and a clear refusal for every trigger type it left out."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import pytest
 
 from tests.kube import binaries, gomod_patches
+from tests.support.trimmed_builds import patched_module_source
 
 KEDA = "github.com/kedacore/keda/v2"
 
@@ -18,11 +18,8 @@ KEDA = "github.com/kedacore/keda/v2"
 @pytest.fixture(scope="module")
 def keda_src(tmp_path_factory):
     """A patched copy of KEDA's module source, from the module cache build-binaries fills."""
-    if shutil.which("go") is None or not binaries.COMPONENTS["keda"].is_built():
-        pytest.skip(f"KEDA not built: {binaries.BUILD_COMMAND} keda")
-    return binaries.patched_source(KEDA, binaries.COMPONENTS["keda"].version,
-                                   gomod_patches.patch_keda,
-                                   tmp_path_factory.mktemp("keda") / "src")
+    return patched_module_source("keda", KEDA, gomod_patches.patch_keda,
+                                 tmp_path_factory.mktemp("keda") / "src")
 
 
 def test_build_scaler_keeps_prometheus_cpu_memory_and_refuses_the_rest_by_name(keda_src):

@@ -5,7 +5,6 @@ authentication for remote write, each left-out piece refused by name."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -15,26 +14,23 @@ import pytest
 from tests.kube import binaries, gomod_patches
 from tests.support.http_get import http_get
 from tests.support.ports import free_port
+from tests.support.trimmed_builds import built_binary, patched_module_source
 
 PROMETHEUS = gomod_patches.PROMETHEUS
 
 
 def _built(name: str) -> Path:
-    if not binaries.COMPONENTS["prometheus"].is_built():
-        pytest.skip(f"Prometheus not built: {binaries.BUILD_COMMAND} prometheus")
-    return binaries.binary(name)
+    return built_binary("prometheus", name)
 
 
 @pytest.fixture(scope="module")
 def prometheus_build(tmp_path_factory):
     """A build directory as build-binaries makes it: the patched copy of the module source
     in place of the published one, its modules resolved."""
-    if shutil.which("go") is None:
-        pytest.skip("go not found")
-    _built("prometheus")  # its modules are in the module cache build-binaries fills
-    version = binaries.COMPONENTS["prometheus"].version
     work = tmp_path_factory.mktemp("prometheus")
-    binaries.patched_source(PROMETHEUS, version, gomod_patches.patch_prometheus, work / "src")
+    patched_module_source("prometheus", PROMETHEUS, gomod_patches.patch_prometheus,
+                          work / "src")
+    version = binaries.COMPONENTS["prometheus"].version
     (work / "go.mod").write_text(f"module chatbot.local/test\n\ngo {binaries._go_version()}\n\n"
                                  f"replace {PROMETHEUS} => ./src\n")
     got = subprocess.run(["go", "get", f"{PROMETHEUS}/cmd/prometheus@{version}",

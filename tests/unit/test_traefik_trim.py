@@ -5,7 +5,6 @@ its cold compile, and each of them refused by name when a configuration asks for
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -16,25 +15,20 @@ import pytest
 from tests.kube import binaries, gomod_patches
 from tests.support.http_get import http_get
 from tests.support.ports import free_port
+from tests.support.trimmed_builds import built_binary, patched_module_source
 
 TRAEFIK = gomod_patches.TRAEFIK
 
 
 def _built() -> Path:
-    if not binaries.COMPONENTS["traefik"].is_built():
-        pytest.skip(f"Traefik not built: {binaries.BUILD_COMMAND} traefik")
-    return binaries.binary("traefik")
+    return built_binary("traefik")
 
 
 @pytest.fixture(scope="module")
 def traefik_src(tmp_path_factory):
     """A patched copy of Traefik's module source, its modules resolved as the build does."""
-    if shutil.which("go") is None:
-        pytest.skip("go not found")
-    _built()  # its modules are in the module cache build-binaries fills
-    src = binaries.patched_source(TRAEFIK, binaries.COMPONENTS["traefik"].version,
-                                  gomod_patches.patch_traefik,
-                                  tmp_path_factory.mktemp("traefik") / "src")
+    src = patched_module_source("traefik", TRAEFIK, gomod_patches.patch_traefik,
+                                tmp_path_factory.mktemp("traefik") / "src")
     subprocess.run(["go", "mod", "tidy", "-e"], cwd=src, env=binaries.go_env(),
                    capture_output=True, timeout=600)
     return src
