@@ -48,7 +48,7 @@ async def engine(tiny_models, n_seq: int, path=None, **model):
 
 
 async def until(condition, timeout: float = 10.0) -> None:
-    """Waits for the step loop to get somewhere (a fixed sleep fails on a busy machine)."""
+    """Waits for the engine to get somewhere (a fixed sleep fails on a busy machine)."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "the step loop never got there"
@@ -65,8 +65,7 @@ async def start_in_one_step(e: BatchedEngine, *requests) -> list[asyncio.Task]:
     tasks = []
     for request in requests:
         tasks.append(asyncio.create_task(request()))
-        while len(e._pending) < len(tasks):
-            await asyncio.sleep(0.001)
+        await until(lambda: len(e._pending) >= len(tasks))
     hold.set()
     await held
     return tasks
