@@ -50,6 +50,12 @@ class ModelSettings(BaseModel):
         description="batched engine: host RAM for the KV cells of conversations whose slot "
         "went to another one, restored on their next turn (LRU; 0: off; llama-server's "
         "--cache-ram)")
+    prefill_next_turn: bool = Field(
+        default=True,
+        description="batched engine: once an answer ends, evaluate the start of the "
+        "conversation's next prompt (its replayed turns and this answer) in its slot while "
+        "the user reads, behind every generation, so the next turn evaluates only its new "
+        "message")
     n_gpu_layers: int = Field(default=-1, ge=-1)
     main_gpu: int = Field(default=0, ge=0)
     flash_attn: bool = True

@@ -27,6 +27,7 @@ class ScriptedEngine:
         self.piece_delay_s = piece_delay_s  # a slow model: each piece takes this long
         self.hold = hold  # a stuck model: streams nothing until the test sets it
         self.streams = 0  # generations started
+        self.prefills = []  # the messages of each prefill_next_turn
         self.loads = self.closes = 0
 
     def status(self):
@@ -50,6 +51,9 @@ class ScriptedEngine:
     async def complete(self, messages, params):
         self.complete_calls.append(params)
         return Completion(self.complete_text, len(self.complete_text.split()))
+
+    async def prefill_next_turn(self, messages):
+        self.prefills.append(messages)
 
     # The lifecycle the composition root drives (create_app's lifespan).
     async def load(self):

@@ -155,3 +155,45 @@ def test_an_engine_that_cannot_count_still_drops_a_block_at_the_replay_limit():
     result = _chat(_service(ScriptedEngine(["A remote answer, long enough."]), store),
                    ("u1", "db"))
     assert (result.history_turns, result.history_dropped) == (7, 3)
+
+
+def test_each_turn_tells_the_engine_how_the_next_prompt_starts_drops_included():
+    # Six turns of 40 tokens fit: the window drops a block of 4 now and then. After each
+    # answer the engine is told the next prompt's start (to evaluate while the user reads):
+    # the next turn's messages but its new one, exactly, also when that turn drops a block.
+    engine = CountingEngine(context=_system_tokens() + 6 + 256 + 6 * 40 + 10,
+                            stream_pieces=("A fitting answer, long enough.",))
+    service = _service(engine)
+
+    async def conversation():
+        for turn in range(14):
+            await service.chat(_turn(("u1", "db")))
+            for _ in range(200):
+                if len(engine.prefills) > turn:
+                    break
+                await asyncio.sleep(0.01)
+
+    asyncio.run(conversation())
+    replayed = [(len(messages) - 2) // 2 for messages, _ in engine.streamed]
+    assert max(replayed) == 6 and any(b < a for a, b in zip(replayed, replayed[1:]))  # drops
+    assert len(engine.prefills) == 14
+    for prefill, (messages, _) in zip(engine.prefills, engine.streamed[1:], strict=False):
+        assert prefill == messages[:-1]
+    assert engine.prefills[0][-1] == ChatMessage("assistant", "A fitting answer, long enough.")
+
+
+def test_no_prefill_without_a_conversation_or_when_the_turn_was_not_remembered():
+    engine = CountingEngine(context=10_000)
+
+    class Down(EmbeddedHistoryStore):
+        async def append_turn(self, *args, **kwargs):
+            raise ConnectionError("store down")
+
+    async def turns():
+        await _service(engine).chat(_turn())  # no conversation: nothing to prepare
+        result = await _service(engine, Down()).chat(_turn(("u1", "db")))
+        await asyncio.sleep(0.1)
+        return result
+
+    assert not asyncio.run(turns()).history_kept
+    assert engine.prefills == []

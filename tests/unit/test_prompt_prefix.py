@@ -65,6 +65,9 @@ class Tokenizing:
     async def complete(self, messages, params):
         return Completion("unused", 1)
 
+    async def prefill_next_turn(self, messages):
+        pass
+
 
 class Search:
     def __init__(self) -> None:

@@ -29,7 +29,8 @@ class _EngineTokens:
 
 class _EngineHostCache:
     """The batched engine's KV cells kept in host RAM for conversations whose slot went to
-    another one (`cache_ram_mib`), read live; and the GPU offload of the loaded model (an
+    another one (`cache_ram_mib`) and those evaluated ahead of a conversation's next turn
+    (`prefill_next_turn`), read live; and the GPU offload of the loaded model (an
     alert compares offloaded with wanted: a CPU fallback)."""
 
     def __init__(self, engine: ChatEngine, persona: str) -> None:
@@ -41,6 +42,9 @@ class _EngineHostCache:
             (CounterMetricFamily, "chatbot_engine_prompt_tokens_restored",
              "Prompt tokens restored from host RAM instead of evaluated (part of "
              "llamacpp:prompt_tokens_cached_total)", f.get("prompt_tokens_restored", 0)),
+            (CounterMetricFamily, "chatbot_engine_prompt_tokens_prefilled",
+             "Prompt tokens of conversations' next turns evaluated while their users read "
+             "(part of llamacpp:prompt_tokens_total)", f.get("prompt_tokens_prefilled", 0)),
             (GaugeMetricFamily, "chatbot_engine_kv_host_bytes",
              "Bytes of saved conversations' KV cells held in host RAM",
              f.get("kv_host_bytes", 0)),

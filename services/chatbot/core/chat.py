@@ -1,10 +1,17 @@
 """The chat use case: admit, search, replay history, prompt, generate (stream, then
-fallback), remember.
+fallback), remember; then let the engine prepare the conversation's next turn.
 
 The persona's prompt is built once per turn (`Prompt`: the system prompt, and the new
 input with this turn's time and search results); fitting then only chooses how many of the
 replayed turns go between the two (`core/context_fit.py`), counting each candidate with the
-engine's tokenizer."""
+engine's tokenizer.
+
+Once the turn is remembered, the engine is told how the conversation's next prompt will
+start (`ChatEngine.prefill_next_turn`: the system prompt, the turns the next turn will
+replay, fitted as this one was, and this answer), in the background: the answer's cells in
+the engine follow a user message that carried this turn's time and search results, which
+the next prompt replays without, so the engine evaluates that start again while the user
+reads instead of when the next question arrives."""
 
 from __future__ import annotations
 
@@ -72,6 +79,12 @@ _NOT_RETRIED = (EngineUnavailableError, UpstreamError, UpstreamTimeoutError,
                 ContextLengthExceededError, asyncio.CancelledError)
 
 
+def _next_turn(recent: list[Turn], user_input: str, answer: str) -> Turn:
+    """The turn just answered, as the conversation's next turn will read it back."""
+    index = max(len(recent), recent[-1].index) + 1 if recent else 1
+    return Turn(index, user_input, answer, "")
+
+
 def _usable(text: str) -> bool:
     return sum(1 for c in text if not c.isspace()) >= MIN_ANSWER_CHARS
 
@@ -109,6 +122,7 @@ class ChatService:
         self.fallbacks = 0
         # History reads/writes that failed (store down or slow); the answer went on without.
         self.history_failures = {"read": 0, "write": 0}
+        self._prefills: set[asyncio.Task] = set()  # running `_prefill_next_turn`s
 
     @property
     def admission(self) -> AdmissionQueue:
@@ -130,14 +144,19 @@ class ChatService:
         async with self.gate.admitted() as ticket:
             search = isinstance(turn, OfficeTurn) and turn.search
             results = await self.search.search(turn.question) if search else []
-            history = await self._history(turn.conversation)
+            recent = await self._history(turn.conversation)
             prompt = persona_prompt(turn, results, self.assistant,
                                     self.clock() if self.clock else None)
             # Rendering and tokenizing run beside the event loop, not on it.
-            fit, kept, messages = await asyncio.to_thread(self._fit, prompt, history)
-            dropped, history = len(history) - kept, history[len(history) - kept:]
+            fit, kept, messages = await asyncio.to_thread(self._fit, prompt, recent)
+            dropped, history = len(recent) - kept, recent[len(recent) - kept:]
             generated = await self._generate(messages, fit, on_piece)
         remembered = await self._remember(turn.conversation, turn.user_input, generated.text)
+        if remembered and turn.conversation is not None and fit is not None:
+            task = asyncio.create_task(self._prefill_next_turn(
+                prompt, [*recent, _next_turn(recent, turn.user_input, generated.text)]))
+            self._prefills.add(task)
+            task.add_done_callback(self._prefills.discard)
         total = ticket.succeeded(generated.seconds, generated.tokens)
         return ChatResult(
             text=generated.text,
@@ -172,6 +191,17 @@ class ChatService:
             n, lambda k: self.engine.count_prompt_tokens(prompt.messages(history[n - k:])),
             context, self.profile.generation.max_tokens, position=position, block=block)
         return fit, fit.turns, prompt.messages(history[n - fit.turns:])
+
+    async def _prefill_next_turn(self, prompt: Prompt, recent: list[Turn]) -> None:
+        """Tells the engine the start of the conversation's next prompt: the turns it will
+        replay, fitted as this turn was (this turn's new message stands in for the next
+        one's), without that new message."""
+        try:
+            _, _, messages = await asyncio.to_thread(
+                self._fit, prompt, recent[-self.profile.history_turns:])
+            await self.engine.prefill_next_turn(messages[:-1])
+        except Exception as exc:  # an optimization: the next turn evaluates it instead
+            log.debug("no prefill of the next turn: %s", exc)
 
     async def _history(self, conversation: tuple[str, str] | None) -> list[Turn]:
         if conversation is None:

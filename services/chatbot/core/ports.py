@@ -53,6 +53,12 @@ class ChatEngine(Protocol):
         """The prompt's length in the model's own tokens: its chat template rendered as
         for generation, then tokenized. Only called when `context_tokens()` is not None."""
 
+    async def prefill_next_turn(self, messages: list[ChatMessage]) -> None:
+        """`messages` (a system prompt, turns, the answer just given) start the
+        conversation's next prompt; an engine that keeps a conversation's KV cells may
+        evaluate them now, at idle priority, or do nothing. Only called when
+        `context_tokens()` is not None; a refusal is not an error."""
+
 
 def collection_name(persona: str, user_id: str) -> str:
     """Where a user's conversations with a persona live: one document (or rows) per db_id."""

@@ -17,7 +17,10 @@ it). That thread runs the step loop:
    prompt tokens of starting sequences, oldest first, up to `prompt_tokens_per_step` and
    `n_batch` (llama-server's order; a long prompt is chunked over several steps, so a wave
    of new prompts does not stall the conversations already generating), except while a
-   sequence has sampled tokens but shown no text yet (`prompts_wait`);
+   sequence has sampled tokens but shown no text yet (`prompts_wait`); then, with what the
+   step's budget has left, prefills (`prefill_next_turn`: once an answer ends, the start of
+   its conversation's next prompt is evaluated in its slot while the user reads, so the
+   next turn evaluates only its new message);
 3. one `llama_decode`, on all the configured threads, or on one for a step too small to
    split (`threads.py`);
 4. every sequence that got logits samples its next token with its own native sampler chain
@@ -101,11 +104,14 @@ class _Request:
     """One generation: its prompt, its sampling, where its text goes."""
 
     __slots__ = ("prompt", "params", "stops", "seed", "relay", "cancelled", "own_from",
-                 "restored", "handed_over", "key")
+                 "restored", "handed_over", "key", "prefill")
 
-    def __init__(self, prompt: list[int], params: SamplingParams, stops: tuple[str, ...],
-                 seed: int | None, relay: Relay, own_from: int | None = None) -> None:
+    def __init__(self, prompt: list[int], params: SamplingParams | None,
+                 stops: tuple[str, ...], seed: int | None, relay: Relay | None,
+                 own_from: int | None = None) -> None:
         self.prompt = prompt
+        # Prompt only, no answer (no params, no relay): a conversation's next turn's start.
+        self.prefill = relay is None
         # A follow-up turn: reused cells up to here were this conversation's own (half way
         # into its first question); None: a first turn.
         self.own_from = own_from
@@ -135,7 +141,7 @@ class _Sequence:
         self.shown = False  # whether any of its text has gone to the relay
         self.text = TextStream(request.stops)
         self.logits_at = -1  # this step's batch index whose logits it samples from
-        self.max_tokens = request.params.max_tokens
+        self.max_tokens = request.params.max_tokens if request.params else 0
         self.first_token_at = 0.0  # perf_counter() when its first token was sampled
 
 
@@ -150,6 +156,10 @@ class BatchedEngine(ModelLifecycle):
         self.n_seq = n_seq
         self._cond = threading.Condition()
         self._pending: deque[_Request] = deque()
+        # Prefills waiting for their conversation's slot, and those waiting or running
+        # (`prefill_next_turn`; a generation of their conversation cancels them).
+        self._prefills: deque[_Request] = deque()
+        self._prefills_live: list[_Request] = []
         self._stopping = False
         self._running: list[_Sequence] = []
         self._pieces: dict[int, bytes] = {}
@@ -159,6 +169,8 @@ class BatchedEngine(ModelLifecycle):
         self.prompt_tokens_reused = 0  # of which copied from another sequence:
         self.prompt_tokens_copied = 0
         self.prompt_tokens_restored = 0  # ... and of which restored from host RAM
+        self.prompt_tokens_prefilled = 0  # evaluated ahead of a conversation's next turn
+        self.prefills_cancelled = 0  # its turn (or another generation) came first
         self.decode_steps = 0
         self.decode_steps_one_thread = 0  # of them, on one thread (`threads.py`)
         self.peak_sequences = 0
@@ -192,10 +204,14 @@ class BatchedEngine(ModelLifecycle):
         self._tokenized_lock = threading.Lock()
 
     def status(self) -> EngineStatus:
+        # Generations only: a prefill is idle work (the autoscaler reads these).
+        active = sum(1 for seq in list(self._running) if not seq.request.prefill)
         return self._status(dict(
-            generated_tokens=self.generated_tokens, generating=bool(self._running),
-            sequences_active=len(self._running), sequences_waiting=len(self._pending),
+            generated_tokens=self.generated_tokens, generating=active > 0,
+            sequences_active=active, sequences_waiting=len(self._pending),
             prompt_tokens_evaluated=self.prompt_tokens_evaluated,
+            prompt_tokens_prefilled=self.prompt_tokens_prefilled,
+            prefills_cancelled=self.prefills_cancelled,
             prompt_tokens_reused=self.prompt_tokens_reused,
             prompt_tokens_copied=self.prompt_tokens_copied,
             prompt_tokens_restored=self.prompt_tokens_restored,
@@ -377,9 +393,55 @@ class BatchedEngine(ModelLifecycle):
         with self._cond:
             if self._stopping:
                 raise EngineUnavailableError("The model engine is shutting down.")
+            if request.own_from is not None:
+                self._cancel_prefills_of(request)
             self._pending.append(request)
             self._cond.notify()
         return request
+
+    async def prefill_next_turn(self, messages: list[ChatMessage]) -> None:
+        """Evaluates now, in the conversation's own slot, the start of its next turn's prompt:
+        `messages` (the system prompt, the turns the next turn will replay, this answer
+        last) up to where the next user message's text will begin. The next turn then
+        evaluates only its own message: the one before it carried this turn's time and
+        search results (`core/prompts.py`), so its answer's cells are not the next prompt's
+        and would otherwise be evaluated again while that user waits.
+
+        Idle work: it waits behind every generation for a slot and for the step's prompt
+        budget, runs only in the slot that still holds the conversation (no other
+        conversation's cells are overwritten for it), gives its slot up when a generation
+        waits for one, and stops when the conversation's next turn arrives (which then
+        reuses what it evaluated). Off with `prefill_next_turn: false`."""
+        if not self.settings.prefill_next_turn or not self._loaded:
+            return
+        tokens, own_from = await asyncio.to_thread(self._next_turn_head, messages)
+        if own_from is None or len(tokens) >= self._n_ctx_seq:
+            return
+        request = _Request(tokens, None, (), None, None, own_from)
+        with self._cond:
+            if self._stopping:
+                return
+            self._cancel_prefills_of(request)  # an older one of this conversation
+            self._prefills.append(request)
+            self._prefills_live.append(request)
+            self._cond.notify()
+
+    def _next_turn_head(self, messages: list[ChatMessage]) -> tuple[list[int], int | None]:
+        """The tokens every next turn after `messages` starts with (two different user
+        messages' prompts agree up to the first token of their text), and its `own_from`."""
+        a = self.tokenize_chat([*messages, ChatMessage(role="user", content="a")])[0]
+        b = self.tokenize_chat([*messages, ChatMessage(role="user", content="b")])[0]
+        head = a[:common_prefix(a, b)]
+        return head, self._own_from(messages, head)
+
+    def _cancel_prefills_of(self, request: _Request) -> None:
+        """Cancels the prefills of `request`'s conversation: those that share its prompt past
+        where it becomes the conversation's own (under `_cond`)."""
+        own = request.own_from
+        for prefill in self._prefills_live:
+            if (prefill is not request and not prefill.cancelled
+                    and common_prefix(prefill.prompt, request.prompt) >= own):
+                prefill.cancelled = True
 
     # -- handing KV cells to another replica ----------------------------------------------
 
@@ -441,6 +503,10 @@ class BatchedEngine(ModelLifecycle):
         return asyncio.wrap_future(future)
 
     def _export(self, lc, wanted: Callable[[str], bool]) -> list[SavedKv]:
+        for seq in self._running:  # a prefill's slot is busy: stop it, its cells go too
+            if seq.request.prefill:
+                seq.request.cancelled = True
+        self._leave_cancelled(lc)
         found: list[SavedKv] = []
         for slot in self._slots.slots:
             if (slot.busy or slot.key is None or slot.seq_id in self._unsettled
@@ -503,7 +569,8 @@ class BatchedEngine(ModelLifecycle):
             log.exception("could not measure the KV state size: no KV handed over is taken")
         while True:
             with self._cond:
-                while not (self._stopping or self._pending or self._running or self._calls):
+                while not (self._stopping or self._pending or self._running or self._calls
+                           or self._prefills):
                     self._cond.wait()
                 if self._stopping:
                     break
@@ -515,6 +582,14 @@ class BatchedEngine(ModelLifecycle):
                         future.set_result(call(lc))
                     except Exception as exc:
                         future.set_exception(exc)
+            self._leave_cancelled(lc)
+            with self._cond:
+                if self._pending and not slots.has_free():
+                    # A generation waits for a slot: prefills (idle work) give theirs up.
+                    for seq in self._running:
+                        if seq.request.prefill:
+                            seq.request.cancelled = True
+            self._leave_cancelled(lc)
             with self._cond:
                 starting = []
                 claimed: dict[int, list[int]] = {}
@@ -525,6 +600,7 @@ class BatchedEngine(ModelLifecycle):
                                                           claimed)
                         claimed[slot.seq_id] = request.prompt[:reused]
                         starting.append((request, slot, reused, donor))
+                prefilling = [] if self._pending else self._claim_prefills(slots)
             # Host RAM first (saving a slot's leaving conversation, restoring a returning
             # one), then the copies between slots: llama.cpp copies a stream at the next
             # decode, so a copy must see the restored cells, never the other way round.
@@ -544,6 +620,8 @@ class BatchedEngine(ModelLifecycle):
                     self._forget_cells(lc, slot)
                     slots.release(slot)
                     request.relay.put(exc, flush=True)
+            for request, slot, reused in prefilling:  # after the copies those started
+                self._start_prefill(lc, request, slot, reused)
             if self._running:
                 try:
                     self._step(lc)
@@ -555,11 +633,46 @@ class BatchedEngine(ModelLifecycle):
         for seq in list(self._running):
             self._finish(lc, seq, EngineUnavailableError("The model engine is shutting down."))
         with self._cond:
+            self._prefills.clear()
+            self._prefills_live.clear()
             while self._calls:
                 self._calls.popleft()[1].cancel()
             while self._pending:
                 self._pending.popleft().relay.put(
                     EngineUnavailableError("The model engine is shutting down."), flush=True)
+
+    def _leave_cancelled(self, lc) -> None:
+        """Cancelled sequences leave their slots (their cells stay, for their next turn)."""
+        for seq in [s for s in self._running if s.request.cancelled]:
+            self._finish(lc, seq, None)
+
+    def _claim_prefills(self, slots: SlotTable) -> list[tuple[_Request, Slot, int]]:
+        """Waiting prefills that find their conversation in a free slot claim it (under
+        `_cond`, with no generation waiting); the others are dropped: their cells went to
+        another conversation, or to the host RAM the next turn restores them from."""
+        claims = []
+        while self._prefills and slots.has_free():
+            request = self._prefills.popleft()
+            own = None if request.cancelled else slots.claim_own(
+                request.prompt, request.own_from, self._unsettled)
+            if own is None:
+                self._prefills_live.remove(request)
+                self.prefills_cancelled += request.cancelled
+            else:
+                claims.append((request, *own))
+        return claims
+
+    def _start_prefill(self, lc, request: _Request, slot: Slot, reused: int) -> None:
+        """Starts a prefill in its conversation's slot: the cells past the prefix it shares
+        (this turn's reference block and answer, which the next prompt does not hold) go."""
+        if reused < len(slot.tokens) and not lc.llama_memory_seq_rm(self._memory, slot.seq_id,
+                                                                     reused, -1):
+            reused = len(request.prompt)  # a model that cannot drop a partial range: no prefill
+        del slot.tokens[reused:]
+        seq = _Sequence(request, slot, reused, None)
+        self._running.append(seq)
+        if reused >= len(request.prompt):
+            self._finish(lc, seq, None)
 
     def _swap(self, lc, request: _Request, slot: Slot, reused: int,
               donor: Slot | None) -> tuple[int, Slot | None]:
@@ -652,10 +765,6 @@ class BatchedEngine(ModelLifecycle):
 
     def _step(self, lc) -> None:
         running = self._running
-        for seq in [s for s in running if s.request.cancelled]:
-            self._finish(lc, seq, None)
-        if not running:
-            return
         batch = self._batch.batch
         token, pos, seq_ids, n_seq_id, logits = (
             batch.token, batch.pos, batch.seq_id, batch.n_seq_id, batch.logits)
@@ -671,11 +780,12 @@ class BatchedEngine(ModelLifecycle):
                 n += 1
             else:
                 seq.logits_at = -1
-        # ... and prompts fill the rest of the batch, oldest first, within the step's budget.
+        # ... and prompts fill the rest of the batch, oldest first, within the step's budget
+        # (prefills last).
         limit = n if prompts_wait(running) else min(self._n_batch, n + self._prompt_step)
-        for seq in running:
-            if seq.last >= 0 or n >= limit:
-                continue
+        for seq in prompt_order(running):
+            if n >= limit:
+                break
             prompt, slot = seq.request.prompt, seq.slot
             chunk = prompt[seq.fed:seq.fed + limit - n]
             at, sid = len(slot.tokens), slot.seq_id
@@ -686,11 +796,14 @@ class BatchedEngine(ModelLifecycle):
             slot.tokens.extend(chunk)
             seq.fed += len(chunk)
             self.prompt_tokens_evaluated += len(chunk)
-            if seq.fed == len(prompt):
+            if seq.request.prefill:
+                self.prompt_tokens_prefilled += len(chunk)
+            elif seq.fed == len(prompt):
                 logits[n - 1] = 1
                 seq.logits_at = n - 1
         batch.n_tokens = n
-        n_prompt = n - sum(1 for seq in running if seq.last >= 0)
+        generating = sum(1 for seq in running if seq.last >= 0)
+        n_prompt = n - generating
         threads = step_threads(n, self._n_params, self._threads)
         if threads != self._step_threads:
             lc.llama_set_n_threads(self._ctx, threads, threads)
@@ -703,7 +816,7 @@ class BatchedEngine(ModelLifecycle):
         if n_prompt:
             self.prompt_seconds += now - started
         self.decode_steps += 1
-        self.busy_sequence_steps += len(running)
+        self.busy_sequence_steps += sum(1 for seq in running if not seq.request.prefill)
         self.peak_batch_tokens = max(self.peak_batch_tokens, n)
         if rc == 0:
             self._unsettled.clear()  # llama.cpp copied the streams before decoding
@@ -716,6 +829,8 @@ class BatchedEngine(ModelLifecycle):
         n_ctx_seq = self._n_ctx_seq
         for seq in list(running):
             if seq.logits_at < 0:
+                if seq.request.prefill and seq.fed == len(seq.request.prompt):
+                    self._finish(lc, seq, None)  # done: its cells wait for the next turn
                 continue
             tok = sample(seq.sampler, ctx, seq.logits_at)
             if not seq.generated:
@@ -744,9 +859,14 @@ class BatchedEngine(ModelLifecycle):
         if seq.generated:
             self.predict_seconds += time.perf_counter() - seq.first_token_at
         self.peak_sequence_tokens = max(self.peak_sequence_tokens, len(seq.slot.tokens))
+        self._slots.release(seq.slot)
+        if seq.request.prefill:
+            with self._cond:
+                self._prefills_live.remove(seq.request)
+            self.prefills_cancelled += seq.request.cancelled
+            return
         lc.llama_sampler_free(seq.sampler)
         seq.sampler = None
-        self._slots.release(seq.slot)
         relay = seq.request.relay
         if error is not None:
             relay.put(error, flush=True)
@@ -777,6 +897,14 @@ def decode_order(running: list[_Sequence]) -> list[_Sequence]:
     conversations' tokens took up to 8 passes instead of one (SmolLM2 on 2 threads: a step of
     61-73 ms instead of 43)."""
     return sorted(running, key=lambda seq: seq.slot.seq_id)
+
+
+def prompt_order(running: list[_Sequence]) -> list[_Sequence]:
+    """The sequences still evaluating their prompt, in the order they get the step's prompt
+    budget: generations oldest first, then prefills (idle work) oldest first."""
+    waiting = [seq for seq in running if seq.last < 0]
+    return ([seq for seq in waiting if not seq.request.prefill]
+            + [seq for seq in waiting if seq.request.prefill])
 
 
 def prompts_wait(running: list[_Sequence]) -> bool:

@@ -87,6 +87,9 @@ class LlamaEngine(ModelLifecycle):
         return len(llm.tokenize(prompt.text.encode("utf-8"), add_bos=prompt.add_bos,
                                 special=True))
 
+    async def prefill_next_turn(self, messages: list[ChatMessage]) -> None:
+        """Nothing: one sequence that every turn of every conversation shares."""
+
     # -- generation ------------------------------------------------------------------------
 
     def _kwargs(self, messages: list[ChatMessage], params: SamplingParams) -> dict:

@@ -49,6 +49,9 @@ class OpenAIEngine:
     def count_prompt_tokens(self, messages: list[ChatMessage]) -> int:
         raise NotImplementedError("the OpenAI engine cannot count the upstream's tokens")
 
+    async def prefill_next_turn(self, messages: list[ChatMessage]) -> None:
+        """Nothing: the upstream keeps its own prompt cache."""
+
     def _request(self, messages: list[ChatMessage], params: SamplingParams) -> dict:
         request = dict(
             model=self.model,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 # Copying another sequence's cells moves its whole KV stream; worth it from this many tokens.
@@ -102,6 +102,24 @@ class SlotTable:
         if donor is not None and donor_len - best_len >= COPY_MIN_GAIN:
             return best, min(donor_len, len(prompt) - 1), donor
         return best, min(best_len, len(prompt) - 1), None
+
+    def claim_own(self, prompt: list[int], own_from: int,
+                  unsettled: Collection[int] = ()) -> tuple[Slot, int] | None:
+        """The free slot that holds this conversation's cells (the prefix it shares with
+        `prompt` reaches `own_from`), claimed, and that prefix's length; None when no free
+        slot does. Slots in `unsettled` (a stream copy pending) are not taken."""
+        best, best_len = None, max(1, own_from)
+        for slot in self.slots:
+            if slot.busy or slot.seq_id in unsettled:
+                continue
+            n = common_prefix(slot.tokens, prompt)
+            if n >= best_len:
+                best, best_len = slot, n
+        if best is None:
+            return None
+        self._clock += 1
+        best.busy, best.last_used = True, self._clock
+        return best, best_len
 
     def release(self, slot: Slot) -> None:
         slot.busy = False

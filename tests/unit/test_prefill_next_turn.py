@@ -1,0 +1,157 @@
+"""The batched engine evaluates a conversation's next prompt start while its user reads
+(`BatchedEngine.prefill_next_turn`), on a real tiny GGUF model.
+
+A turn's question carries a per-turn block (time, search results) that the next turn replays
+without, so the answer's cells follow tokens the next prompt does not have: without the
+prefill the next turn evaluates the answer again while its user waits. The prefill is idle
+work: it never takes another conversation's slot, gives its slot to a generation that waits
+for one, and stops when its own conversation's turn arrives, which keeps what it evaluated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from chatbot.domain.conversation import ChatMessage
+from chatbot.llm.slots import common_prefix
+
+from tests.unit.test_batched_engine import answer, chat, engine, until
+
+REFERENCE = "\n\nReference (use only if relevant):\nIt is 10:01 on 6 December 2026."
+SYSTEM = "Keep answers short and plain. " * 12
+
+
+def first_turn(question: str) -> list[ChatMessage]:
+    return chat(question + REFERENCE, system=SYSTEM)
+
+
+def next_head(question: str, reply: str) -> list[ChatMessage]:
+    """What the next turn replays: the question without its reference block, the answer."""
+    return chat(question, system=SYSTEM)[:-1] + [ChatMessage("user", question),
+                                                ChatMessage("assistant", reply)]
+
+
+def facts(e) -> dict:
+    return e.status().facts
+
+
+async def prefilled(e) -> None:
+    await until(lambda: not e._prefills_live)
+
+
+async def held(e, *queue):
+    """Holds the step loop between two steps while `queue`'s coroutine functions start; their
+    tasks once the loop goes on."""
+    entered, hold = threading.Event(), threading.Event()
+    loop_call = e._on_loop(lambda lc: (entered.set(), hold.wait(30)))
+    assert await asyncio.to_thread(entered.wait, 30)
+    tasks = [asyncio.create_task(q()) for q in queue]
+    await until(lambda: len(e._pending) >= len(tasks))
+    hold.set()
+    await loop_call
+    return tasks
+
+
+def test_a_prefilled_next_turn_evaluates_only_its_new_message_and_no_more_in_all(tiny_models):
+    question, follow_up = "How do I write good meeting notes?", "And who gets them?"
+
+    async def conversation(prefill: bool):
+        async with engine(tiny_models, 2, prefill_next_turn=prefill) as e:
+            reply = (await answer(e, first_turn(question))).strip()
+            head = next_head(question, reply)
+            await e.prefill_next_turn(head)
+            await prefilled(e)
+            before = facts(e)
+            second = [*head, ChatMessage("user", follow_up + REFERENCE)]
+            await answer(e, second)
+            after = facts(e)
+            n_head = len(e._next_turn_head(head)[0])
+            return (n_head, len(e.tokenize_chat(second)[0]), before, after)
+
+    n_head, n_second, before, after = asyncio.run(conversation(True))
+    _, _, plain_before, plain_after = asyncio.run(conversation(False))
+    # The next turn evaluates only its own message: everything before it was prefilled.
+    evaluated = after["prompt_tokens_evaluated"] - before["prompt_tokens_evaluated"]
+    assert evaluated == n_second - n_head
+    assert after["prompt_tokens_reused"] - before["prompt_tokens_reused"] == n_head
+    # Without the prefill it evaluates the answer (and what follows the question) too.
+    plain = plain_after["prompt_tokens_evaluated"] - plain_before["prompt_tokens_evaluated"]
+    assert plain - evaluated > 20
+    # The same work in all, only earlier: what was prefilled is what the plain turn added.
+    assert before["prompt_tokens_prefilled"] == plain - evaluated
+    assert after["prompt_tokens_evaluated"] == plain_after["prompt_tokens_evaluated"]
+    assert plain_after["prompt_tokens_prefilled"] == 0
+    assert after["kv_turns_local"] == 1 and after["prefills_cancelled"] == 0
+
+
+def test_a_prefill_never_takes_another_conversations_slot(tiny_models):
+    question = "How do I write good meeting notes?"
+
+    async def scenario():
+        async with engine(tiny_models, 1) as e:
+            reply = (await answer(e, first_turn(question))).strip()
+            other = chat("Someone else's question, long enough to be saved.")
+            other_reply = (await answer(e, other)).strip()  # takes the only slot
+            await e.prefill_next_turn(next_head(question, reply))
+            await prefilled(e)
+            before = facts(e)
+            await answer(e, [*other[:-1], ChatMessage("user", other[-1].content),
+                             ChatMessage("assistant", other_reply),
+                             ChatMessage("user", "And then?")])
+            return before, facts(e)
+
+    before, after = asyncio.run(scenario())
+    assert before["prompt_tokens_prefilled"] == 0 and before["prefills_cancelled"] == 0
+    # The other conversation still found its cells in the slot.
+    assert after["kv_turns_local"] - before["kv_turns_local"] == 1
+
+
+def test_a_generation_waiting_for_a_slot_takes_it_from_a_prefill(tiny_models):
+    question = "How do I write good meeting notes?"
+
+    async def scenario():
+        async with engine(tiny_models, 1, prompt_tokens_per_step=2) as e:
+            reply = (await answer(e, first_turn(question))).strip()
+            head = next_head(question, reply)
+            await e.prefill_next_turn(head)
+            await until(lambda: facts(e)["prompt_tokens_prefilled"] > 0)
+            (other,) = await held(e, lambda: answer(e, chat("Someone else asks.")))
+            text = await asyncio.wait_for(other, 60)
+            return text, len(e._next_turn_head(head)[0]), facts(e)
+
+    text, n_head, after = asyncio.run(scenario())
+    assert text  # answered in the slot the prefill gave up
+    assert after["prefills_cancelled"] == 1
+    assert 0 < after["prompt_tokens_prefilled"] < n_head
+    assert after["sequences_active"] == 0 and after["kv_turns_new"] == 2
+
+
+def test_the_next_turn_stops_its_prefill_and_evaluates_nothing_twice(tiny_models):
+    question, follow_up = "How do I write good meeting notes?", "And who gets them?"
+
+    async def scenario():
+        async with engine(tiny_models, 2, prompt_tokens_per_step=2) as e:
+            first = first_turn(question)
+            reply = (await answer(e, first)).strip()
+            head = next_head(question, reply)
+            second = [*head, ChatMessage("user", follow_up + REFERENCE)]
+            start = facts(e)
+            await e.prefill_next_turn(head)
+            await until(lambda: facts(e)["prompt_tokens_prefilled"] > 0)
+            (turn,) = await held(e, lambda: answer(e, second))
+            await turn
+            tokens = [e.tokenize_chat(m)[0] for m in (first, second)]
+            return tokens, len(e._next_turn_head(head)[0]), start, facts(e)
+
+    (first, second), n_head, start, after = asyncio.run(scenario())
+    kept = common_prefix(first, second)  # the first turn's cells the next prompt starts with
+    prefilled = after["prompt_tokens_prefilled"]
+    assert after["prefills_cancelled"] == 1
+    assert 0 < prefilled < n_head - kept  # stopped half way ...
+    # ... and the turn went on from there: every token of its prompt evaluated once.
+    reused = after["prompt_tokens_reused"] - start["prompt_tokens_reused"]
+    evaluated = after["prompt_tokens_evaluated"] - start["prompt_tokens_evaluated"]
+    assert reused == kept + prefilled
+    assert evaluated == len(second) - kept
+    assert after["kv_turns_local"] == 1
