@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -62,3 +63,40 @@ def test_the_sequential_engine_stays_selectable(start_server):
         answer = http.post("/Llama", json={"input_data": "Hello there, one question."})
     assert ready["engine"]["engine"] == "sequential"
     assert answer.status_code == 200
+
+
+def test_a_turn_sent_once_its_user_has_read_the_answer_evaluates_only_its_own_message(office3):
+    """While the user reads, the service evaluates the start of the conversation's next
+    prompt (the history it replays and the answer just given, which followed a question
+    that carried this turn's time: `prefill_next_turn`); the next turn then evaluates only
+    its own message, the question and its time line, however long the answer was."""
+    conversation = {"db_id": str(uuid.uuid4()), "user_id": "prefill-test"}
+
+    def prefilled() -> int:
+        return office3.performance()["engine_prompt_tokens_prefilled"]
+
+    with office3.client() as http:
+        start = prefilled()
+        first = http.post("/Llama", json={"input_data": "Draft the agenda.", **conversation})
+        assert first.status_code == 200
+        seen = [start]
+        deadline = time.monotonic() + 30
+        while not (seen[-1] > start and len(seen) > 2 and seen[-1] == seen[-2] == seen[-3]):
+            assert time.monotonic() < deadline, "the answer was never prefilled"
+            time.sleep(0.1)
+            seen.append(prefilled())
+        before = office3.performance()
+        second = http.post("/Llama", json={"input_data": "Thanks!", **conversation})
+        after = office3.performance()
+    assert second.status_code == 200 and second.headers["x-history-turns"] == "1"
+    answer_tokens = int(first.headers["x-generated-tokens"])
+    # This turn's own (its answer's prefill may have begun before `after` was read).
+    evaluated = (after["engine_prompt_tokens_evaluated"]
+                 - before["engine_prompt_tokens_evaluated"]
+                 - (after["engine_prompt_tokens_prefilled"]
+                    - before["engine_prompt_tokens_prefilled"]))
+    reused = after["engine_prompt_tokens_reused"] - before["engine_prompt_tokens_reused"]
+    assert reused + evaluated == int(second.headers["x-prompt-tokens"])
+    assert seen[-1] - start >= answer_tokens > 200  # the answer, prefilled ...
+    # ... and reused: without the prefill the turn evaluates it and then its own message.
+    assert reused > answer_tokens > evaluated

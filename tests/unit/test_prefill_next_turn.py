@@ -54,7 +54,7 @@ async def held(e, *queue):
 
 
 def test_a_prefilled_next_turn_evaluates_only_its_new_message_and_no_more_in_all(tiny_models):
-    question, follow_up = "How do I write good meeting notes?", "And who gets them?"
+    question, follow_up = "Agenda?", "And who gets them?"  # a short question: own slot found
 
     async def conversation(prefill: bool):
         async with engine(tiny_models, 2, prefill_next_turn=prefill) as e:

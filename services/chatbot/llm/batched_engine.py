@@ -344,6 +344,14 @@ class BatchedEngine(ModelLifecycle):
         system prompt before it is shared with other conversations; the end of the first
         answer may retokenize differently from what was generated). None for a first
         turn."""
+        span = self._first_question(messages, tokens)
+        return None if span is None else (span[0] + span[1]) // 2
+
+    def _first_question(self, messages: list[ChatMessage], tokens: list[int],
+                        ) -> tuple[int, int] | None:
+        """For a follow-up turn: where `tokens` start its first question (past the system
+        prompt) and where they stop following the first turn's prompt (past its
+        assistant header). None for a first turn."""
         if not any(m.role == "assistant" for m in messages):
             return None
         head = []
@@ -360,7 +368,7 @@ class BatchedEngine(ModelLifecycle):
                 self._question_starts.clear()
             start = self._question_starts[key] = common_prefix(blank, tokens)
         end = common_prefix(self.tokenize_chat(head)[0], tokens)
-        return (start + end) // 2
+        return start, end
 
     async def stream(
         self, messages: list[ChatMessage], params: SamplingParams
@@ -428,11 +436,15 @@ class BatchedEngine(ModelLifecycle):
 
     def _next_turn_head(self, messages: list[ChatMessage]) -> tuple[list[int], int | None]:
         """The tokens every next turn after `messages` starts with (two different user
-        messages' prompts agree up to the first token of their text), and its `own_from`."""
+        messages' prompts agree up to the first token of their text), and how much of them
+        a slot must share to hold this conversation (into its first question)."""
         a = self.tokenize_chat([*messages, ChatMessage(role="user", content="a")])[0]
         b = self.tokenize_chat([*messages, ChatMessage(role="user", content="b")])[0]
         head = a[:common_prefix(a, b)]
-        return head, self._own_from(messages, head)
+        # Its own slot shares the first question with it: the first turn's prompt had the
+        # question's per-turn block after it, so the prefix may end right after it.
+        span = self._first_question(messages, head)
+        return head, None if span is None else span[0] + 1
 
     def _cancel_prefills_of(self, request: _Request) -> None:
         """Cancels the prefills of `request`'s conversation: those that share its prompt past
@@ -654,7 +666,7 @@ class BatchedEngine(ModelLifecycle):
         while self._prefills and slots.has_free():
             request = self._prefills.popleft()
             own = None if request.cancelled else slots.claim_own(
-                request.prompt, request.own_from, self._unsettled)
+                request.prompt, request.own_from, request.key, self._unsettled)
             if own is None:
                 self._prefills_live.remove(request)
                 self.prefills_cancelled += request.cancelled

@@ -103,14 +103,16 @@ class SlotTable:
             return best, min(donor_len, len(prompt) - 1), donor
         return best, min(best_len, len(prompt) - 1), None
 
-    def claim_own(self, prompt: list[int], own_from: int,
+    def claim_own(self, prompt: list[int], own_from: int, key: str | None = None,
                   unsettled: Collection[int] = ()) -> tuple[Slot, int] | None:
         """The free slot that holds this conversation's cells (the prefix it shares with
-        `prompt` reaches `own_from`), claimed, and that prefix's length; None when no free
-        slot does. Slots in `unsettled` (a stream copy pending) are not taken."""
+        `prompt` reaches `own_from`; its affinity key, where both are known, is `key`),
+        claimed, and that prefix's length; None when no free slot does. Slots in
+        `unsettled` (a stream copy pending) are not taken."""
         best, best_len = None, max(1, own_from)
         for slot in self.slots:
-            if slot.busy or slot.seq_id in unsettled:
+            if (slot.busy or slot.seq_id in unsettled
+                    or (key is not None and slot.key is not None and slot.key != key)):
                 continue
             n = common_prefix(slot.tokens, prompt)
             if n >= best_len:
