@@ -7,8 +7,9 @@ time, to the minute, and this turn's search results: the office prompt's referen
 comes after the replayed history, at the end of the last user message, behind the new
 question. The system prompt and the history are then the same tokens turn after turn, and
 so is the question up to the reference block, so the engine (and llama-server's prompt
-cache alike) reuses their KV cells at the next turn and evaluates only the answer it gave
-and the new turn; with the time in the system prompt, a turn in another minute evaluated
+cache alike) reuses their KV cells at the next turn; the answer it gave followed the
+reference block, so it is evaluated again, while the user reads (`ChatEngine.
+prefill_next_turn`). With the time in the system prompt, a turn in another minute evaluated
 the whole history again. The seed's wording is kept; only the reference block moved.
 """
 
