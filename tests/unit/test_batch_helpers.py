@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from chatbot.llm.batched_engine import FIRST_TEXT_TOKENS, decode_order, prompts_wait
+from chatbot.llm.batched_engine import (
+    FIRST_TEXT_TOKENS,
+    decode_order,
+    prompt_order,
+    prompts_wait,
+)
 from chatbot.llm.slots import SlotTable
 from chatbot.llm.text_stream import TextStream
 
@@ -157,3 +162,33 @@ def test_prompts_wait_while_a_started_answer_has_no_text_to_show():
     assert not prompts_wait([seq(2, True)])
     # Text held longer (a stop string's prefix, say) no longer holds the prompts back.
     assert not prompts_wait([seq(FIRST_TEXT_TOKENS, False)])
+
+
+def test_prefills_get_the_prompt_budget_after_every_generation_waiting_for_it():
+    def seq(name: str, prefill: bool, last: int = -1):
+        return SimpleNamespace(name=name, last=last, request=SimpleNamespace(prefill=prefill))
+
+    running = [seq("p1", True), seq("g1", False), seq("decoding", False, last=7),
+               seq("p2", True), seq("g2", False)]
+    assert [s.name for s in prompt_order(running)] == ["g1", "g2", "p1", "p2"]
+
+
+def test_a_prefill_takes_only_its_own_conversations_slot():
+    table = SlotTable(3)
+    system, mine, other = list(range(50)), [100, 101, 102], [200, 201]
+    for tokens, key in (([*system, *mine, 7, 8], "mine"), ([*system, *other, 9], "other"),
+                        ([], None)):
+        slot, _, _ = table.claim(tokens)
+        slot.tokens[:], slot.key = tokens, key
+        table.release(slot)
+    head = [*system, *mine, 5, 6]
+    # Its slot shares the first question: claimed, with what it holds of the head.
+    slot, n = table.claim_own(head, own_from=51, key="mine")
+    assert slot.tokens[:53] == [*system, *mine] and n == 53 and slot.busy
+    table.release(slot)
+    # Not the other conversation's, nor the empty one, nor a busy or unsettled one.
+    assert table.claim_own([*system, 300, 301], own_from=51) is None
+    assert table.claim_own(head, own_from=51, key="someone else") is None
+    assert table.claim_own(head, own_from=51, unsettled={slot.seq_id}) is None
+    slot.busy = True
+    assert table.claim_own(head, own_from=51) is None

@@ -60,17 +60,19 @@ def test_a_prefilled_next_turn_evaluates_only_its_new_message_and_no_more_in_all
         async with engine(tiny_models, 2, prefill_next_turn=prefill) as e:
             reply = (await answer(e, first_turn(question))).strip()
             head = next_head(question, reply)
+            start = facts(e)
             await e.prefill_next_turn(head)
             await prefilled(e)
             before = facts(e)
+            steps = before["decode_steps"] - start["decode_steps"]
             second = [*head, ChatMessage("user", follow_up + REFERENCE)]
             await answer(e, second)
             after = facts(e)
             n_head = len(e._next_turn_head(head)[0])
-            return (n_head, len(e.tokenize_chat(second)[0]), before, after)
+            return (n_head, len(e.tokenize_chat(second)[0]), before, after, steps)
 
-    n_head, n_second, before, after = asyncio.run(conversation(True))
-    _, _, plain_before, plain_after = asyncio.run(conversation(False))
+    n_head, n_second, before, after, steps = asyncio.run(conversation(True))
+    _, _, plain_before, plain_after, _ = asyncio.run(conversation(False))
     # The next turn evaluates only its own message: everything before it was prefilled.
     evaluated = after["prompt_tokens_evaluated"] - before["prompt_tokens_evaluated"]
     assert evaluated == n_second - n_head
@@ -83,6 +85,9 @@ def test_a_prefilled_next_turn_evaluates_only_its_new_message_and_no_more_in_all
     assert after["prompt_tokens_evaluated"] == plain_after["prompt_tokens_evaluated"]
     assert plain_after["prompt_tokens_prefilled"] == 0
     assert after["kv_turns_local"] == 1 and after["prefills_cancelled"] == 0
+    # In steps of a quarter of the prompt budget (256): it has the user's reading time.
+    assert before["prompt_tokens_prefilled"] > 64 and steps == -(-before[
+        "prompt_tokens_prefilled"] // 64)
 
 
 def test_a_prefill_never_takes_another_conversations_slot(tiny_models):

@@ -18,9 +18,9 @@ it). That thread runs the step loop:
    `n_batch` (llama-server's order; a long prompt is chunked over several steps, so a wave
    of new prompts does not stall the conversations already generating), except while a
    sequence has sampled tokens but shown no text yet (`prompts_wait`); then, with what the
-   step's budget has left, prefills (`prefill_next_turn`: once an answer ends, the start of
-   its conversation's next prompt is evaluated in its slot while the user reads, so the
-   next turn evaluates only its new message);
+   step's budget has left (a quarter of it at most), prefills (`prefill_next_turn`: once
+   an answer ends, the start of its conversation's next prompt is evaluated in its slot
+   while the user reads, so the next turn evaluates only its new message);
 3. one `llama_decode`, on all the configured threads, or on one for a step too small to
    split (`threads.py`);
 4. every sequence that got logits samples its next token with its own native sampler chain
@@ -81,6 +81,10 @@ TOKENIZED_KEPT = 32
 # step again: a UTF-8 character is at most 4 bytes, each a token in a byte-level vocabulary
 # that lacks it (a Hangul syllable is 3 in SmolLM2's English one).
 FIRST_TEXT_TOKENS = 4
+# Prefills take at most this share of a step's prompt budget: they have the user's reading
+# time, and smaller steps keep the generating conversations fluent and let a new question's
+# prompt start sooner.
+PREFILL_SHARE = 4
 # A slot's cells are saved to host RAM when at least this many of them would be overwritten.
 SAVE_MIN_TOKENS = COPY_MIN_GAIN
 # Where a turn's KV cells came from: `new` (a conversation's first turn), and for a
@@ -286,6 +290,7 @@ class BatchedEngine(ModelLifecycle):
         self._memory = lc.llama_get_memory(context.ctx)
         self._n_batch = s.n_batch
         self._prompt_step = s.prompt_tokens_per_step
+        self._prefill_step = max(1, s.prompt_tokens_per_step // PREFILL_SHARE)
         self._batch = _internals.LlamaBatch(n_tokens=s.n_batch, embd=0, n_seq_max=1,
                                             verbose=False)
         self._n_ctx_seq = lc.llama_n_ctx_seq(context.ctx)
@@ -795,7 +800,10 @@ class BatchedEngine(ModelLifecycle):
         # ... and prompts fill the rest of the batch, oldest first, within the step's budget
         # (prefills last).
         limit = n if prompts_wait(running) else min(self._n_batch, n + self._prompt_step)
+        capped = False
         for seq in prompt_order(running):
+            if seq.request.prefill and not capped:  # the first prefill: the rest are prefills
+                capped, limit = True, min(limit, n + self._prefill_step)
             if n >= limit:
                 break
             prompt, slot = seq.request.prompt, seq.slot
