@@ -186,9 +186,13 @@ def test_a_prefill_takes_only_its_own_conversations_slot():
     slot, n = table.claim_own(head, own_from=51, key="mine")
     assert slot.tokens[:53] == [*system, *mine] and n == 53 and slot.busy
     table.release(slot)
-    # Not the other conversation's, nor the empty one, nor a busy or unsettled one.
-    assert table.claim_own([*system, 300, 301], own_from=51) is None
+    # Not another conversation's slot, though it shares the system prompt, nor one of its
+    # own whose cells no longer reach into the first question, nor a busy or unsettled one.
+    assert table.claim_own([*system, *other, 5], own_from=51, key="mine") is None
     assert table.claim_own(head, own_from=51, key="someone else") is None
-    assert table.claim_own(head, own_from=51, unsettled={slot.seq_id}) is None
+    assert table.claim_own(head, own_from=51, key="mine", unsettled={slot.seq_id}) is None
     slot.busy = True
-    assert table.claim_own(head, own_from=51) is None
+    assert table.claim_own(head, own_from=51, key="mine") is None
+    slot.busy = False
+    del slot.tokens[50:]
+    assert table.claim_own(head, own_from=51, key="mine") is None

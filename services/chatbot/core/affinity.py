@@ -25,9 +25,18 @@ DEFAULT_POINTS = 100  # points per replica: shares within a few percent of each 
 DEFAULT_LOAD_FACTOR = 1.25  # KubeAI's and HAProxy's default
 
 # The affinity key of the conversation the current request belongs to (set by the placing
-# middleware for the request's task): the engine tags the KV cells it keeps with it, so a
-# draining replica knows which peer owns each conversation next.
+# middleware for the request's task, else by the chat use case for a persona conversation):
+# the engine tags the KV cells it keeps with it, so a draining replica knows which peer owns
+# each conversation next, and a conversation's next-turn prefill finds its own slot.
 CONVERSATION: ContextVar[str | None] = ContextVar("chatbot_conversation", default=None)
+
+
+def db_conversation_key(db_id: str) -> str:
+    """A persona conversation's affinity key: its `db_id` (the placing middleware's, and
+    the use case's where no middleware placed the request)."""
+    return f"db:{db_id}"
+
+
 # A request a peer forwarded here. When that peer lets it go before the answer (its own
 # shutdown cut it, or its client left), the peer answers its client for it (a 503 it counts
 # itself), so this replica does not count it as a failure of its own as well.

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from chatbot.core.admission_queue import AdmissionQueue
+from chatbot.core.affinity import CONVERSATION, db_conversation_key
 from chatbot.core.context_fit import Fit, aligned, fit_history, replay_block
 from chatbot.core.ports import ChatEngine, HistoryStore, NoWebSearch, WebSearch
 from chatbot.core.prompts import OfficeAssistant, Prompt, persona_prompt
@@ -141,6 +142,16 @@ class ChatService:
         for it the web search, are made inside the admitted slot, under the deadline.
         `on_piece` sees the streamed pieces as they come (the answer is still the result's
         text: a fallback replaces what was streamed)."""
+        if turn.conversation is None or CONVERSATION.get() is not None:
+            return await self._chat(turn, on_piece)
+        # Not placed by the peers' middleware: the engine still tags the conversation's cells.
+        token = CONVERSATION.set(db_conversation_key(turn.conversation[1]))
+        try:
+            return await self._chat(turn, on_piece)
+        finally:
+            CONVERSATION.reset(token)
+
+    async def _chat(self, turn: PersonaTurn, on_piece: OnPiece | None) -> ChatResult:
         async with self.gate.admitted() as ticket:
             search = isinstance(turn, OfficeTurn) and turn.search
             results = await self.search.search(turn.question) if search else []

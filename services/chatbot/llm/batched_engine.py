@@ -406,7 +406,7 @@ class BatchedEngine(ModelLifecycle):
         with self._cond:
             if self._stopping:
                 raise EngineUnavailableError("The model engine is shutting down.")
-            if request.own_from is not None:
+            if request.own_from is not None and request.key is not None:
                 self._cancel_prefills_of(request)
             self._pending.append(request)
             self._cond.notify()
@@ -424,8 +424,10 @@ class BatchedEngine(ModelLifecycle):
         budget, runs only in the slot that still holds the conversation (no other
         conversation's cells are overwritten for it), gives its slot up when a generation
         waits for one, and stops when the conversation's next turn arrives (which then
-        reuses what it evaluated). Off with `prefill_next_turn: false`."""
-        if not self.settings.prefill_next_turn or not self._loaded:
+        reuses what it evaluated). Only for a conversation with an affinity key (`CONVERSATION`:
+        its cells carry it, which tells its slot from one of another conversation that
+        asked the same first question). Off with `prefill_next_turn: false`."""
+        if not self.settings.prefill_next_turn or not self._loaded or CONVERSATION.get() is None:
             return
         tokens, own_from = await asyncio.to_thread(self._next_turn_head, messages)
         if own_from is None or len(tokens) >= self._n_ctx_seq:
@@ -452,12 +454,10 @@ class BatchedEngine(ModelLifecycle):
         return head, None if span is None else span[0] + 1
 
     def _cancel_prefills_of(self, request: _Request) -> None:
-        """Cancels the prefills of `request`'s conversation: those that share its prompt past
-        where it becomes the conversation's own (under `_cond`)."""
-        own = request.own_from
+        """Cancels the prefills of `request`'s conversation: those with its affinity key
+        (under `_cond`)."""
         for prefill in self._prefills_live:
-            if (prefill is not request and not prefill.cancelled
-                    and common_prefix(prefill.prompt, request.prompt) >= own):
+            if prefill is not request and prefill.key == request.key:
                 prefill.cancelled = True
 
     # -- handing KV cells to another replica ----------------------------------------------
@@ -614,7 +614,7 @@ class BatchedEngine(ModelLifecycle):
                     request = self._pending.popleft()
                     if not request.cancelled:  # a request cancelled while waiting never runs
                         slot, reused, donor = slots.claim(request.prompt, request.own_from,
-                                                          claimed)
+                                                          claimed, request.key)
                         claimed[slot.seq_id] = request.prompt[:reused]
                         starting.append((request, slot, reused, donor))
                 prefilling = [] if self._pending else self._claim_prefills(slots)

@@ -31,9 +31,10 @@ class SlotTable:
 
     A new prompt takes, among the free slots:
 
-    1. the one that holds its conversation's earlier turns (the prompt's prefix shared with
-       the slot reaches past `own_from`, into the conversation's own first question, and
-       is at least half of what the slot holds);
+    1. the one that holds its conversation's earlier turns (tagged with the conversation's
+       affinity key; without a key, the prompt's prefix shared with the slot reaches past
+       `own_from`, into the conversation's own first question, and is at least half of
+       what the slot holds);
     2. else a slot that loses nothing to it: an empty one, or one that holds only a prefix
        of the prompt (the longest such prefix first, then the least recently used);
     3. else the least recently used free slot is overwritten.
@@ -56,12 +57,15 @@ class SlotTable:
         return sum(1 for s in self.slots if s.busy)
 
     def claim(self, prompt: list[int], own_from: int | None = None,
-              claimed: Mapping[int, list[int]] | None = None,
+              claimed: Mapping[int, list[int]] | None = None, key: str | None = None,
               ) -> tuple[Slot, int, Slot | None]:
         """A free slot, how many leading prompt tokens it will hold, and the slot to copy
         them from first (None: the slot already holds them). `own_from`: for a follow-up
         turn, where the prompt's tokens stop being shared with other conversations (the
-        system prompt) and become this conversation's own; None for a first turn.
+        system prompt) and become this conversation's own; None for a first turn. `key`:
+        the conversation's affinity key, which the slot holding it is tagged with (a
+        follow-up whose first question was followed by a per-turn block shares only that
+        question with its own slot, like another conversation that asked the same).
 
         Another slot, busy or not, lends its cells when it holds at least `COPY_MIN_GAIN`
         more of the prompt (typically the system prompt, to a slot that never saw it):
@@ -75,20 +79,23 @@ class SlotTable:
         RAM instead (the earlier request's start saved them there).
         """
         claimed = claimed or {}
-        best, best_len, best_key = None, 0, None
+        best, best_len, best_rank = None, 0, None
         for slot in self.slots:
             if slot.busy:
                 continue
             n = common_prefix(slot.tokens, prompt)
-            # Its own: past `own_from` and keeping most of the slot (a conversation that
-            # merely asked the same first question keeps little of another's history).
-            own = own_from is not None and n > 0 and n >= own_from and 2 * n >= len(slot.tokens)
+            # Its own: tagged with its key, or past `own_from` and keeping most of the slot
+            # (a conversation that merely asked the same first question keeps little of
+            # another's history).
+            own = own_from is not None and n > 0 and (
+                slot.key == key if key is not None
+                else n >= own_from and 2 * n >= len(slot.tokens))
             intact = n == len(slot.tokens)  # taking it overwrites nobody's cells
             # The conversation's own slot, then one that loses nothing (longest prefix
             # first), then the least recently used.
-            key = (own, intact, n if own or intact else 0, -slot.last_used)
-            if best_key is None or key > best_key:
-                best, best_len, best_key = slot, n, key  # an evicted slot still lends its prefix
+            rank = (own, intact, n if own or intact else 0, -slot.last_used)
+            if best_rank is None or rank > best_rank:
+                best, best_len, best_rank = slot, n, rank  # an evicted slot still lends its prefix
         if best is None:
             raise LookupError("no free slot")
         self._clock += 1
@@ -103,16 +110,15 @@ class SlotTable:
             return best, min(donor_len, len(prompt) - 1), donor
         return best, min(best_len, len(prompt) - 1), None
 
-    def claim_own(self, prompt: list[int], own_from: int, key: str | None = None,
+    def claim_own(self, prompt: list[int], own_from: int, key: str,
                   unsettled: Collection[int] = ()) -> tuple[Slot, int] | None:
-        """The free slot that holds this conversation's cells (the prefix it shares with
-        `prompt` reaches `own_from`; its affinity key, where both are known, is `key`),
-        claimed, and that prefix's length; None when no free slot does. Slots in
-        `unsettled` (a stream copy pending) are not taken."""
+        """The free slot that holds this conversation's cells (tagged with its affinity
+        `key`, sharing `prompt` up to `own_from` at least), claimed, and the prefix it
+        shares; None when no free slot does. Slots in `unsettled` (a stream copy pending)
+        are not taken."""
         best, best_len = None, max(1, own_from)
         for slot in self.slots:
-            if (slot.busy or slot.seq_id in unsettled
-                    or (key is not None and slot.key is not None and slot.key != key)):
+            if slot.busy or slot.key != key or slot.seq_id in unsettled:
                 continue
             n = common_prefix(slot.tokens, prompt)
             if n >= best_len:

@@ -28,7 +28,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chatbot.core.affinity import CONVERSATION, FORWARDED
+from chatbot.core.affinity import CONVERSATION, FORWARDED, db_conversation_key
 from chatbot.core.shutdown import Shutdown
 from chatbot.domain.errors import ServiceShuttingDownError
 from chatbot.peers.discovery import Peers
@@ -64,7 +64,7 @@ def conversation_key(path: str, headers: dict[bytes, bytes], body: bytes) -> str
         return None
     if path.endswith("/Llama"):
         db_id = data.get("db_id")
-        return f"db:{db_id}" if isinstance(db_id, str) and db_id else None
+        return db_conversation_key(db_id) if isinstance(db_id, str) and db_id else None
     messages = data.get("messages")
     if not isinstance(messages, list):
         return None
