@@ -20,6 +20,7 @@ import pytest
 
 from chatbot.peers.forwarding import HOP_HEADER
 from tests.support.ports import free_port
+from tests.support.server import evaluated_at_turns
 
 CHARACTER = {"character_name": "Mina", "greeting": "Hello!",
              "context": "Mina is a cheerful baker who loves to talk about bread."}
@@ -54,7 +55,8 @@ def kv_turns(servers, kv: str) -> float:
 
 
 def evaluated(servers) -> int:
-    return sum(s.performance()["engine_prompt_tokens_evaluated"] for s in servers)
+    """Prompt tokens the replicas evaluated while turns waited (their prefills done)."""
+    return sum(evaluated_at_turns(s.settled_performance()) for s in servers)
 
 
 def run_traffic(servers, placed: bool) -> tuple[dict[str, set[str]], list[int]]:

@@ -17,6 +17,7 @@ import pytest
 from chatbot.core.affinity import HashRing
 from tests.service.test_affinity import CHARACTER, metric
 from tests.support.ports import free_port
+from tests.support.server import evaluated_at_turns
 
 TURN = "tell me about your favourite bread and why the crust matters so much to you."
 
@@ -54,7 +55,8 @@ def turn(server, db_id: str, history: bool) -> str:
 
 
 def evaluated(server) -> int:
-    return server.performance()["engine_prompt_tokens_evaluated"]
+    """Prompt tokens the server evaluated while turns waited (its prefills done)."""
+    return evaluated_at_turns(server.settled_performance())
 
 
 def restored_tokens(server) -> int:

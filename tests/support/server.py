@@ -31,6 +31,13 @@ def performance(url: str, persona: str | None = None) -> dict:
     return httpx.get(url + path, timeout=10).json()
 
 
+def evaluated_at_turns(performance: dict) -> int:
+    """Of a /performance report's prompt tokens evaluated, those evaluated while a turn
+    waited: all of them but the prefills of conversations' next turns."""
+    return (performance["engine_prompt_tokens_evaluated"]
+            - performance.get("engine_prompt_tokens_prefilled", 0))
+
+
 class ChatbotServer(LocalServer):
     """One `chatbot serve` process (or another `chatbot` command that serves HTTP, such as
     `not-found`), started at once; `url` is its base URL, `log` its combined output."""
@@ -48,6 +55,16 @@ class ChatbotServer(LocalServer):
 
     def performance(self, persona: str | None = None) -> dict:
         return performance(self.url, persona)
+
+    def settled_performance(self, persona: str | None = None, timeout: float = 30) -> dict:
+        """/performance once no prefill of a conversation's next turn waits or runs (each
+        answered turn queues one before its response ends): prompt token counts that
+        include every finished turn's prefill and nothing half done."""
+        def idle() -> dict | None:
+            numbers = self.performance(persona)
+            return None if numbers.get("engine_prefilling") else numbers
+
+        return self.wait_for(idle, timeout, "the prefills never finished")
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60), **kwargs)

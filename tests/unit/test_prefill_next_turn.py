@@ -18,7 +18,6 @@ import pytest
 from chatbot.core.affinity import CONVERSATION
 from chatbot.domain.conversation import ChatMessage
 from chatbot.llm.slots import common_prefix
-
 from tests.unit.test_batched_engine import (
     GREEDY,
     GREEDY_PLAIN,

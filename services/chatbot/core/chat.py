@@ -8,10 +8,11 @@ engine's tokenizer.
 
 Once the turn is remembered, the engine is told how the conversation's next prompt will
 start (`ChatEngine.prefill_next_turn`: the system prompt, the turns the next turn will
-replay, fitted as this one was, and this answer), in the background: the answer's cells in
-the engine follow a user message that carried this turn's time and search results, which
-the next prompt replays without, so the engine evaluates that start again while the user
-reads instead of when the next question arrives."""
+replay, fitted as this one was, and this answer; the engine evaluates it in the
+background): the answer's cells in the engine follow a user message that carried this
+turn's time and search results, which the next prompt replays without, so the engine
+evaluates that start again while the user reads instead of when the next question
+arrives."""
 
 from __future__ import annotations
 
@@ -123,7 +124,6 @@ class ChatService:
         self.fallbacks = 0
         # History reads/writes that failed (store down or slow); the answer went on without.
         self.history_failures = {"read": 0, "write": 0}
-        self._prefills: set[asyncio.Task] = set()  # running `_prefill_next_turn`s
 
     @property
     def admission(self) -> AdmissionQueue:
@@ -164,10 +164,8 @@ class ChatService:
             generated = await self._generate(messages, fit, on_piece)
         remembered = await self._remember(turn.conversation, turn.user_input, generated.text)
         if remembered and turn.conversation is not None and fit is not None:
-            task = asyncio.create_task(self._prefill_next_turn(
-                prompt, [*recent, _next_turn(recent, turn.user_input, generated.text)]))
-            self._prefills.add(task)
-            task.add_done_callback(self._prefills.discard)
+            await self._prefill_next_turn(
+                prompt, [*recent, _next_turn(recent, turn.user_input, generated.text)])
         total = ticket.succeeded(generated.seconds, generated.tokens)
         return ChatResult(
             text=generated.text,
@@ -206,7 +204,9 @@ class ChatService:
     async def _prefill_next_turn(self, prompt: Prompt, recent: list[Turn]) -> None:
         """Tells the engine the start of the conversation's next prompt: the turns it will
         replay, fitted as this turn was (this turn's new message stands in for the next
-        one's), without that new message."""
+        one's), without that new message. It queues the work (rendering and tokenizing,
+        milliseconds, beside the event loop), so the turn's answer is complete only with
+        its prefill queued."""
         try:
             _, _, messages = await asyncio.to_thread(
                 self._fit, prompt, recent[-self.profile.history_turns:])

@@ -14,7 +14,7 @@ ENGINE_COUNTERS = (
     "prompt_tokens_reused", "prompt_tokens_copied", "decode_steps", "decode_steps_one_thread",
     "peak_batch_tokens", "prompt_tokens_restored", "kv_host_bytes", "kv_host_sequences",
     "kv_host_saves", "kv_host_saved_tokens", "kv_host_restores", "kv_host_evictions",
-    "prompt_tokens_prefilled", "prefills_cancelled",
+    "prompt_tokens_prefilled", "prefilling", "prefills_cancelled",
 )
 
 

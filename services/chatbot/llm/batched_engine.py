@@ -215,7 +215,7 @@ class BatchedEngine(ModelLifecycle):
             sequences_active=active, sequences_waiting=len(self._pending),
             prompt_tokens_evaluated=self.prompt_tokens_evaluated,
             prompt_tokens_prefilled=self.prompt_tokens_prefilled,
-            prefills_cancelled=self.prefills_cancelled,
+            prefilling=len(self._prefills_live), prefills_cancelled=self.prefills_cancelled,
             prompt_tokens_reused=self.prompt_tokens_reused,
             prompt_tokens_copied=self.prompt_tokens_copied,
             prompt_tokens_restored=self.prompt_tokens_restored,
