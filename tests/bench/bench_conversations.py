@@ -24,7 +24,9 @@ It prints, per user level and contender: TTFT p50/p95 per turn index, tokens gen
 (the servers' `llamacpp:tokens_predicted_total`), the wall time, aggregate tok/s,
 prompt tokens evaluated and reused (both servers' `llamacpp:prompt_tokens_total` and
 `llamacpp:prompt_tokens_cached_total`; of ours, those restored from host RAM after another
-conversation took the slot: `chatbot_engine_prompt_tokens_restored_total`), and our ratio
+conversation took the slot: `chatbot_engine_prompt_tokens_restored_total`, and those
+evaluated while the user read, the next turn's prefill:
+`chatbot_engine_prompt_tokens_prefilled_total`, part of the evaluated), and our ratio
 to llama-server. The markdown ends with the ratio table: `users | agg tok/s ratio | TTFT
 p95 ratio | prompt tokens evaluated ratio | turn-1 / turn-last TTFT p50 ms |
 turn-last/turn-1 TTFT p50 | load` (ours over llama-server's; the turn columns ours alone;
@@ -73,21 +75,24 @@ def question(turn: int, user: int) -> str:
     return f"{QUESTIONS[turn % len(QUESTIONS)]} (user {user})"
 
 
-def prompt_counters(url: str) -> tuple[float, float, float | None, float]:
-    """(evaluated, reused, of which restored from host RAM) prompt tokens and tokens
-    generated so far: llama-server's metric names, ours too; restored is ours only (None for
-    llama-server). Generated tokens come from the servers, not the client: our `/Llama`
-    counts the text pieces it relayed, and a stop-string check can join tokens into one."""
+def prompt_counters(url: str) -> tuple[float, float, float | None, float, float | None]:
+    """(evaluated, reused, of which restored from host RAM) prompt tokens, tokens generated
+    so far, and of the evaluated, those prefilled while users read: llama-server's metric
+    names, ours too; restored and prefilled are ours only (None for llama-server).
+    Generated tokens come from the servers, not the client: our `/Llama` counts the text
+    pieces it relayed, and a stop-string check can join tokens into one."""
     values = {}
     for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
         if line.startswith(("llamacpp:prompt_tokens", "llamacpp:tokens_predicted_total",
-                            "chatbot_engine_prompt_tokens_restored")):
+                            "chatbot_engine_prompt_tokens_restored",
+                            "chatbot_engine_prompt_tokens_prefilled")):
             name, value = line.rsplit(" ", 1)
             values[name.split("{")[0]] = float(value)
     return (values.get("llamacpp:prompt_tokens_total", 0.0),
             values.get("llamacpp:prompt_tokens_cached_total", 0.0),
             values.get("chatbot_engine_prompt_tokens_restored_total"),
-            values.get("llamacpp:tokens_predicted_total", 0.0))
+            values.get("llamacpp:tokens_predicted_total", 0.0),
+            values.get("chatbot_engine_prompt_tokens_prefilled_total"))
 
 
 def ask_streamed(ours, http: httpx.Client, body: dict) -> tuple[bb.Sample, str]:
@@ -201,13 +206,14 @@ def bench_model(model: Path, args, workdir: Path) -> list[dict]:
                     "turn_p95": [bb.pct([s.ttft for s in turn], 0.95) for turn in per_turn],
                     "evaluated": after[0] - before[0], "reused": after[1] - before[1],
                     "restored": None if after[2] is None else after[2] - (before[2] or 0),
+                    "prefilled": None if after[4] is None else after[4] - (before[4] or 0),
                     "load": (load_start, load_end), "in_flight": overlap,
                 })
                 r = rows[-1]
                 print(f"  {model.name} users={users} {c.name}: {r['tok_s']:.1f} tok/s, TTFT "
                       f"p95 {r['ttft_p95'] * 1000:.0f} ms, prompt tokens evaluated "
-                      f"{r['evaluated']:.0f} / reused {r['reused']:.0f} (restored from RAM "
-                      f"{restored(r)}), TTFT p50 turn 1 {ms(r['turn_p50'][0])} ms, turn "
+                      f"{r['evaluated']:.0f} (prefilled while users read {prefilled(r)}) / "
+                      f"reused {r['reused']:.0f} (restored from RAM {restored(r)}), TTFT p50 turn 1 {ms(r['turn_p50'][0])} ms, turn "
                       f"{args.turns} {ms(r['turn_p50'][-1])} ms, {overlap:.2f} others in flight "
                       f"at arrival, load {load_start:.1f} -> {load_end:.1f}", file=sys.stderr,
                       flush=True)
@@ -219,6 +225,10 @@ def bench_model(model: Path, args, workdir: Path) -> list[dict]:
 
 def restored(row: dict) -> str:
     return "-" if row["restored"] is None else f"{row['restored']:.0f}"
+
+
+def prefilled(row: dict) -> str:
+    return "-" if row.get("prefilled") is None else f"{row['prefilled']:.0f}"
 
 
 def ms(seconds: float) -> str:
@@ -238,16 +248,17 @@ def table(rows: list[dict], args, load: float) -> str:
         f"{os.getloadavg()[0]:.2f}.", "",
         "| model | contender | users | requests | tokens generated | wall s | agg tok/s | "
         "TTFT p50 ms | TTFT p95 ms | others in flight at arrival (mean) | "
-        "prompt tokens evaluated | reused | of which restored from RAM | "
+        "prompt tokens evaluated | of which prefilled while users read | reused | "
+        "of which restored from RAM | "
         + " | ".join(f"turn {t + 1} p50/p95 ms" for t in range(turns)) + " |",
-        "|---" * (13 + turns) + "|",
+        "|---" * (14 + turns) + "|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['contender']} | {r['users']} | {r['requests']} | "
             f"{r['tokens']} | {r['wall']:.0f} | {r['tok_s']:.1f} | {ms(r['ttft_p50'])} | "
             f"{ms(r['ttft_p95'])} | {r['in_flight']:.2f} | "
-            f"{r['evaluated']:.0f} | {r['reused']:.0f} | {restored(r)} | "
+            f"{r['evaluated']:.0f} | {prefilled(r)} | {r['reused']:.0f} | {restored(r)} | "
             + " | ".join(f"{ms(a)}/{ms(b)}" for a, b in zip(r["turn_p50"], r["turn_p95"],
                                                           strict=True)) + " |")
     for model in dict.fromkeys(r["model"] for r in rows):
