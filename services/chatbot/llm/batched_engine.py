@@ -319,8 +319,10 @@ class BatchedEngine(ModelLifecycle):
 
     # -- the port --------------------------------------------------------------------------
 
-    def tokenize_chat(self, messages: list[ChatMessage]) -> tuple[list[int], tuple[str, ...]]:
-        """The prompt tokens for `messages` and the stop strings that end the answer."""
+    def tokenize_chat(self, messages: list[ChatMessage], keep: bool = True,
+                      ) -> tuple[list[int], tuple[str, ...]]:
+        """The prompt tokens for `messages` and the stop strings that end the answer.
+        `keep`: among the TOKENIZED_KEPT kept (False for a prompt that never runs)."""
         self._require()
         prompt = self._format(messages)
         key = (prompt.add_bos, prompt.text)
@@ -329,10 +331,11 @@ class BatchedEngine(ModelLifecycle):
         if tokens is None:
             tokens = array.array("i", self._model.tokenize(prompt.text.encode("utf-8"),
                                                            prompt.add_bos, True))
-            with self._tokenized_lock:
-                if len(self._tokenized) >= TOKENIZED_KEPT:
-                    del self._tokenized[next(iter(self._tokenized))]
-                self._tokenized[key] = tokens
+            if keep:
+                with self._tokenized_lock:
+                    if len(self._tokenized) >= TOKENIZED_KEPT:
+                        del self._tokenized[next(iter(self._tokenized))]
+                    self._tokenized[key] = tokens
         return tokens.tolist(), tuple(dict.fromkeys((*STOP_STRINGS, *prompt.stop)))
 
     def context_tokens(self) -> int:
@@ -445,8 +448,8 @@ class BatchedEngine(ModelLifecycle):
         """The tokens every next turn after `messages` starts with (two different user
         messages' prompts agree up to the first token of their text), and how much of them
         a slot must share to hold this conversation (into its first question)."""
-        a = self.tokenize_chat([*messages, ChatMessage(role="user", content="a")])[0]
-        b = self.tokenize_chat([*messages, ChatMessage(role="user", content="b")])[0]
+        a, b = (self.tokenize_chat([*messages, ChatMessage(role="user", content=text)],
+                                   keep=False)[0] for text in "ab")
         head = a[:common_prefix(a, b)]
         # Its own slot shares the first question with it: the first turn's prompt had the
         # question's per-turn block after it, so the prefix may end right after it.
