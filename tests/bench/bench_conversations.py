@@ -213,7 +213,8 @@ def bench_model(model: Path, args, workdir: Path) -> list[dict]:
                 print(f"  {model.name} users={users} {c.name}: {r['tok_s']:.1f} tok/s, TTFT "
                       f"p95 {r['ttft_p95'] * 1000:.0f} ms, prompt tokens evaluated "
                       f"{r['evaluated']:.0f} (prefilled while users read {prefilled(r)}) / "
-                      f"reused {r['reused']:.0f} (restored from RAM {restored(r)}), TTFT p50 turn 1 {ms(r['turn_p50'][0])} ms, turn "
+                      f"reused {r['reused']:.0f} (restored from RAM {restored(r)}), TTFT p50 "
+                      f"turn 1 {ms(r['turn_p50'][0])} ms, turn "
                       f"{args.turns} {ms(r['turn_p50'][-1])} ms, {overlap:.2f} others in flight "
                       f"at arrival, load {load_start:.1f} -> {load_end:.1f}", file=sys.stderr,
                       flush=True)

@@ -19,6 +19,7 @@ import pytest
 from tests.kube import binaries, gomod_patches
 from tests.support.http_get import http_get
 from tests.support.ports import free_port
+from tests.support.processes import running
 from tests.support.trimmed_builds import built_binary, patched_module_source
 
 COREDNS = gomod_patches.COREDNS
@@ -104,9 +105,8 @@ def test_a_corefile_of_the_kept_plugins_answers(tmp_path):
     }}
 }}
 """)
-    proc = subprocess.Popen([str(_built()), "-conf", str(corefile)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
+    with running([str(_built()), "-conf", str(corefile)], stdout=subprocess.PIPE,
+                 stderr=subprocess.STDOUT, text=True) as proc:
         deadline = time.monotonic() + 20
         while http_get(f"http://127.0.0.1:{ready}/ready")[0] != 200:
             assert proc.poll() is None, proc.communicate()[0]
@@ -121,7 +121,6 @@ def test_a_corefile_of_the_kept_plugins_answers(tmp_path):
         status, body = http_get(f"http://127.0.0.1:{metrics}/metrics")
         assert status == 200
         assert b"coredns_dns_requests_total" in body and b"coredns_cache_hits_total" in body
-    finally:
         proc.terminate()
         out = proc.communicate(timeout=10)[0]
     assert '"A IN chatbot.test. udp' in out  # the log plugin's line for the query

@@ -14,6 +14,7 @@ import pytest
 from tests.kube import binaries, gomod_patches
 from tests.support.http_get import http_get
 from tests.support.ports import free_port
+from tests.support.processes import running
 from tests.support.trimmed_builds import built_binary, patched_module_source
 
 PROMETHEUS = gomod_patches.PROMETHEUS
@@ -103,12 +104,11 @@ def test_the_server_answers_501_for_the_openapi_document(tmp_path):
     config = tmp_path / "prometheus.yml"
     config.write_text(json.dumps({"scrape_configs": [{
         "job_name": "self", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}]}))
-    proc = subprocess.Popen(
-        [str(_built("prometheus")), f"--config.file={config}",
-         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-         "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    try:
+    with running([str(_built("prometheus")), f"--config.file={config}",
+                  f"--storage.tsdb.path={tmp_path / 'data'}",
+                  f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+                 stop_timeout=30, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
         deadline = time.monotonic() + 30
         while http_get(base + "/-/ready")[0] != 200:
             assert proc.poll() is None and time.monotonic() < deadline, "Prometheus not ready"
@@ -120,6 +120,3 @@ def test_the_server_answers_501_for_the_openapi_document(tmp_path):
         assert not any(name.startswith("openapi") for name in features)
         query = json.loads(http_get(base + "/api/v1/query?query=1%2B1")[1])
         assert query["data"]["result"][1] == "2"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)

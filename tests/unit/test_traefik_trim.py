@@ -15,6 +15,7 @@ import pytest
 from tests.kube import binaries, gomod_patches
 from tests.support.http_get import http_get
 from tests.support.ports import free_port
+from tests.support.processes import running
 from tests.support.trimmed_builds import built_binary, patched_module_source
 
 TRAEFIK = gomod_patches.TRAEFIK
@@ -97,24 +98,18 @@ def test_routes_with_the_kept_middlewares_serve_and_a_redis_rate_limit_is_refuse
     (tmp_path / "www").mkdir()
     (tmp_path / "www" / "hello.txt").write_text("hello\n")
     log = tmp_path / "traefik.log"
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(backend), "--bind",
-                               "127.0.0.1", "--directory", str(tmp_path / "www")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    with open(log, "w") as out:
-        traefik = subprocess.Popen(
-            [str(_built()), f"--entryPoints.web.address=127.0.0.1:{web}",
-             f"--entryPoints.ping.address=127.0.0.1:{ping}", "--ping.entryPoint=ping",
-             f"--providers.file.directory={tmp_path / 'dynamic'}", "--log.level=INFO",
-             "--log.noColor=true"], stdout=out, stderr=subprocess.STDOUT)
-    try:
+    server = [sys.executable, "-m", "http.server", str(backend), "--bind", "127.0.0.1",
+              "--directory", str(tmp_path / "www")]
+    with open(log, "w") as out, \
+            running(server, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), \
+            running([str(_built()), f"--entryPoints.web.address=127.0.0.1:{web}",
+                     f"--entryPoints.ping.address=127.0.0.1:{ping}", "--ping.entryPoint=ping",
+                     f"--providers.file.directory={tmp_path / 'dynamic'}", "--log.level=INFO",
+                     "--log.noColor=true"], stdout=out, stderr=subprocess.STDOUT) as traefik:
         body = _get_when_up(f"http://127.0.0.1:{web}/kept/hello.txt", traefik)
         assert body == (200, b"hello\n")
         assert http_get(f"http://127.0.0.1:{web}/redis/hello.txt")[0] == 404
         assert "rateLimit: its redis storage is not in this build of Traefik" in log.read_text()
-    finally:
-        for proc in (traefik, server):
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 def _get_when_up(url: str, proc: subprocess.Popen, timeout: float = 30) -> tuple[int, bytes]:
