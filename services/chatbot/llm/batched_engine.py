@@ -825,8 +825,7 @@ class BatchedEngine(ModelLifecycle):
                 logits[n - 1] = 1
                 seq.logits_at = n - 1
         batch.n_tokens = n
-        generating = sum(1 for seq in running if seq.last >= 0)
-        n_prompt = n - generating
+        n_prompt = n - sum(1 for seq in running if seq.last >= 0)
         threads = step_threads(n, self._n_params, self._threads)
         if threads != self._step_threads:
             lc.llama_set_n_threads(self._ctx, threads, threads)
