@@ -163,10 +163,10 @@ class ChatService:
             dropped, history = len(recent) - kept, recent[len(recent) - kept:]
             generated = await self._generate(messages, fit, on_piece)
         remembered = await self._remember(turn.conversation, turn.user_input, generated.text)
+        total = ticket.succeeded(generated.seconds, generated.tokens)
         if remembered and turn.conversation is not None and fit is not None:
             await self._prefill_next_turn(
                 prompt, [*recent, _next_turn(recent, turn.user_input, generated.text)])
-        total = ticket.succeeded(generated.seconds, generated.tokens)
         return ChatResult(
             text=generated.text,
             tokens=generated.tokens,
