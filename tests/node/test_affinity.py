@@ -36,7 +36,7 @@ from tests.node.release import (
     stored_turns,
 )
 from tests.node.traffic import Users, container_id, history_problems, pod_performance, pod_url
-from tests.support.server import evaluated_at_turns
+from tests.support.server import evaluated_at_turns, settled
 
 CONVERSATIONS, TURNS = 8, 6
 ROLLOUT_ROUNDS = 4  # turns of each conversation while the pods are replaced
@@ -84,12 +84,8 @@ def _kv(pods: list[dict]) -> dict[str, float]:
 def _evaluated(pods: list[dict]) -> int:
     """Prompt tokens the replicas evaluated while turns waited (once their prefills of the
     conversations' next turns are done, which they leave out)."""
-    def settled(pod: dict) -> dict | None:
-        numbers = pod_performance(pod)
-        return numbers if numbers and not numbers.get("engine_prefilling") else None
-
-    return sum(evaluated_at_turns(wait_for(lambda p=p: settled(p), timeout=60, interval=0.1,
-                                           desc="the replica's prefills done"))
+    return sum(evaluated_at_turns(wait_for(lambda p=p: settled(pod_performance(p)), timeout=60,
+                                           interval=0.1, desc="the replica's prefills done"))
                for p in pods)
 
 

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import json
 import os
@@ -24,6 +23,8 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+
+from tests.support.processes import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 WHEELS_CONTEXT = ROOT / "images/llama-cpp-wheels"
@@ -81,7 +82,7 @@ def reachable(host: str | None = None) -> bool:
 
 def _die_with_parent() -> None:  # runs in the child, before exec
     os.setsid()
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    die_with_parent()
 
 
 class Daemon:

@@ -38,6 +38,13 @@ def evaluated_at_turns(performance: dict) -> int:
             - performance.get("engine_prompt_tokens_prefilled", 0))
 
 
+def settled(performance: dict | None) -> dict | None:
+    """A /performance report taken while no prefill of a conversation's next turn waits or
+    runs (each answered turn queues one before its response ends), else None: its prompt
+    token counts include every finished turn's prefill and nothing half done."""
+    return performance if performance and not performance.get("engine_prefilling") else None
+
+
 class ChatbotServer(LocalServer):
     """One `chatbot serve` process (or another `chatbot` command that serves HTTP, such as
     `not-found`), started at once; `url` is its base URL, `log` its combined output."""
@@ -57,14 +64,9 @@ class ChatbotServer(LocalServer):
         return performance(self.url, persona)
 
     def settled_performance(self, persona: str | None = None, timeout: float = 30) -> dict:
-        """/performance once no prefill of a conversation's next turn waits or runs (each
-        answered turn queues one before its response ends): prompt token counts that
-        include every finished turn's prefill and nothing half done."""
-        def idle() -> dict | None:
-            numbers = self.performance(persona)
-            return None if numbers.get("engine_prefilling") else numbers
-
-        return self.wait_for(idle, timeout, "the prefills never finished")
+        """/performance once it is `settled`."""
+        return self.wait_for(lambda: settled(self.performance(persona)), timeout,
+                             "the prefills never finished")
 
     def client(self, **kwargs) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60), **kwargs)

@@ -11,7 +11,6 @@ for one, and stops when its own conversation's turn arrives, which keeps what it
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import pytest
 
@@ -24,6 +23,7 @@ from tests.unit.test_batched_engine import (
     answer,
     chat,
     engine,
+    start_in_one_step,
     until,
 )
 
@@ -56,19 +56,6 @@ def facts(e) -> dict:
 
 async def prefilled(e) -> None:
     await until(lambda: not e._prefills_live)
-
-
-async def held(e, *queue):
-    """Holds the step loop between two steps while `queue`'s coroutine functions start; their
-    tasks once the loop goes on."""
-    entered, hold = threading.Event(), threading.Event()
-    loop_call = e._on_loop(lambda lc: (entered.set(), hold.wait(30)))
-    assert await asyncio.to_thread(entered.wait, 30)
-    tasks = [asyncio.create_task(q()) for q in queue]
-    await until(lambda: len(e._pending) >= len(tasks))
-    hold.set()
-    await loop_call
-    return tasks
 
 
 def test_a_prefilled_next_turn_evaluates_only_its_new_message_and_no_more_in_all(tiny_models):
@@ -139,7 +126,7 @@ def test_a_generation_waiting_for_a_slot_takes_it_from_a_prefill(tiny_models):
             head = next_head(question, reply)
             await e.prefill_next_turn(head)
             await until(lambda: facts(e)["prompt_tokens_prefilled"] > 0)
-            (other,) = await held(e, lambda: as_conversation(
+            (other,) = await start_in_one_step(e, lambda: as_conversation(
                 answer(e, chat("Someone else asks.")), "db:other"))
             text = await asyncio.wait_for(other, 60)
             return text, len(e._next_turn_head(head)[0]), facts(e)
@@ -163,7 +150,7 @@ def test_the_next_turn_stops_its_prefill_and_evaluates_nothing_twice(tiny_models
             start = facts(e)
             await e.prefill_next_turn(head)
             await until(lambda: facts(e)["prompt_tokens_prefilled"] > 0)
-            (turn,) = await held(e, lambda: answer(e, second))
+            (turn,) = await start_in_one_step(e, lambda: answer(e, second))
             await turn
             tokens = [e.tokenize_chat(m)[0] for m in (first, second)]
             return tokens, len(e._next_turn_head(head)[0]), start, facts(e)

@@ -523,10 +523,7 @@ class BatchedEngine(ModelLifecycle):
         return asyncio.wrap_future(future)
 
     def _export(self, lc, wanted: Callable[[str], bool]) -> list[SavedKv]:
-        for seq in self._running:  # a prefill's slot is busy: stop it, its cells go too
-            if seq.request.prefill:
-                seq.request.cancelled = True
-        self._leave_cancelled(lc)
+        self._stop_prefills(lc)  # a prefill's slot is busy: stop it, its cells go too
         found: list[SavedKv] = []
         for slot in self._slots.slots:
             if (slot.busy or slot.key is None or slot.seq_id in self._unsettled
@@ -604,12 +601,9 @@ class BatchedEngine(ModelLifecycle):
                         future.set_exception(exc)
             self._leave_cancelled(lc)
             with self._cond:
-                if self._pending and not slots.has_free():
-                    # A generation waits for a slot: prefills (idle work) give theirs up.
-                    for seq in self._running:
-                        if seq.request.prefill:
-                            seq.request.cancelled = True
-            self._leave_cancelled(lc)
+                slot_wanted = bool(self._pending) and not slots.has_free()
+            if slot_wanted:  # a generation waits for a slot: prefills (idle work) give theirs up
+                self._stop_prefills(lc)
             with self._cond:
                 starting = []
                 claimed: dict[int, list[int]] = {}
@@ -665,6 +659,13 @@ class BatchedEngine(ModelLifecycle):
         """Cancelled sequences leave their slots (their cells stay, for their next turn)."""
         for seq in [s for s in self._running if s.request.cancelled]:
             self._finish(lc, seq, None)
+
+    def _stop_prefills(self, lc) -> None:
+        """Running prefills stop and leave their slots (what they evaluated stays)."""
+        for seq in self._running:
+            if seq.request.prefill:
+                seq.request.cancelled = True
+        self._leave_cancelled(lc)
 
     def _claim_prefills(self, slots: SlotTable) -> list[tuple[_Request, Slot, int]]:
         """Waiting prefills that find their conversation in a free slot claim it (under
